@@ -2,6 +2,8 @@
 // own file exporting register*(program). Thin over src/{wire,daemon,acl,control}.
 import { Command, CommanderError } from 'commander';
 import { CliExit } from './util.js';
+import { registerDaemonVerbs } from './daemon.js';
+import { registerDebugWire } from './debug-wire.js';
 
 export function buildProgram(): Command {
   const program = new Command('larktun')
@@ -10,6 +12,8 @@ export function buildProgram(): Command {
     .showHelpAfterError()
     .exitOverride();
   // register*(program) calls are added here, one line per verb family.
+  registerDaemonVerbs(program);
+  registerDebugWire(program);
   return program;
 }
 

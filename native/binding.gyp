@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "larktun_tun",
+      "sources": ["tun.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"]
+    }
+  ]
+}

@@ -1,0 +1,253 @@
+// The daemon's control socket: a Unix stream socket (mode 0600) that takes one
+// command line and answers with text, then closes. Replies that start with
+// "error: " mean nothing was changed.
+import net from 'node:net';
+import { chmodSync, mkdirSync, unlinkSync, existsSync, readFileSync } from 'node:fs';
+import { open, rename, mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { formatPrefix, prefixEqual } from '../net/addr.js';
+import { formatRule, type FwdRule } from '../net/lpm.js';
+import type { Engine } from '../dataplane/engine.js';
+import { COUNTER_NAMES } from '../dataplane/counters.js';
+import { CommandError, parseCommand } from './commands.js';
+
+export const VERSION = '0.1.0';
+
+export function defaultSocketPath(env: NodeJS.ProcessEnv = process.env): string {
+  return env.LARKTUN_SOCK || env.SUBNETRA_SOCK || '/run/larktun/larktun.sock';
+}
+
+export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
+  return env.LARKTUN_STATE_DIR || '/var/lib/larktun';
+}
+
+export const POLICY_FILE = 'policy.lines';
+
+export interface ControlContext {
+  engine: Engine;
+  role: string;
+  tunName: string | null;
+  stateDir: string;
+}
+
+export interface PeerStatus {
+  id: number;
+  name: string;
+  endpoint: string | null;
+  allowed_src: string[];
+  last_seen_age_seconds: number | null;
+  online: boolean;
+  rx_packets: number;
+  tx_packets: number;
+}
+
+export interface StatusJson {
+  schema_version: 1;
+  version: string;
+  mode: 'standalone';
+  role: string;
+  local_id: number;
+  listen_ports: number[];
+  tun: string | null;
+  obfuscate: boolean;
+  uptime_seconds: number;
+  rules: number;
+  peers: PeerStatus[];
+  counters: Record<string, number>;
+}
+
+export function statusJson(ctx: ControlContext): StatusJson {
+  const e = ctx.engine;
+  const now = Date.now();
+  return {
+    schema_version: 1,
+    version: VERSION,
+    mode: 'standalone',
+    role: ctx.role,
+    local_id: e.localId,
+    listen_ports: e.listenPorts(),
+    tun: ctx.tunName,
+    obfuscate: e.obfuscate,
+    uptime_seconds: Math.floor((now - e.startedAt) / 1000),
+    rules: e.rules.length,
+    peers: e.peers.map((p) => ({
+      id: p.id,
+      name: p.name,
+      endpoint: p.endpointText(),
+      allowed_src: p.allowedSrc.prefixes.map(formatPrefix),
+      last_seen_age_seconds: p.lastSeenMs > 0 ? Math.floor((now - p.lastSeenMs) / 1000) : null,
+      online: p.online(now),
+      rx_packets: p.rxPackets,
+      tx_packets: p.txPackets,
+    })),
+    counters: e.counters.toJSON(),
+  };
+}
+
+export function statusText(s: StatusJson): string {
+  const lines = [
+    `larktund ${s.version} [running] mode=${s.mode} role=${s.role} local_id=${s.local_id}`,
+    `udp_ports=${s.listen_ports.join(',')} tun=${s.tun ?? '-'} obfuscate=${s.obfuscate} rules=${s.rules} uptime=${s.uptime_seconds}s`,
+    `peers (${s.peers.length}):`,
+  ];
+  for (const p of s.peers) {
+    const seen = p.last_seen_age_seconds === null ? 'never' : `${p.last_seen_age_seconds}s ago`;
+    lines.push(
+      `  id=${p.id} name=${p.name || '-'} endpoint=${p.endpoint ?? '-'} allowed_src=${p.allowed_src.join(',')} ` +
+        `${p.online ? 'online' : 'offline'} last_seen=${seen} rx=${p.rx_packets} tx=${p.tx_packets}`,
+    );
+  }
+  const c = s.counters;
+  const traffic = COUNTER_NAMES.filter((k) => !k.startsWith('drop_'));
+  const drops = COUNTER_NAMES.filter((k) => k.startsWith('drop_'));
+  lines.push(`traffic: ${traffic.map((k) => `${k}=${c[k]}`).join(' ')}`);
+  lines.push(`drops:   ${drops.map((k) => `${k.slice(5)}=${c[k]}`).join(' ')}`);
+  return `${lines.join('\n')}\n`;
+}
+
+export function policyText(rules: readonly FwdRule[]): string {
+  return rules.length === 0 ? '# no policy rules\n' : `${rules.map(formatRule).join('\n')}\n`;
+}
+
+/** Writes the live table atomically (temp file, fsync, rename), mode 0600. */
+export async function savePolicy(stateDir: string, rules: readonly FwdRule[]): Promise<string> {
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  const file = path.join(stateDir, POLICY_FILE);
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fh = await open(tmp, 'w', 0o600);
+  try {
+    await fh.writeFile(`# larktund forwarding table, saved ${new Date().toISOString()}\n${policyText(rules)}`);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, file);
+  return file;
+}
+
+/** Reads a saved table; every line must parse as `policy add`. */
+export function loadSavedPolicy(stateDir: string): { file: string; rules: FwdRule[] } | null {
+  const file = path.join(stateDir, POLICY_FILE);
+  if (!existsSync(file)) return null;
+  const rules: FwdRule[] = [];
+  readFileSync(file, 'utf8')
+    .split('\n')
+    .forEach((raw, i) => {
+      const line = raw.trim();
+      if (line === '' || line.startsWith('#')) return;
+      try {
+        const cmd = parseCommand(line);
+        if (cmd.kind !== 'policy-add') throw new CommandError('only "policy add" lines belong in a saved table');
+        rules.push(cmd.rule);
+      } catch (err) {
+        throw new Error(`${file}:${i + 1}: ${(err as Error).message}`);
+      }
+    });
+  return { file, rules };
+}
+
+/** Executes one command line against the engine; returns the reply text. */
+export async function handleLine(line: string, ctx: ControlContext): Promise<string> {
+  let cmd;
+  try {
+    cmd = parseCommand(line);
+  } catch (err) {
+    return `error: ${(err as Error).message}\n`;
+  }
+  const e = ctx.engine;
+  switch (cmd.kind) {
+    case 'status':
+      return cmd.json ? `${JSON.stringify(statusJson(ctx))}\n` : statusText(statusJson(ctx));
+    case 'policy-show':
+      return policyText(e.rules);
+    case 'policy-add': {
+      const r = cmd.rule;
+      if (r.action === 'forward' && r.target !== 0 && !e.hasPeer(r.target)) {
+        const ids = e.peers.map((p) => p.id).join(', ') || 'none';
+        return `error: --target ${r.target} is not a configured peer (peers: ${ids}; 0 = local TUN)\n`;
+      }
+      e.setRules([...e.rules, r]);
+      return `ok: ${formatRule(r)}\n`;
+    }
+    case 'policy-del': {
+      const keep = e.rules.filter((r) => !prefixEqual(r.dst, cmd.dst));
+      const removed = e.rules.length - keep.length;
+      if (removed === 0) return `error: no rule has --dst ${formatPrefix(cmd.dst)}\n`;
+      e.setRules(keep);
+      return `ok: removed ${removed} rule(s) for ${formatPrefix(cmd.dst)}\n`;
+    }
+    case 'save': {
+      try {
+        const file = await savePolicy(ctx.stateDir, e.rules);
+        return `saved ${e.rules.length} rule(s) to ${file}\n`;
+      } catch (err) {
+        return `error: save failed: ${(err as Error).message}\n`;
+      }
+    }
+  }
+}
+
+export function startControlServer(sockPath: string, ctx: ControlContext): Promise<net.Server> {
+  mkdirSync(path.dirname(sockPath), { recursive: true, mode: 0o700 });
+  if (existsSync(sockPath)) {
+    // A stale socket from a crashed daemon; a live one would still answer.
+    unlinkSync(sockPath);
+  }
+  const server = net.createServer((conn) => {
+    let buf = '';
+    conn.setEncoding('utf8');
+    conn.on('error', () => {});
+    conn.on('data', (chunk: string) => {
+      buf += chunk;
+      if (buf.length > 4096) {
+        conn.end('error: command longer than 4096 bytes\n');
+        return;
+      }
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      const line = buf.slice(0, nl);
+      buf = '';
+      void handleLine(line, ctx).then((reply) => conn.end(reply));
+    });
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(new Error(`cannot listen on control socket ${sockPath}: ${err.message}`)),
+    );
+    const old = process.umask(0o177);
+    server.listen(sockPath, () => {
+      process.umask(old);
+      chmodSync(sockPath, 0o600);
+      resolve(server);
+    });
+  });
+}
+
+/** Client side: sends one command line, returns the reply. */
+export function controlRequest(sockPath: string, line: string, timeoutMs = 3000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = net.createConnection(sockPath);
+    let out = '';
+    const timer = setTimeout(() => {
+      c.destroy();
+      reject(new Error(`no reply from larktund on ${sockPath} within ${timeoutMs} ms`));
+    }, timeoutMs);
+    c.setEncoding('utf8');
+    c.on('connect', () => c.write(`${line}\n`));
+    c.on('data', (d: string) => (out += d));
+    c.on('end', () => {
+      clearTimeout(timer);
+      resolve(out);
+    });
+    c.on('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      const why =
+        err.code === 'ENOENT' || err.code === 'ECONNREFUSED'
+          ? `larktund is not running (no control socket at ${sockPath}; set LARKTUN_SOCK if it listens elsewhere)`
+          : err.code === 'EACCES'
+            ? `permission denied on ${sockPath}: run as the daemon's user (usually root)`
+            : `cannot reach larktund on ${sockPath}: ${err.message}`;
+      reject(new Error(why));
+    });
+  });
+}

@@ -1,0 +1,64 @@
+// Data-plane counters: every packet either moves (rx/tx/relay/keepalive) or is
+// dropped for exactly one named reason. Plain numeric fields keep the hot path
+// monomorphic; status and metrics read them by name.
+
+export const COUNTER_HELP = {
+  tun_rx_packets: 'packets read from the TUN device',
+  tun_tx_packets: 'packets written to the TUN device',
+  udp_rx_packets: 'authenticated datagrams received',
+  udp_tx_packets: 'datagrams sent',
+  udp_rx_bytes: 'bytes of authenticated datagrams received',
+  udp_tx_bytes: 'bytes of datagrams sent',
+  relay_packets: 'packets relayed from one peer to another',
+  keepalive_rx: 'keepalives received',
+  keepalive_tx: 'keepalives sent',
+  endpoint_changes: 'times a peer was relearned at a new address or port',
+  drop_unknown_peer: 'datagrams no configured peer could authenticate (unknown sender or junk)',
+  drop_malformed: 'datagrams too short, too long or with a bad header',
+  drop_auth: 'datagrams that failed authentication',
+  drop_replay: 'datagrams replayed or too old for the replay window',
+  drop_old_epoch: 'datagrams from an older session epoch',
+  drop_spoof: 'packets whose inner source is outside the peer allowed_src',
+  drop_no_route: 'packets with no forwarding rule for their destination',
+  drop_policy: 'packets matched by a drop rule',
+  drop_no_reflect: 'packets that would be sent back to the peer they came from',
+  drop_oversized: 'packets larger than the link can carry',
+  drop_no_endpoint: 'packets for a peer whose address is not known yet',
+  drop_send_error: 'datagrams the kernel refused to send or TUN writes that failed',
+  drop_not_ip: 'TUN or tunnel payloads that are not IPv4/IPv6',
+} as const;
+
+export type CounterName = keyof typeof COUNTER_HELP;
+export const COUNTER_NAMES = Object.keys(COUNTER_HELP) as CounterName[];
+
+export class Counters {
+  tun_rx_packets = 0;
+  tun_tx_packets = 0;
+  udp_rx_packets = 0;
+  udp_tx_packets = 0;
+  udp_rx_bytes = 0;
+  udp_tx_bytes = 0;
+  relay_packets = 0;
+  keepalive_rx = 0;
+  keepalive_tx = 0;
+  endpoint_changes = 0;
+  drop_unknown_peer = 0;
+  drop_malformed = 0;
+  drop_auth = 0;
+  drop_replay = 0;
+  drop_old_epoch = 0;
+  drop_spoof = 0;
+  drop_no_route = 0;
+  drop_policy = 0;
+  drop_no_reflect = 0;
+  drop_oversized = 0;
+  drop_no_endpoint = 0;
+  drop_send_error = 0;
+  drop_not_ip = 0;
+
+  toJSON(): Record<CounterName, number> {
+    const out = {} as Record<CounterName, number>;
+    for (const k of COUNTER_NAMES) out[k] = this[k];
+    return out;
+  }
+}

@@ -1,0 +1,222 @@
+// Receiving half of one directional link (one peer -> this node), with the
+// receive order of the protocol: header checks, forward-only epoch check
+// (older epochs are dropped before any crypto), authenticate and decrypt,
+// adopt a newer epoch only once it authenticated (resetting the replay
+// window), then the anti-replay window.
+import sodium from 'sodium-native';
+import {
+  FLAG_KEEPALIVE,
+  FLAGS_RESERVED,
+  HEADER_LEN,
+  KEY_LEN,
+  MAX_DATAGRAM,
+  MAX_PLAINTEXT,
+  MIN_DATAGRAM,
+  OVERHEAD,
+  TAG_LEN,
+  WIRE_VERSION,
+} from './constants.js';
+import { linkKey, newObfsInput, newSessionInput, obfsPadInto, sessionKeyInto } from './kdf.js';
+import { ReplayWindow } from './replay.js';
+import { assertEpoch, assertPsk } from './validate.js';
+import { ViewCache } from './views.js';
+
+/** Outcome of WireRx#open. Everything but Accept is a silent, counted drop. */
+export const RxCode = {
+  /** Authenticated, fresh; the plaintext is in `out`. */
+  Accept: 0,
+  /** Too short, too long, wrong version, reserved flag bits, key_id of another peer, zero epoch, or seq beyond 2^53. */
+  Malformed: 1,
+  /** Epoch older than the session already accepted on this link; dropped before decrypting. */
+  OldEpoch: 2,
+  /** Authentication failed: wrong key, wrong direction, or bytes changed in transit. */
+  AuthFail: 3,
+  /** Sequence number already seen, or too far behind the newest one. */
+  Replay: 4,
+} as const;
+export type RxCode = (typeof RxCode)[keyof typeof RxCode];
+
+/** Stable snake_case names per code, indexed by the code (for counters and logs). */
+export const RX_CODE_NAMES: readonly string[] = ['accept', 'malformed', 'old_epoch', 'auth_fail', 'replay'];
+
+export interface WireRxOptions {
+  /** 32-byte pre-shared key of this link. */
+  readonly psk: Buffer;
+  /** Node id of the sending peer (the expected key_id). */
+  readonly from: number;
+  /** Node id of this node. */
+  readonly to: number;
+  /** Expect masked headers (subnetra's default). Both ends must agree. */
+  readonly obfuscate?: boolean;
+  /**
+   * Preload a session at this epoch, e.g. restored state: anything older is
+   * dropped. Default: no session yet, the first authentic datagram sets it.
+   */
+  readonly epoch?: bigint;
+}
+
+const TWO_32 = 4294967296;
+/** seq high word above this means seq >= 2^53 (not exactly representable). */
+const SEQ_HI_MAX = 0x1fffff;
+
+export class WireRx {
+  readonly from: number;
+  readonly to: number;
+  readonly obfuscate: boolean;
+
+  /** After Accept: length of the plaintext written to `out`. */
+  plaintextLen = 0;
+  /** After Accept: the datagram was a keepalive (flags bit 0). */
+  keepalive = false;
+  /** After Accept: its sequence number. */
+  lastSeq = 0;
+
+  private readonly link: Buffer;
+  private key = Buffer.alloc(KEY_LEN);
+  private candidate = Buffer.alloc(KEY_LEN);
+  private readonly kdfInput = newSessionInput();
+  private curHi = 0;
+  private curLo = 0;
+  private readonly window = new ReplayWindow();
+  private readonly nonce = Buffer.alloc(12);
+  private readonly hdr = Buffer.alloc(HEADER_LEN);
+  private readonly pad = Buffer.alloc(32);
+  private readonly padInput = newObfsInput();
+  private readonly bodyViews = new ViewCache(MAX_PLAINTEXT + TAG_LEN);
+  private readonly outViews = new ViewCache(MAX_PLAINTEXT);
+  private readonly candHiLo = new Uint32Array(2);
+
+  constructor(opts: WireRxOptions) {
+    assertPsk(opts.psk);
+    this.from = opts.from;
+    this.to = opts.to;
+    this.link = linkKey(opts.psk, opts.from, opts.to); // validates the ids
+    this.obfuscate = opts.obfuscate ?? true;
+    if (opts.epoch !== undefined && opts.epoch !== 0n) {
+      assertEpoch(opts.epoch, 'epoch', false);
+      this.curHi = Number(opts.epoch >> 32n);
+      this.curLo = Number(opts.epoch & 0xffffffffn);
+      sessionKeyInto(this.key, this.kdfInput, this.link, this.curHi, this.curLo);
+    }
+  }
+
+  /** Epoch of the current receive session; 0n before the first accepted datagram. */
+  get epoch(): bigint {
+    return (BigInt(this.curHi) << 32n) | BigInt(this.curLo);
+  }
+
+  /**
+   * Cheap pre-filter: does this datagram look like it comes from `from` on this
+   * link? Unmasks the header (when obfuscating) into scratch and checks
+   * version 1 and key_id. Changes no session state. Under obfuscation this is
+   * one keyed hash; a wrong key passes with probability below 2^-24, and open()
+   * still authenticates.
+   */
+  matches(dgram: Buffer, len: number): boolean {
+    if (!this.loadHeader(dgram, len)) return false;
+    const h = this.obfuscate ? this.hdr : dgram;
+    return h[0] === WIRE_VERSION && (h[2]! | (h[3]! << 8)) === this.from;
+  }
+
+  /**
+   * Authenticates and decrypts `dgram[0 .. len]`, writing the plaintext to
+   * `out[0 .. plaintextLen]` (`out` must not overlap `dgram` and must hold the
+   * plaintext; MAX_PLAINTEXT bytes always suffice). Returns an RxCode; on
+   * Accept the fields plaintextLen, keepalive, lastSeq and epoch describe the
+   * datagram. Never throws for any datagram content and allocates nothing
+   * unless the epoch changes.
+   */
+  open(dgram: Buffer, len: number, out: Buffer): RxCode {
+    if (!this.loadHeader(dgram, len)) return RxCode.Malformed;
+    return this.finish(dgram, len, out);
+  }
+
+  /**
+   * open() for a datagram on which matches() just returned true: reuses the
+   * header unmasked there instead of hashing again. Only valid immediately
+   * after that call, on the same unchanged bytes.
+   */
+  openMatched(dgram: Buffer, len: number, out: Buffer): RxCode {
+    return this.finish(dgram, len, out);
+  }
+
+  /** Copies the (unmasked) header into scratch; false when too short to do so. */
+  private loadHeader(dgram: Buffer, len: number): boolean {
+    if (!(len >= 0 && len <= dgram.length)) return false;
+    if (!this.obfuscate) return len >= HEADER_LEN;
+    if (len < MIN_DATAGRAM) return false;
+    const pad = this.pad;
+    const hdr = this.hdr;
+    obfsPadInto(pad, this.padInput, this.link, dgram, len - TAG_LEN);
+    for (let i = 0; i < HEADER_LEN; i++) hdr[i] = dgram[i]! ^ pad[i]!;
+    return true;
+  }
+
+  private finish(dgram: Buffer, len: number, out: Buffer): RxCode {
+    if (!(len >= MIN_DATAGRAM && len <= MAX_DATAGRAM && len <= dgram.length)) return RxCode.Malformed;
+    const h = this.obfuscate ? this.hdr : dgram;
+    const flags = h[1]!;
+    if (h[0] !== WIRE_VERSION || (flags & FLAGS_RESERVED) !== 0) return RxCode.Malformed;
+    if ((h[2]! | (h[3]! << 8)) !== this.from) return RxCode.Malformed;
+    const eLo = h.readUInt32LE(4);
+    const eHi = h.readUInt32LE(8);
+    if (eLo === 0 && eHi === 0) return RxCode.Malformed;
+    const sLo = h.readUInt32LE(12);
+    const sHi = h.readUInt32LE(16);
+    if (sHi > SEQ_HI_MAX) return RxCode.Malformed;
+
+    // Forward-only epochs, compared as two unsigned 32-bit halves.
+    const curHi = this.curHi;
+    const curLo = this.curLo;
+    if (eHi < curHi || (eHi === curHi && eLo < curLo)) return RxCode.OldEpoch;
+    const newer = eHi !== curHi || eLo !== curLo;
+    let key = this.key;
+    if (newer) {
+      // Candidate key for a newer epoch; not committed until it authenticates.
+      // A run of datagrams at the same not-yet-accepted epoch derives it once.
+      const c = this.candHiLo;
+      if (c[0] !== eHi || c[1] !== eLo) {
+        sessionKeyInto(this.candidate, this.kdfInput, this.link, eHi, eLo);
+        c[0] = eHi;
+        c[1] = eLo;
+      }
+      key = this.candidate;
+    }
+
+    const ptLen = len - OVERHEAD;
+    if (out.length < ptLen) throw new RangeError(`out needs ${ptLen} bytes, has ${out.length}`);
+    const nonce = this.nonce;
+    nonce.writeUInt32LE(sLo, 0);
+    nonce.writeUInt32LE(sHi, 4);
+    try {
+      sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
+        this.outViews.get(out, 0, ptLen),
+        null,
+        this.bodyViews.get(dgram, HEADER_LEN, len - HEADER_LEN),
+        null,
+        nonce,
+        key,
+      );
+    } catch {
+      return RxCode.AuthFail;
+    }
+
+    if (newer) {
+      // Authentic: adopt the newer session and start a fresh window.
+      this.candidate = this.key;
+      this.key = key;
+      this.candHiLo[0] = 0;
+      this.candHiLo[1] = 0;
+      this.curHi = eHi;
+      this.curLo = eLo;
+      this.window.reset();
+    }
+    const seq = sHi * TWO_32 + sLo;
+    if (!this.window.accept(seq)) return RxCode.Replay;
+
+    this.plaintextLen = ptLen;
+    this.keepalive = (flags & FLAG_KEEPALIVE) !== 0;
+    this.lastSeq = seq;
+    return RxCode.Accept;
+  }
+}
