@@ -2,6 +2,7 @@
 // own file exporting register*(program). Thin over src/{wire,daemon,acl,control}.
 import { Command, CommanderError } from 'commander';
 import { CliExit } from './util.js';
+import { registerAcl } from './acl.js';
 import { registerDaemonVerbs } from './daemon.js';
 import { registerDebugWire } from './debug-wire.js';
 
@@ -14,6 +15,7 @@ export function buildProgram(): Command {
   // register*(program) calls are added here, one line per verb family.
   registerDaemonVerbs(program);
   registerDebugWire(program);
+  registerAcl(program);
   return program;
 }
 

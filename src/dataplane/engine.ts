@@ -88,7 +88,21 @@ export class Peer {
   }
 }
 
-const SEND_RING = 512;
+/**
+ * Outgoing datagrams rotate through this many buffers. send() normally hands the
+ * bytes to the kernel at once (literalLookup + libuv's try-send); only when the
+ * socket buffer is full does libuv queue the request and keep a reference, and
+ * the ring keeps such a buffer untouched for SEND_RING further sends.
+ */
+const SEND_RING = 4096;
+
+function literalLookup(
+  address: string,
+  family: unknown,
+  callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void,
+): void {
+  callback(null, address, isIP(address));
+}
 const BUF_SIZE = 2048;
 
 export class Engine {
@@ -146,7 +160,16 @@ export class Engine {
 
   private bind(family: 4 | 6, host: string, port: number, required: boolean): Promise<void> {
     return new Promise((resolve, reject) => {
-      const s = dgram.createSocket({ type: family === 4 ? 'udp4' : 'udp6', ipv6Only: family === 6, recvBufferSize: 4 << 20, sendBufferSize: 4 << 20 });
+      const s = dgram.createSocket({
+        type: family === 4 ? 'udp4' : 'udp6',
+        ipv6Only: family === 6,
+        recvBufferSize: 4 << 20,
+        sendBufferSize: 4 << 20,
+        // Peer addresses are always literal IPs here (names are resolved by
+        // resolvePeer), so skip dns.lookup and its deferral: the datagram is
+        // handed to the kernel synchronously inside send().
+        lookup: literalLookup,
+      });
       const sock: Sock = { s, family, port };
       const onError = (err: NodeJS.ErrnoException): void => {
         s.close();

@@ -1,0 +1,175 @@
+// The policy's `tests` and `sshTests` blocks, evaluated against the compiled
+// filter and SSH policy.
+import { IPSet } from '../net/ipset.js';
+import { parseAlias, parsePorts, parseProto, splitHostPort } from './alias.js';
+import type { Engine } from './compile.js';
+import { INTERNET } from './model.js';
+import type { Alias, Pos } from './types.js';
+
+const DEFAULT_PROTOS = [6, 17, 1, 58];
+
+type Addrs = { ok: true; addrs: IPSet[] } | { ok: false; error: string };
+
+function resolveAddrs(engine: Engine, a: Alias, text: string): Addrs {
+  const deps = new Set<string>();
+  const model = engine.model;
+  if (a.kind === 'user' && model.userIdOf(a.name) === null) {
+    return { ok: false, error: `failed to resolve ${JSON.stringify(text)}: user not found` };
+  }
+  const ids = engine.resolver.identityNodes(a, deps);
+  if (ids) {
+    const out: IPSet[] = [];
+    for (const id of ids) for (const ip of model.nodes.get(id)!.ips) out.push(IPSet.parse(ip)!);
+    return { ok: true, addrs: out };
+  }
+  switch (a.kind) {
+    case 'prefix':
+      return { ok: true, addrs: [IPSet.fromPrefix(a.prefix)] };
+    case 'host':
+      return { ok: true, addrs: [engine.policy.hosts.get(a.name)!.set] };
+    case 'wildcard':
+      return { ok: true, addrs: [engine.resolver.wildcardSet()] };
+    case 'autogroup':
+      if (a.name === 'internet') return { ok: true, addrs: [INTERNET] };
+      return { ok: false, error: `${JSON.stringify(text)} cannot be used in tests` };
+    default:
+      return { ok: false, error: `${JSON.stringify(text)} cannot be used in tests` };
+  }
+}
+
+function allowed(engine: Engine, src: IPSet[], dst: IPSet, first: number, last: number, protos: number[]): boolean {
+  const rules = engine.allRules().filter((r) => r.kind === 'net');
+  return src.every((s) =>
+    rules.some((r) => {
+      if (r.proto && !r.proto.some((p) => protos.includes(p))) return false;
+      const srcHit =
+        r.srcSet.overlaps(s) || r.srcIdentity.some((id) => engine.model.nodes.get(id)!.ipSet.overlaps(s));
+      if (!srcHit) return false;
+      return r.entries.some((e) => e.ports.First <= first && e.ports.Last >= last && e.set.overlaps(dst));
+    }),
+  );
+}
+
+export interface TestFailure {
+  pos: Pos;
+  message: string;
+}
+
+export function runPolicyTests(engine: Engine): TestFailure[] {
+  const out: TestFailure[] = [];
+  for (const t of engine.policy.tests) {
+    const label = `${t.src}${t.proto ? ` (${t.proto})` : ''}`;
+    const sa = parseAlias(t.src);
+    if (!sa.ok) {
+      out.push({ pos: t.pos, message: `${label}: ${sa.error}` });
+      continue;
+    }
+    const src = resolveAddrs(engine, sa.value, t.src);
+    if (!src.ok) {
+      out.push({ pos: t.pos, message: `${label}: ${src.error}` });
+      continue;
+    }
+    if (src.addrs.length === 0) {
+      out.push({ pos: t.pos, message: `${label}: source ${JSON.stringify(t.src)} resolved to no IP addresses` });
+      continue;
+    }
+    let protos = DEFAULT_PROTOS;
+    if (t.proto) {
+      const p = parseProto(t.proto);
+      if (p.ok) protos = p.value;
+    }
+    const check = (dsts: typeof t.accept, want: boolean): void => {
+      for (const d of dsts) {
+        const hp = splitHostPort(d.v);
+        if (!hp) {
+          out.push({ pos: d.pos, message: `${label} -> ${d.v}: destination must be host:port` });
+          continue;
+        }
+        const ports = parsePorts(hp.ports);
+        const da = parseAlias(hp.host);
+        if (!ports.ok || !da.ok) {
+          out.push({ pos: d.pos, message: `${label} -> ${d.v}: ${!ports.ok ? ports.error : (da as { error: string }).error}` });
+          continue;
+        }
+        if (da.value.kind === 'prefix' && hp.host.includes('/')) {
+          out.push({ pos: d.pos, message: `${label} -> ${d.v}: destination must be a host or single IP address, not a CIDR prefix` });
+          continue;
+        }
+        const dst = resolveAddrs(engine, da.value, hp.host);
+        if (!dst.ok || dst.addrs.length === 0) {
+          out.push({
+            pos: d.pos,
+            message: `${label} -> ${d.v}: ${dst.ok ? 'destination resolved to no IP addresses' : dst.error}`,
+          });
+          continue;
+        }
+        const dset = IPSet.unionAll(dst.addrs);
+        const ok = ports.value.every((p) => allowed(engine, src.addrs, dset, p.First, p.Last, protos));
+        if (ok !== want) {
+          out.push({
+            pos: d.pos,
+            message: `${label} -> ${d.v}: expected ${want ? 'ALLOWED' : 'DENIED'}, got ${ok ? 'ALLOWED' : 'DENIED'}`,
+          });
+        }
+      }
+    };
+    check(t.accept, true);
+    check(t.deny, false);
+  }
+  return out;
+}
+
+export function runSshTests(engine: Engine): TestFailure[] {
+  const out: TestFailure[] = [];
+  const model = engine.model;
+  for (const t of engine.policy.sshTests) {
+    const sa = parseAlias(t.src);
+    if (!sa.ok) {
+      out.push({ pos: t.pos, message: `${t.src}: ${sa.error}` });
+      continue;
+    }
+    const src = resolveAddrs(engine, sa.value, t.src);
+    if (!src.ok || src.addrs.length === 0) {
+      out.push({ pos: t.pos, message: `${t.src}: ${src.ok ? `source ${JSON.stringify(t.src)} resolved to no IP addresses` : src.error}` });
+      continue;
+    }
+    const srcIps = src.addrs.flatMap((s) => s.toStrings());
+    for (const d of t.dst) {
+      const da = parseAlias(d);
+      const ids = da.ok ? engine.resolver.identityNodes(da.value, new Set()) : null;
+      const dstIds =
+        ids ?? (da.ok && da.value.kind === 'host'
+          ? [...model.nodes.values()].filter((n) => engine.policy.hosts.get((da.value as { name: string }).name)!.set.overlaps(n.ipSet)).map((n) => n.id)
+          : []);
+      if (dstIds.length === 0) {
+        out.push({ pos: t.pos, message: `${t.src} -> ${d}: destination resolved to no nodes` });
+        continue;
+      }
+      const verdict = (user: string, id: number): 'accept' | 'check' | 'deny' => {
+        for (const r of engine.sshPolicy(id).rules) {
+          const principals = new Set(r.principals.map((p) => p.nodeIP));
+          if (!srcIps.every((ip) => principals.has(ip))) continue;
+          const mapped = r.sshUsers[user] ?? (user !== 'root' ? r.sshUsers['*'] : undefined);
+          if (!mapped) continue;
+          return r.action.holdAndDelegate ? 'check' : 'accept';
+        }
+        return 'deny';
+      };
+      for (const id of dstIds) {
+        for (const u of t.accept) {
+          const v = verdict(u, id);
+          if (v === 'deny') out.push({ pos: t.pos, message: `${t.src} -> ${u}@${d}: expected ALLOWED, got DENIED` });
+        }
+        for (const u of t.check) {
+          const v = verdict(u, id);
+          if (v !== 'check') out.push({ pos: t.pos, message: `${t.src} -> ${u}@${d}: expected CHECK, got ${v === 'accept' ? 'ALLOWED' : 'DENIED'}` });
+        }
+        for (const u of t.deny) {
+          const v = verdict(u, id);
+          if (v !== 'deny') out.push({ pos: t.pos, message: `${t.src} -> ${u}@${d}: expected DENIED, got ${v === 'check' ? 'CHECK' : 'ALLOWED'}` });
+        }
+      }
+    }
+  }
+  return out;
+}
