@@ -1,25 +1,39 @@
 // Data-plane benchmark in network namespaces (root, Linux). Prints one JSON line.
 //
-//   A (spoke) ── HUB ── B (spoke)      1400-byte UDP packets from iperf3 -u:
-//   1. spoke→hub: A sends to the hub's own overlay address (hub delivers to its TUN)
-//   2. spoke→hub→spoke: A sends to B; the hub decrypts, routes, re-encrypts (relay)
-//   3. iperf3 TCP A→B through the relay
-//   4. RSS of the hub sampled over a long relay run (flat = no per-packet leak)
+//   A (spoke) ── HUB ── B (spoke)     overlay 10.88.0.0/24, 1400-byte inner packets
 //
-// Env: BENCH_SECONDS (per UDP phase, default 8), BENCH_SOAK_SECONDS (default 60).
+// 1. relay_one_core: a wire-level generator plays spoke A and blasts sealed
+//    datagrams for B at the hub; the hub decrypts, routes, re-encrypts and sends
+//    (B's underlay has no listener, so nothing else spends CPU). Hub-limited.
+// 2. spoke_to_hub: the same generator, inner packets for the hub's own TUN
+//    address: the hub decrypts and delivers to its TUN. Hub-limited.
+// 3. spoke_send: a UDP flood into spoke A's TUN (real spoke: TUN read → seal →
+//    send) with nothing receiving; counts what A puts on the wire.
+// 4. spoke_hub_spoke: real spokes A and B, UDP flood A→B through the hub.
+// 5. iperf3 TCP A→B through the relay.
+// 6. RSS of the hub sampled while it relays for BENCH_SOAK_SECONDS (flat = no
+//    per-packet leak).
+// On this 2-core machine every phase shares the cores with its load generator;
+// per-core figures (pps / CPU share of the measured process) are reported too.
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
-import { Lab, netnsSkipReason, nsExec, sleep, hexKey, type DaemonHandle } from '../test/e2e/netns.js';
+import path from 'node:path';
+import { Lab, ROOT, netnsSkipReason, nsExec, sleep, hexKey, type DaemonHandle } from '../test/e2e/netns.js';
 
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 6);
 const SOAK = Number(process.env.BENCH_SOAK_SECONDS ?? 60);
-const PAYLOAD = 1400 - 28; // UDP payload so the inner IPv4 packet is 1400 bytes
+/** Each load runs this long: start-up, ramp-up and the SECONDS window fit inside. */
+const LOAD_SECONDS = SECONDS + 5;
+const HZ = 100; // USER_HZ
+const progress = (msg: string): void => {
+  process.stderr.write(`bench/dataplane: ${msg}\n`);
+};
 
 function cpuTicks(pid: number): number {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
-  return Number(rest[11]) + Number(rest[12]); // utime + stime (fields 14, 15)
+  return Number(rest[11]) + Number(rest[12]);
 }
 
 function rssMiB(pid: number): number {
@@ -27,48 +41,59 @@ function rssMiB(pid: number): number {
   return m ? Number(m[1]) / 1024 : 0;
 }
 
-/** The larktund node process inside `ip netns exec` (the child is `ip`, which execs it). */
-function daemonPid(h: DaemonHandle): number {
-  return h.proc.pid!;
+interface Phase {
+  pps: number;
+  gbit_s: number;
+  cpu_pct: number;
+  pps_per_core: number;
 }
 
-async function udpPhase(serverNs: string, from: string, to: string, hub: DaemonHandle, counter: string, seconds: number) {
-  const server = spawn('ip', ['netns', 'exec', serverNs, 'iperf3', '-s', '-1', '-p', '5201'], { stdio: 'ignore' });
-  await sleep(500);
-  const pid = daemonPid(hub);
-  const c0 = hub.status().counters[counter]!;
+/**
+ * Runs `load` (which lasts LOAD_SECONDS) and samples `counter` of daemon `d`
+ * over a SECONDS-long window that starts once the counter is moving.
+ */
+async function measure(d: DaemonHandle, counter: string, load: () => Promise<void>): Promise<Phase> {
+  progress(`measuring ${counter} of ${path.basename(d.sock, '.sock')}`);
+  const done = load();
+  const start = (await d.statusFast()).counters[counter]!;
+  const deadline = Date.now() + 15_000;
+  while (Date.now() < deadline && (await d.statusFast()).counters[counter]! === start) await sleep(100);
+  await sleep(500); // past the ramp-up
+  const pid = d.proc.pid!;
+  const c0 = (await d.statusFast()).counters[counter]!;
   const t0 = cpuTicks(pid);
-  const start = process.hrtime.bigint();
-  const r = nsExec(from, `iperf3 -c ${to} -u -b 0 -l ${PAYLOAD} -t ${seconds} -p 5201 -J`, { allowFail: true, timeoutMs: (seconds + 20) * 1000 });
-  const secs = Number(process.hrtime.bigint() - start) / 1e9;
-  const c1 = hub.status().counters[counter]!;
+  const w0 = process.hrtime.bigint();
+  await sleep(SECONDS * 1000);
+  const c1 = (await d.statusFast()).counters[counter]!;
   const t1 = cpuTicks(pid);
-  server.kill();
-  let received = 0;
-  try {
-    const j = JSON.parse(r.out) as { end?: { sum?: { packets?: number; lost_packets?: number } } };
-    received = (j.end?.sum?.packets ?? 0) - (j.end?.sum?.lost_packets ?? 0);
-  } catch {
-    /* iperf3 output unavailable */
-  }
+  const secs = Number(process.hrtime.bigint() - w0) / 1e9;
+  await done;
   const pps = (c1 - c0) / secs;
+  const cpu = (t1 - t0) / HZ / secs;
   return {
     pps: Math.round(pps),
     gbit_s: Number(((pps * 1400 * 8) / 1e9).toFixed(3)),
-    hub_cpu_pct: 0,
-    hub_cpu_ticks: t1 - t0,
-    secs,
-    receiver_packets: received,
+    cpu_pct: Math.round(cpu * 100),
+    pps_per_core: cpu > 0 ? Math.round(pps / cpu) : 0,
   };
 }
 
+function runIn(ns: string, argv: string[]): Promise<void> {
+  return new Promise((resolve) => {
+    const c = spawn('ip', ['netns', 'exec', ns, ...argv], { stdio: 'ignore', cwd: ROOT });
+    c.once('exit', () => resolve());
+  });
+}
+
 async function main(): Promise<void> {
-  const skip = netnsSkipReason(['iperf3']);
+  const skip = netnsSkipReason(['iperf3', 'python3']);
   if (skip) {
     process.stdout.write(`${JSON.stringify({ bench: 'dataplane', skipped: skip })}\n`);
     return;
   }
   const lab = new Lab();
+  const blast = path.join(ROOT, 'bench', 'tools', 'blast.ts');
+  const flood = path.join(ROOT, 'bench', 'tools', 'udpflood.py');
   try {
     const hubNs = lab.addNs('hub');
     const aNs = lab.addNs('a');
@@ -85,9 +110,17 @@ async function main(): Promise<void> {
       local_routes: ['10.88.0.1/32'],
       peers: [
         { id: 2, name: 'a', allowed_src: '10.88.0.2/32', psk: pskA },
-        { id: 3, name: 'b', allowed_src: '10.88.0.3/32', psk: pskB },
+        { id: 3, name: 'b', endpoint: '198.18.2.2:18020', allowed_src: '10.88.0.3/32', psk: pskB },
       ],
     });
+    const blastArgs = (dst: string): string[] => [
+      process.execPath, '--import', 'tsx', blast, '198.18.1.1:18020', '2', '1', pskA, '10.88.0.2', dst, String(LOAD_SECONDS),
+    ];
+    // 1 + 2: hub-limited phases, generator on the wire, nothing listening at B.
+    const relayOneCore = await measure(hub, 'relay_packets', () => runIn(aNs, blastArgs('10.88.0.3')));
+    const toHub = await measure(hub, 'tun_tx_packets', () => runIn(aNs, blastArgs('10.88.0.1')));
+
+    // 3 + 4: real spokes.
     const spoke = (id: number, psk: string, ep: string) => ({
       role: 'spoke',
       virtual_subnet: '10.88.0.0/24',
@@ -95,16 +128,24 @@ async function main(): Promise<void> {
       local_tun_ip: `10.88.0.${id}/24`,
       peers: [{ id: 1, name: 'hub', endpoint: ep, allowed_src: '10.88.0.0/24', psk }],
     });
-    await lab.daemon(aNs, 'a', spoke(2, pskA, '198.18.1.1:18020'));
-    await lab.daemon(bNs, 'b', spoke(3, pskB, '198.18.2.1:18020'));
+    // 3: the spoke's own send path, alone with its load: its hub endpoint is a
+    // port nobody listens on, so no other process spends CPU on the packets.
+    const floodAtoB = () => runIn(aNs, ['python3', flood, '10.88.0.3', '9', String(LOAD_SECONDS)]);
+    const aSolo = await lab.daemon(aNs, 'a-solo', spoke(2, pskA, '198.18.1.1:18099'));
+    nsExec(aNs, 'ip link set dev lark0 txqueuelen 10000');
+    const spokeSend = await measure(aSolo, 'udp_tx_packets', floodAtoB);
+    await aSolo.stop();
+
+    // 4: real spokes A and B through the hub.
+    const a = await lab.daemon(aNs, 'a', spoke(2, pskA, '198.18.1.1:18020'));
+    const b = await lab.daemon(bNs, 'b', spoke(3, pskB, '198.18.2.1:18020'));
+    nsExec(aNs, 'ip link set dev lark0 txqueuelen 10000');
     nsExec(aNs, 'ping -c 2 -i 0.2 10.88.0.3', { allowFail: true });
+    const hubRelay = await measure(hub, 'relay_packets', floodAtoB);
+    const bRecv = await measure(b, 'tun_tx_packets', floodAtoB);
 
-    const hz = 100; // USER_HZ on Linux
-    const toHub = await udpPhase(hubNs, aNs, '10.88.0.1', hub, 'udp_rx_packets', SECONDS);
-    const relay = await udpPhase(bNs, aNs, '10.88.0.3', hub, 'relay_packets', SECONDS);
-    for (const r of [toHub, relay]) r.hub_cpu_pct = Math.round((r.hub_cpu_ticks / hz / r.secs) * 100);
-
-    // TCP through the relay.
+    // 5: TCP through the relay.
+    progress('iperf3 TCP through the relay');
     const srv = spawn('ip', ['netns', 'exec', bNs, 'iperf3', '-s', '-1', '-p', '5202'], { stdio: 'ignore' });
     await sleep(500);
     const tcp = nsExec(aNs, `iperf3 -c 10.88.0.3 -t ${SECONDS} -p 5202 -J`, { allowFail: true, timeoutMs: (SECONDS + 20) * 1000 });
@@ -113,22 +154,23 @@ async function main(): Promise<void> {
     try {
       tcpGbit = (JSON.parse(tcp.out) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 1e9;
     } catch {
-      /* leave 0 */
+      /* iperf3 failed: reported as 0 */
     }
 
-    // Soak: RSS of the hub over a long relay run.
-    const pid = daemonPid(hub);
-    const soakSrv = spawn('ip', ['netns', 'exec', bNs, 'iperf3', '-s', '-1', '-p', '5203'], { stdio: 'ignore' });
-    await sleep(500);
-    const soak = spawn('ip', ['netns', 'exec', aNs, 'iperf3', '-c', '10.88.0.3', '-u', '-b', '0', '-l', String(PAYLOAD), '-t', String(SOAK), '-p', '5203'], { stdio: 'ignore' });
+    // 6: RSS of the hub during a long relay run (wire generator → hub → B).
+    progress(`hub RSS over a ${SOAK} s relay run`);
+    const pid = hub.proc.pid!;
+    const soak = spawn('ip', ['netns', 'exec', aNs, process.execPath, '--import', 'tsx', blast, '198.18.1.1:18020', '2', '1', pskA, '10.88.0.2', '10.88.0.3', String(SOAK)], { stdio: 'ignore', cwd: ROOT });
+    const soakDone = new Promise((r) => soak.once('exit', r));
+    const r0 = (await hub.statusFast()).counters.relay_packets!;
     const samples: number[] = [];
-    const t0 = Date.now();
-    while (Date.now() - t0 < SOAK * 1000) {
+    const tStart = Date.now();
+    while (Date.now() - tStart < SOAK * 1000) {
       await sleep(5000);
       samples.push(Math.round(rssMiB(pid) * 10) / 10);
     }
-    soak.kill();
-    soakSrv.kill();
+    await soakDone;
+    const soakPackets = (await hub.statusFast()).counters.relay_packets! - r0;
     const steady = samples.slice(Math.floor(samples.length / 3));
 
     process.stdout.write(
@@ -136,12 +178,17 @@ async function main(): Promise<void> {
         bench: 'dataplane',
         machine: `${os.cpus().length}x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}`,
         packet_bytes: 1400,
-        spoke_to_hub: { pps: toHub.pps, gbit_s: toHub.gbit_s, hub_cpu_pct: toHub.hub_cpu_pct },
-        spoke_hub_spoke: { pps: relay.pps, gbit_s: relay.gbit_s, hub_cpu_pct: relay.hub_cpu_pct, receiver_packets: relay.receiver_packets },
+        relay_one_core: relayOneCore,
+        spoke_to_hub: toHub,
+        spoke_send: spokeSend,
+        spoke_hub_spoke: { hub: hubRelay, b_delivered: bRecv },
         iperf3_tcp_gbit_s: Number(tcpGbit.toFixed(3)),
-        soak_seconds: SOAK,
-        hub_rss_mib_samples: samples,
-        hub_rss_growth_mib: steady.length > 1 ? Math.round((steady[steady.length - 1]! - steady[0]!) * 10) / 10 : null,
+        soak: {
+          seconds: SOAK,
+          relayed: soakPackets,
+          hub_rss_mib: samples,
+          steady_growth_mib: steady.length > 1 ? Math.round((steady[steady.length - 1]! - steady[0]!) * 10) / 10 : null,
+        },
         targets: { relay_pps: 66000, spoke_to_hub_pps: 100000 },
       })}\n`,
     );

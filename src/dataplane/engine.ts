@@ -95,15 +95,18 @@ export class Peer {
  * the ring keeps such a buffer untouched for SEND_RING further sends.
  */
 const SEND_RING = 4096;
-
-function literalLookup(
-  address: string,
-  family: unknown,
-  callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void,
-): void {
-  callback(null, address, isIP(address));
-}
 const BUF_SIZE = 2048;
+
+type LookupCallback = (err: NodeJS.ErrnoException | null, address: string, family: number) => void;
+
+function literalLookupImpl(address: string, family: unknown, callback: LookupCallback): void {
+  // Node 20's dgram asks with the socket's family as a number (4 for udp4,
+  // 6 for udp6); accept an options object too in case a later Node passes one.
+  const fam =
+    typeof family === 'number' ? family : ((family as { family?: number } | null)?.family ?? isIP(address));
+  callback(null, address, fam);
+}
+const literalLookup = literalLookupImpl as unknown as NonNullable<dgram.SocketOptions['lookup']>;
 
 export class Engine {
   readonly counters = new Counters();
@@ -253,7 +256,8 @@ export class Engine {
       this.counters.drop_unknown_peer++;
       return;
     }
-    const code = peer.rx.open(msg, len, this.plain);
+    // findPeer ran rx.matches(), which already unmasked the header.
+    const code = peer.rx.openMatched(msg, len, this.plain);
     if (code !== RxCode.Accept) {
       this.countRx(code);
       return;
