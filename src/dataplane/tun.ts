@@ -84,7 +84,6 @@ export class TunDevice {
       process.exit(1);
     });
     void this.drain(onPacket);
-    if (process.env.LARKTUN_DEBUG_RING) setInterval(() => process.stderr.write(`ring w=${Atomics.load(this.ctrl, 0)} c=${Atomics.load(this.ctrl, 1)} local=${this.consumed}\n`), 1000).unref();
   }
 
   private async drain(onPacket: PacketHandler): Promise<void> {
