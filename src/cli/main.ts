@@ -5,6 +5,8 @@ import { CliExit } from './util.js';
 import { registerAcl } from './acl.js';
 import { registerDaemonVerbs } from './daemon.js';
 import { registerDebugWire } from './debug-wire.js';
+import { registerServer } from './server.js';
+import { registerAdmin } from './admin.js';
 
 export function buildProgram(): Command {
   const program = new Command('larktun')
@@ -16,6 +18,8 @@ export function buildProgram(): Command {
   registerDaemonVerbs(program);
   registerDebugWire(program);
   registerAcl(program);
+  registerServer(program);
+  registerAdmin(program);
   return program;
 }
 

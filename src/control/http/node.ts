@@ -1,0 +1,317 @@
+// Node coordination API under /node/v1: registration with an auth key, hostinfo
+// announcements, and the long-lived map stream (Server-Sent Events). A node's
+// token is bound to its tenant at registration; every later request finds the
+// tenant from the token alone, so nothing a node sends can move it elsewhere.
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify';
+import type { Store } from '../store/repo.js';
+import { nowIso } from '../store/repo.js';
+import { ApiError, badRequest, unauthorized } from '../errors.js';
+import { newSecret, parseSecret, secretMatches } from '../secrets.js';
+import { bearer } from './auth.js';
+import type { NodeRow } from '../store/schema.js';
+import {
+  allocateAddresses, canonicalRoutes, nodeAuditView, runAutoApprove, uniqueNodeName, validateTagSyntax,
+} from '../service.js';
+import { userOwnsTag } from '../policy-engine.js';
+import { jsonList, jsonObject, oneShotMap, type BuiltMap, type MapHub, type MapStream } from '../netmap.js';
+import type { RouteDoc } from './openapi.js';
+import { parseHostPort } from '../../net/addr.js';
+import type { ControlMetrics } from '../metrics.js';
+
+export interface NodeDeps {
+  store: Store;
+  hub: MapHub;
+  metrics: ControlMetrics;
+  /** SSE keepalive interval (ms). */
+  keepaliveMs?: number;
+  /** Streams to end on shutdown. */
+  openStreams: Set<() => void>;
+  /** True once shutdown began: closing streams then is not the node going offline. */
+  shuttingDown?: () => boolean;
+}
+
+type S = FastifySchema & RouteDoc;
+const doc = (summary: string, auth = 'node'): S => ({ tags: ['node'], summary, 'x-auth': auth });
+
+const NODE_KEY = { type: 'string', pattern: '^[A-Za-z0-9+/=_:-]{16,128}$', description: 'the node\'s public key' } as const;
+const hostinfoProps = {
+  hostname: { type: 'string', minLength: 1, maxLength: 253 },
+  routes: { type: 'array', items: { type: 'string' }, maxItems: 1024, description: 'routes the node announces' },
+  exit_node: { type: 'boolean', description: 'offer this node as an exit node' },
+  use_exit_node: { type: ['string', 'null'], maxLength: 253, description: 'name or id of the exit node to use' },
+  endpoints: { type: 'array', items: { type: 'string', maxLength: 300 }, maxItems: 64 },
+  os: { type: 'string', maxLength: 100 },
+  version: { type: 'string', maxLength: 100 },
+} as const;
+
+interface HostinfoBody {
+  hostname?: string;
+  routes?: string[];
+  exit_node?: boolean;
+  use_exit_node?: string | null;
+  endpoints?: string[];
+  os?: string;
+  version?: string;
+}
+
+interface RegisterBody extends HostinfoBody {
+  auth_key: string;
+  node_key: string;
+  hostname: string;
+  tags?: string[];
+}
+
+function announcedFrom(b: HostinfoBody, prev: string[]): string[] {
+  const isExit = (r: string) => r === '0.0.0.0/0' || r === '::/0';
+  const routes = (b.routes ?? prev).filter((r) => !isExit(r));
+  const exitWanted = b.exit_node ?? prev.some(isExit);
+  return canonicalRoutes([...routes, ...(exitWanted ? ['0.0.0.0/0', '::/0'] : [])], 'routes');
+}
+
+function endpointsFrom(b: HostinfoBody): string[] | undefined {
+  if (!b.endpoints) return undefined;
+  const bad = b.endpoints.filter((e) => parseHostPort(e) === null);
+  if (bad.length) throw badRequest(`endpoint "${bad[0]}" is not host:port`, { endpoints: bad });
+  return b.endpoints;
+}
+
+function hostinfoJson(b: HostinfoBody, prev: Record<string, unknown>): string {
+  const next: Record<string, unknown> = { ...prev };
+  if (b.os !== undefined) next['os'] = b.os;
+  if (b.version !== undefined) next['version'] = b.version;
+  if (b.use_exit_node !== undefined) next['use_exit_node'] = b.use_exit_node;
+  return JSON.stringify(next);
+}
+
+export async function authenticateNode(store: Store, req: FastifyRequest): Promise<NodeRow> {
+  const token = bearer(req);
+  const parsed = token ? parseSecret(token) : null;
+  if (!token || parsed?.kind !== 'lknode') throw unauthorized('missing or invalid node token');
+  const node = await store.findNodeByToken(parsed.prefix);
+  if (!node || !secretMatches(token, node.token_hash)) throw unauthorized('missing or invalid node token');
+  if (node.expires_at !== null && node.expires_at <= nowIso()) throw new ApiError(401, 'node_expired', 'this node has expired: register again with an auth key');
+  return node;
+}
+
+export function registerNodeRoutes(app: FastifyInstance, deps: NodeDeps): void {
+  const { store, hub, metrics } = deps;
+
+  app.post<{ Body: RegisterBody }>(
+    '/register',
+    {
+      schema: {
+        ...doc('Register a node with an auth key and its public key', 'authkey'),
+        body: {
+          type: 'object', additionalProperties: false, required: ['auth_key', 'node_key', 'hostname'],
+          properties: { auth_key: { type: 'string', maxLength: 200 }, node_key: NODE_KEY, tags: { type: 'array', items: { type: 'string' }, maxItems: 64 }, ...hostinfoProps },
+        },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body;
+      const parsed = parseSecret(b.auth_key);
+      const key = parsed?.kind === 'lkauth' ? await store.findAuthKey(parsed.prefix) : undefined;
+      if (!key || !secretMatches(b.auth_key, key.hash)) {
+        metrics.rejections.inc({ reason: 'auth_key_invalid' });
+        throw unauthorized('invalid auth key');
+      }
+      if (key.expires_at !== null && key.expires_at <= nowIso()) {
+        metrics.rejections.inc({ reason: 'auth_key_expired' });
+        throw unauthorized('this auth key has expired');
+      }
+      const keyTags = jsonList(key.tags);
+      const requested = b.tags ? [...new Set(b.tags)].sort() : keyTags;
+      validateTagSyntax(requested);
+      const announcedBase = announcedFrom(b, []);
+      const endpoints = endpointsFrom(b) ?? [];
+      const s = newSecret('lknode');
+      const tenant = await store.getTenant(key.tenant_id);
+      if (!tenant) throw unauthorized('invalid auth key');
+
+      const { result } = await store.write(key.tenant_id, `authkey:${key.prefix}`, async (tx) => {
+        const k = await tx.getAuthKey(key.id); // re-read under the tenant lock
+        if (!k) throw unauthorized('invalid auth key');
+        const existing = await tx.getNodeByKey(b.node_key);
+        if (k.reusable !== 1 && k.used_count > 0 && !(existing && existing.auth_key_id === k.id)) {
+          metrics.rejections.inc({ reason: 'auth_key_used' });
+          throw unauthorized('this auth key has already been used');
+        }
+        const pol = await tx.currentPolicy();
+        const policyText = pol?.text ?? '{}';
+        const needsOwner = requested.some((tag) => !keyTags.includes(tag));
+        const user = needsOwner && k.user_id !== null ? ((await tx.getUser(k.user_id)) ?? null) : null;
+        const notAllowed = requested.filter(
+          (tag) => !keyTags.includes(tag) && !userOwnsTag(policyText, tag, user ? { id: user.id, name: user.name, email: user.email } : null),
+        );
+        if (notAllowed.length) {
+          metrics.rejections.inc({ reason: 'tags_not_allowed' });
+          throw new ApiError(403, 'tags_not_allowed', `tag "${notAllowed[0]}" is not permitted for this auth key (not one of its tags, and the key's user does not own it in tagOwners)`, { tags: notAllowed });
+        }
+        const now = nowIso();
+        let node: NodeRow;
+        if (existing) {
+          const before = nodeAuditView(existing);
+          const updated = await tx.updateNode(existing.id, {
+            token_prefix: s.prefix, token_hash: s.hash, hostname: b.hostname, tags: JSON.stringify(requested),
+            user_id: k.user_id, auth_key_id: k.id, ephemeral: k.ephemeral, expires_at: null,
+            announced_routes: JSON.stringify(announcedBase), endpoints: JSON.stringify(endpoints),
+            hostinfo: hostinfoJson(b, jsonObject(existing.hostinfo)),
+          });
+          if (!updated) throw new ApiError(500, 'internal', 'node vanished during registration');
+          node = updated;
+          await tx.audit('node.reregister', 'node', node.id, before, nodeAuditView(node));
+        } else {
+          const count = await tx.countNodes();
+          if (count >= tenant.max_nodes) {
+            metrics.rejections.inc({ reason: 'max_nodes' });
+            throw new ApiError(409, 'limit_reached', `this tenant has reached its limit of ${tenant.max_nodes} nodes`);
+          }
+          const addrs = await allocateAddresses(tx, tenant, count);
+          node = await tx.insertNode({
+            name: await uniqueNodeName(tx, b.hostname), hostname: b.hostname, node_key: b.node_key,
+            token_prefix: s.prefix, token_hash: s.hash, user_id: k.user_id, tags: JSON.stringify(requested),
+            ipv4: addrs.ipv4, ipv6: addrs.ipv6, announced_routes: JSON.stringify(announcedBase), approved_routes: '[]',
+            exit_node_wish: b.exit_node ? 1 : 0, endpoints: JSON.stringify(endpoints), hostinfo: hostinfoJson(b, {}),
+            online: 0, last_seen: null, ephemeral: k.ephemeral, auth_key_id: k.id, expires_at: null,
+            created_at: now, updated_at: now,
+          });
+          await tx.audit('node.register', 'node', node.id, null, nodeAuditView(node));
+        }
+        await tx.countAuthKeyUse(k.id);
+        if (node.announced_routes === '[]') return node;
+        const changed = await runAutoApprove(tx, tenant, policyText, [node.id]);
+        return changed > 0 ? ((await tx.getNode(node.id)) ?? node) : node;
+      });
+      return reply.code(201).send({
+        token: s.secret,
+        tenant: tenant.name,
+        node: { id: result.id, name: result.name, ipv4: result.ipv4, ipv6: result.ipv6, tags: jsonList(result.tags), approved_routes: jsonList(result.approved_routes) },
+      });
+    },
+  );
+
+  app.post<{ Body: HostinfoBody }>(
+    '/hostinfo',
+    { schema: { ...doc('Announce hostinfo: hostname, routes, exit-node wish, endpoints'), body: { type: 'object', additionalProperties: false, properties: hostinfoProps } } },
+    async (req) => {
+      const node = await authenticateNode(store, req);
+      const b = req.body;
+      const announced = announcedFrom(b, jsonList(node.announced_routes));
+      const endpoints = endpointsFrom(b);
+      const tenant = await store.getTenant(node.tenant_id);
+      if (!tenant) throw unauthorized('missing or invalid node token');
+      const { result } = await store.write(node.tenant_id, `node:${node.id}`, async (tx) => {
+        const cur = await tx.getNode(node.id);
+        if (!cur) throw unauthorized('missing or invalid node token');
+        const before = { hostname: cur.hostname, announced_routes: jsonList(cur.announced_routes), endpoints: jsonList(cur.endpoints) };
+        const after = { hostname: b.hostname ?? cur.hostname, announced_routes: announced, endpoints: endpoints ?? before.endpoints };
+        await tx.updateNode(cur.id, {
+          hostname: after.hostname, announced_routes: JSON.stringify(announced), endpoints: JSON.stringify(after.endpoints),
+          exit_node_wish: announced.includes('0.0.0.0/0') ? 1 : 0, hostinfo: hostinfoJson(b, jsonObject(cur.hostinfo)), last_seen: nowIso(),
+        });
+        if (JSON.stringify(before) !== JSON.stringify(after)) await tx.audit('node.hostinfo', 'node', cur.id, before, after);
+        const pol = await tx.currentPolicy();
+        await runAutoApprove(tx, tenant, pol?.text ?? '{}', [cur.id]);
+        return (await tx.getNode(cur.id)) ?? cur;
+      });
+      return { announced_routes: jsonList(result.announced_routes), approved_routes: jsonList(result.approved_routes) };
+    },
+  );
+
+  app.get('/map', { schema: doc('The node\'s current network map (one shot)') }, async (req, reply) => {
+    const node = await authenticateNode(store, req);
+    const map = await oneShotMap(store, node.tenant_id, node.id);
+    if (!map) throw unauthorized('missing or invalid node token');
+    return reply.type('application/json; charset=utf-8').send(map.json);
+  });
+
+  app.get<{ Querystring: { since?: string } }>(
+    '/stream',
+    {
+      schema: {
+        ...doc('Server-Sent Events stream of network maps. Resume with Last-Event-ID (or ?since=): an unchanged map is not sent again'),
+        querystring: { type: 'object', additionalProperties: false, properties: { since: { type: 'string', maxLength: 100 } } },
+      },
+    },
+    async (req, reply) => {
+      const node = await authenticateNode(store, req);
+      const last = (req.headers['last-event-id'] as string | undefined) ?? req.query.since ?? null;
+      const lastHash = last && last.includes('.') ? last.slice(last.indexOf('.') + 1) : null;
+      await openStream(deps, req, reply, node, lastHash);
+    },
+  );
+}
+
+async function openStream(deps: NodeDeps, req: FastifyRequest, reply: FastifyReply, node: NodeRow, lastHash: string | null): Promise<void> {
+  const { store, hub, metrics } = deps;
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(200, {
+    'content-type': 'text/event-stream',
+    'cache-control': 'no-cache, no-transform',
+    connection: 'keep-alive',
+    'x-accel-buffering': 'no',
+  });
+  res.write(': larktun map stream\n\n');
+  let closed = false;
+  const write = (chunk: string) => {
+    if (!closed) res.write(chunk);
+  };
+  const stream: MapStream = {
+    tenantId: node.tenant_id,
+    nodeId: node.id,
+    lastHash,
+    first: true,
+    sent: null,
+    patch(map: BuiltMap) {
+      write(`id: ${map.version}.${map.hash}\nevent: patch\ndata: ${map.json}\n\n`);
+    },
+    send(map: BuiltMap) {
+      write(`id: ${map.version}.${map.hash}\nevent: map\ndata: ${map.json}\n\n`);
+    },
+    peerStatus(version: number, online: Record<number, boolean>) {
+      write(`event: peers\ndata: ${JSON.stringify({ version, online })}\n\n`);
+    },
+    unchanged(map: BuiltMap) {
+      write(`id: ${map.version}.${map.hash}\nevent: unchanged\ndata: ${JSON.stringify({ version: map.version, hash: map.hash })}\n\n`);
+    },
+    end(reason: string) {
+      write(`event: end\ndata: ${JSON.stringify({ reason })}\n\n`);
+      finish();
+    },
+  };
+  const keepalive = setInterval(() => write(': keepalive\n\n'), deps.keepaliveMs ?? 15000);
+  keepalive.unref();
+  const finish = () => {
+    if (closed) return;
+    closed = true;
+    clearInterval(keepalive);
+    deps.openStreams.delete(finish);
+    res.end();
+    const left = hub.detach(stream);
+    if (left === 0 && !deps.shuttingDown?.()) void goneOffline(deps, node).catch((err: unknown) => req.log.warn({ err }, 'marking node offline failed'));
+  };
+  deps.openStreams.add(finish);
+  res.on('close', finish);
+  // The hub sends the first map (or "unchanged" on a resume) as soon as it has
+  // compiled the tenant; coming online is itself a change that triggers it.
+  const count = hub.attach(stream);
+  if (count === 1) await store.setPresence(node.tenant_id, node.id, true);
+  void metrics;
+}
+
+async function goneOffline(deps: NodeDeps, node: NodeRow): Promise<void> {
+  const { store } = deps;
+  const cur = await store.tenant(node.tenant_id).getNode(node.id);
+  if (!cur) return;
+  if (cur.ephemeral === 1) {
+    await store.write(node.tenant_id, 'system', async (tx) => {
+      const n = await tx.getNode(node.id);
+      if (!n) return;
+      await tx.deleteNode(n.id);
+      await tx.audit('node.delete.ephemeral', 'node', n.id, nodeAuditView(n), null);
+    }).catch(() => undefined);
+    return;
+  }
+  await store.setPresence(node.tenant_id, node.id, false);
+}

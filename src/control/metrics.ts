@@ -1,0 +1,79 @@
+// Prometheus metrics of one server instance (its own registry, so several
+// servers can live in one process during tests).
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export interface OnlineCounter {
+  (): Promise<{ tenant: string; online: number; total: number }[]>;
+}
+
+export class ControlMetrics {
+  readonly registry = new Registry();
+  readonly apiLatency: Histogram<'method' | 'route' | 'status'>;
+  readonly mapPushes: Counter<'tenant'>;
+  readonly compileSeconds: Histogram<'tenant'>;
+  readonly rejections: Counter<'reason'>;
+  readonly streams: Gauge;
+  readonly notifications: Counter<'direction'>;
+
+  constructor(onlineCounter: OnlineCounter) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'larktun_server_' });
+    this.apiLatency = new Histogram({
+      name: 'larktun_api_request_duration_seconds',
+      help: 'HTTP API latency by route',
+      labelNames: ['method', 'route', 'status'],
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [this.registry],
+    });
+    this.mapPushes = new Counter({
+      name: 'larktun_map_pushes_total',
+      help: 'Network maps pushed to nodes',
+      labelNames: ['tenant'],
+      registers: [this.registry],
+    });
+    this.compileSeconds = new Histogram({
+      name: 'larktun_policy_compile_seconds',
+      help: 'Time to compile a tenant policy into per-node views',
+      labelNames: ['tenant'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5],
+      registers: [this.registry],
+    });
+    this.rejections = new Counter({
+      name: 'larktun_api_rejections_total',
+      help: 'Requests rejected (authentication, validation, limits) by reason',
+      labelNames: ['reason'],
+      registers: [this.registry],
+    });
+    this.streams = new Gauge({
+      name: 'larktun_map_streams',
+      help: 'Open node map streams on this server',
+      registers: [this.registry],
+    });
+    this.notifications = new Counter({
+      name: 'larktun_change_notifications_total',
+      help: 'Cross-replica change notifications sent/received',
+      labelNames: ['direction'],
+      registers: [this.registry],
+    });
+    const onlineG = new Gauge({
+      name: 'larktun_nodes_online',
+      help: 'Nodes online per tenant',
+      labelNames: ['tenant'],
+      registers: [this.registry],
+      async collect() {
+        this.reset();
+        for (const r of await onlineCounter()) this.set({ tenant: r.tenant }, r.online);
+      },
+    });
+    void onlineG;
+    new Gauge({
+      name: 'larktun_nodes',
+      help: 'Registered nodes per tenant',
+      labelNames: ['tenant'],
+      registers: [this.registry],
+      async collect() {
+        this.reset();
+        for (const r of await onlineCounter()) this.set({ tenant: r.tenant }, r.total);
+      },
+    });
+  }
+}

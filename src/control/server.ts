@@ -1,0 +1,258 @@
+// `larktun server`: assembles store, hub, change bus and HTTP routes into one
+// process, and shuts it down gracefully.
+import { existsSync, mkdirSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import Fastify, { LogController, type FastifyError, type FastifyInstance } from 'fastify';
+import { pino, type Logger } from 'pino';
+import { openDatabase, pingDatabase } from './store/db.js';
+import { Store } from './store/repo.js';
+import { ControlMetrics } from './metrics.js';
+import { MapHub } from './netmap.js';
+import { notifyPayload, nullBus, startPgBus, type ChangeBus } from './bus.js';
+import { sql } from 'kysely';
+import { ApiError, errorBody } from './errors.js';
+import { newSecret } from './secrets.js';
+import { OpenApiCollector } from './http/openapi.js';
+import { registerAdminRoutes } from './http/admin.js';
+import { registerNodeRoutes } from './http/node.js';
+import { ENGINE_NAME } from './policy-engine.js';
+
+export const SERVER_VERSION = '0.1.0';
+
+export interface ServerOptions {
+  /** host:port; port 0 picks a free port. Default 127.0.0.1:8080. */
+  listen?: string;
+  /** Data directory (SQLite file, operator key). Default ./larktun-data. */
+  dataDir?: string;
+  /** "sqlite" (default) or a postgres:// URL. */
+  db?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  /** pino level; default "info". */
+  logLevel?: string;
+  /** A logger to use instead of pino to stdout. */
+  logger?: Logger;
+  /** SSE keepalive interval in ms (default 15000). */
+  keepaliveMs?: number;
+}
+
+export interface RunningServer {
+  app: FastifyInstance;
+  store: Store;
+  hub: MapHub;
+  url: string;
+  port: number;
+  host: string;
+  /** Path of the operator key file when this start created it, else null. */
+  operatorKeyCreated: string | null;
+  close(): Promise<void>;
+}
+
+export function parseListen(s: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):([0-9]{1,5})$/.exec(s);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new Error(`--listen "${s}" is not host:port (e.g. 127.0.0.1:8080 or [::1]:8080)`);
+  return { host: (m[1] ?? m[2]) as string, port };
+}
+
+function sanitizeValidation(err: FastifyError): { field: string; message: string }[] {
+  return (err.validation ?? []).map((v) => ({
+    field: `${err.validationContext ?? 'body'}${v.instancePath ? v.instancePath.replace(/\//g, '.') : ''}`,
+    message: v.message ?? 'invalid',
+  }));
+}
+
+function isUniqueViolation(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
+}
+
+export async function startServer(opts: ServerOptions = {}): Promise<RunningServer> {
+  const log = opts.logger ?? pino({ level: opts.logLevel ?? 'info', base: { svc: 'larktun-server' } });
+  const dataDir = resolve(opts.dataDir ?? './larktun-data');
+  const { host, port } = parseListen(opts.listen ?? '127.0.0.1:8080');
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+
+  const handle = await openDatabase(opts.db ?? 'sqlite', dataDir);
+  const store = new Store(handle);
+  log.info({ backend: handle.backend, file: handle.file, engine: ENGINE_NAME }, 'database ready');
+
+  // Operator key: created once per database, written to DATA/operator.key.
+  let operatorKeyCreated: string | null = null;
+  if (!(await store.hasOperatorKey())) {
+    const s = newSecret('lkop');
+    const file = join(dataDir, 'operator.key');
+    await store.addOperatorKey(s.prefix, s.hash);
+    writeFileSync(file, `${s.secret}\n`, { mode: 0o600 });
+    chmodSync(file, 0o600);
+    operatorKeyCreated = file;
+    log.info({ path: file }, 'created the operator key');
+  }
+  if (handle.backend === 'sqlite') await store.resetOnline();
+
+  const metrics = new ControlMetrics(async () => {
+    const rows = await store.db
+      .selectFrom('tenants')
+      .leftJoin('nodes', 'nodes.tenant_id', 'tenants.id')
+      .select((eb) => [
+        'tenants.name as tenant',
+        eb.fn.count<number>('nodes.id').as('total'),
+        eb.fn.sum<number>(eb.fn.coalesce('nodes.online', eb.lit(0))).as('online'),
+      ])
+      .groupBy('tenants.name')
+      .execute();
+    return rows.map((r) => ({ tenant: r.tenant, total: Number(r.total), online: Number(r.online ?? 0) }));
+  });
+  const hub = new MapHub(store, metrics, log.isLevelEnabled('debug') ? (f, m) => log.debug(f, m) : undefined);
+  let bus: ChangeBus = nullBus;
+  if (handle.backend === 'postgres' && handle.pgUrl) {
+    // This server's own notifications come back to its listener: skip them
+    // (its hub already heard of the change directly through onCommit).
+    const mine = new Set<string>();
+    bus = await startPgBus({
+      url: handle.pgUrl,
+      onChange: (t, g) => {
+        if (!mine.delete(notifyPayload(t, g))) hub.changed(t, g);
+      },
+      onError: (err) => log.warn({ err: err.message }, 'change bus error'),
+      onReceived: () => metrics.notifications.inc({ direction: 'received' }),
+    });
+    const channel = bus.channel as string;
+    store.inTransaction = async (trx, tenantId, generation) => {
+      const payload = notifyPayload(tenantId, generation);
+      if (mine.size > 100_000) mine.clear(); // only rolled-back commits leave entries behind
+      mine.add(payload);
+      await sql`select pg_notify(${channel}, ${payload})`.execute(trx);
+      metrics.notifications.inc({ direction: 'sent' });
+    };
+  }
+  store.onCommit = (tenantId, generation) => hub.changed(tenantId, generation);
+
+  const https = opts.tlsCert || opts.tlsKey
+    ? (() => {
+        if (!opts.tlsCert || !opts.tlsKey) throw new Error('TLS needs both --tls-cert and --tls-key');
+        return { cert: readFileSync(opts.tlsCert), key: readFileSync(opts.tlsKey) };
+      })()
+    : null;
+
+  const app = Fastify({
+    loggerInstance: log,
+    logController: new LogController({ disableRequestLogging: true }),
+    ...(https ? { https } : {}),
+    ajv: { customOptions: { removeAdditional: false, allErrors: true, coerceTypes: 'array', useDefaults: true } },
+    return503OnClosing: true,
+    forceCloseConnections: true,
+  }) as unknown as FastifyInstance;
+
+  const openapi = new OpenApiCollector('/api/v1');
+  openapi.attach(app);
+
+  app.removeContentTypeParser('text/plain');
+  app.addContentTypeParser(['text/plain', 'application/hujson'], { parseAs: 'string' }, (_req, body, done) => {
+    done(null, { policy: body as string });
+  });
+
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    if (err instanceof ApiError) {
+      if (err.status >= 500) req.log.error({ err }, 'request failed');
+      return reply.code(err.status).send(errorBody(err.code, err.message, err.details));
+    }
+    if (err.validation) {
+      metrics.rejections.inc({ reason: 'validation' });
+      const details = sanitizeValidation(err);
+      return reply.code(400).send(errorBody('invalid_request', err.message, details));
+    }
+    if (isUniqueViolation(err)) {
+      return reply.code(409).send(errorBody('conflict', 'the change conflicts with an existing object; retry'));
+    }
+    const status = typeof err.statusCode === 'number' ? err.statusCode : 500;
+    if (status >= 400 && status < 500) {
+      const code = err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' ? 'unsupported_media_type'
+        : err.code === 'FST_ERR_CTP_BODY_TOO_LARGE' ? 'body_too_large'
+        : /JSON/i.test(err.message) ? 'invalid_json' : 'bad_request';
+      return reply.code(status).send(errorBody(code, err.message));
+    }
+    req.log.error({ err }, 'internal error');
+    return reply.code(500).send(errorBody('internal', 'internal server error'));
+  });
+  app.setNotFoundHandler((req, reply) => {
+    reply.code(404).send(errorBody('not_found', `no route ${req.method} ${req.url.split('?')[0]}`));
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    metrics.apiLatency.observe(
+      { method: req.method, route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) },
+      reply.elapsedTime / 1000,
+    );
+  });
+
+  let shuttingDown = false;
+  const openStreams = new Set<() => void>();
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_req, reply) => {
+    if (shuttingDown) return reply.code(503).send(errorBody('shutting_down', 'the server is shutting down'));
+    try {
+      await pingDatabase(store.db);
+      return { status: 'ready', backend: handle.backend };
+    } catch {
+      return reply.code(503).send(errorBody('database_unavailable', 'the database does not answer'));
+    }
+  });
+  app.get('/metrics', async (_req, reply) => {
+    const text = await metrics.registry.metrics();
+    return reply.type(metrics.registry.contentType).send(text);
+  });
+
+  await app.register(
+    async (api) => {
+      api.get('/openapi.json', { schema: { tags: ['meta'], summary: 'This document', 'x-auth': 'none' } as Record<string, unknown> }, async () => openapi.document(SERVER_VERSION));
+      registerAdminRoutes(api, { store });
+    },
+    { prefix: '/api/v1' },
+  );
+  await app.register(
+    async (node) => {
+      registerNodeRoutes(node, { store, hub, metrics, openStreams, keepaliveMs: opts.keepaliveMs, shuttingDown: () => shuttingDown });
+    },
+    { prefix: '/node/v1' },
+  );
+
+  await app.listen({ host, port });
+  const addr = app.server.address();
+  const boundPort = typeof addr === 'object' && addr ? addr.port : port;
+  const scheme = https ? 'https' : 'http';
+  const url = `${scheme}://${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
+  log.info({ url }, 'larktun server listening');
+
+  let closing: Promise<void> | null = null;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      shuttingDown = true;
+      const connected = hub.connectedNodes();
+      for (const end of [...openStreams]) end();
+      await app.close();
+      // Nodes streaming from this server are offline now (they reconnect to a
+      // replica, which marks them online again). SQLite resets all on start.
+      if (handle.backend === 'postgres') {
+        const byTenant = new Map<number, number[]>();
+        for (const [t, n] of connected) byTenant.set(t, [...(byTenant.get(t) ?? []), n]);
+        for (const [t, ids] of byTenant) await store.setOffline(t, ids).catch(() => undefined);
+      }
+      await bus.close();
+      await store.close();
+      log.info('larktun server stopped');
+    })();
+    return closing;
+  };
+
+  return { app, store, hub, url, port: boundPort, host, operatorKeyCreated, close };
+}
+
+export function operatorKeyPath(dataDir: string): string {
+  return join(resolve(dataDir), 'operator.key');
+}
+
+export function readOperatorKey(dataDir: string): string | null {
+  const p = operatorKeyPath(dataDir);
+  return existsSync(p) ? readFileSync(p, 'utf8').trim() : null;
+}

@@ -1,0 +1,87 @@
+// Opening the database: embedded SQLite (WAL) in the data directory, or
+// PostgreSQL from a postgres:// URL. Both get the same migrations.
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
+import pg from 'pg';
+import { Kysely, PostgresDialect, SqliteDialect, sql, type SqliteDatabase } from 'kysely';
+import type { Database } from './schema.js';
+import { migrateToLatest, type Backend } from './migrations.js';
+
+export interface DbHandle {
+  db: Kysely<Database>;
+  backend: Backend;
+  /** Connection string for PostgreSQL (used by LISTEN/NOTIFY), null on SQLite. */
+  pgUrl: string | null;
+  /** SQLite file path, null on PostgreSQL. */
+  file: string | null;
+  close(): Promise<void>;
+}
+
+export function isPostgresUrl(spec: string): boolean {
+  return /^postgres(ql)?:\/\//i.test(spec);
+}
+
+/**
+ * `spec` is "sqlite" (file larktun.db in dataDir), "sqlite:PATH", or a
+ * postgres:// URL. Runs migrations before returning.
+ */
+export async function openDatabase(spec: string, dataDir: string): Promise<DbHandle> {
+  let handle: DbHandle;
+  if (isPostgresUrl(spec)) {
+    const pool = new pg.Pool({ connectionString: spec, max: 10 });
+    // An idle client erroring (server restart) must not crash the process.
+    pool.on('error', () => undefined);
+    const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+    handle = { db, backend: 'postgres', pgUrl: spec, file: null, close: () => db.destroy() };
+  } else if (spec === 'sqlite' || spec.startsWith('sqlite:')) {
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    const file = spec === 'sqlite' ? join(dataDir, 'larktun.db') : spec.slice('sqlite:'.length);
+    const raw = new BetterSqlite3(file);
+    raw.pragma('journal_mode = WAL');
+    // NORMAL in WAL mode: a committed transaction survives a crash of the process
+    // (kill -9); only an OS crash/power loss can lose the last commits.
+    raw.pragma('synchronous = NORMAL');
+    raw.pragma('foreign_keys = ON');
+    raw.pragma('busy_timeout = 5000');
+    const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: cachingStatements(raw) }) });
+    handle = { db, backend: 'sqlite', pgUrl: null, file, close: () => db.destroy() };
+  } else {
+    throw new Error(`--db "${spec}" is not understood: use "sqlite" or a postgres://user@host:port/db URL`);
+  }
+  try {
+    await migrateToLatest(handle.db as unknown as Kysely<unknown>, handle.backend);
+  } catch (err) {
+    await handle.close().catch(() => undefined);
+    throw err;
+  }
+  return handle;
+}
+
+export async function pingDatabase(db: Kysely<Database>): Promise<void> {
+  await sql`select 1`.execute(db);
+}
+
+/**
+ * better-sqlite3 compiles a statement on every prepare(); Kysely prepares per
+ * query. Caching prepared statements by SQL text removes that cost (statements
+ * are reusable, and better-sqlite3 is synchronous, so no two uses overlap).
+ */
+function cachingStatements(raw: BetterSqlite3.Database): SqliteDatabase {
+  const cache = new Map<string, BetterSqlite3.Statement>();
+  return {
+    close: () => {
+      cache.clear();
+      raw.close();
+    },
+    prepare: (sqlText: string) => {
+      let st = cache.get(sqlText);
+      if (!st) {
+        st = raw.prepare(sqlText);
+        if (cache.size >= 500) cache.delete(cache.keys().next().value as string);
+        cache.set(sqlText, st);
+      }
+      return st as unknown as ReturnType<SqliteDatabase['prepare']>;
+    },
+  };
+}

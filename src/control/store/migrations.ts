@@ -1,0 +1,149 @@
+// Schema migrations, shared by SQLite and PostgreSQL. Kysely's Migrator records
+// applied migrations and holds a lock, so several servers starting at once on
+// one PostgreSQL database apply each migration exactly once.
+import { Migrator, sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
+
+export type Backend = 'sqlite' | 'postgres';
+
+// Migrations receive a Kysely<unknown>; the schema builder is untyped by design.
+type Db = Kysely<unknown>;
+
+function migrations(backend: Backend): Record<string, Migration> {
+  const id = (t: ReturnType<Db['schema']['createTable']>) =>
+    backend === 'postgres'
+      ? t.addColumn('id', 'serial', (c) => c.primaryKey())
+      : t.addColumn('id', 'integer', (c) => c.primaryKey().autoIncrement());
+  const tenantRef = (t: ReturnType<Db['schema']['createTable']>) =>
+    t.addColumn('tenant_id', 'integer', (c) => c.notNull().references('tenants.id').onDelete('cascade'));
+
+  return {
+    '0001_initial': {
+      async up(db: Db): Promise<void> {
+        await id(db.schema.createTable('tenants'))
+          .addColumn('name', 'text', (c) => c.notNull().unique())
+          .addColumn('pool4', 'text', (c) => c.notNull())
+          .addColumn('pool6', 'text')
+          .addColumn('dns_base', 'text', (c) => c.notNull())
+          .addColumn('max_nodes', 'integer', (c) => c.notNull())
+          .addColumn('generation', 'integer', (c) => c.notNull().defaultTo(0))
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('updated_at', 'text', (c) => c.notNull())
+          .execute();
+
+        await id(db.schema.createTable('operator_keys'))
+          .addColumn('prefix', 'text', (c) => c.notNull().unique())
+          .addColumn('hash', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .execute();
+
+        await tenantRef(id(db.schema.createTable('api_keys')))
+          .addColumn('prefix', 'text', (c) => c.notNull().unique())
+          .addColumn('hash', 'text', (c) => c.notNull())
+          .addColumn('role', 'text', (c) => c.notNull())
+          .addColumn('description', 'text', (c) => c.notNull().defaultTo(''))
+          .addColumn('expires_at', 'text')
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('last_used_at', 'text')
+          .execute();
+        await db.schema.createIndex('api_keys_tenant').on('api_keys').column('tenant_id').execute();
+
+        await tenantRef(id(db.schema.createTable('users')))
+          .addColumn('name', 'text', (c) => c.notNull())
+          .addColumn('email', 'text')
+          .addColumn('display_name', 'text')
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addUniqueConstraint('users_tenant_name', ['tenant_id', 'name'])
+          .execute();
+
+        await tenantRef(id(db.schema.createTable('auth_keys')))
+          .addColumn('prefix', 'text', (c) => c.notNull().unique())
+          .addColumn('hash', 'text', (c) => c.notNull())
+          .addColumn('user_id', 'integer', (c) => c.references('users.id').onDelete('cascade'))
+          .addColumn('tags', 'text', (c) => c.notNull().defaultTo('[]'))
+          .addColumn('reusable', 'integer', (c) => c.notNull().defaultTo(0))
+          .addColumn('ephemeral', 'integer', (c) => c.notNull().defaultTo(0))
+          .addColumn('expires_at', 'text')
+          .addColumn('used_count', 'integer', (c) => c.notNull().defaultTo(0))
+          .addColumn('description', 'text', (c) => c.notNull().defaultTo(''))
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex('auth_keys_tenant').on('auth_keys').column('tenant_id').execute();
+
+        await tenantRef(id(db.schema.createTable('nodes')))
+          .addColumn('name', 'text', (c) => c.notNull())
+          .addColumn('hostname', 'text', (c) => c.notNull())
+          .addColumn('node_key', 'text', (c) => c.notNull())
+          .addColumn('token_prefix', 'text', (c) => c.notNull().unique())
+          .addColumn('token_hash', 'text', (c) => c.notNull())
+          .addColumn('user_id', 'integer', (c) => c.references('users.id').onDelete('set null'))
+          .addColumn('tags', 'text', (c) => c.notNull().defaultTo('[]'))
+          .addColumn('ipv4', 'text')
+          .addColumn('ipv6', 'text')
+          .addColumn('announced_routes', 'text', (c) => c.notNull().defaultTo('[]'))
+          .addColumn('approved_routes', 'text', (c) => c.notNull().defaultTo('[]'))
+          .addColumn('exit_node_wish', 'integer', (c) => c.notNull().defaultTo(0))
+          .addColumn('endpoints', 'text', (c) => c.notNull().defaultTo('[]'))
+          .addColumn('hostinfo', 'text', (c) => c.notNull().defaultTo('{}'))
+          .addColumn('online', 'integer', (c) => c.notNull().defaultTo(0))
+          .addColumn('last_seen', 'text')
+          .addColumn('ephemeral', 'integer', (c) => c.notNull().defaultTo(0))
+          .addColumn('auth_key_id', 'integer', (c) => c.references('auth_keys.id').onDelete('set null'))
+          .addColumn('expires_at', 'text')
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('updated_at', 'text', (c) => c.notNull())
+          .addUniqueConstraint('nodes_tenant_name', ['tenant_id', 'name'])
+          .addUniqueConstraint('nodes_tenant_key', ['tenant_id', 'node_key'])
+          .addUniqueConstraint('nodes_tenant_ipv4', ['tenant_id', 'ipv4'])
+          .addUniqueConstraint('nodes_tenant_ipv6', ['tenant_id', 'ipv6'])
+          .execute();
+
+        await tenantRef(id(db.schema.createTable('policies')))
+          .addColumn('version', 'integer', (c) => c.notNull())
+          .addColumn('text', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('created_by', 'text', (c) => c.notNull())
+          .addUniqueConstraint('policies_tenant_version', ['tenant_id', 'version'])
+          .execute();
+
+        await tenantRef(id(db.schema.createTable('audit')))
+          .addColumn('seq', 'integer', (c) => c.notNull())
+          .addColumn('ts', 'text', (c) => c.notNull())
+          .addColumn('actor', 'text', (c) => c.notNull())
+          .addColumn('action', 'text', (c) => c.notNull())
+          .addColumn('object_type', 'text', (c) => c.notNull())
+          .addColumn('object_id', 'text', (c) => c.notNull())
+          .addColumn('before', 'text')
+          .addColumn('after', 'text')
+          .addColumn('prev_hash', 'text', (c) => c.notNull())
+          .addColumn('hash', 'text', (c) => c.notNull())
+          .addUniqueConstraint('audit_tenant_seq', ['tenant_id', 'seq'])
+          .execute();
+      },
+      async down(db: Db): Promise<void> {
+        for (const t of ['audit', 'policies', 'nodes', 'auth_keys', 'users', 'api_keys', 'operator_keys', 'tenants']) {
+          await db.schema.dropTable(t).ifExists().execute();
+        }
+      },
+    },
+  };
+}
+
+class InlineProvider implements MigrationProvider {
+  constructor(private readonly backend: Backend) {}
+  async getMigrations(): Promise<Record<string, Migration>> {
+    return migrations(this.backend);
+  }
+}
+
+/** Applies every pending migration; throws with the failing migration's name. */
+export async function migrateToLatest(db: Kysely<unknown>, backend: Backend): Promise<string[]> {
+  if (backend === 'sqlite') await sql`PRAGMA foreign_keys = ON`.execute(db);
+  const migrator = new Migrator({ db, provider: new InlineProvider(backend) });
+  const { error, results } = await migrator.migrateToLatest();
+  const failed = results?.find((r) => r.status === 'Error');
+  if (error) {
+    const what = failed ? ` (migration ${failed.migrationName})` : '';
+    throw new Error(`database migration failed${what}: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  return (results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName);
+}

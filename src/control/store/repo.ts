@@ -1,0 +1,397 @@
+// The repository layer. Every query on a tenant's rows goes through TenantRepo,
+// whose four primitives (sel/upd/del/ins) add `tenant_id = this.tenantId` — the
+// one place where tenant scoping happens. Handlers never build queries.
+//
+// Writes run through Store.write(): one transaction that first bumps the tenant's
+// generation (which also locks the tenant row on PostgreSQL, serialising that
+// tenant's writers), then applies the change and appends the audit entries, and
+// commits them together.
+import {
+  type DeleteQueryBuilder, type DeleteResult, type Insertable, type Kysely, type SelectQueryBuilder,
+  type Transaction, type UpdateQueryBuilder, type UpdateResult, type Updateable,
+} from 'kysely';
+import type {
+  ApiKeyRow, AuditRow, AuthKeyRow, Database, NodeRow, PolicyRow, TenantRow, TenantTable, UserRow,
+} from './schema.js';
+import type { DbHandle } from './db.js';
+import { auditHash, GENESIS_HASH, type ChainEntry } from '../audit.js';
+import { ApiError, notFound } from '../errors.js';
+
+type Conn = Kysely<Database>; // a Transaction is a Kysely too
+
+export const nowIso = (): string => new Date().toISOString();
+
+/** Who made a change: "operator", "apikey:<prefix>", "node:<id>", "system". */
+export type Actor = string;
+
+export class TenantRepo {
+  constructor(
+    protected readonly db: Conn,
+    readonly tenantId: number,
+  ) {}
+
+  // ---- the scoping primitives -------------------------------------------------
+  // Generic builders are cast to one concrete table for the where() call: every
+  // TenantTable has a tenant_id column, so the filter is valid for all of them.
+  private sel<T extends TenantTable>(t: T): SelectQueryBuilder<Database, T, {}> {
+    const q = this.db.selectFrom(t) as unknown as SelectQueryBuilder<Database, 'nodes', {}>;
+    return q.where('tenant_id', '=', this.tenantId) as unknown as SelectQueryBuilder<Database, T, {}>;
+  }
+  private upd<T extends TenantTable>(t: T): UpdateQueryBuilder<Database, T, T, UpdateResult> {
+    const q = this.db.updateTable(t) as unknown as UpdateQueryBuilder<Database, 'nodes', 'nodes', UpdateResult>;
+    return q.where('tenant_id', '=', this.tenantId) as unknown as UpdateQueryBuilder<Database, T, T, UpdateResult>;
+  }
+  private del<T extends TenantTable>(t: T): DeleteQueryBuilder<Database, T, DeleteResult> {
+    const q = this.db.deleteFrom(t) as unknown as DeleteQueryBuilder<Database, 'nodes', DeleteResult>;
+    return q.where('tenant_id', '=', this.tenantId) as unknown as DeleteQueryBuilder<Database, T, DeleteResult>;
+  }
+  private ins<T extends TenantTable>(t: T, values: Omit<Insertable<Database[T]>, 'tenant_id'>) {
+    const row = { ...values, tenant_id: this.tenantId } as unknown as Insertable<Database[T]>;
+    return this.db.insertInto(t).values(row);
+  }
+
+  // ---- API keys ------------------------------------------------------------------
+  listApiKeys(): Promise<ApiKeyRow[]> {
+    return this.sel('api_keys').selectAll().orderBy('id').execute();
+  }
+  async getApiKey(id: number): Promise<ApiKeyRow | undefined> {
+    return this.sel('api_keys').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+  async insertApiKey(v: Omit<Insertable<Database['api_keys']>, 'tenant_id'>): Promise<ApiKeyRow> {
+    return this.ins('api_keys', v).returningAll().executeTakeFirstOrThrow() as Promise<ApiKeyRow>;
+  }
+  async deleteApiKey(id: number): Promise<boolean> {
+    const r = await this.del('api_keys').where('id', '=', id).executeTakeFirst();
+    return Number(r.numDeletedRows) > 0;
+  }
+  async touchApiKey(id: number): Promise<void> {
+    await this.upd('api_keys').set({ last_used_at: nowIso() }).where('id', '=', id).execute();
+  }
+
+  // ---- users -------------------------------------------------------------------
+  listUsers(): Promise<UserRow[]> {
+    return this.sel('users').selectAll().orderBy('id').execute();
+  }
+  getUser(id: number): Promise<UserRow | undefined> {
+    return this.sel('users').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+  getUserByName(name: string): Promise<UserRow | undefined> {
+    return this.sel('users').selectAll().where('name', '=', name).executeTakeFirst();
+  }
+  async insertUser(v: Omit<Insertable<Database['users']>, 'tenant_id'>): Promise<UserRow> {
+    return this.ins('users', v).returningAll().executeTakeFirstOrThrow() as Promise<UserRow>;
+  }
+  async deleteUser(id: number): Promise<boolean> {
+    const r = await this.del('users').where('id', '=', id).executeTakeFirst();
+    return Number(r.numDeletedRows) > 0;
+  }
+
+  // ---- auth keys -----------------------------------------------------------------
+  listAuthKeys(): Promise<AuthKeyRow[]> {
+    return this.sel('auth_keys').selectAll().orderBy('id').execute();
+  }
+  getAuthKey(id: number): Promise<AuthKeyRow | undefined> {
+    return this.sel('auth_keys').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+  async insertAuthKey(v: Omit<Insertable<Database['auth_keys']>, 'tenant_id'>): Promise<AuthKeyRow> {
+    return this.ins('auth_keys', v).returningAll().executeTakeFirstOrThrow() as Promise<AuthKeyRow>;
+  }
+  async deleteAuthKey(id: number): Promise<boolean> {
+    const r = await this.del('auth_keys').where('id', '=', id).executeTakeFirst();
+    return Number(r.numDeletedRows) > 0;
+  }
+  async countAuthKeyUse(id: number): Promise<void> {
+    await this.upd('auth_keys').set((eb) => ({ used_count: eb('used_count', '+', 1) })).where('id', '=', id).execute();
+  }
+
+  // ---- nodes ---------------------------------------------------------------------
+  listNodes(): Promise<NodeRow[]> {
+    return this.sel('nodes').selectAll().orderBy('id').execute();
+  }
+  getNode(id: number): Promise<NodeRow | undefined> {
+    return this.sel('nodes').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+  getNodeByKey(nodeKey: string): Promise<NodeRow | undefined> {
+    return this.sel('nodes').selectAll().where('node_key', '=', nodeKey).executeTakeFirst();
+  }
+  getNodeByName(name: string): Promise<NodeRow | undefined> {
+    return this.sel('nodes').selectAll().where('name', '=', name).executeTakeFirst();
+  }
+  nodeByAddress(family: 'ipv4' | 'ipv6', ip: string): Promise<{ id: number } | undefined> {
+    return this.sel('nodes').select('id').where(family, '=', ip).executeTakeFirst();
+  }
+  async countNodes(): Promise<number> {
+    const r = await this.sel('nodes').select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow();
+    return Number(r.n);
+  }
+  async usedAddresses(): Promise<{ ipv4: string | null; ipv6: string | null }[]> {
+    return this.sel('nodes').select(['ipv4', 'ipv6']).execute();
+  }
+  async insertNode(v: Omit<Insertable<Database['nodes']>, 'tenant_id'>): Promise<NodeRow> {
+    return this.ins('nodes', v).returningAll().executeTakeFirstOrThrow() as Promise<NodeRow>;
+  }
+  async updateNode(id: number, patch: Updateable<Database['nodes']>): Promise<NodeRow | undefined> {
+    const { tenant_id: _drop, id: _id, ...rest } = patch;
+    return this.upd('nodes').set({ ...rest, updated_at: nowIso() }).where('id', '=', id).returningAll().executeTakeFirst() as Promise<NodeRow | undefined>;
+  }
+  async deleteNode(id: number): Promise<boolean> {
+    const r = await this.del('nodes').where('id', '=', id).executeTakeFirst();
+    return Number(r.numDeletedRows) > 0;
+  }
+
+  // ---- policy --------------------------------------------------------------------
+  currentPolicy(): Promise<PolicyRow | undefined> {
+    return this.sel('policies').selectAll().orderBy('version', 'desc').limit(1).executeTakeFirst();
+  }
+  listPolicyVersions(): Promise<Omit<PolicyRow, 'text'>[]> {
+    return this.sel('policies').select(['id', 'tenant_id', 'version', 'created_at', 'created_by']).orderBy('version', 'desc').execute();
+  }
+  getPolicyVersion(version: number): Promise<PolicyRow | undefined> {
+    return this.sel('policies').selectAll().where('version', '=', version).executeTakeFirst();
+  }
+  async insertPolicy(text: string, by: Actor): Promise<PolicyRow> {
+    const cur = await this.currentPolicy();
+    const version = (cur?.version ?? 0) + 1;
+    return this.ins('policies', { version, text, created_at: nowIso(), created_by: by }).returningAll().executeTakeFirstOrThrow() as Promise<PolicyRow>;
+  }
+
+  // ---- audit ---------------------------------------------------------------------
+  listAudit(opts: { since?: string; limit?: number; action?: string; afterSeq?: number }): Promise<AuditRow[]> {
+    let q = this.sel('audit').selectAll();
+    if (opts.since) q = q.where('ts', '>=', opts.since);
+    if (opts.action) q = q.where('action', '=', opts.action);
+    if (opts.afterSeq !== undefined) q = q.where('seq', '>', opts.afterSeq);
+    return q.orderBy('seq').limit(opts.limit ?? 100).execute();
+  }
+  allAudit(): Promise<AuditRow[]> {
+    return this.sel('audit').selectAll().orderBy('seq').execute();
+  }
+  lastAudit(): Promise<AuditRow | undefined> {
+    return this.sel('audit').selectAll().orderBy('seq', 'desc').limit(1).executeTakeFirst();
+  }
+  /** Appends one entry to the tenant's chain (call only inside Store.write). */
+  async appendAudit(actor: Actor, action: string, objectType: string, objectId: string | number, before: unknown, after: unknown): Promise<void> {
+    const last = await this.lastAudit();
+    const f = {
+      tenant_id: this.tenantId,
+      seq: (last?.seq ?? 0) + 1,
+      ts: nowIso(),
+      actor,
+      action,
+      object_type: objectType,
+      object_id: String(objectId),
+      before: before === undefined || before === null ? null : JSON.stringify(before),
+      after: after === undefined || after === null ? null : JSON.stringify(after),
+    };
+    const prev_hash = last?.hash ?? GENESIS_HASH;
+    const entry: Omit<ChainEntry, 'tenant_id'> = { ...f, prev_hash, hash: auditHash(prev_hash, f) };
+    const { tenant_id: _t, ...rest } = { ...entry, tenant_id: 0 };
+    await this.ins('audit', rest).execute();
+  }
+}
+
+/** A TenantRepo inside a write transaction, with its actor bound for auditing. */
+export class TenantTx extends TenantRepo {
+  constructor(
+    db: Transaction<Database>,
+    tenantId: number,
+    readonly actor: Actor,
+    readonly generation: number,
+  ) {
+    super(db, tenantId);
+  }
+  audit(action: string, objectType: string, objectId: string | number, before: unknown, after: unknown): Promise<void> {
+    return this.appendAudit(this.actor, action, objectType, objectId, before, after);
+  }
+}
+
+export interface WriteResult<T> {
+  result: T;
+  generation: number;
+}
+
+export class Store {
+  readonly db: Kysely<Database>;
+  /** Called after every committed tenant change (tenant id, new generation). */
+  onCommit: ((tenantId: number, generation: number) => void) | null = null;
+  /**
+   * Runs inside every change transaction, just before commit (PostgreSQL: the
+   * NOTIFY to other replicas, so it is sent if and only if the change commits,
+   * and costs no extra commit).
+   */
+  inTransaction: ((trx: Transaction<Database>, tenantId: number, generation: number) => Promise<void>) | null = null;
+
+  private async announce(trx: Transaction<Database>, tenantId: number, generation: number): Promise<void> {
+    if (this.inTransaction) await this.inTransaction(trx, tenantId, generation);
+  }
+
+  constructor(readonly handle: DbHandle) {
+    this.db = handle.db;
+  }
+
+  get backend(): DbHandle['backend'] {
+    return this.handle.backend;
+  }
+
+  /** Read-only access to one tenant's rows (outside a transaction). */
+  tenant(tenantId: number): TenantRepo {
+    return new TenantRepo(this.db, tenantId);
+  }
+
+  /** Runs `fn` in one transaction with the tenant locked; audit entries commit with it. */
+  async write<T>(tenantId: number, actor: Actor, fn: (tx: TenantTx) => Promise<T>): Promise<WriteResult<T>> {
+    const out = await this.db.transaction().execute(async (trx) => {
+      const g = await trx
+        .updateTable('tenants')
+        .set((eb) => ({ generation: eb('generation', '+', 1) }))
+        .where('id', '=', tenantId)
+        .returning('generation')
+        .executeTakeFirst();
+      if (!g) throw notFound('tenant');
+      const result = await fn(new TenantTx(trx, tenantId, actor, g.generation));
+      await this.announce(trx, tenantId, g.generation);
+      return { result, generation: g.generation };
+    });
+    this.onCommit?.(tenantId, out.generation);
+    return out;
+  }
+
+  // ---- tenants (operator scope) ------------------------------------------------
+  listTenants(): Promise<TenantRow[]> {
+    return this.db.selectFrom('tenants').selectAll().orderBy('id').execute();
+  }
+  getTenantByName(name: string): Promise<TenantRow | undefined> {
+    return this.db.selectFrom('tenants').selectAll().where('name', '=', name).executeTakeFirst();
+  }
+  getTenant(id: number): Promise<TenantRow | undefined> {
+    return this.db.selectFrom('tenants').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  /** Creates a tenant with its initial policy; audited as the tenant's first entries. */
+  async createTenant(
+    v: { name: string; pool4: string; pool6: string | null; dns_base: string; max_nodes: number },
+    actor: Actor,
+    initialPolicy: string,
+  ): Promise<TenantRow> {
+    const row = await this.db.transaction().execute(async (trx) => {
+      const exists = await trx.selectFrom('tenants').select('id').where('name', '=', v.name).executeTakeFirst();
+      if (exists) throw new ApiError(409, 'conflict', `tenant "${v.name}" already exists`);
+      const now = nowIso();
+      const t = (await trx
+        .insertInto('tenants')
+        .values({ ...v, generation: 1, created_at: now, updated_at: now })
+        .returningAll()
+        .executeTakeFirstOrThrow()) as TenantRow;
+      const tx = new TenantTx(trx, t.id, actor, 1);
+      await tx.audit('tenant.create', 'tenant', t.name, null, publicTenantFields(t));
+      await tx.insertPolicy(initialPolicy, actor);
+      await tx.audit('policy.set', 'policy', 1, null, { version: 1 });
+      await this.announce(trx, t.id, t.generation);
+      return t;
+    });
+    this.onCommit?.(row.id, row.generation);
+    return row;
+  }
+
+  async updateTenant(id: number, actor: Actor, patch: { pool4?: string; pool6?: string | null; dns_base?: string; max_nodes?: number }): Promise<TenantRow> {
+    const { result } = await this.write(id, actor, async (tx) => {
+      const before = await this.getTenantIn(tx, id);
+      const after = (await (tx as unknown as { db: Transaction<Database> }).db
+        .updateTable('tenants').set({ ...patch, updated_at: nowIso() }).where('id', '=', id)
+        .returningAll().executeTakeFirstOrThrow()) as TenantRow;
+      await tx.audit('tenant.update', 'tenant', after.name, before ? publicTenantFields(before) : null, publicTenantFields(after));
+      return after;
+    });
+    return result;
+  }
+
+  private async getTenantIn(tx: TenantTx, id: number): Promise<TenantRow | undefined> {
+    return (tx as unknown as { db: Transaction<Database> }).db.selectFrom('tenants').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  /** Deletes the tenant and every row it owns (cascade). Its audit chain goes with it. */
+  async deleteTenant(id: number): Promise<boolean> {
+    const ok = await this.db.transaction().execute(async (trx) => {
+      for (const t of ['audit', 'policies', 'nodes', 'auth_keys', 'users', 'api_keys'] as const) {
+        await trx.deleteFrom(t).where('tenant_id', '=', id).execute();
+      }
+      const r = await trx.deleteFrom('tenants').where('id', '=', id).executeTakeFirst();
+      const deleted = Number(r.numDeletedRows) > 0;
+      if (deleted) await this.announce(trx, id, -1);
+      return deleted;
+    });
+    if (ok) this.onCommit?.(id, -1);
+    return ok;
+  }
+
+  // ---- credential lookups (by the public prefix, before the tenant is known) ----
+  findOperatorKey(prefix: string) {
+    return this.db.selectFrom('operator_keys').selectAll().where('prefix', '=', prefix).executeTakeFirst();
+  }
+  async hasOperatorKey(): Promise<boolean> {
+    return (await this.db.selectFrom('operator_keys').select('id').limit(1).executeTakeFirst()) !== undefined;
+  }
+  async addOperatorKey(prefix: string, hash: string): Promise<void> {
+    await this.db.insertInto('operator_keys').values({ prefix, hash, created_at: nowIso() }).execute();
+  }
+  findApiKey(prefix: string): Promise<ApiKeyRow | undefined> {
+    return this.db.selectFrom('api_keys').selectAll().where('prefix', '=', prefix).executeTakeFirst();
+  }
+  findAuthKey(prefix: string): Promise<AuthKeyRow | undefined> {
+    return this.db.selectFrom('auth_keys').selectAll().where('prefix', '=', prefix).executeTakeFirst();
+  }
+  findNodeByToken(prefix: string): Promise<NodeRow | undefined> {
+    return this.db.selectFrom('nodes').selectAll().where('token_prefix', '=', prefix).executeTakeFirst();
+  }
+
+  /** Online/offline is state, not configuration: it bumps the generation but is not audited. */
+  async setPresence(tenantId: number, nodeId: number, online: boolean): Promise<void> {
+    const gen = await this.db.transaction().execute(async (trx) => {
+      const g = await trx
+        .updateTable('tenants')
+        .set((eb) => ({ generation: eb('generation', '+', 1) }))
+        .where('id', '=', tenantId)
+        .returning('generation')
+        .executeTakeFirst();
+      if (!g) return null;
+      await trx.updateTable('nodes').set({ online: online ? 1 : 0, last_seen: nowIso() }).where('tenant_id', '=', tenantId).where('id', '=', nodeId).execute();
+      await this.announce(trx, tenantId, g.generation);
+      return g.generation;
+    });
+    if (gen !== null) this.onCommit?.(tenantId, gen);
+  }
+
+  /** Marks several nodes of one tenant offline in one transaction (shutdown of a replica). */
+  async setOffline(tenantId: number, nodeIds: number[]): Promise<void> {
+    if (nodeIds.length === 0) return;
+    const gen = await this.db.transaction().execute(async (trx) => {
+      const g = await trx
+        .updateTable('tenants')
+        .set((eb) => ({ generation: eb('generation', '+', 1) }))
+        .where('id', '=', tenantId)
+        .returning('generation')
+        .executeTakeFirst();
+      if (!g) return null;
+      for (let i = 0; i < nodeIds.length; i += 500) {
+        await trx.updateTable('nodes').set({ online: 0, last_seen: nowIso() })
+          .where('tenant_id', '=', tenantId).where('id', 'in', nodeIds.slice(i, i + 500)).execute();
+      }
+      await this.announce(trx, tenantId, g.generation);
+      return g.generation;
+    });
+    if (gen !== null) this.onCommit?.(tenantId, gen);
+  }
+
+  /** Marks every node offline (on startup of a single-replica SQLite server). */
+  async resetOnline(): Promise<void> {
+    await this.db.updateTable('nodes').set({ online: 0 }).where('online', '=', 1).execute();
+  }
+
+  close(): Promise<void> {
+    return this.handle.close();
+  }
+}
+
+export function publicTenantFields(t: TenantRow): Record<string, unknown> {
+  return { name: t.name, pool4: t.pool4, pool6: t.pool6, dns_base: t.dns_base, max_nodes: t.max_nodes };
+}

@@ -1,0 +1,142 @@
+// Table shapes of the control server's database. The same schema is used on
+// SQLite and PostgreSQL: timestamps are ISO-8601 text (UTC), booleans are 0/1
+// integers and lists/objects are JSON text, so both backends read back alike.
+import type { Generated, Insertable, Selectable, Updateable } from 'kysely';
+
+export interface TenantsTable {
+  id: Generated<number>;
+  name: string;
+  pool4: string;
+  pool6: string | null;
+  dns_base: string;
+  max_nodes: number;
+  /** Bumped by every change; doubles as the tenant's network-map version. */
+  generation: number;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface OperatorKeysTable {
+  id: Generated<number>;
+  prefix: string;
+  hash: string;
+  created_at: string;
+}
+
+export interface ApiKeysTable {
+  id: Generated<number>;
+  tenant_id: number;
+  prefix: string;
+  hash: string;
+  role: string;
+  description: string;
+  expires_at: string | null;
+  created_at: string;
+  last_used_at: string | null;
+}
+
+export interface UsersTable {
+  id: Generated<number>;
+  tenant_id: number;
+  name: string;
+  email: string | null;
+  display_name: string | null;
+  created_at: string;
+}
+
+export interface AuthKeysTable {
+  id: Generated<number>;
+  tenant_id: number;
+  prefix: string;
+  hash: string;
+  user_id: number | null;
+  /** JSON string[] */
+  tags: string;
+  reusable: number;
+  ephemeral: number;
+  expires_at: string | null;
+  used_count: number;
+  description: string;
+  created_at: string;
+}
+
+export interface NodesTable {
+  id: Generated<number>;
+  tenant_id: number;
+  name: string;
+  hostname: string;
+  node_key: string;
+  token_prefix: string;
+  token_hash: string;
+  user_id: number | null;
+  /** JSON string[] */
+  tags: string;
+  ipv4: string | null;
+  ipv6: string | null;
+  /** JSON string[] (canonical prefixes) */
+  announced_routes: string;
+  /** JSON string[] (canonical prefixes) */
+  approved_routes: string;
+  exit_node_wish: number;
+  /** JSON string[] of host:port */
+  endpoints: string;
+  /** JSON object: everything else the node reported */
+  hostinfo: string;
+  online: number;
+  last_seen: string | null;
+  ephemeral: number;
+  auth_key_id: number | null;
+  expires_at: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface PoliciesTable {
+  id: Generated<number>;
+  tenant_id: number;
+  version: number;
+  text: string;
+  created_at: string;
+  created_by: string;
+}
+
+export interface AuditTable {
+  id: Generated<number>;
+  tenant_id: number;
+  seq: number;
+  ts: string;
+  actor: string;
+  action: string;
+  object_type: string;
+  object_id: string;
+  /** JSON or null */
+  before: string | null;
+  /** JSON or null */
+  after: string | null;
+  prev_hash: string;
+  hash: string;
+}
+
+export interface Database {
+  tenants: TenantsTable;
+  operator_keys: OperatorKeysTable;
+  api_keys: ApiKeysTable;
+  users: UsersTable;
+  auth_keys: AuthKeysTable;
+  nodes: NodesTable;
+  policies: PoliciesTable;
+  audit: AuditTable;
+}
+
+/** Tables whose rows belong to a tenant (everything but tenants and operator keys). */
+export type TenantTable = 'api_keys' | 'users' | 'auth_keys' | 'nodes' | 'policies' | 'audit';
+
+export type TenantRow = Selectable<TenantsTable>;
+export type ApiKeyRow = Selectable<ApiKeysTable>;
+export type UserRow = Selectable<UsersTable>;
+export type AuthKeyRow = Selectable<AuthKeysTable>;
+export type NodeRow = Selectable<NodesTable>;
+export type PolicyRow = Selectable<PoliciesTable>;
+export type AuditRow = Selectable<AuditTable>;
+export type NewNode = Insertable<NodesTable>;
+export type NodeUpdate = Updateable<NodesTable>;

@@ -1,0 +1,100 @@
+// `larktun admin …` against a real server: tables, --json, env configuration,
+// errors without stack traces, and audit verify.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ROOT, cleanup, nodeKey, spawnServer, tempDir, type ServerProc } from './harness.js';
+
+describe('larktun admin CLI', () => {
+  let dir = '';
+  let srv: ServerProc;
+  const run = (args: string[], env: Record<string, string> = {}) => {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'test/control/server-entry.ts'), 'admin', ...args], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      env: { ...process.env, LARKTUN_SERVER: srv.url, ...env },
+    });
+    return { code: r.status, out: r.stdout, err: r.stderr };
+  };
+
+  before(async () => {
+    dir = tempDir();
+    srv = await spawnServer({ dataDir: dir, db: 'sqlite' });
+  });
+  after(async () => {
+    await srv.stop();
+    cleanup(dir);
+  });
+
+  it('manages a tenant end to end', async () => {
+    const opEnv = { LARKTUN_API_KEY: srv.operatorKey() };
+    let r = run(['tenants', 'create', 'acme', '--pool4', '10.20.0.0/16'], opEnv);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /NAME\s+POOL4/);
+    assert.match(r.out, /acme\s+10\.20\.0\.0\/16/);
+    r = run(['--json', 'tenants', 'list'], opEnv);
+    assert.equal(JSON.parse(r.out).tenants[0].name, 'acme');
+
+    r = run(['--tenant', 'acme', '--json', 'apikeys', 'create', '--role', 'admin'], opEnv);
+    assert.equal(r.code, 0, r.err);
+    const key = JSON.parse(r.out).key as string;
+    const env = { LARKTUN_API_KEY: key, LARKTUN_TENANT: 'acme' };
+
+    assert.equal(run(['users', 'create', 'alice', '--email', 'alice@example.com'], env).code, 0);
+    const pol = join(dir, 'policy.hujson');
+    writeFileSync(pol, `{
+      "tagOwners": { "tag:router": ["alice@example.com"] },
+      "autoApprovers": { "routes": { "10.99.0.0/16": ["tag:router"] } },
+      "acls": [ { "action": "accept", "src": ["*"], "dst": ["*:*"] } ],
+    }`);
+    r = run(['acl', 'check', pol], env);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /valid/);
+    r = run(['acl', 'set', pol], env);
+    assert.match(r.out, /version 2 is live/);
+    const bad = join(dir, 'bad.hujson');
+    writeFileSync(bad, '{ "acls": [ { "action": "accept", "src": ["nobody@x"], "dst": ["*:*"] } ], "bogus": 1 }');
+    r = run(['acl', 'set', bad], env);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /error \(400 invalid_policy\)/);
+    assert.doesNotMatch(r.err, /\bat .+:\d+:\d+\)/);
+    assert.match(run(['acl', 'get'], env).out, /tag:router/);
+
+    r = run(['--json', 'authkeys', 'create', '--user', 'alice', '--tags', 'tag:router'], env);
+    assert.equal(r.code, 0, r.err);
+    const ak = JSON.parse(r.out).key as string;
+    const reg = await fetch(`${srv.url}/node/v1/register`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ auth_key: ak, node_key: nodeKey(), hostname: 'gw', routes: ['10.99.1.0/24', '192.168.1.0/24'] }),
+    });
+    const node = ((await reg.json()) as { node: { id: number } }).node;
+    r = run(['nodes', 'list'], env);
+    assert.match(r.out, /gw\s+10\.20\.0\.1/);
+    r = run(['routes', 'list'], env);
+    assert.match(r.out, /10\.99\.1\.0\/24/);
+    r = run(['--json', 'routes', 'approve', String(node.id), '10.99.1.0/24', '192.168.1.0/24'], env);
+    assert.deepEqual(JSON.parse(r.out).approved, ['10.99.1.0/24', '192.168.1.0/24']);
+    r = run(['nodes', 'rename', String(node.id), 'gateway'], env);
+    assert.match(r.out, /gateway/);
+
+    r = run(['audit', 'list', '--limit', '1000'], env);
+    assert.match(r.out, /node\.rename/);
+    r = run(['audit', 'verify'], env);
+    assert.equal(r.code, 0, r.err + r.out);
+    assert.match(r.out, /intact/);
+  });
+
+  it('reports errors plainly', () => {
+    let r = run(['--tenant', 'acme', 'users', 'list'], { LARKTUN_API_KEY: 'wrong' });
+    assert.equal(r.code, 1);
+    assert.match(r.err, /401 unauthorized/);
+    r = run(['users', 'list'], { LARKTUN_API_KEY: srv.operatorKey(), LARKTUN_TENANT: '' });
+    assert.match(r.err, /which tenant/);
+    r = run(['tenants', 'list'], { LARKTUN_API_KEY: 'x', LARKTUN_SERVER: 'http://127.0.0.1:1' });
+    assert.equal(r.code, 1);
+    assert.match(r.err, /cannot reach the server/);
+  });
+});

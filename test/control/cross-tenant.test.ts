@@ -1,0 +1,158 @@
+// Isolation: a key of tenant B tries every endpoint on tenant A's names and ids,
+// and on its own tenant with A's ids. Every answer must be the plain 404 a
+// missing object gets — never A's data, never a hint that it exists.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Client, cleanup, freshPgSchema, nodeKey, pgUnavailable, spawnServer, tempDir, type Json, type PgSchema, type ServerProc } from './harness.js';
+
+function isolationSuite(name: string, setup: () => Promise<string>, teardown: () => Promise<void>): void {
+  describe(`cross-tenant isolation on ${name}`, () => {
+    let skip: string | false = false;
+    let dir = '';
+    let srv: ServerProc;
+    let a: Client;
+    let b: Client;
+    const ids: Record<string, number> = {};
+    let aNodeToken = '';
+
+    before(async () => {
+      const db = await setup();
+      if (db.startsWith('skip:')) {
+        skip = db.slice(5);
+        return;
+      }
+      dir = tempDir();
+      srv = await spawnServer({ dataDir: dir, db });
+      const op = new Client(srv.url, srv.operatorKey());
+      for (const t of ['alpha', 'beta']) assert.equal((await op.post('/api/v1/tenants', { name: t, pool4: '10.9.0.0/16' })).status, 201);
+      a = op.as((await op.post('/api/v1/tenants/alpha/apikeys', { role: 'admin' })).body.key);
+      b = op.as((await op.post('/api/v1/tenants/beta/apikeys', { role: 'admin' })).body.key);
+      ids['user'] = (await a.post('/api/v1/tenants/alpha/users', { name: 'secret-user' })).body.id;
+      ids['apikey'] = (await a.post('/api/v1/tenants/alpha/apikeys', { role: 'auditor' })).body.id;
+      const ak = await a.post('/api/v1/tenants/alpha/authkeys', { user: 'secret-user', reusable: true });
+      ids['authkey'] = ak.body.id;
+      const reg = await op.as(null).post('/node/v1/register', { auth_key: ak.body.key, node_key: nodeKey(), hostname: 'secret-node', routes: ['10.50.0.0/16'] });
+      ids['node'] = reg.body.node.id;
+      aNodeToken = reg.body.token;
+      // beta has objects with other ids so "own tenant + foreign id" is meaningful
+      await b.post('/api/v1/tenants/beta/users', { name: 'bob' });
+    });
+    after(async () => {
+      if (skip) return;
+      await srv.stop();
+      cleanup(dir);
+      await teardown();
+    });
+
+    const check = (r: { status: number; body: Json; text: string }, what: string) => {
+      assert.equal(r.status, 404, `${what}: expected 404, got ${r.status} ${r.text}`);
+      assert.equal(r.body.error.code, 'not_found', what);
+      for (const leak of ['secret-user', 'secret-node', 'alpha', '10.50.0.0']) assert.ok(!r.text.includes(leak), `${what} leaks ${leak}: ${r.text}`);
+    };
+
+    const endpoints = (tenant: string): [string, string, unknown?][] => [
+      ['GET', `/api/v1/tenants/${tenant}`],
+      ['PATCH', `/api/v1/tenants/${tenant}`, { max_nodes: 1 }],
+      ['DELETE', `/api/v1/tenants/${tenant}`],
+      ['GET', `/api/v1/tenants/${tenant}/apikeys`],
+      ['POST', `/api/v1/tenants/${tenant}/apikeys`, { role: 'admin' }],
+      ['DELETE', `/api/v1/tenants/${tenant}/apikeys/${ids['apikey']}`],
+      ['GET', `/api/v1/tenants/${tenant}/users`],
+      ['POST', `/api/v1/tenants/${tenant}/users`, { name: 'mallory' }],
+      ['DELETE', `/api/v1/tenants/${tenant}/users/${ids['user']}`],
+      ['GET', `/api/v1/tenants/${tenant}/authkeys`],
+      ['POST', `/api/v1/tenants/${tenant}/authkeys`, { user: String(ids['user']) }],
+      ['DELETE', `/api/v1/tenants/${tenant}/authkeys/${ids['authkey']}`],
+      ['GET', `/api/v1/tenants/${tenant}/nodes`],
+      ['GET', `/api/v1/tenants/${tenant}/nodes/${ids['node']}`],
+      ['PATCH', `/api/v1/tenants/${tenant}/nodes/${ids['node']}`, { name: 'pwned' }],
+      ['PUT', `/api/v1/tenants/${tenant}/nodes/${ids['node']}/tags`, { tags: [] }],
+      ['POST', `/api/v1/tenants/${tenant}/nodes/${ids['node']}/expire`, {}],
+      ['DELETE', `/api/v1/tenants/${tenant}/nodes/${ids['node']}`],
+      ['GET', `/api/v1/tenants/${tenant}/nodes/${ids['node']}/routes`],
+      ['POST', `/api/v1/tenants/${tenant}/nodes/${ids['node']}/routes`, { approved: ['10.50.0.0/16'] }],
+      ['GET', `/api/v1/tenants/${tenant}/policy`],
+      ['PUT', `/api/v1/tenants/${tenant}/policy`, { policy: '{}' }],
+      ['GET', `/api/v1/tenants/${tenant}/policy/versions`],
+      ['GET', `/api/v1/tenants/${tenant}/policy/versions/1`],
+      ['POST', `/api/v1/tenants/${tenant}/policy/check`, { policy: '{}' }],
+      ['GET', `/api/v1/tenants/${tenant}/audit`],
+      ['GET', `/api/v1/tenants/${tenant}/audit/verify`],
+    ];
+
+    it("another tenant's key gets 404 on every endpoint of the tenant", async (ctx) => {
+      if (skip) return ctx.skip(skip);
+      const list = endpoints('alpha');
+      for (const [m, p, body] of list) check(await b.req(m, p, body), `${m} ${p}`);
+      // and the same answer as for a tenant that does not exist
+      for (const [m, p, body] of endpoints('gamma')) {
+        const r = await b.req(m, p, body);
+        assert.equal(r.status, 404, `${m} ${p}`);
+      }
+      assert.ok(list.length >= 27);
+    });
+
+    it("own tenant with the other tenant's ids gets 404 (never acts on them)", async (ctx) => {
+      if (skip) return ctx.skip(skip);
+      for (const [m, p, body] of endpoints('beta')) {
+        if (!/\/(apikeys|users|authkeys|nodes)\/\d+/.test(p) && !p.endsWith('/authkeys')) continue;
+        const r = await b.req(m, p, body);
+        if (p.endsWith('/authkeys') && m === 'POST') {
+          // user id of alpha → no such user in beta
+          assert.equal(r.status, 400, r.text);
+          assert.ok(!r.text.includes('secret-user'));
+          continue;
+        }
+        if (m === 'GET' && p.endsWith('/authkeys')) continue;
+        check(r, `${m} ${p}`);
+      }
+    });
+
+    it("tenant A's objects are untouched afterwards", async (ctx) => {
+      if (skip) return ctx.skip(skip);
+      const n = await a.get(`/api/v1/tenants/alpha/nodes/${ids['node']}`);
+      assert.equal(n.status, 200);
+      assert.equal(n.body.name, 'secret-node');
+      assert.equal(n.body.expired, false);
+      assert.equal((await a.get('/api/v1/tenants/alpha/users')).body.users.length, 1);
+      assert.equal((await a.get('/api/v1/tenants/alpha/apikeys')).body.apikeys.length, 2);
+      assert.equal((await a.get('/api/v1/tenants/alpha/policy')).body.version, 1);
+      const audit = (await a.get('/api/v1/tenants/alpha/audit?limit=1000')).body.entries as Json[];
+      assert.ok(audit.every((e) => !String(e.actor).includes('beta')));
+      assert.equal((await a.get('/api/v1/tenants/alpha/audit/verify')).body.ok, true);
+    });
+
+    it("a node token only ever sees its own tenant; beta's nodes do not see alpha's", async (ctx) => {
+      if (skip) return ctx.skip(skip);
+      const bk = (await b.post('/api/v1/tenants/beta/authkeys', { user: 'bob', reusable: true })).body.key;
+      const reg = await b.as(null).post('/node/v1/register', { auth_key: bk, node_key: nodeKey(), hostname: 'bnode' });
+      assert.equal(reg.body.node.ipv4, '10.9.0.1', 'pools of different tenants may overlap');
+      const m = await b.as(reg.body.token).get('/node/v1/map');
+      assert.equal(m.status, 200);
+      assert.equal(m.body.tenant, 'beta');
+      assert.ok(!m.text.includes('secret-node'));
+      const am = await b.as(aNodeToken).get('/node/v1/map');
+      assert.equal(am.body.tenant, 'alpha');
+      assert.ok(!am.text.includes('bnode'));
+      // an alpha auth key never registers into beta, whatever the node says
+      const akey = (await a.post('/api/v1/tenants/alpha/authkeys', { user: 'secret-user' })).body.key;
+      const r2 = await b.as(null).post('/node/v1/register', { auth_key: akey, node_key: nodeKey(), hostname: 'x', tenant: 'beta' });
+      assert.equal(r2.status, 400, 'unknown fields are rejected');
+    });
+  });
+}
+
+isolationSuite('SQLite', async () => 'sqlite', async () => {});
+let schema: PgSchema | null = null;
+isolationSuite(
+  'PostgreSQL',
+  async () => {
+    const why = await pgUnavailable();
+    if (why) return `skip:${why}`;
+    schema = await freshPgSchema();
+    return schema.url;
+  },
+  async () => {
+    await schema?.drop();
+  },
+);
