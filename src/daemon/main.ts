@@ -4,7 +4,7 @@
 import { Command, CommanderError } from 'commander';
 import { spawnSync } from 'node:child_process';
 import { loadConfig, deriveRules, hasErrors, formatProblem, type Config } from './config.js';
-import { networkPlan, formatPlan } from './plan.js';
+import { networkPlan, formatPlan, tunNameProblem } from './plan.js';
 import { Engine, BindError } from '../dataplane/engine.js';
 import { TunDevice } from '../dataplane/tun.js';
 import { startMetricsServer } from '../dataplane/metrics.js';
@@ -67,6 +67,8 @@ async function run(flags: DaemonFlags): Promise<void> {
     process.stdout.write('config ok\n');
     return;
   }
+  const nameProblem = tunNameProblem(tunName);
+  if (nameProblem) throw new Exit(`LARKTUN_TUN: ${nameProblem}`, 2);
   const plan = networkPlan(cfg, tunName);
   if (flags.printNetworkPlan) {
     process.stdout.write(formatPlan(plan));

@@ -75,6 +75,13 @@ test('--print-network-plan prints the ip commands', { skip }, () => {
   assert.doesNotMatch(r.out, /route replace 10\.66\.0\.0\/24/, 'the connected subnet needs no route');
 });
 
+test('a bad TUN name from LARKTUN_TUN is named with the fix, exit 2', { skip }, () => {
+  const cfg = writeCfg('tunname.json', hubCfg(18020));
+  const r = run(BIN_LARKTUND, ['--config', cfg], { LARKTUN_TUN: 'this-name-is-way-too-long' });
+  assert.equal(r.status, 2);
+  assert.match(r.err, /LARKTUN_TUN: interface name "this-name-is-way-too-long" must be 1\.\.15 characters/);
+});
+
 test('a port already in use is named with the reason and the daemon exits 1', { skip }, async () => {
   const s = dgram.createSocket('udp4');
   await new Promise<void>((r) => s.bind(0, '0.0.0.0', () => r()));
