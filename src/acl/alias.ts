@@ -35,7 +35,7 @@ export function tagNameError(tag: string): string | null {
   return null;
 }
 
-export const ALL_PORTS: PortRange = { First: 0, Last: 65535 };
+export const ALL_PORTS: PortRange = Object.freeze({ First: 0, Last: 65535 });
 
 /** "*", "22", "80-90", "80,443,8000-8080". */
 export function parsePorts(spec: string): Parsed<PortRange[]> {
@@ -57,7 +57,8 @@ export function parsePorts(spec: string): Parsed<PortRange[]> {
     if (last < first) {
       return { ok: false, error: `port range ${JSON.stringify(part)}: last port must not be below the first` };
     }
-    out.push({ First: first, Last: last });
+    // Frozen: compiled filters share these objects.
+    out.push(Object.freeze({ First: first, Last: last }));
   }
   return { ok: true, value: out };
 }

@@ -1,703 +1,67 @@
 // Policy + tenant → per-node packet filters, peers, per-viewer routes, primary
 // routes and SSH policies.
 //
-// Rules are compiled in "units" (one per grant / ACL entry), each a list of
-// unit-rules: sources (SrcIPs strings, the nodes they match) and destination
-// entries (IP text, ports, the nodes that receive them). Unit-rules with the
-// same SrcIPs+IPProto merge into one FilterRule at the first one's position.
-// Per-node results are derived lazily from node→unit-rule indexes, so an
-// update recompiles only the units whose inputs changed and only the nodes
-// those units touch.
-import { type Prefix, tryParsePrefix } from '../net/addr.js';
-import { IPSet, formatRangeAsRange } from '../net/ipset.js';
-import { ALL_PORTS } from './alias.js';
+// Rules are compiled in "units" (one per grant / ACL entry; units.ts), each a
+// list of unit-rules: sources (SrcIPs strings, the nodes they match) and
+// destination entries (IP text, ports, the nodes that receive them).
+// Unit-rules with the same SrcIPs+IPProto merge into one FilterRule at the
+// first one's position. Per-node results are derived from node→unit-rule
+// indexes kept here.
+//
+// Incremental updates are proportional to the change: alias resolutions are
+// memoised and patched for the changed nodes (resolve.ts); a dirty unit is
+// recompiled reusing every unit-rule whose inputs are the same objects as
+// before, so unchanged rules stay identical and cost nothing to diff; the
+// indexes, merge order, shared peer unions and SSH rules are patched from the
+// differences; only the nodes those differences touch lose their cached
+// result, and a rebuilt result reuses every part (FilterRules, peer list,
+// route map) whose inputs are unchanged. settle() then reports exactly the
+// nodes whose results differ.
+//
+// Results share structure (SrcIPs arrays, DstPorts entries and ports, peer
+// lists, route maps, SSH rules): treat every returned object as read-only.
+import { IPSet } from '../net/ipset.js';
+import {
+  type Delta,
+  NONE,
+  NO_DELTA,
+  addTo,
+  ascending,
+  diffSorted,
+  idArray,
+  isNoDelta,
+  membership,
+  mergeInto,
+  mergeSorted,
+  sameIds,
+  sameList,
+  symDiff,
+} from './idlists.js';
 import { INTERNET, type Model, type NodeInfo, sortUnique } from './model.js';
-import { EXIT_V4, EXIT_V6, sortRoutes } from './routes.js';
-import type {
-  Alias,
-  AliasRef,
-  FilterRule,
-  GrantRule,
-  NetPortRange,
-  Policy,
-  PortRange,
-  SSHPolicy,
-  SSHRule,
-} from './types.js';
+import { type Change, Resolver } from './resolve.js';
+import { prefixSet, sortRoutes } from './routes.js';
+import { type SshUnit, compileSsh, sshDiff, sshGrant } from './ssh.js';
+import type { FilterRule, NetPortRange, Policy, SSHPolicy, SSHRule } from './types.js';
+import {
+  type Template,
+  type URule,
+  type Unit,
+  SelfSlots,
+  capDsts,
+  compileUnit,
+  entryHits,
+  formatPrefixText,
+  recvPos,
+  ruleView,
+  sameHits,
+  templates,
+} from './units.js';
 
-export interface Entry {
-  readonly ip: string;
-  readonly ports: PortRange;
-  readonly set: IPSet;
-  /** Sorted node ids that receive this destination. */
-  readonly receivers: readonly number[];
-  /** [node, route] pairs: primary routes reachable through this entry. */
-  readonly routeHits: ReadonlyArray<readonly [number, string]>;
-}
-
-export interface URule {
-  readonly seq: number;
-  readonly kind: 'net' | 'cap';
-  readonly mergeKey: string;
-  readonly srcIPs: readonly string[];
-  readonly srcNodes: readonly number[];
-  /** Non-identity part of the sources (prefixes, hosts, *), for tests and route matching. */
-  readonly srcSet: IPSet;
-  /** Identity sources' node ids (their addresses are part of the sources too). */
-  readonly srcIdentity: readonly number[];
-  /** [node, route] pairs: primary routes that are sources of this rule. */
-  readonly srcRouteHits: ReadonlyArray<readonly [number, string]>;
-  readonly proto?: number[];
-  readonly entries: readonly Entry[];
-  readonly allReceivers: readonly number[];
-  readonly capMap?: Record<string, unknown[]>;
-  /** autogroup:self rules: which user/call they are for and the inputs they were built from. */
-  readonly selfKey?: string;
-  readonly selfSig?: string;
-}
-
-export interface Unit {
-  readonly rules: URule[];
-  /** Identity dependencies: "tag:x", "user:<id>", "member", "tagged", "users". */
-  readonly deps: Set<string>;
-  /** Union of non-identity address sets the unit uses (sources and destinations). */
-  readonly sets: IPSet;
-  readonly usesWildcard: boolean;
-}
-
-interface SrcRes {
-  strings: string[];
-  nodes: number[];
-  set: IPSet;
-  identity: number[];
-}
-
-interface DstTarget {
-  ip: string;
-  set: IPSet;
-  receivers: number[];
-  identity: boolean;
-}
-
-const WILDCARD_ALL = IPSet.ALL;
-
-function aliasKey(a: Alias): string {
-  switch (a.kind) {
-    case 'wildcard':
-      return '*';
-    case 'prefix':
-      return `p:${a.text}`;
-    case 'autogroup':
-      return `autogroup:${a.name}`;
-    default:
-      return `${a.kind}:${a.name}`;
-  }
-}
-
-function bsearch(a: readonly number[], v: number): boolean {
-  let lo = 0;
-  let hi = a.length - 1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >> 1;
-    const x = a[mid]!;
-    if (x === v) return true;
-    if (x < v) lo = mid + 1;
-    else hi = mid - 1;
-  }
-  return false;
-}
-
-const memberships = new WeakMap<readonly number[], (id: number) => boolean>();
-
-/** O(1) membership test for an ascending id list (built once per list). */
-function membership(ids: readonly number[]): (id: number) => boolean {
-  let f = memberships.get(ids);
-  if (!f) {
-    const max = ids.length > 0 ? ids[ids.length - 1]! : 0;
-    if (max < 50_000_000) {
-      const bits = new Uint8Array(max + 1);
-      for (const x of ids) bits[x] = 1;
-      f = (id: number): boolean => id <= max && bits[id] === 1;
-    } else {
-      const set = new Set(ids);
-      f = (id: number): boolean => set.has(id);
-    }
-    memberships.set(ids, f);
-  }
-  return f;
-}
-
-function mergeSorted(lists: ReadonlyArray<readonly number[]>): number[] {
-  if (lists.length === 0) return [];
-  if (lists.length === 1) return lists[0]!.slice();
-  const out: number[] = [];
-  for (const l of lists) for (const x of l) out.push(x);
-  return sortUnique(out);
-}
-
-/** Resolution of aliases against the tenant, with dependency tracking. */
-export class Resolver {
-  private memo = new Map<string, { ids: number[] | null; deps: string[] }>();
-  private srcMemo = new Map<string, { res: SrcRes; deps: string[]; sets: IPSet[]; wildcard: boolean }>();
-  private dstMemo = new Map<string, { res: DstTarget[]; deps: string[]; sets: IPSet[]; wildcard: boolean }>();
-
-  constructor(
-    readonly policy: Policy,
-    readonly model: Model,
-  ) {}
-
-  identityNodes(a: Alias, deps: Set<string>): number[] | null {
-    const key = aliasKey(a);
-    let m = this.memo.get(key);
-    if (!m) {
-      const d = new Set<string>();
-      m = { ids: this.identityNodesUncached(a, d), deps: [...d] };
-      this.memo.set(key, m);
-    }
-    for (const d of m.deps) deps.add(d);
-    return m.ids;
-  }
-
-  src(a: Alias, deps: Set<string>, sets: IPSet[], flags: { wildcard: boolean }): SrcRes {
-    const key = aliasKey(a);
-    let m = this.srcMemo.get(key);
-    if (!m) {
-      const d = new Set<string>();
-      const ss: IPSet[] = [];
-      const f = { wildcard: false };
-      m = { res: this.srcUncached(a, d, ss, f), deps: [...d], sets: ss, wildcard: f.wildcard };
-      this.srcMemo.set(key, m);
-    }
-    for (const d of m.deps) deps.add(d);
-    sets.push(...m.sets);
-    if (m.wildcard) flags.wildcard = true;
-    return m.res;
-  }
-
-  dst(a: Alias, deps: Set<string>, sets: IPSet[], flags: { wildcard: boolean }): DstTarget[] {
-    const key = aliasKey(a);
-    let m = this.dstMemo.get(key);
-    if (!m) {
-      const d = new Set<string>();
-      const ss: IPSet[] = [];
-      const f = { wildcard: false };
-      m = { res: this.dstUncached(a, d, ss, f), deps: [...d], sets: ss, wildcard: f.wildcard };
-      this.dstMemo.set(key, m);
-    }
-    for (const d of m.deps) deps.add(d);
-    sets.push(...m.sets);
-    if (m.wildcard) flags.wildcard = true;
-    return m.res;
-  }
-
-  private ownCache = new Map<number, { ids: number[]; key: string }>();
-
-  /** A user's untagged nodes, ascending, with a content key (cached per resolver). */
-  userOwn(uid: number): { ids: number[]; key: string } {
-    let o = this.ownCache.get(uid);
-    if (!o) {
-      const ids = [...(this.model.byUser.get(uid) ?? [])].sort((a, b) => a - b);
-      o = { ids, key: ids.join(',') };
-      this.ownCache.set(uid, o);
-    }
-    return o;
-  }
-
-  private identityNodesUncached(a: Alias, deps: Set<string>): number[] | null {
-    const m = this.model;
-    switch (a.kind) {
-      case 'user': {
-        deps.add('users');
-        const uid = m.userIdOf(a.name);
-        if (uid === null) return [];
-        deps.add(`user:${uid}`);
-        return [...(m.byUser.get(uid) ?? [])].sort((x, y) => x - y);
-      }
-      case 'group': {
-        deps.add('users');
-        const lists: number[][] = [];
-        for (const tok of this.policy.groups.get(a.name) ?? []) {
-          const uid = m.userIdOf(tok);
-          if (uid === null) continue;
-          deps.add(`user:${uid}`);
-          lists.push([...(m.byUser.get(uid) ?? [])]);
-        }
-        return mergeSorted(lists);
-      }
-      case 'tag':
-        deps.add(a.name);
-        return [...(m.byTag.get(a.name) ?? [])].sort((x, y) => x - y);
-      case 'autogroup':
-        if (a.name === 'member') {
-          deps.add('member');
-          return [...m.members].sort((x, y) => x - y);
-        }
-        if (a.name === 'tagged') {
-          deps.add('tagged');
-          return [...m.taggedNodes].sort((x, y) => x - y);
-        }
-        return null;
-      default:
-        return null;
-    }
-  }
-
-  private nodeIps(ids: readonly number[]): string[] {
-    const out: string[] = [];
-    for (const id of ids) for (const ip of this.model.nodes.get(id)!.ips) out.push(ip);
-    return out;
-  }
-
-  wildcardSet(): IPSet {
-    let s = this.model.pool;
-    for (const id of this.model.routers) s = s.union(this.model.nodes.get(id)!.routeSet);
-    return s;
-  }
-
-  private srcUncached(a: Alias, deps: Set<string>, sets: IPSet[], flags: { wildcard: boolean }): SrcRes {
-    const ids = this.identityNodes(a, deps);
-    if (ids) return { strings: this.nodeIps(ids), nodes: ids, set: IPSet.EMPTY, identity: ids };
-    let set: IPSet;
-    let strings: string[];
-    switch (a.kind) {
-      case 'wildcard':
-        flags.wildcard = true;
-        set = this.wildcardSet();
-        strings = [...this.model.poolStrings, ...this.model.allRoutes()];
-        break;
-      case 'autogroup': // danger-all (self/internet/nonroot are rejected by validation)
-        set = WILDCARD_ALL;
-        strings = ['*'];
-        break;
-      case 'host': {
-        const h = this.policy.hosts.get(a.name)!;
-        set = h.set;
-        strings = h.set.toStrings();
-        break;
-      }
-      case 'prefix':
-        set = IPSet.fromPrefix(a.prefix);
-        strings = set.toStrings();
-        break;
-      default:
-        set = IPSet.EMPTY;
-        strings = [];
-    }
-    sets.push(set);
-    return { strings, nodes: this.model.nodesMatching(set, false), set, identity: [] };
-  }
-
-  private dstUncached(a: Alias, deps: Set<string>, sets: IPSet[], flags: { wildcard: boolean }): DstTarget[] {
-    const ids = this.identityNodes(a, deps);
-    if (ids) {
-      const out: DstTarget[] = [];
-      for (const id of ids) {
-        const n = this.model.nodes.get(id)!;
-        const recv = [id];
-        n.ips.forEach((ip, k) => out.push({ ip, set: n.ipSets[k]!, receivers: recv, identity: true }));
-      }
-      return out;
-    }
-    const targets = (set: IPSet, texts: string[]): DstTarget[] => {
-      sets.push(set);
-      return texts.map((ip) => {
-        const s = IPSet.parse(ip)!;
-        return { ip, set: s, receivers: this.model.nodesMatching(s, true), identity: false };
-      });
-    };
-    switch (a.kind) {
-      case 'wildcard':
-        flags.wildcard = true;
-        return targets(this.wildcardSet(), [...this.model.poolStrings, ...this.model.allRoutes()]);
-      case 'autogroup':
-        if (a.name === 'internet') {
-          sets.push(INTERNET);
-          return INTERNET.ranges().map((r) => {
-            const s = IPSet.fromRange(r.family, r.lo, r.hi);
-            return { ip: formatRangeAsRange(r), set: s, receivers: this.model.nodesMatching(s, true), identity: false };
-          });
-        }
-        return [];
-      case 'host': {
-        const h = this.policy.hosts.get(a.name)!;
-        return targets(h.set, h.set.toStrings());
-      }
-      case 'prefix': {
-        const s = IPSet.fromPrefix(a.prefix);
-        return targets(s, s.toStrings());
-      }
-      default:
-        return [];
-    }
-  }
-}
-
-interface SrcAgg {
-  strings: string[];
-  nodes: number[];
-  set: IPSet;
-  identity: number[];
-}
-
-function aggregateSrc(r: Resolver, src: readonly AliasRef[], deps: Set<string>, sets: IPSet[], flags: { wildcard: boolean }): SrcAgg {
-  if (src.length === 1) {
-    const res = r.src(src[0]!.alias, deps, sets, flags);
-    return { strings: res.strings, nodes: res.nodes, set: res.set, identity: res.identity };
-  }
-  const seen = new Set<string>();
-  const strings: string[] = [];
-  const nodeLists: number[][] = [];
-  const idLists: number[][] = [];
-  let set = IPSet.EMPTY;
-  for (const s of src) {
-    const res = r.src(s.alias, deps, sets, flags);
-    for (const x of res.strings) {
-      if (!seen.has(x)) {
-        seen.add(x);
-        strings.push(x);
-      }
-    }
-    nodeLists.push(res.nodes);
-    if (res.identity.length > 0) idLists.push(res.identity);
-    if (!res.set.isEmpty()) set = set.union(res.set);
-  }
-  return { strings, nodes: mergeSorted(nodeLists), set, identity: mergeSorted(idLists) };
-}
-
-/** The node serving `route` for traffic through a via-restricted destination. */
-function viaPrimary(model: Model, route: string, candidates: readonly number[]): number | null {
-  const global = model.primaries.get(route);
-  if (global !== undefined && candidates.includes(global)) return global;
-  let best: number | null = null;
-  for (const id of candidates) {
-    const n = model.nodes.get(id)!;
-    if (!n.online || !n.routeStrs.includes(route)) continue;
-    if (best === null || id < best) best = id;
-  }
-  return best;
-}
-
-function routeHitsFor(model: Model, set: IPSet, receivers: readonly number[], via: boolean): Array<[number, string]> {
-  const hits: Array<[number, string]> = [];
-  if (via) {
-    const routes = new Set<string>();
-    for (const id of receivers) for (const r of model.nodes.get(id)!.routeStrs) routes.add(r);
-    for (const r of routes) {
-      if (!prefixSet(r).overlaps(set)) continue;
-      const owner = viaPrimary(model, r, receivers);
-      if (owner !== null) hits.push([owner, r]);
-    }
-  } else {
-    for (const [r, owner] of model.primaries) if (prefixSet(r).overlaps(set)) hits.push([owner, r]);
-  }
-  if (model.exits.size > 0 && set.overlaps(INTERNET)) {
-    for (const id of model.exits) {
-      if (via && !receivers.includes(id)) continue;
-      for (const r of model.nodes.get(id)!.exitRoutes) hits.push([id, r]);
-    }
-  }
-  return hits;
-}
-
-function srcRouteHits(model: Model, set: IPSet): Array<[number, string]> {
-  const hits: Array<[number, string]> = [];
-  if (set.isEmpty()) return hits;
-  for (const [r, owner] of model.primaries) {
-    if (prefixSet(r).overlaps(set)) hits.push([owner, r]);
-  }
-  return hits;
-}
-
-interface Template {
-  kind: 'grant' | 'acl';
-  index: number;
-}
-
-export function templates(policy: Policy): Template[] {
-  return [
-    ...policy.grants.map((_, i) => ({ kind: 'grant' as const, index: i })),
-    ...policy.acls.map((_, i) => ({ kind: 'acl' as const, index: i })),
-  ];
-}
-
-const keyCache = new WeakMap<readonly string[], string>();
-
-/** Content key of a SrcIPs list, computed once per (shared) array. */
-function stringsKey(a: readonly string[]): string {
-  let k = keyCache.get(a);
-  if (k === undefined) {
-    // Two independent 32-bit FNV-1a style hashes plus the length: short keys
-    // for long SrcIPs lists (a collision would need 64 matching hash bits).
-    let h1 = 0x811c9dc5;
-    let h2 = 0x01000193 ^ a.length;
-    for (const str of a) {
-      for (let i = 0; i < str.length; i++) {
-        const c = str.charCodeAt(i);
-        h1 = Math.imul(h1 ^ c, 0x01000193);
-        h2 = Math.imul(h2 ^ c, 0x5bd1e995);
-        h2 ^= h2 >>> 15;
-      }
-      h1 = Math.imul(h1 ^ 32, 0x01000193);
-      h2 = Math.imul(h2 ^ 32, 0x5bd1e995);
-    }
-    k = a.length <= 4 ? a.join(' ') : `#${a.length}:${(h1 >>> 0).toString(36)}:${(h2 >>> 0).toString(36)}`;
-    keyCache.set(a, k);
-  }
-  return k;
-}
-
-const prefixSets = new Map<string, IPSet>();
-
-/** IPSet of a canonical prefix string, cached. */
-export function prefixSet(p: string): IPSet {
-  let s = prefixSets.get(p);
-  if (!s) {
-    s = IPSet.fromPrefix(tryParsePrefix(p)!);
-    prefixSets.set(p, s);
-  }
-  return s;
-}
-
-const protoKey = (p: number[] | undefined): string => (p ? p.join(',') : '*');
-
-/** Stable sequence slots for per-user autogroup:self rules. */
-export class SelfSlots {
-  private readonly slots = new Map<number, number>();
-  slot(uid: number): number {
-    let s = this.slots.get(uid);
-    if (s === undefined) {
-      s = this.slots.size;
-      this.slots.set(uid, s);
-    }
-    return s;
-  }
-}
-
-const SEQ_STRIDE = 1 << 22;
-const SELF_BASE = 1 << 16;
-const SELF_CALL = 1 << 20;
-
-export function compileUnit(r: Resolver, tpl: Template, tplIdx: number, slots: SelfSlots, prev?: Unit): Unit {
-  const policy = r.policy;
-  const model = r.model;
-  const deps = new Set<string>();
-  const sets: IPSet[] = [];
-  const flags = { wildcard: false };
-  const rules: URule[] = [];
-  let local = 0;
-  const srcAliases = tpl.kind === 'grant' ? policy.grants[tpl.index]!.src : policy.acls[tpl.index]!.src;
-  const src = aggregateSrc(r, srcAliases, deps, sets, flags);
-  const srcHits = srcRouteHits(model, src.set);
-
-  const push = (
-    kind: 'net' | 'cap',
-    s: SrcAgg,
-    sHits: Array<[number, string]>,
-    proto: number[] | undefined,
-    entries: Entry[],
-    capMap?: Record<string, unknown[]>,
-  ): void => {
-    const seq = tplIdx * SEQ_STRIDE + local++;
-    pushRule(seq, kind, s, sHits, proto, entries, capMap);
-  };
-
-  const pushRule = (
-    seq: number,
-    kind: 'net' | 'cap',
-    s: SrcAgg,
-    sHits: Array<[number, string]>,
-    proto: number[] | undefined,
-    entries: Entry[],
-    capMap?: Record<string, unknown[]>,
-    self?: { key: string; sig: string },
-  ): void => {
-    if (s.strings.length === 0 || entries.length === 0) return;
-    const mergeKey = `${kind}|${stringsKey(s.strings)}|${protoKey(proto)}${capMap ? `|${JSON.stringify(capMap)}` : ''}`;
-    rules.push({
-      seq,
-      kind,
-      mergeKey,
-      srcIPs: s.strings,
-      srcNodes: s.nodes,
-      srcSet: s.set,
-      srcIdentity: s.identity,
-      srcRouteHits: sHits,
-      proto,
-      entries,
-      allReceivers: mergeSorted(entries.map((e) => e.receivers)),
-      capMap,
-      ...(self ? { selfKey: self.key, selfSig: self.sig } : {}),
-    });
-  };
-  const prevSelf = new Map<string, URule>();
-  for (const pr of prev?.rules ?? []) if (pr.selfKey) prevSelf.set(pr.selfKey, pr);
-  let selfCall = 0;
-
-  const entriesFor = (targets: DstTarget[], ports: PortRange[], via: string[] | null): Entry[] => {
-    const out: Entry[] = [];
-    for (const t of targets) {
-      let receivers = t.receivers;
-      if (via) {
-        receivers = receivers.filter((id) => {
-          const n = model.nodes.get(id)!;
-          return n.tags.some((tg) => via.includes(tg)) && (n.routeSet.overlaps(t.set) || (n.exitRoutes.length > 0 && t.set.overlaps(INTERNET)));
-        });
-      }
-      const hits = t.identity ? [] : routeHitsFor(model, t.set, receivers, via !== null);
-      for (const p of ports) out.push({ ip: t.ip, ports: p, set: t.set, receivers, routeHits: hits });
-    }
-    return out;
-  };
-
-  /** autogroup:self: one rule per user, sources and destinations limited to that user's untagged nodes. */
-  const selfRules = (kind: 'net' | 'cap', proto: number[] | undefined, ports: PortRange[], capMap?: Record<string, unknown[]>): void => {
-    deps.add('member');
-    const call = selfCall++;
-    const users = [...model.byUser.keys()].sort((a, b) => a - b);
-    const isSrc = membership(src.nodes);
-    for (const uid of users) {
-      const o = r.userOwn(uid);
-      const own = o.ids;
-      let all = true;
-      for (const id of own) if (!isSrc(id)) all = false;
-      const inSrc = all ? own : own.filter(isSrc);
-      const seq = tplIdx * SEQ_STRIDE + SELF_BASE + call * SELF_CALL + slots.slot(uid);
-      const key = `${call}|${uid}`;
-      const sig = inSrc.length === own.length ? `${o.key}|*` : `${o.key}|${inSrc.join(',')}`;
-      const before = prevSelf.get(key);
-      if (before && before.selfSig === sig && before.seq === seq) {
-        rules.push(before);
-        continue;
-      }
-      if (inSrc.length === 0) continue;
-      const strings: string[] = [];
-      for (const id of inSrc) strings.push(...model.nodes.get(id)!.ips);
-      const targets: DstTarget[] = [];
-      for (const id of own) {
-        const n = model.nodes.get(id)!;
-        const recv = [id];
-        n.ips.forEach((ip, k) => targets.push({ ip, set: n.ipSets[k]!, receivers: recv, identity: true }));
-      }
-      const agg = { strings, nodes: inSrc, set: IPSet.EMPTY, identity: inSrc };
-      pushRule(seq, kind, agg, [], proto, entriesFor(targets, ports, null), capMap, { key, sig });
-    }
-  };
-
-  if (tpl.kind === 'acl') {
-    const acl = policy.acls[tpl.index]!;
-    for (const d of acl.dst) {
-      if (d.alias.kind === 'autogroup' && d.alias.name === 'self') {
-        selfRules('net', acl.proto, d.ports);
-        continue;
-      }
-      push('net', src, srcHits, acl.proto, entriesFor(r.dst(d.alias, deps, sets, flags), d.ports, null));
-    }
-  } else {
-    const g: GrantRule = policy.grants[tpl.index]!;
-    const via = g.via.length > 0 ? g.via : null;
-    if (via) for (const t of via) deps.add(t);
-    for (const spec of g.ip) {
-      for (const d of g.dst) {
-        if (d.alias.kind === 'autogroup' && d.alias.name === 'self') {
-          selfRules('net', spec.proto, spec.ports);
-          continue;
-        }
-        push('net', src, srcHits, spec.proto, entriesFor(r.dst(d.alias, deps, sets, flags), spec.ports, via));
-      }
-    }
-    if (g.app) {
-      for (const d of g.dst) {
-        if (d.alias.kind === 'autogroup' && d.alias.name === 'self') {
-          selfRules('cap', undefined, [ALL_PORTS], g.app);
-          continue;
-        }
-        push('cap', src, srcHits, undefined, entriesFor(r.dst(d.alias, deps, sets, flags), [ALL_PORTS], via), g.app);
-      }
-    }
-  }
-  return { rules, deps, sets: IPSet.unionAll(sets), usesWildcard: flags.wildcard };
-}
-
-// ---- SSH -------------------------------------------------------------------
-
-interface SshUnit {
-  /** dst node → principals (IPs). */
-  perNode: Map<number, string[]>;
-  deps: Set<string>;
-  wildcard: boolean;
-  sshUsers: Record<string, string>;
-  action: SSHRule['action'];
-  acceptEnv?: string[];
-}
-
-export function compileSsh(r: Resolver, only?: (i: number) => boolean, prev?: SshUnit[]): SshUnit[] {
-  const model = r.model;
-  const out: SshUnit[] = [];
-  for (const [ri, rule] of r.policy.ssh.entries()) {
-    if (only && prev && !only(ri)) {
-      out.push(prev[ri]!);
-      continue;
-    }
-    const deps = new Set<string>();
-    let wildcard = false;
-    const srcLists: number[][] = [];
-    for (const s of rule.src) {
-      const ids = r.identityNodes(s.alias, deps);
-      if (ids) srcLists.push(ids);
-      else if (s.alias.kind === 'wildcard') {
-        wildcard = true;
-        srcLists.push([...model.nodes.keys()]);
-      }
-    }
-    const srcNodes = mergeSorted(srcLists);
-    const ipsOf = (ids: readonly number[]): string[] => {
-      const v: string[] = [];
-      for (const id of ids) for (const ip of model.nodes.get(id)!.ips) v.push(ip);
-      return v;
-    };
-    const perNode = new Map<number, string[]>();
-    const allPrincipals = ipsOf(srcNodes);
-    for (const d of rule.dst) {
-      if (d.alias.kind === 'autogroup' && d.alias.name === 'self') {
-        deps.add('member');
-        const isSrc = membership(srcNodes);
-        for (const uid of model.byUser.keys()) {
-          const ownIds = r.userOwn(uid).ids;
-          const p = ownIds.filter(isSrc);
-          if (p.length === 0) continue;
-          const ips = ipsOf(p);
-          for (const id of ownIds) if (!perNode.has(id)) perNode.set(id, ips);
-        }
-        continue;
-      }
-      const ids = r.identityNodes(d.alias, deps) ?? [];
-      if (allPrincipals.length === 0) continue;
-      for (const id of ids) if (!perNode.has(id)) perNode.set(id, allPrincipals);
-    }
-    const sshUsers: Record<string, string> = {};
-    for (const u of rule.users) {
-      if (u === 'autogroup:nonroot') sshUsers['*'] = '=';
-      else sshUsers[u] = u;
-    }
-    if (!('root' in sshUsers)) sshUsers['root'] = '';
-    const action: SSHRule['action'] =
-      rule.action === 'accept'
-        ? { accept: true, allowAgentForwarding: true, allowLocalPortForwarding: true, allowRemotePortForwarding: true }
-        : {
-            holdAndDelegate:
-              'https://unused/machine/ssh/action/from/$SRC_NODE_ID/to/$DST_NODE_ID/ssh_user/$SSH_USER/local_user/$LOCAL_USER',
-            allowAgentForwarding: true,
-            allowLocalPortForwarding: true,
-            allowRemotePortForwarding: true,
-            ...(rule.checkPeriod ? { sessionDuration: rule.checkPeriod * 1e9 } : {}),
-          };
-    out.push({ perNode, deps, wildcard, sshUsers, action, ...(rule.acceptEnv ? { acceptEnv: rule.acceptEnv } : {}) });
-  }
-  return out;
-}
+export type { Entry, URule, Unit } from './units.js';
 
 // ---- per-node results ------------------------------------------------------
 
+/** One node's compiled view. Shares structure with other results: read-only. */
 export interface NodeResult {
   packetFilter: FilterRule[];
   /** Peer node ids, ascending. */
@@ -710,21 +74,125 @@ export interface NodeResult {
   capabilities: Record<string, unknown[]>;
 }
 
+/**
+ * Peers and routes shared by every node with the same rule memberships
+ * (the same unit-rule ids received and sourced). Kept across updates: a
+ * change to one of its rules patches the union (additions) or drops it.
+ */
+interface SigData {
+  readonly hash: string;
+  readonly recv: readonly number[];
+  readonly src: readonly number[];
+  /** Ascending union of the rules' peers (may include the nodes themselves). Never mutated: replaced. */
+  union?: number[];
+  /** Ids to add to `union` at the end of the current update. */
+  pending?: number[];
+  par?: Map<number, string[]>;
+  /** Nodes whose cached result was built from this. */
+  users: number;
+  dead?: boolean;
+}
+
+/** The FilterRule of one merge group (rules[i..j), one merge key, in seq order) for a node. */
+function buildGroup(rules: readonly URule[], i: number, j: number, id: number): FilterRule {
+  const first = rules[i]!;
+  if (first.kind === 'net') {
+    let dst: NetPortRange[];
+    if (j === i + 1) dst = ruleView(first).nprs[recvPos(first, id)] ?? [];
+    else {
+      let size = 0;
+      for (let k = i; k < j; k++) size += ruleView(rules[k]!).nprs[recvPos(rules[k]!, id)]?.length ?? 0;
+      dst = new Array<NetPortRange>(size);
+      let w = 0;
+      for (let k = i; k < j; k++) {
+        const r = rules[k]!;
+        const l = ruleView(r).nprs[recvPos(r, id)];
+        if (l) for (let k2 = 0; k2 < l.length; k2++) dst[w++] = l[k2]!;
+      }
+    }
+    return first.proto
+      ? { SrcIPs: first.srcIPs as string[], DstPorts: dst, IPProto: first.proto }
+      : { SrcIPs: first.srcIPs as string[], DstPorts: dst };
+  }
+  let dsts: string[];
+  if (j === i + 1) dsts = capDsts(first, id);
+  else {
+    const all: string[] = [];
+    for (let k = i; k < j; k++) all.push(...capDsts(rules[k]!, id));
+    dsts = [...new Set(all)];
+  }
+  return { SrcIPs: first.srcIPs as string[], CapGrant: [{ Dsts: dsts, CapMap: first.capMap! }] };
+}
+
+/** What a node's filter was built from: per slot of its received-rule list, the rule and its merge position; per group start, its FilterRule. */
+interface FilterSnap {
+  readonly rules: URule[];
+  readonly firsts: number[];
+  readonly frs: Array<FilterRule | null>;
+}
+
+/** A short hash key of two rule-id lists (verified against the stored lists on use). */
+function idsHash(a: readonly number[], b: readonly number[]): string {
+  let h1 = 0x811c9dc5 ^ a.length;
+  let h2 = 0x5bd1e995 ^ b.length;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i]!;
+    h1 = Math.imul(h1 ^ x, 0x01000193);
+    h2 = Math.imul(h2 ^ x, 0x5bd1e995);
+    h2 ^= h2 >>> 13;
+  }
+  h1 = Math.imul(h1 ^ 0x2f, 0x01000193);
+  h2 = Math.imul(h2 ^ 0x2f, 0x5bd1e995);
+  for (let i = 0; i < b.length; i++) {
+    const x = b[i]!;
+    h1 = Math.imul(h1 ^ x, 0x01000193);
+    h2 = Math.imul(h2 ^ x, 0x5bd1e995);
+    h2 ^= h2 >>> 13;
+  }
+  return `${(h1 >>> 0).toString(36)}.${(h2 >>> 0).toString(36)}`;
+}
+
 export class Engine {
   resolver: Resolver;
   units: Unit[] = [];
   ssh: SshUnit[] = [];
   private tpls: Template[] = [];
   private slots = new SelfSlots();
-  /** mergeKey → first sequence number. */
+  /** mergeKey → first sequence number, and the ids of the unit-rules using it. */
   mergeOrder = new Map<string, number>();
-  /** node id → seqs of unit-rules it receives / is a source of. */
-  private recvIndex = new Map<number, Set<number>>();
-  private srcIndex = new Map<number, Set<number>>();
-  private bySeq = new Map<number, URule>();
+  private mergeIds = new Map<string, Set<number>>();
+  /** Unit-rules by id, and each one's merge position (its merge key's first seq). */
+  private byId: Array<URule | undefined> = [];
+  private seqOf: number[] = [];
+  private firstOf: number[] = [];
+  /**
+   * node id → ids of the unit-rules it receives (in filter order: merge
+   * position, then seq) / is a source of (in seq order).
+   */
+  private recvIndex = new Map<number, number[]>();
+  private srcIndex = new Map<number, number[]>();
   private cache = new Map<number, NodeResult>();
+  private snaps = new Map<number, FilterSnap>();
+  /** Nodes whose received / sourced rule lists changed since their result was last built. */
+  private listsTouched = new Set<number>();
+  /** node id → its result before the first change since the last settle(). */
+  private prevResult = new Map<number, NodeResult>();
+  /** node id → what its last result was built from (kept when the cached result is dropped). */
+  private built = new Map<number, { d: SigData; union: number[] | undefined; par: Map<number, string[]> | undefined; result: NodeResult }>();
   private byDep = new Map<string, Set<number>>();
   private addrUnits = new Set<number>();
+  /** Nodes with the same rule memberships share one peer/route computation. */
+  private sigCache = new Map<string, SigData[]>();
+  /** rule id → sig data whose received / sourced rules include it. */
+  private sigsByRecv = new Map<number, Set<SigData>>();
+  private sigsBySrc = new Map<number, Set<SigData>>();
+  /** node id → the sig data its cached result was built from. */
+  private nodeSig = new Map<number, SigData>();
+  /** Per update: sig data with pending additions, and list differences by array pair. */
+  private touched = new Set<SigData>();
+  private deltas = new Map<readonly number[], Map<readonly number[], Delta>>();
+  private stamp = new Uint32Array(0);
+  private gen = 0;
 
   constructor(
     public policy: Policy,
@@ -736,22 +204,67 @@ export class Engine {
 
   rebuild(): void {
     this.resolver = new Resolver(this.policy, this.model);
+    this.slots = new SelfSlots();
     this.tpls = templates(this.policy);
     this.units = this.tpls.map((t, i) => compileUnit(this.resolver, t, i, this.slots));
     this.recvIndex.clear();
     this.srcIndex.clear();
-    this.bySeq.clear();
+    this.byId = [];
+    this.seqOf = [];
+    this.firstOf = [];
     this.byDep.clear();
     this.addrUnits.clear();
-    this.units.forEach((u, i) => {
-      this.indexUnit(u, true);
+    this.mergeOrder.clear();
+    this.mergeIds.clear();
+    const recvIndex = this.recvIndex;
+    const srcIndex = this.srcIndex;
+    for (let i = 0; i < this.units.length; i++) {
+      const u = this.units[i]!;
+      for (let k = 0; k < u.rules.length; k++) {
+        const r = u.rules[k]!;
+        this.byId[r.id] = r;
+        this.seqOf[r.id] = r.seq;
+        this.slots.interner.retain(r.srcIPs);
+        const recv = r.allReceivers;
+        for (let j = 0; j < recv.length; j++) {
+          const l = recvIndex.get(recv[j]!);
+          if (l) l.push(r.id);
+          else recvIndex.set(recv[j]!, [r.id]);
+        }
+        const src = r.srcNodes;
+        for (let j = 0; j < src.length; j++) {
+          const l = srcIndex.get(src[j]!);
+          if (l) l.push(r.id);
+          else srcIndex.set(src[j]!, [r.id]);
+        }
+        this.mergeAdd(r);
+      }
       this.registerDeps(u, i);
-    });
-    this.computeMergeOrder();
+    }
+    for (const u of this.units) for (const r of u.rules) this.firstOf[r.id] = this.mergeOrder.get(r.mergeKey)!;
+    const sortAll = (idx: Map<number, number[]>, before: (a: number, b: number) => number): void => {
+      for (const l of idx.values()) {
+        for (let i = 1; i < l.length; i++) {
+          if (before(l[i - 1]!, l[i]!) > 0) {
+            l.sort(before);
+            break;
+          }
+        }
+      }
+    };
+    sortAll(this.recvIndex, this.filterOrder);
+    sortAll(this.srcIndex, this.bySeq);
+    this.slots.interner.sweep();
     this.ssh = compileSsh(this.resolver);
     this.cache.clear();
-    this.peerCache.clear();
-    this.parCache.clear();
+    this.listsTouched.clear();
+    this.prevResult.clear();
+    this.built.clear();
+    this.snaps.clear();
+    this.sigCache.clear();
+    this.sigsByRecv.clear();
+    this.sigsBySrc.clear();
+    this.nodeSig.clear();
   }
 
   private registerDeps(u: Unit, i: number): void {
@@ -768,54 +281,115 @@ export class Engine {
     this.addrUnits.delete(i);
   }
 
-  private indexUnit(u: Unit, add: boolean): void {
-    for (const r of u.rules) {
-      if (add) this.bySeq.set(r.seq, r);
-      else this.bySeq.delete(r.seq);
-      for (const id of r.allReceivers) this.indexOne(this.recvIndex, id, r.seq, add);
-      for (const id of r.srcNodes) this.indexOne(this.srcIndex, id, r.seq, add);
+  /** Registers a unit-rule under its merge key; returns true when the key's first seq moved. */
+  private mergeAdd(r: URule): boolean {
+    let s = this.mergeIds.get(r.mergeKey);
+    if (!s) this.mergeIds.set(r.mergeKey, (s = new Set()));
+    s.add(r.id);
+    const cur = this.mergeOrder.get(r.mergeKey);
+    if (cur === undefined || r.seq < cur) {
+      this.mergeOrder.set(r.mergeKey, r.seq);
+      return cur !== undefined;
     }
+    return false;
   }
 
-  private indexOne(idx: Map<number, Set<number>>, id: number, seq: number, add: boolean): void {
-    let s = idx.get(id);
+  /** Unregisters a unit-rule; returns true when its key's first seq moved (and the key still exists). */
+  private mergeRemove(r: URule): boolean {
+    const s = this.mergeIds.get(r.mergeKey);
+    if (!s) return false;
+    s.delete(r.id);
+    if (s.size === 0) {
+      this.mergeIds.delete(r.mergeKey);
+      this.mergeOrder.delete(r.mergeKey);
+      return false;
+    }
+    if (this.mergeOrder.get(r.mergeKey) !== r.seq) return false;
+    let min = Infinity;
+    for (const x of s) min = Math.min(min, this.byId[x]!.seq);
+    this.mergeOrder.set(r.mergeKey, min);
+    return true;
+  }
+
+  /** Filter order of rule ids: merge position, then seq. */
+  private readonly filterOrder = (a: number, b: number): number =>
+    this.firstOf[a]! - this.firstOf[b]! || this.seqOf[a]! - this.seqOf[b]!;
+
+  private readonly bySeq = (a: number, b: number): number => this.seqOf[a]! - this.seqOf[b]!;
+
+  /** Inserts / removes a rule id in a node's list of received rules, keeping filter order. */
+  private indexRecv(node: number, rid: number, add: boolean): void {
+    this.listsTouched.add(node);
+    const l = this.recvIndex.get(node);
+    if (!l) {
+      if (add) this.recvIndex.set(node, [rid]);
+      return;
+    }
+    const firstOf = this.firstOf;
+    const seqOf = this.seqOf;
+    const f = firstOf[rid]!;
+    const q = seqOf[rid]!;
+    let lo = 0;
+    let hi = l.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      const x = l[mid]!;
+      const fx = firstOf[x]!;
+      if (fx < f || (fx === f && seqOf[x]! < q)) lo = mid + 1;
+      else hi = mid;
+    }
     if (add) {
-      if (!s) idx.set(id, (s = new Set()));
-      s.add(seq);
-    } else s?.delete(seq);
-  }
-
-  private rulesOf(idx: Map<number, Set<number>>, id: number): URule[] {
-    const out: URule[] = [];
-    for (const seq of idx.get(id) ?? []) out.push(this.bySeq.get(seq)!);
-    return out;
-  }
-
-  private computeMergeOrder(): void {
-    this.mergeOrder.clear();
-    for (const u of this.units) {
-      for (const r of u.rules) {
-        const cur = this.mergeOrder.get(r.mergeKey);
-        if (cur === undefined || r.seq < cur) this.mergeOrder.set(r.mergeKey, r.seq);
-      }
+      if (l[lo] !== rid) l.splice(lo, 0, rid);
+    } else if (l[lo] === rid) {
+      l.splice(lo, 1);
+      if (l.length === 0) this.recvIndex.delete(node);
     }
+  }
+
+  /** Inserts / removes a rule id in a node's list of sourced rules, keeping seq order. */
+  private indexSrc(node: number, rid: number, add: boolean): void {
+    this.listsTouched.add(node);
+    const l = this.srcIndex.get(node);
+    if (!l) {
+      if (add) this.srcIndex.set(node, [rid]);
+      return;
+    }
+    const seqOf = this.seqOf;
+    const q = seqOf[rid]!;
+    let lo = 0;
+    let hi = l.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (seqOf[l[mid]!]! < q) lo = mid + 1;
+      else hi = mid;
+    }
+    if (add) {
+      if (l[lo] !== rid) l.splice(lo, 0, rid);
+    } else if (l[lo] === rid) {
+      l.splice(lo, 1);
+      if (l.length === 0) this.srcIndex.delete(node);
+    }
+  }
+
+  /** Moves a rule to a new merge position in every receiver's list. */
+  private reposition(r: URule, first: number): void {
+    if (this.firstOf[r.id] === first) return;
+    for (const x of r.allReceivers) this.indexRecv(x, r.id, false);
+    this.firstOf[r.id] = first;
+    for (const x of r.allReceivers) this.indexRecv(x, r.id, true);
   }
 
   /** All unit-rules in policy order (global, unreduced). */
   allRules(): URule[] {
     const out: URule[] = [];
-    for (const u of this.units) out.push(...u.rules);
+    for (const u of this.units) for (const r of u.rules) out.push(r);
     return out;
   }
 
   /** The global (unreduced) filter: merged rules in order. */
   globalFilter(): FilterRule[] {
-    return this.buildFilter(this.allRules(), null);
-  }
-
-  private buildFilter(rules: URule[], nodeId: number | null): FilterRule[] {
     const groups = new Map<string, URule[]>();
-    for (const r of rules) {
+    for (const r of this.allRules()) {
       let g = groups.get(r.mergeKey);
       if (!g) groups.set(r.mergeKey, (g = []));
       g.push(r);
@@ -825,134 +399,287 @@ export class Engine {
     for (const k of keys) {
       const g = groups.get(k)!.sort((a, b) => a.seq - b.seq);
       const first = g[0]!;
-      const entries: Entry[] = [];
-      for (const r of g) {
-        if (nodeId === null) entries.push(...r.entries);
-        else {
-          const mine = entriesOf(r).get(nodeId);
-          if (mine) entries.push(...mine);
-        }
-      }
-      if (entries.length === 0) continue;
       if (first.kind === 'net') {
-        const dst: NetPortRange[] = entries.map((e) => ({ IP: e.ip, Ports: { First: e.ports.First, Last: e.ports.Last } }));
-        // SrcIPs/IPProto arrays are shared between nodes: treat them as read-only.
-        const rule: FilterRule = { SrcIPs: first.srcIPs as string[], DstPorts: dst };
-        if (first.proto) rule.IPProto = first.proto;
-        out.push(rule);
+        let dst: NetPortRange[];
+        if (g.length === 1) dst = ruleView(first).all;
+        else {
+          dst = [];
+          for (let gi = 0; gi < g.length; gi++) {
+            const all = ruleView(g[gi]!).all;
+            for (let k = 0; k < all.length; k++) dst.push(all[k]!);
+          }
+        }
+        out.push(
+          first.proto
+            ? { SrcIPs: first.srcIPs as string[], DstPorts: dst, IPProto: first.proto }
+            : { SrcIPs: first.srcIPs as string[], DstPorts: dst },
+        );
       } else {
         const dsts: string[] = [];
-        for (const e of entries) for (const p of e.set.prefixes()) dsts.push(`${formatPrefixText(p)}`);
+        for (const r of g) for (const e of r.entries) for (const p of e.set.prefixes()) dsts.push(formatPrefixText(p));
         out.push({ SrcIPs: first.srcIPs as string[], CapGrant: [{ Dsts: [...new Set(dsts)], CapMap: first.capMap! }] });
       }
     }
     return out;
   }
 
+  /**
+   * The node's reduced filter: the merged rules it receives, in global merge
+   * order. Groups whose rules and merge positions are the same as at the
+   * node's previous build keep their FilterRule objects.
+   */
   packetFilter(id: number): FilterRule[] {
-    return this.buildFilter(this.rulesOf(this.recvIndex, id), id);
+    const ids = this.recvIndex.get(id);
+    if (!ids || ids.length === 0) {
+      this.snaps.delete(id);
+      return [];
+    }
+    const n = ids.length;
+    const byId = this.byId;
+    const firstOf = this.firstOf;
+    const old = this.snaps.get(id);
+    // Same length: compare slot by slot and update the snapshot in place; otherwise start a new one.
+    const aligned = old !== undefined && old.rules.length === n;
+    const snap: FilterSnap = aligned ? old : { rules: new Array<URule>(n), firsts: new Array<number>(n), frs: new Array<FilterRule | null>(n) };
+    if (this.match.length < n) this.match = new Uint8Array(Math.max(n, this.match.length * 2));
+    const match = this.match;
+    // Per slot: bit 1 = same rule object, bit 2 = same merge position as at the previous build.
+    let all = aligned;
+    for (let k = 0; k < n; k++) {
+      const r = byId[ids[k]!]!;
+      const f = firstOf[ids[k]!]!;
+      const m = aligned ? (snap.rules[k] === r ? 1 : 0) | (snap.firsts[k] === f ? 2 : 0) : 0;
+      match[k] = m;
+      if (m !== 3) {
+        all = false;
+        snap.rules[k] = r;
+        snap.firsts[k] = f;
+      }
+    }
+    const out: FilterRule[] = [];
+    // The list is in filter order: consecutive ids with one merge position form a group.
+    let i = 0;
+    while (i < n) {
+      const f = snap.firsts[i]!;
+      let j = i + 1;
+      // Reusable when the group has the same rules and the same bounds as before.
+      let same = all || (match[i] === 3 && (i === 0 || (match[i - 1]! & 2) !== 0));
+      while (j < n && snap.firsts[j] === f) {
+        if (match[j] !== 3) same = false;
+        j++;
+      }
+      if (j < n && (match[j]! & 2) === 0) same = false;
+      let fr: FilterRule | null;
+      if (same) fr = snap.frs[i]!;
+      else {
+        fr = buildGroup(snap.rules, i, j, id);
+        if (fr.DstPorts ? fr.DstPorts.length === 0 : fr.CapGrant![0]!.Dsts.length === 0) fr = null;
+        snap.frs[i] = fr;
+      }
+      if (fr) out.push(fr);
+      i = j;
+    }
+    if (!aligned) this.snaps.set(id, snap);
+    return out;
   }
 
-  /** Nodes with the same rule memberships share one peer computation. */
-  private peerCache = new Map<string, number[]>();
-  private stamp = new Uint32Array(0);
-  private gen = 0;
+  private match = new Uint8Array(64);
 
-  private ruleSig(rules: Set<number> | undefined): string {
-    if (!rules || rules.size === 0) return '';
-    return [...rules].sort((a, b) => a - b).join(',');
+  private sigData(id: number): SigData {
+    const recv = this.recvIndex.get(id) ?? NONE;
+    const src = this.srcIndex.get(id) ?? NONE;
+    const h = idsHash(recv, src);
+    let bucket = this.sigCache.get(h);
+    if (bucket) {
+      for (const d of bucket) if (sameIds(d.recv, recv) && sameIds(d.src, src)) return d;
+    } else this.sigCache.set(h, (bucket = []));
+    const d: SigData = { hash: h, recv: recv.slice(), src: src.slice(), users: 0 };
+    bucket.push(d);
+    for (let i = 0; i < d.recv.length; i++) addTo(this.sigsByRecv, d.recv[i]!, d);
+    for (let i = 0; i < d.src.length; i++) addTo(this.sigsBySrc, d.src[i]!, d);
+    return d;
+  }
+
+  /** Forgets a sig data (a rule of it is gone, or no node uses it any more). */
+  private dropSig(d: SigData): void {
+    if (d.dead) return;
+    d.dead = true;
+    const bucket = this.sigCache.get(d.hash);
+    if (bucket) {
+      const k = bucket.indexOf(d);
+      if (k >= 0) bucket.splice(k, 1);
+      if (bucket.length === 0) this.sigCache.delete(d.hash);
+    }
+    for (const q of d.recv) this.sigsByRecv.get(q)?.delete(d);
+    for (const q of d.src) this.sigsBySrc.get(q)?.delete(d);
+  }
+
+  /** Records which sig data a node's cached result uses; unused ones are dropped. */
+  private useSig(id: number, d: SigData | undefined): void {
+    const prev = this.nodeSig.get(id);
+    if (prev === d) return;
+    if (prev && --prev.users === 0) this.dropSig(prev);
+    if (d) {
+      d.users++;
+      this.nodeSig.set(id, d);
+    } else this.nodeSig.delete(id);
+  }
+
+  /** A rule's peer list on one side grew or shrank: patch or drop the unions that use it. */
+  private patchSigs(sigs: Set<SigData> | undefined, delta: Delta): void {
+    if (!sigs || isNoDelta(delta)) return;
+    for (const d of sigs) {
+      if (!d.union) continue;
+      if (delta.removed.length > 0) {
+        d.union = undefined;
+        d.pending = undefined;
+        this.touched.delete(d);
+      } else {
+        if (d.pending) for (const x of delta.added) d.pending.push(x);
+        else d.pending = delta.added.slice();
+        this.touched.add(d);
+      }
+    }
+  }
+
+  private dropPar(sigs: Set<SigData> | undefined): void {
+    if (sigs) for (const d of sigs) d.par = undefined;
   }
 
   private unionSorted(lists: ReadonlyArray<readonly number[]>): number[] {
     let maxId = 0;
-    for (const l of lists) if (l.length > 0 && l[l.length - 1]! > maxId) maxId = l[l.length - 1]!;
+    for (let i = 0; i < lists.length; i++) {
+      const l = lists[i]!;
+      if (l.length > 0 && l[l.length - 1]! > maxId) maxId = l[l.length - 1]!;
+    }
     if (maxId > 50_000_000) return mergeSorted(lists);
+    if (lists.length === 1) {
+      const l = lists[0]!;
+      const copy = idArray(l.length);
+      for (let k = 0; k < l.length; k++) copy[k] = l[k]!;
+      return copy;
+    }
     if (this.stamp.length <= maxId) this.stamp = new Uint32Array(Math.max(maxId + 1, this.stamp.length * 2));
     const st = this.stamp;
-    const g = ++this.gen;
-    if (g === 0xffffffff) {
+    if (this.gen === 0xfffffffe) {
       st.fill(0);
-      this.gen = 1;
+      this.gen = 0;
     }
-    const out: number[] = [];
-    for (const l of lists) {
-      for (let i = 0; i < l.length; i++) {
-        const x = l[i]!;
-        if (st[x] !== this.gen) {
-          st[x] = this.gen;
-          out.push(x);
+    const g = ++this.gen;
+    let count = 0;
+    for (let i = 0; i < lists.length; i++) {
+      const l = lists[i]!;
+      for (let k = 0; k < l.length; k++) {
+        const x = l[k]!;
+        if (st[x] !== g) {
+          st[x] = g;
+          count++;
         }
       }
     }
-    if (out.length > maxId >> 4) {
-      const sorted: number[] = [];
-      for (let x = 0; x <= maxId; x++) if (st[x] === this.gen) sorted.push(x);
-      return sorted;
+    const out: number[] = idArray(count);
+    let w = 0;
+    if (count > maxId >> 4) {
+      // Dense: read the marks in order.
+      for (let x = 0; x <= maxId; x++) if (st[x] === g) out[w++] = x;
+      return out;
     }
-    return out.sort((a, b) => a - b);
+    const g2 = ++this.gen;
+    for (let i = 0; i < lists.length; i++) {
+      const l = lists[i]!;
+      for (let k = 0; k < l.length; k++) {
+        const x = l[k]!;
+        if (st[x] !== g2) {
+          st[x] = g2;
+          out[w++] = x;
+        }
+      }
+    }
+    return out.sort(ascending);
   }
 
   peers(id: number): number[] {
-    const recv = this.recvIndex.get(id);
-    const src = this.srcIndex.get(id);
-    const sig = `${this.ruleSig(recv)}/${this.ruleSig(src)}`;
-    let all = this.peerCache.get(sig);
-    if (!all) {
+    return this.peersOf(this.sigData(id), id);
+  }
+
+  /** The node's peers: its sig's union without itself (the shared union when it is not in it). */
+  private peersOf(d: SigData, id: number): number[] {
+    if (!d.union) {
       const lists: Array<readonly number[]> = [];
-      for (const q of recv ?? []) lists.push(this.bySeq.get(q)!.srcNodes);
-      for (const q of src ?? []) lists.push(this.bySeq.get(q)!.allReceivers);
-      all = this.unionSorted(lists);
-      this.peerCache.set(sig, all);
+      for (let i = 0; i < d.recv.length; i++) {
+        const l = this.byId[d.recv[i]!]!.srcNodes;
+        if (l.length > 0) lists.push(l);
+      }
+      for (let i = 0; i < d.src.length; i++) {
+        const l = this.byId[d.src[i]!]!.allReceivers;
+        if (l.length > 0) lists.push(l);
+      }
+      d.union = this.unionSorted(lists);
     }
-    // Drop the node itself.
+    const all = d.union;
     let lo = 0;
     let hi = all.length - 1;
     while (lo <= hi) {
       const mid = (lo + hi) >> 1;
-      if (all[mid] === id) return all.slice(0, mid).concat(all.slice(mid + 1));
-      if (all[mid]! < id) lo = mid + 1;
+      const x = all[mid]!;
+      if (x === id) {
+        const out = all.slice();
+        out.splice(mid, 1);
+        return out;
+      }
+      if (x < id) lo = mid + 1;
       else hi = mid - 1;
     }
-    return all.slice();
+    return all;
   }
 
-  private parCache = new Map<string, Map<number, string[]>>();
-
   peerAllowedRoutes(id: number): Map<number, string[]> {
-    const recv = this.recvIndex.get(id);
-    const src = this.srcIndex.get(id);
-    const sig = `${this.ruleSig(recv)}/${this.ruleSig(src)}`;
-    let all = this.parCache.get(sig);
-    if (!all) {
+    return this.parOf(this.sigData(id), id);
+  }
+
+  private parOf(d: SigData, id: number): Map<number, string[]> {
+    if (!d.par) {
       const acc = new Map<number, Set<string>>();
       const add = (p: number, route: string): void => {
         let s = acc.get(p);
         if (!s) acc.set(p, (s = new Set()));
         s.add(route);
       };
-      for (const q of src ?? []) for (const [p, route] of entryHits(this.bySeq.get(q)!)) add(p, route);
-      for (const q of recv ?? []) for (const [p, route] of this.bySeq.get(q)!.srcRouteHits) add(p, route);
-      all = new Map();
-      for (const p of [...acc.keys()].sort((a, b) => a - b)) all.set(p, sortRoutes(acc.get(p)!));
-      this.parCache.set(sig, all);
+      for (let i = 0; i < d.src.length; i++) {
+        const hits = entryHits(this.byId[d.src[i]!]!);
+        for (let k = 0; k < hits.length; k++) add(hits[k]![0], hits[k]![1]);
+      }
+      for (let i = 0; i < d.recv.length; i++) {
+        const hits = this.byId[d.recv[i]!]!.srcRouteHits;
+        for (let k = 0; k < hits.length; k++) add(hits[k]![0], hits[k]![1]);
+      }
+      const all = new Map<number, string[]>();
+      for (const p of [...acc.keys()].sort(ascending)) all.set(p, sortRoutes(acc.get(p)!));
+      d.par = all;
     }
+    if (!d.par.has(id)) return d.par;
     const out = new Map<number, string[]>();
-    for (const [p, routes] of all) if (p !== id) out.set(p, routes);
+    for (const [p, routes] of d.par) if (p !== id) out.set(p, routes);
     return out;
   }
 
   sshPolicy(id: number): SSHPolicy {
     const rules: SSHRule[] = [];
+    const n = this.model.nodes.get(id);
+    if (!n) return { rules };
     for (const u of this.ssh) {
-      const p = u.perNode.get(id);
-      if (!p) continue;
-      const rule: SSHRule = {
-        principals: p.map((nodeIP) => ({ nodeIP })),
-        sshUsers: { ...u.sshUsers },
-        action: { ...u.action },
-      };
-      if (u.acceptEnv) rule.acceptEnv = u.acceptEnv.slice();
-      rules.push(rule);
+      const g = sshGrant(u, n);
+      if (!g) continue;
+      if (!g.rule) {
+        const rule: SSHRule = {
+          principals: g.principals.map((nodeIP) => ({ nodeIP })),
+          sshUsers: { ...u.sshUsers },
+          action: { ...u.action },
+        };
+        if (u.acceptEnv) rule.acceptEnv = u.acceptEnv.slice();
+        g.rule = rule;
+      }
+      rules.push(g.rule);
     }
     return { rules };
   }
@@ -966,7 +693,7 @@ export class Engine {
       let hit = false;
       for (const t of na.target) {
         const ids = this.resolver.identityNodes(t.alias, deps);
-        if (ids) hit = ids.includes(id);
+        if (ids) hit = ids.length > 0 && membership(ids)(id);
         else if (t.alias.kind === 'wildcard') hit = true;
         else if (t.alias.kind === 'prefix') hit = IPSet.fromPrefix(t.alias.prefix).overlaps(n.ipSet);
         else if (t.alias.kind === 'host') hit = this.policy.hosts.get(t.alias.name)!.set.overlaps(n.ipSet);
@@ -983,28 +710,65 @@ export class Engine {
     if (!this.model.nodes.has(id)) return undefined;
     let r = this.cache.get(id);
     if (!r) {
+      const prev = this.built.get(id);
+      const d = prev !== undefined && !prev.d.dead && !this.listsTouched.has(id) ? prev.d : this.sigData(id);
+      this.listsTouched.delete(id);
+      // Peers and routes are functions of the sig data's union / route map: reuse the previous ones while those are the same objects.
+      const same = prev !== undefined && prev.d === d;
+      const peers = same && d.union !== undefined && prev.union === d.union ? prev.result.peers : this.peersOf(d, id);
+      const par = same && d.par !== undefined && prev.par === d.par ? prev.result.peerAllowedRoutes : this.parOf(d, id);
+      this.useSig(id, d);
       r = {
         packetFilter: this.packetFilter(id),
-        peers: this.peers(id),
-        peerAllowedRoutes: this.peerAllowedRoutes(id),
+        peers,
+        peerAllowedRoutes: par,
         primaryRoutes: this.model.primaryRoutesOf(id),
         sshPolicy: this.sshPolicy(id),
         capabilities: this.capabilities(id),
       };
       this.cache.set(id, r);
+      this.built.set(id, { d, union: d.union, par: d.par, result: r });
     }
     return r;
+  }
+
+  /**
+   * Computes the results of candidate nodes (ascending ids) and returns those
+   * that differ from the node's result before the changes since the last
+   * settle(); a node whose new result is deep-equal keeps its previous result
+   * object. Forgets the previous results.
+   */
+  settle(ids: readonly number[]): number[] {
+    const out: number[] = [];
+    for (const id of ids) {
+      const cur = this.result(id);
+      if (!cur) continue;
+      const prev = this.prevResult.get(id);
+      if (prev !== undefined && (prev === cur || sameResult(prev, cur))) {
+        this.cache.set(id, prev);
+        const b = this.built.get(id);
+        if (b) b.result = prev;
+        continue;
+      }
+      out.push(id);
+    }
+    this.prevResult.clear();
+    return out;
+  }
+
+  /** Forgets the previous results (every node is reported changed anyway). */
+  forgetPrevious(): void {
+    this.prevResult.clear();
   }
 
   // ---- incremental ---------------------------------------------------------
 
   /**
-   * Recompiles the units a node change can affect and returns the ids whose
+   * Recompiles what a node change can affect and returns the ids whose
    * results may have changed. `before`/`after` are the node's old and new
    * records (either may be absent for joins/removals).
    */
-  nodeChanged(before: NodeInfo | undefined, after: NodeInfo | undefined, primariesBefore: Map<string, number>): Set<number> {
-    this.resolver = new Resolver(this.policy, this.model);
+  nodeChanged(before: NodeInfo | undefined, after: NodeInfo | undefined, primariesBefore: ReadonlyMap<string, number>): Set<number> {
     const keys = new Set<string>();
     const addr: IPSet[] = [];
     let routesChanged = false;
@@ -1020,35 +784,56 @@ export class Engine {
       if (n.routes.length > 0 || n.exitRoutes.length > 0) routesChanged = true;
     }
     // Primary changes affect route hits wherever the prefix is used.
-    const changedPrimaries: IPSet[] = [];
-    const allPrefixes = new Set([...primariesBefore.keys(), ...this.model.primaries.keys()]);
-    for (const p of allPrefixes) {
-      if (primariesBefore.get(p) !== this.model.primaries.get(p)) {
-        changedPrimaries.push(IPSet.fromPrefix(tryParsePrefix(p)!));
+    const changedPrefixes: string[] = [];
+    const primariesNow = this.model.primaries;
+    for (const p of primariesBefore === primariesNow ? [] : new Set([...primariesBefore.keys(), ...primariesNow.keys()])) {
+      if (primariesBefore.get(p) !== primariesNow.get(p)) {
+        changedPrefixes.push(p);
+        addr.push(prefixSet(p));
         routesChanged = true;
       }
     }
-    const addrSet = IPSet.unionAll([...addr, ...changedPrimaries]);
     const exitChange = !!(before?.exitRoutes.length || after?.exitRoutes.length);
+    const nodes: number[] = [];
+    if (before) nodes.push(before.id);
+    if (after && after.id !== before?.id) nodes.push(after.id);
+    this.deltas.clear();
+    const ch: Change = { nodes, keys, addr: IPSet.unionAll(addr), routesChanged, exitChange, delta: this.deltaOf };
+    const routesStable = changedPrefixes.length === 0 && !exitChange;
+    this.resolver.invalidate(ch);
+
     const dirty = new Set<number>();
     for (const k of keys) for (const i of this.byDep.get(k) ?? []) dirty.add(i);
     for (const i of this.addrUnits) {
       if (dirty.has(i)) continue;
       const u = this.units[i]!;
-      if ((routesChanged && u.usesWildcard) || u.sets.overlaps(addrSet) || (exitChange && u.sets.overlaps(INTERNET))) dirty.add(i);
+      if ((routesChanged && u.usesWildcard) || u.sets.overlaps(ch.addr) || (exitChange && u.sets.overlaps(INTERNET))) dirty.add(i);
     }
     const affected = new Set<number>();
     if (before) affected.add(before.id);
     if (after) affected.add(after.id);
-    for (const i of dirty) this.recompileUnit(i, affected);
-    if (dirty.size > 0) {
-      this.computeMergeOrder();
-      this.peerCache.clear();
-    this.parCache.clear();
+    const reordered = new Set<string>();
+    this.touched.clear();
+    for (const i of [...dirty].sort(ascending)) this.recompileUnit(i, affected, reordered, routesStable, ch);
+    this.slots.interner.sweep();
+    for (const d of this.touched) {
+      if (d.union && d.pending) d.union = mergeInto(d.union, sortUnique(d.pending));
+      d.pending = undefined;
     }
-    // Route-hit source side: rules whose src sets overlap changed routes.
-    for (const id of affected) this.cache.delete(id);
-    // SSH and primaries are cheap to recompute wholesale.
+    this.touched.clear();
+    // A merge key whose first rule moved changes the filter order of every node that receives it.
+    for (const key of reordered) {
+      const ids = this.mergeIds.get(key);
+      if (!ids) continue;
+      const first = this.mergeOrder.get(key)!;
+      for (const rid of ids) {
+        const r = this.byId[rid]!;
+        if (this.firstOf[rid] === first) continue;
+        this.reposition(r, first);
+        for (const n of r.allReceivers) affected.add(n);
+      }
+    }
+
     const sshBefore = this.ssh;
     const sshDirty = (i: number): boolean => {
       const u = sshBefore[i]!;
@@ -1056,53 +841,131 @@ export class Engine {
       for (const k of keys) if (u.deps.has(k)) return true;
       return false;
     };
-    this.ssh = compileSsh(this.resolver, sshDirty, sshBefore);
-    this.sshAffected(sshBefore, this.ssh, affected);
-    for (const p of allPrefixes) {
+    this.ssh = compileSsh(this.resolver, sshDirty, sshBefore, ch);
+    this.deltas.clear();
+    for (let i = 0; i < Math.max(sshBefore.length, this.ssh.length); i++) sshDiff(sshBefore[i], this.ssh[i], affected);
+
+    for (const p of changedPrefixes) {
       const a = primariesBefore.get(p);
       const b = this.model.primaries.get(p);
-      if (a !== b) {
-        if (a !== undefined) affected.add(a);
-        if (b !== undefined) affected.add(b);
-      }
+      if (a !== undefined) affected.add(a);
+      if (b !== undefined) affected.add(b);
     }
-    for (const id of affected) this.cache.delete(id);
+    for (const id of affected) {
+      const r = this.cache.get(id);
+      if (r === undefined) continue;
+      if (!this.prevResult.has(id)) this.prevResult.set(id, r);
+      this.cache.delete(id);
+    }
     if (before && !after) {
       affected.delete(before.id);
+      this.prevResult.delete(before.id);
       this.recvIndex.delete(before.id);
       this.srcIndex.delete(before.id);
+      this.snaps.delete(before.id);
+      this.built.delete(before.id);
+      this.listsTouched.delete(before.id);
+      this.useSig(before.id, undefined);
     }
     return affected;
   }
 
-  private sshAffected(a: SshUnit[], b: SshUnit[], affected: Set<number>): void {
-    for (let i = 0; i < Math.max(a.length, b.length); i++) {
-      if (a[i] === b[i]) continue;
-      const x = a[i]?.perNode ?? new Map<number, string[]>();
-      const y = b[i]?.perNode ?? new Map<number, string[]>();
-      for (const [id, p] of x) if (y.get(id) !== p && !sameStrings(y.get(id), p)) affected.add(id);
-      for (const id of y.keys()) if (!x.has(id)) affected.add(id);
+  private readonly deltaOf = (a: readonly number[], b: readonly number[]): Delta => this.delta(a, b);
+
+  /** The difference between two ascending id lists, computed once per pair in an update. */
+  private delta(a: readonly number[], b: readonly number[]): Delta {
+    if (a === b) return NO_DELTA;
+    let m = this.deltas.get(a);
+    if (!m) this.deltas.set(a, (m = new Map()));
+    let d = m.get(b);
+    if (!d) {
+      const added: number[] = [];
+      const removed: number[] = [];
+      diffSorted(a, b, (x, add) => (add ? added : removed).push(x));
+      d = added.length === 0 && removed.length === 0 ? NO_DELTA : { added, removed };
+      m.set(b, d);
     }
+    return d;
   }
 
-  private recompileUnit(i: number, affected: Set<number>): void {
+  private recompileUnit(i: number, affected: Set<number>, reordered: Set<string>, routesStable: boolean, ch: Change): void {
     const old = this.units[i]!;
-    const next = compileUnit(this.resolver, this.tpls[i]!, i, this.slots, old);
+    const next = compileUnit(this.resolver, this.tpls[i]!, i, this.slots, old, routesStable, ch);
     this.unregisterDeps(old, i);
     this.units[i] = next;
     this.registerDeps(next, i);
-    const oldBySeq = new Map(old.rules.map((r) => [r.seq, r] as const));
-    const nextBySeq = new Map(next.rules.map((r) => [r.seq, r] as const));
-    for (const seq of new Set([...oldBySeq.keys(), ...nextBySeq.keys()])) {
-      const a = oldBySeq.get(seq);
-      const b = nextBySeq.get(seq);
-      if (b) this.bySeq.set(seq, b);
-      else this.bySeq.delete(seq);
-      const none: readonly number[] = [];
-      diffSorted(a?.allReceivers ?? none, b?.allReceivers ?? none, (x, added) => this.indexOne(this.recvIndex, x, seq, added));
-      diffSorted(a?.srcNodes ?? none, b?.srcNodes ?? none, (x, added) => this.indexOne(this.srcIndex, x, seq, added));
-      diffRule(a, b, affected);
+    const nextById = new Map<number, URule>();
+    for (const r of next.rules) nextById.set(r.id, r);
+    for (const a of old.rules) {
+      const b = nextById.get(a.id);
+      nextById.delete(a.id);
+      if (a === b) continue;
+      if (b) this.replaceRule(a, b, affected, reordered);
+      else this.removeRule(a, affected, reordered);
     }
+    for (const b of nextById.values()) this.addRule(b, affected, reordered);
+  }
+
+  private replaceRule(a: URule, b: URule, affected: Set<number>, reordered: Set<string>): void {
+    const sd = this.delta(a.srcNodes, b.srcNodes);
+    const rd = this.delta(a.allReceivers, b.allReceivers);
+    // Same id and seq; the merge position may move with the merge key.
+    for (const x of rd.removed) this.indexRecv(x, a.id, false);
+    for (const x of sd.removed) this.indexSrc(x, a.id, false);
+    this.byId[b.id] = b;
+    if (a.srcIPs !== b.srcIPs) {
+      this.slots.interner.retain(b.srcIPs);
+      this.slots.interner.release(a.srcIPs);
+    }
+    if (a.mergeKey !== b.mergeKey) {
+      if (this.mergeRemove(a)) reordered.add(a.mergeKey);
+      if (this.mergeAdd(b)) reordered.add(b.mergeKey);
+      // Receivers in both versions: move to the new position (added ones are inserted below).
+      const first = this.mergeOrder.get(b.mergeKey)!;
+      if (this.firstOf[b.id] !== first) {
+        const added = membership(rd.added);
+        for (const x of b.allReceivers) if (!added(x)) this.indexRecv(x, b.id, false);
+        this.firstOf[b.id] = first;
+        for (const x of b.allReceivers) if (!added(x)) this.indexRecv(x, b.id, true);
+      }
+    }
+    for (const x of rd.added) this.indexRecv(x, b.id, true);
+    for (const x of sd.added) this.indexSrc(x, b.id, true);
+    const byRecv = this.sigsByRecv.get(b.id);
+    const bySrc = this.sigsBySrc.get(b.id);
+    this.patchSigs(byRecv, sd);
+    this.patchSigs(bySrc, rd);
+    if (!sameHits(a.srcRouteHits, b.srcRouteHits)) this.dropPar(byRecv);
+    if (a.entries !== b.entries) this.dropPar(bySrc);
+    diffRule(a, b, affected, sd, rd);
+  }
+
+  private removeRule(a: URule, affected: Set<number>, reordered: Set<string>): void {
+    for (const x of a.allReceivers) this.indexRecv(x, a.id, false);
+    for (const x of a.srcNodes) this.indexSrc(x, a.id, false);
+    if (this.mergeRemove(a)) reordered.add(a.mergeKey);
+    this.byId[a.id] = undefined;
+    this.slots.interner.release(a.srcIPs);
+    this.dropSigsOf(a.id);
+    diffRule(a, undefined, affected, NO_DELTA, NO_DELTA);
+  }
+
+  private addRule(b: URule, affected: Set<number>, reordered: Set<string>): void {
+    this.byId[b.id] = b;
+    this.slots.interner.retain(b.srcIPs);
+    this.seqOf[b.id] = b.seq;
+    if (this.mergeAdd(b)) reordered.add(b.mergeKey);
+    this.firstOf[b.id] = this.mergeOrder.get(b.mergeKey)!;
+    for (const x of b.allReceivers) this.indexRecv(x, b.id, true);
+    for (const x of b.srcNodes) this.indexSrc(x, b.id, true);
+    this.dropSigsOf(b.id);
+    diffRule(undefined, b, affected, NO_DELTA, NO_DELTA);
+  }
+
+  private dropSigsOf(ruleId: number): void {
+    for (const d of [...(this.sigsByRecv.get(ruleId) ?? []), ...(this.sigsBySrc.get(ruleId) ?? [])]) this.dropSig(d);
+    this.sigsByRecv.delete(ruleId);
+    this.sigsBySrc.delete(ruleId);
   }
 
   /** Recompiles everything (policy change); every node counts as changed. */
@@ -1112,121 +975,94 @@ export class Engine {
   }
 }
 
-const entryIndex = new WeakMap<URule, Map<number, Entry[]>>();
-
-/** A unit-rule's destination entries grouped by receiving node (built once). */
-function entriesOf(r: URule): Map<number, Entry[]> {
-  let m = entryIndex.get(r);
-  if (!m) {
-    m = new Map();
-    for (const e of r.entries) {
-      for (const id of e.receivers) {
-        let l = m.get(id);
-        if (!l) m.set(id, (l = []));
-        l.push(e);
-      }
-    }
-    entryIndex.set(r, m);
-  }
-  return m;
-}
-
-const hitIndex = new WeakMap<URule, ReadonlyArray<readonly [number, string]>>();
-
-/** All destination route hits of a unit-rule, flattened (built once). */
-function entryHits(r: URule): ReadonlyArray<readonly [number, string]> {
-  let h = hitIndex.get(r);
-  if (!h) {
-    const all: Array<readonly [number, string]> = [];
-    for (const e of r.entries) if (e.routeHits.length > 0) for (const x of e.routeHits) all.push(x);
-    h = all;
-    hitIndex.set(r, h);
-  }
-  return h;
-}
-
-function sameStrings(a: readonly string[] | undefined, b: readonly string[] | undefined): boolean {
-  if (!a || !b) return a === b;
-  return a.length === b.length && a.every((x, i) => x === b[i]);
-}
-
-function sameNums(a: readonly number[], b: readonly number[]): boolean {
-  return a === b || a.length === b.length && a.every((x, i) => x === b[i]);
-}
-
-/** Walks two ascending id lists, reporting ids only in `a` (added=false) or only in `b` (added=true). */
-export function diffSorted(a: readonly number[], b: readonly number[], fn: (id: number, added: boolean) => void): void {
+/**
+ * Adds to `affected` the nodes whose results differ between two versions of
+ * one unit-rule; `sd` / `rd` are the differences of its source nodes and receivers.
+ */
+function diffRule(a: URule | undefined, b: URule | undefined, affected: Set<number>, sd: Delta, rd: Delta): void {
   if (a === b) return;
-  let i = 0;
-  let j = 0;
-  while (i < a.length || j < b.length) {
-    if (j >= b.length || (i < a.length && a[i]! < b[j]!)) fn(a[i++]!, false);
-    else if (i >= a.length || b[j]! < a[i]!) fn(b[j++]!, true);
-    else {
-      i++;
-      j++;
-    }
-  }
-}
-
-function symDiff(a: readonly number[], b: readonly number[], out: Set<number>): void {
-  diffSorted(a, b, (x) => out.add(x));
-}
-
-function sameHits(a: ReadonlyArray<readonly [number, string]>, b: ReadonlyArray<readonly [number, string]>): boolean {
-  return a.length === b.length && a.every((x, i) => x[0] === b[i]![0] && x[1] === b[i]![1]);
-}
-
-/** Adds to `affected` the nodes whose results differ between two versions of one unit-rule. */
-function diffRule(a: URule | undefined, b: URule | undefined, affected: Set<number>): void {
-  if (a === b) return;
+  const addAll = (l: readonly number[]): void => {
+    for (const x of l) affected.add(x);
+  };
   if (!a || !b) {
     const r = (a ?? b)!;
-    for (const x of r.allReceivers) affected.add(x);
-    for (const x of r.srcNodes) affected.add(x);
+    addAll(r.allReceivers);
+    addAll(r.srcNodes);
     return;
   }
-  const srcChanged = a.mergeKey !== b.mergeKey;
-  if (srcChanged) {
-    for (const x of a.allReceivers) affected.add(x);
-    for (const x of b.allReceivers) affected.add(x);
+  for (const x of sd.added) affected.add(x);
+  for (const x of sd.removed) affected.add(x);
+  for (const x of rd.added) affected.add(x);
+  for (const x of rd.removed) affected.add(x);
+  // Receivers see a different SrcIPs / merge group, peer set or source routes.
+  if (a.mergeKey !== b.mergeKey || !isNoDelta(sd) || !sameHits(a.srcRouteHits, b.srcRouteHits)) addAll(b.allReceivers);
+  if (a.entries === b.entries) {
+    if (!isNoDelta(rd)) addAll(b.srcNodes);
+    return;
   }
-  if (!sameNums(a.srcNodes, b.srcNodes)) {
-    symDiff(a.srcNodes, b.srcNodes, affected);
-    for (const x of b.allReceivers) affected.add(x);
-    for (const x of a.allReceivers) affected.add(x);
-  }
-  if (!sameHits(a.srcRouteHits, b.srcRouteHits)) for (const x of b.allReceivers) affected.add(x);
   const n = Math.max(a.entries.length, b.entries.length);
-  let entriesChanged = false;
+  let hitsChanged = false;
   for (let i = 0; i < n; i++) {
     const x = a.entries[i];
     const y = b.entries[i];
     if (!x || !y || x.ip !== y.ip || x.ports.First !== y.ports.First || x.ports.Last !== y.ports.Last) {
-      entriesChanged = true;
-      if (x) for (const id of x.receivers) affected.add(id);
-      if (y) for (const id of y.receivers) affected.add(id);
+      if (x) addAll(x.receivers);
+      if (y) addAll(y.receivers);
+      if ((x && x.routeHits.length > 0) || (y && y.routeHits.length > 0)) hitsChanged = true;
       continue;
     }
-    if (!sameNums(x.receivers, y.receivers)) {
-      symDiff(x.receivers, y.receivers, affected);
-      entriesChanged = true;
-    }
-    if (!sameHits(x.routeHits, y.routeHits)) {
-      for (const id of a.srcNodes) affected.add(id);
-      for (const id of b.srcNodes) affected.add(id);
-    }
+    if (x.receivers !== y.receivers) symDiff(x.receivers, y.receivers, affected);
+    if (!sameHits(x.routeHits, y.routeHits)) hitsChanged = true;
   }
-  if (entriesChanged && !sameNums(a.allReceivers, b.allReceivers)) {
-    // Sources see a different set of peers.
-    for (const x of a.srcNodes) affected.add(x);
-    for (const x of b.srcNodes) affected.add(x);
-  }
+  // Sources see a different set of peers or different routes through them.
+  if (hitsChanged || !isNoDelta(rd)) addAll(b.srcNodes);
 }
 
-function formatPrefixText(p: Prefix): string {
-  const s = IPSet.fromPrefix(p).toStrings()[0]!;
-  return s.includes('/') ? s : `${s}/${p.family === 4 ? 32 : 128}`;
+function sameFilterRule(a: FilterRule, b: FilterRule): boolean {
+  if (a === b) return true;
+  if (!sameList(a.SrcIPs, b.SrcIPs) || !sameList(a.IPProto ?? [], b.IPProto ?? []) || (a.IPProto === undefined) !== (b.IPProto === undefined)) return false;
+  const x = a.DstPorts;
+  const y = b.DstPorts;
+  if ((x === undefined) !== (y === undefined)) return false;
+  if (x && y) {
+    if (x.length !== y.length) return false;
+    for (let i = 0; i < x.length; i++) {
+      const p = x[i]!;
+      const q = y[i]!;
+      if (p !== q && (p.IP !== q.IP || p.Ports.First !== q.Ports.First || p.Ports.Last !== q.Ports.Last)) return false;
+    }
+  }
+  return a.CapGrant === b.CapGrant || JSON.stringify(a.CapGrant) === JSON.stringify(b.CapGrant);
 }
 
-export { EXIT_V4, EXIT_V6 };
+function sameSshRule(a: SSHRule, b: SSHRule): boolean {
+  if (a === b) return true;
+  if (a.principals.length !== b.principals.length) return false;
+  for (let i = 0; i < a.principals.length; i++) if (a.principals[i]!.nodeIP !== b.principals[i]!.nodeIP) return false;
+  return JSON.stringify([a.sshUsers, a.action, a.acceptEnv]) === JSON.stringify([b.sshUsers, b.action, b.acceptEnv]);
+}
+
+/** Deep equality of two results of one node (identity shortcuts first). */
+function sameResult(a: NodeResult, b: NodeResult): boolean {
+  if (a.peers.length !== b.peers.length || a.packetFilter.length !== b.packetFilter.length) return false;
+  if (!sameList(a.primaryRoutes, b.primaryRoutes)) return false;
+  if (a.sshPolicy !== b.sshPolicy) {
+    const x = a.sshPolicy.rules;
+    const y = b.sshPolicy.rules;
+    if (x.length !== y.length) return false;
+    for (let i = 0; i < x.length; i++) if (!sameSshRule(x[i]!, y[i]!)) return false;
+  }
+  if (a.peerAllowedRoutes !== b.peerAllowedRoutes) {
+    if (a.peerAllowedRoutes.size !== b.peerAllowedRoutes.size) return false;
+    for (const [p, routes] of a.peerAllowedRoutes) {
+      const other = b.peerAllowedRoutes.get(p);
+      if (!other || !sameList(routes, other)) return false;
+    }
+  }
+  if (a.packetFilter !== b.packetFilter) {
+    if (a.packetFilter.length !== b.packetFilter.length) return false;
+    for (let i = 0; i < a.packetFilter.length; i++) if (!sameFilterRule(a.packetFilter[i]!, b.packetFilter[i]!)) return false;
+  }
+  if (!sameList(a.peers, b.peers)) return false;
+  return a.capabilities === b.capabilities || JSON.stringify(a.capabilities) === JSON.stringify(b.capabilities);
+}

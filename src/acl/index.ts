@@ -136,12 +136,16 @@ export function applyAutoApproval(policy: Policy, net: AclNetwork): AclNetwork {
 /**
  * Keeps compiled per-node results current as the tenant changes, recompiling
  * only the rules and nodes a change touches. changedNodes() tells the server
- * which nodes need a new map.
+ * which nodes need a new map; every other node's result() is the very same
+ * object as before. Results share structure with each other and with later
+ * results: treat them as read-only.
  */
 export class IncrementalCompiler {
   private model: Model;
   private engine: Engine;
   private changed = new Set<number>();
+  /** Every node is reported (construction or a policy change): no need to compare results. */
+  private all = true;
 
   constructor(policy: Policy, net: AclNetwork, opts: CompileOptions = {}) {
     this.model = new Model(net, opts.previousPrimaries);
@@ -151,7 +155,8 @@ export class IncrementalCompiler {
 
   private apply(mutate: () => void, id: number): void {
     const before = this.model.nodes.get(id);
-    const prim = new Map(this.model.primaries);
+    // The model replaces (never mutates) its primaries map on a change.
+    const prim = this.model.primaries;
     mutate();
     const after = this.model.nodes.get(id);
     for (const x of this.engine.nodeChanged(before, after, prim)) this.changed.add(x);
@@ -192,6 +197,7 @@ export class IncrementalCompiler {
   setPolicy(policy: Policy): void {
     this.engine.setPolicy(policy);
     for (const id of this.model.nodes.keys()) this.changed.add(id);
+    this.all = true;
   }
 
   result(nodeId: number): NodeResult | undefined {
@@ -202,11 +208,22 @@ export class IncrementalCompiler {
     return new Map(this.model.primaries);
   }
 
-  /** Node ids whose results changed since the last call (then cleared). */
+  /**
+   * Node ids whose results changed since the last call (then cleared),
+   * ascending. Exact: the candidates' new results are computed here and a
+   * node whose result is deep-equal to the one before keeps that result
+   * object and is not reported. After construction or setPolicy every node
+   * is reported (and results are computed on demand).
+   */
   changedNodes(): number[] {
-    const out = [...this.changed].filter((id) => this.model.nodes.has(id)).sort((a, b) => a - b);
+    const ids = [...this.changed].filter((id) => this.model.nodes.has(id)).sort((a, b) => a - b);
     this.changed.clear();
-    return out;
+    if (this.all) {
+      this.all = false;
+      this.engine.forgetPrevious();
+      return ids;
+    }
+    return this.engine.settle(ids);
   }
 }
 

@@ -1,9 +1,9 @@
 // The tenant as the compiler sees it: nodes with parsed addresses and served
 // routes, and the indexes that answer "which nodes are in this set / own this
 // identity" without scanning the whole tenant.
-import { type Prefix, formatIP, parseIP, tryParsePrefix } from '../net/addr.js';
+import { type IPAddr, type Prefix, formatIP, parseIP, tryParsePrefix } from '../net/addr.js';
 import { IPSet } from '../net/ipset.js';
-import { EXIT_V4, EXIT_V6, comparePrefix, electPrimaries, sortRoutes } from './routes.js';
+import { EXIT_V4, EXIT_V6, comparePrefix, pickPrimary, prefixSet, sortRoutes } from './routes.js';
 import type { AclNetwork, AclNode, AclUser } from './types.js';
 
 export const DEFAULT_POOL = ['100.64.0.0/10', 'fd7a:115c:a1e0::/48'];
@@ -125,7 +125,7 @@ export class Model {
     }
     this.v4.load(p4);
     this.v6.load(p6);
-    this.primaries = electPrimaries(this.electionNodes(), previousPrimaries);
+    this.primaries = this.elect(previousPrimaries ?? new Map());
   }
 
   addUser(u: AclUser): void {
@@ -151,20 +151,29 @@ export class Model {
   }
 
   private build(raw: AclNode): NodeInfo {
-    const a4 = raw.ipv4 ? parseIP(raw.ipv4) : null;
-    const a6 = raw.ipv6 ? parseIP(raw.ipv6) : null;
+    const p4 = raw.ipv4 ? parseAddr(raw.ipv4) : null;
+    const p6 = raw.ipv6 ? parseAddr(raw.ipv6) : null;
+    const a4 = p4 ? p4.addr : null;
+    const a6 = p6 ? p6.addr : null;
     const ips: string[] = [];
     const ipSets: IPSet[] = [];
     let ipSet = IPSet.EMPTY;
-    for (const a of [a4, a6]) {
-      if (!a) continue;
-      const one = IPSet.fromAddr(a);
-      ips.push(formatIP(a));
+    if (p4) {
+      ipSet = IPSet.fromAddr(p4.addr);
+      ips.push(p4.text);
+      ipSets.push(ipSet);
+    }
+    if (p6) {
+      const one = IPSet.fromAddr(p6.addr);
+      ips.push(p6.text);
       ipSets.push(one);
       ipSet = ipSet.union(one);
     }
-    const ann = new Set(sortRoutes(raw.announced_routes));
-    const serving = sortRoutes(raw.approved_routes).filter((r) => ann.has(r));
+    let serving: string[] = [];
+    if (raw.announced_routes.length > 0 && raw.approved_routes.length > 0) {
+      const ann = new Set(sortRoutes(raw.announced_routes));
+      serving = sortRoutes(raw.approved_routes).filter((r) => ann.has(r));
+    }
     const routes: Prefix[] = [];
     const exitRoutes: string[] = [];
     for (const r of serving) {
@@ -187,7 +196,7 @@ export class Model {
       ipSet,
       routes,
       routeStrs: serving.filter((r) => r !== EXIT_V4 && r !== EXIT_V6),
-      routeSet: IPSet.unionAll(routes.map((p) => IPSet.fromPrefix(p))),
+      routeSet: routes.length === 0 ? IPSet.EMPTY : IPSet.unionAll(routes.map((p) => IPSet.fromPrefix(p))),
       exitRoutes,
       online: raw.online,
       healthy: raw.healthy !== false,
@@ -260,23 +269,40 @@ export class Model {
     return n;
   }
 
-  electionNodes(): Array<{ id: number; online: boolean; healthy: boolean; announced_routes: string[]; approved_routes: string[] }> {
-    const out = [];
-    for (const id of this.routers) {
-      const n = this.nodes.get(id)!;
-      out.push({
-        id,
-        online: n.online,
-        healthy: n.healthy,
-        announced_routes: n.routeStrs as string[],
-        approved_routes: n.routeStrs as string[],
-      });
+  /**
+   * HA primaries from the served routes (same rules as electPrimaries, on
+   * routes already canonical). The map object is kept when nothing changes.
+   */
+  reelect(): void {
+    const next = this.elect(this.primaries);
+    const cur = this.primaries;
+    if (next.size === cur.size) {
+      let same = true;
+      for (const [p, id] of next) {
+        if (cur.get(p) !== id) {
+          same = false;
+          break;
+        }
+      }
+      if (same) return;
     }
-    return out;
+    this.primaries = next;
   }
 
-  reelect(): void {
-    this.primaries = electPrimaries(this.electionNodes(), this.primaries);
+  private elect(previous: ReadonlyMap<string, number>): Map<string, number> {
+    const cands = new Map<string, NodeInfo[]>();
+    for (const id of this.routers) {
+      const n = this.nodes.get(id)!;
+      if (!n.online) continue;
+      for (const r of n.routeStrs) {
+        const l = cands.get(r);
+        if (l) l.push(n);
+        else cands.set(r, [n]);
+      }
+    }
+    const out = new Map<string, number>();
+    for (const [prefix, list] of cands) out.set(prefix, pickPrimary(list, previous.get(prefix)));
+    return out;
   }
 
   /** Nodes whose own address is in `set`, plus routers whose served routes overlap it. Sorted ids. */
@@ -302,10 +328,156 @@ export class Model {
 
   /** Primary routes of a node. */
   primaryRoutesOf(id: number): string[] {
-    const out: string[] = [];
-    for (const [p, owner] of this.primaries) if (owner === id) out.push(p);
-    return sortRoutes(out);
+    if (this.byOwnerOf !== this.primaries) {
+      const acc = new Map<number, string[]>();
+      for (const [p, owner] of this.primaries) {
+        const l = acc.get(owner);
+        if (l) l.push(p);
+        else acc.set(owner, [p]);
+      }
+      this.byOwner = new Map([...acc].map(([owner, l]) => [owner, sortRoutes(l)]));
+      this.byOwnerOf = this.primaries;
+    }
+    return this.byOwner.get(id)?.slice() ?? [];
   }
+
+  /** The primaries as a list with each prefix's address set (rebuilt when the primaries change). */
+  primaryList(): ReadonlyArray<{ readonly prefix: string; readonly owner: number; readonly set: IPSet }> {
+    if (this.listOf !== this.primaries) {
+      const out: Array<{ prefix: string; owner: number; set: IPSet }> = [];
+      this.primaries.forEach((owner, prefix) => out.push({ prefix, owner, set: prefixSet(prefix) }));
+      this.list = out;
+      this.listOf = this.primaries;
+    }
+    return this.list;
+  }
+
+  private list: ReadonlyArray<{ readonly prefix: string; readonly owner: number; readonly set: IPSet }> = [];
+  private listOf: Map<string, number> | null = null;
+  private byOwner = new Map<number, string[]>();
+  private byOwnerOf: Map<string, number> | null = null;
+}
+
+/**
+ * An address and its canonical text: parseIP + formatIP, with fast paths for
+ * the plain forms node records use (dotted IPv4, hex-and-colons IPv6).
+ */
+export function parseAddr(s: string): { addr: IPAddr; text: string } | null {
+  const v4 = fastIPv4(s);
+  if (v4 !== null) return { addr: { family: 4, value: BigInt(v4) }, text: s };
+  const v6 = fastIPv6(s);
+  if (v6 !== null) return v6;
+  const a = parseIP(s);
+  return a ? { addr: a, text: formatIP(a) } : null;
+}
+
+/** Dotted IPv4 without leading zeros, else null (the caller falls back to parseIP). */
+function fastIPv4(s: string): number | null {
+  let v = 0;
+  let part = 0;
+  let digits = 0;
+  let dots = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 46) {
+      if (digits === 0) return null;
+      v = v * 256 + part;
+      part = 0;
+      digits = 0;
+      dots++;
+    } else if (c >= 48 && c <= 57) {
+      if (digits > 0 && part === 0) return null; // leading zero
+      part = part * 10 + (c - 48);
+      if (++digits > 3 || part > 255) return null;
+    } else return null;
+  }
+  if (dots !== 3 || digits === 0) return null;
+  return v * 256 + part;
+}
+
+const HEX = '0123456789abcdef';
+
+/** IPv6 of hex groups and at most one "::" (no embedded IPv4, no zone), else null. */
+function fastIPv6(s: string): { addr: IPAddr; text: string } | null {
+  if (s.length < 2 || s.length > 39) return null;
+  // Groups before and after the "::" (if any), as numbers.
+  const g = [0, 0, 0, 0, 0, 0, 0, 0];
+  let count = 0;
+  let gap = -1;
+  let cur = 0;
+  let digits = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 58) {
+      if (i + 1 < s.length && s.charCodeAt(i + 1) === 58) {
+        if (gap >= 0) return null;
+        if (digits > 0) {
+          if (count === 8) return null;
+          g[count++] = cur;
+        } else if (i !== 0) return null;
+        gap = count;
+        cur = 0;
+        digits = 0;
+        i++;
+        if (i + 1 < s.length && s.charCodeAt(i + 1) === 58) return null;
+        continue;
+      }
+      if (digits === 0 || count === 8) return null;
+      g[count++] = cur;
+      cur = 0;
+      digits = 0;
+      if (i + 1 === s.length) return null;
+      continue;
+    }
+    let d: number;
+    if (c >= 48 && c <= 57) d = c - 48;
+    else if (c >= 97 && c <= 102) d = c - 87;
+    else if (c >= 65 && c <= 70) d = c - 55;
+    else return null;
+    cur = cur * 16 + d;
+    if (++digits > 4) return null;
+  }
+  if (digits > 0) {
+    if (count === 8) return null;
+    g[count++] = cur;
+  }
+  if (gap >= 0) {
+    const fill = 8 - count;
+    if (fill < 1) return null;
+    // Move the groups after the gap to the end, zero the gap.
+    for (let k = count - 1; k >= gap; k--) g[k + fill] = g[k]!;
+    for (let k = gap; k < gap + fill; k++) g[k] = 0;
+  } else if (count !== 8) return null;
+  // Canonical text (RFC 5952): the first longest run of two or more zero groups becomes "::".
+  let bestStart = -1;
+  let bestLen = 0;
+  for (let i = 0; i < 8; ) {
+    if (g[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && g[j] === 0) j++;
+    if (j - i > bestLen && j - i >= 2) {
+      bestStart = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  let text = '';
+  let hex = '0x';
+  for (let k = 0; k < 8; k++) {
+    const x = g[k]!;
+    const h = HEX[(x >> 12) & 15]! + HEX[(x >> 8) & 15]! + HEX[(x >> 4) & 15]! + HEX[x & 15]!;
+    hex += h;
+    if (bestStart >= 0 && k >= bestStart && k < bestStart + bestLen) {
+      if (k === bestStart) text += '::';
+      continue;
+    }
+    if (text.length > 0 && !text.endsWith(':')) text += ':';
+    text += x.toString(16);
+  }
+  return { addr: { family: 6, value: BigInt(hex) }, text };
 }
 
 export function sortUnique(a: number[]): number[] {

@@ -1,6 +1,7 @@
 // Routes: canonical prefix text and ordering, exit routes, approval requests,
 // HA primary election and auto-approval.
 import { type Prefix, formatPrefix, tryParsePrefix } from '../net/addr.js';
+import { IPSet } from '../net/ipset.js';
 
 export const EXIT_V4 = '0.0.0.0/0';
 export const EXIT_V6 = '::/0';
@@ -8,6 +9,18 @@ export const EXIT_V6 = '::/0';
 export function canonPrefix(s: string): string | null {
   const p = tryParsePrefix(s, { allowBare: false });
   return p ? formatPrefix(p) : null;
+}
+
+const prefixSets = new Map<string, IPSet>();
+
+/** IPSet of a canonical prefix string, cached. */
+export function prefixSet(p: string): IPSet {
+  let s = prefixSets.get(p);
+  if (!s) {
+    s = IPSet.fromPrefix(tryParsePrefix(p)!);
+    prefixSets.set(p, s);
+  }
+  return s;
 }
 
 export function isExitRoute(p: Prefix): boolean {
@@ -91,7 +104,7 @@ export function electPrimaries(
   return out;
 }
 
-export function pickPrimary(list: readonly ElectionNode[], prev: number | undefined): number {
+export function pickPrimary(list: ReadonlyArray<Pick<ElectionNode, 'id' | 'healthy'>>, prev: number | undefined): number {
   const healthy = list.filter((n) => n.healthy !== false);
   const prevNode = prev === undefined ? undefined : list.find((n) => n.id === prev);
   if (prevNode && prevNode.healthy !== false) return prevNode.id;
