@@ -106,7 +106,7 @@ const num = (s: string, what: string): number => {
 export function registerAdmin(program: Command): void {
   const admin = program
     .command('admin')
-    .description('manage tenants, keys, users, nodes, routes, policy and audit through the Admin API')
+    .description('manage tenants, keys, users, nodes, routes, policy, audit and relays through the Admin API')
     .option('--server <url>', 'control server URL (env LARKTUN_SERVER, default http://127.0.0.1:8080)')
     .option('--api-key <key>', 'API key or operator key (env LARKTUN_API_KEY)')
     .option('--tenant <name>', 'tenant (env LARKTUN_TENANT)')
@@ -287,6 +287,44 @@ export function registerAdmin(program: Command): void {
       const r = await client(cmd).call('POST', `/api/v1/tenants/${tenantOf(cmd)}/nodes/${num(node, 'node')}/routes`, { approved: list.flatMap((x) => csv(x)) });
       output(cmd, r, { rows: [r], cols: ['node', 'announced', 'approved', 'primary'] });
     });
+
+  // relays
+  const relays = admin.command('relays').description('relays (operator key; a tenant key sees its dedicated relays)');
+  const RCOLS = ['id', 'name', 'endpoints', 'tenant', 'relay_link_id', 'created_at'];
+  relays.command('list').action(async (_o, cmd: Command) => {
+    const r = await client(cmd).call('GET', '/api/v1/relays');
+    output(cmd, r, { rows: list(r, 'relays'), cols: RCOLS });
+  });
+  relays
+    .command('create <name> <endpoints...>')
+    .description('register a relay with its public UDP endpoint(s) host:port; the relay token is shown once')
+    .option('--for-tenant <name>', 'dedicate the relay to one tenant (default: shared by every tenant)')
+    .action(async (name: string, endpoints: string[], o: { forTenant?: string }, cmd: Command) => {
+      const body: JsonObject = { name, endpoints: endpoints.flatMap((x) => csv(x)) };
+      if (o.forTenant) body['tenant'] = o.forTenant;
+      const r = await client(cmd).call('POST', '/api/v1/relays', body);
+      output(cmd, r, `${String(r['token'])}\n(relay token, shown once: give it to the relay; relay ${String(r['name'])}, id ${String(r['id'])}, ${r['tenant'] ? `tenant ${String(r['tenant'])}` : 'shared'})`);
+    });
+  relays.command('get <id>').action(async (id: string, _o, cmd: Command) => {
+    const r = await client(cmd).call('GET', `/api/v1/relays/${num(id, 'id')}`);
+    output(cmd, r, { rows: [r], cols: RCOLS });
+  });
+  relays.command('delete <id>').action(async (id: string, _o, cmd: Command) => {
+    const r = await client(cmd).call('DELETE', `/api/v1/relays/${num(id, 'id')}`);
+    output(cmd, r, `deleted relay ${id}`);
+  });
+  relays.command('rotate <id>').description('new keys for every link of the relay (old keys stay valid for the grace period)').action(async (id: string, _o, cmd: Command) => {
+    const r = await client(cmd).call('POST', `/api/v1/relays/${num(id, 'id')}/rotate`);
+    output(cmd, r, `rotated ${String(r['rotated'])} link key(s); old keys valid for ${String(r['grace_seconds'])} s`);
+  });
+  nodes.command('links <id>').description('the node\'s relay links (keys are never shown)').action(async (id: string, _o, cmd: Command) => {
+    const r = await client(cmd).call('GET', `/api/v1/tenants/${tenantOf(cmd)}/nodes/${num(id, 'id')}/links`);
+    output(cmd, r, { rows: list(r, 'links'), cols: ['relay', 'relay_name', 'link_id', 'relay_link_id', 'rotated_at'] });
+  });
+  nodes.command('rotate-links <id>').description('new keys for the node\'s relay links').action(async (id: string, _o, cmd: Command) => {
+    const r = await client(cmd).call('POST', `/api/v1/tenants/${tenantOf(cmd)}/nodes/${num(id, 'id')}/links/rotate`);
+    output(cmd, r, `rotated ${String(r['rotated'])} link key(s)`);
+  });
 
   // policy
   const acl = admin.command('acl').description('the tenant policy (HuJSON)');

@@ -14,6 +14,8 @@ export class ControlMetrics {
   readonly rejections: Counter<'reason'>;
   readonly streams: Gauge;
   readonly notifications: Counter<'direction'>;
+  /** Liveness transitions: relay reports (unseen/seen again) and stalled streams cut. */
+  readonly liveness: Counter<'event'>;
 
   constructor(onlineCounter: OnlineCounter) {
     collectDefaultMetrics({ register: this.registry, prefix: 'larktun_server_' });
@@ -46,6 +48,12 @@ export class ControlMetrics {
     this.streams = new Gauge({
       name: 'larktun_map_streams',
       help: 'Open node map streams on this server',
+      registers: [this.registry],
+    });
+    this.liveness = new Counter({
+      name: 'larktun_node_liveness_events_total',
+      help: 'Nodes marked offline/online again by relay health reports, and node streams cut because the node stopped reading',
+      labelNames: ['event'],
       registers: [this.registry],
     });
     this.notifications = new Counter({

@@ -6,9 +6,9 @@
 // a "patch" with just the changed top-level sections otherwise, and a tiny
 // "peers" event when only peers' presence changed.
 import { createHash } from 'node:crypto';
-import type { NodeRow, TenantRow, UserRow } from './store/schema.js';
+import type { NodeRow, RelayLinkRow, RelayRow, TenantRow, UserRow } from './store/schema.js';
 import type { Store } from './store/repo.js';
-import { newTenantCompiler, type AclNetwork, type AclNode, type NodeView, type TenantCompiler } from './policy-engine.js';
+import { newTenantCompilerFrom, type AclNetwork, type AclNode, type NodeView, type TenantCompiler } from './policy-engine.js';
 import type { ControlMetrics } from './metrics.js';
 
 export interface MapPeer {
@@ -68,6 +68,9 @@ export const jsonObject = (s: string): Record<string, unknown> => {
   }
 };
 
+/** Online: its stream is open and no relay reports it unseen. */
+export const isOnline = (n: Pick<NodeRow, 'online' | 'unseen'>): boolean => n.online === 1 && n.unseen !== 1;
+
 export function aclNode(n: NodeRow, usersById: Map<number, UserRow>): AclNode {
   const tags = jsonList(n.tags);
   const owner = tags.length === 0 && n.user_id !== null ? usersById.get(n.user_id) : undefined;
@@ -80,7 +83,7 @@ export function aclNode(n: NodeRow, usersById: Map<number, UserRow>): AclNode {
     ipv6: n.ipv6,
     announced_routes: jsonList(n.announced_routes),
     approved_routes: jsonList(n.approved_routes),
-    online: n.online === 1,
+    online: isOnline(n),
   };
 }
 
@@ -110,14 +113,56 @@ export interface TenantSnapshot {
   net: AclNetwork;
   byId: Map<number, NodeRow>;
   usersById: Map<number, UserRow>;
+  /** This tenant's links on every relay, and the relays serving it. */
+  links: RelayLinkRow[];
+  relays: RelayRow[];
+  /** Per node: the JSON text of its map's relays section. */
+  relaysByNode: Map<number, string>;
+  /** The tenant's HA primaries as stored (prefix → node id). */
+  primaries: Map<string, number>;
+}
+
+/** One entry of a node's relays section. */
+export interface MapRelay {
+  id: number;
+  name: string;
+  endpoints: string[];
+  /** The node's id on the link (its key_id towards the relay). */
+  link_id: number;
+  /** The relay's own id on the link. */
+  relay_link_id: number;
+  /** 32-byte pre-shared key, hex. */
+  psk: string;
+  obfuscate: true;
+}
+
+function relaysSections(relays: RelayRow[], links: RelayLinkRow[]): Map<number, string> {
+  const byId = new Map(relays.map((r) => [r.id, r]));
+  const per = new Map<number, MapRelay[]>();
+  for (const l of links) {
+    const r = byId.get(l.relay_id);
+    if (!r) continue;
+    const list = per.get(l.node_id) ?? [];
+    list.push({ id: r.id, name: r.name, endpoints: jsonList(r.endpoints), link_id: l.link_id, relay_link_id: r.self_id, psk: l.psk, obfuscate: true });
+    per.set(l.node_id, list);
+  }
+  const out = new Map<number, string>();
+  for (const [id, list] of per) out.set(id, JSON.stringify(list.sort((a, b) => a.id - b.id)));
+  return out;
 }
 
 export async function loadSnapshot(store: Store, tenantId: number): Promise<TenantSnapshot | null> {
   const tenant = await store.getTenant(tenantId);
   if (!tenant) return null;
   const repo = store.tenant(tenantId);
-  const [users, nodes, pol] = await Promise.all([repo.listUsers(), repo.listNodes(), repo.currentPolicy()]);
+  const [users, nodes, pol, links, relays, primaries] = await Promise.all([
+    repo.listUsers(), repo.listNodes(), repo.currentPolicy(), repo.listRelayLinks(), repo.relaysServing(), repo.listPrimaries(),
+  ]);
   return {
+    primaries,
+    links,
+    relays,
+    relaysByNode: relaysSections(relays, links),
     tenant,
     users,
     nodes,
@@ -291,11 +336,11 @@ export function buildSections(
       approved_routes: selfAcl.approved_routes,
       primary_routes: v.primaryRoutes,
     }),
-    online: JSON.stringify(v.peers.filter((p) => snap.byId.get(p)?.online === 1)),
+    online: JSON.stringify(v.peers.filter((p) => { const q = snap.byId.get(p); return q !== undefined && isOnline(q); })),
     packet_filter: JSON.stringify(v.packetFilter ?? null),
     ssh_policy: JSON.stringify(v.sshPolicy ?? null),
     exit_node: JSON.stringify(exitId),
-    relays: '[]',
+    relays: snap.relaysByNode.get(nodeId) ?? '[]',
     dns: JSON.stringify({ base: snap.tenant.dns_base }),
   };
   const hashes = {} as Record<SectionName, string>;
@@ -327,7 +372,7 @@ export function buildMap(snap: TenantSnapshot, view: NodeView | undefined, nodeI
 export async function oneShotMap(store: Store, tenantId: number, nodeId: number): Promise<BuiltMap | null> {
   const snap = await loadSnapshot(store, tenantId);
   if (!snap) return null;
-  const c = newTenantCompiler(snap.policy, snap.net);
+  const c = newTenantCompilerFrom(snap.policy, snap.net, snap.primaries);
   return buildMap(snap, c?.view(nodeId), nodeId);
 }
 
@@ -361,6 +406,8 @@ interface TenantLive {
   policy: string | null;
   nodes: Map<number, AclNode>;
   sigs: Map<number, string>;
+  /** Per node: its relays section as last pushed. */
+  relaySigs: Map<number, string>;
   online: Map<number, boolean>;
   tenantSig: string;
   lastRun: number;
@@ -378,6 +425,8 @@ interface Changes {
   sig: Set<number>;
   /** Nodes whose presence alone changed, with the new state. */
   online: Map<number, boolean>;
+  /** Nodes whose relay links changed (new link, rotated key, relay moved). */
+  relay: Set<number>;
 }
 
 const REFRESH_GAP_MS = 50;
@@ -408,7 +457,7 @@ export class MapHub {
   attach(s: MapStream): number {
     let t = this.tenants.get(s.tenantId);
     if (!t) {
-      t = { streams: new Map(), running: false, dirty: false, seenGeneration: 0, waiters: [], compiler: null, policy: null, nodes: new Map(), sigs: new Map(), online: new Map(), tenantSig: '', lastRun: 0, lastCost: 0, peers: new PeerCache(), peersMemo: new Map() };
+      t = { streams: new Map(), running: false, dirty: false, seenGeneration: 0, waiters: [], compiler: null, policy: null, nodes: new Map(), sigs: new Map(), relaySigs: new Map(), online: new Map(), tenantSig: '', lastRun: 0, lastCost: 0, peers: new PeerCache(), peersMemo: new Map() };
       this.tenants.set(s.tenantId, t);
     }
     let set = t.streams.get(s.nodeId);
@@ -501,9 +550,9 @@ export class MapHub {
     const online = new Map<number, boolean>();
     for (const n of snap.nodes) {
       const prev = t.sigs.has(n.id) ? t.online.get(n.id) : undefined;
-      if (prev !== undefined && prev !== (n.online === 1)) online.set(n.id, n.online === 1);
+      if (prev !== undefined && prev !== isOnline(n)) online.set(n.id, isOnline(n));
     }
-    t.online = new Map(snap.nodes.map((n) => [n.id, n.online === 1]));
+    t.online = new Map(snap.nodes.map((n) => [n.id, isOnline(n)]));
     const sigs = new Map<number, string>();
     for (const n of snap.nodes) sigs.set(n.id, peerSignature(n));
     const sig = new Set<number>();
@@ -512,7 +561,7 @@ export class MapHub {
     const tenantSig = `${snap.tenant.name}|${snap.tenant.dns_base}`;
     let all = tenantSig !== t.tenantSig;
     if (!t.compiler || t.policy === null) {
-      t.compiler = newTenantCompiler(snap.policy, snap.net);
+      t.compiler = newTenantCompilerFrom(snap.policy, snap.net, snap.primaries);
       all = true;
     } else {
       for (const [id, prev] of t.nodes) {
@@ -522,7 +571,18 @@ export class MapHub {
       }
       for (const [id, n] of next) if (!t.nodes.has(id)) t.compiler.nodeJoined(n);
       if (snap.policy !== t.policy) t.compiler.setPolicy(snap.policy);
+      // The stored primaries are the one answer (elected in each change's
+      // transaction). A refresh that batched several changes can skip the
+      // state that moved a primary; then the compiler restarts from the store.
+      if (!samePrimaries(t.compiler.primaries(), snap.primaries)) {
+        t.compiler.changedNodes();
+        t.compiler = newTenantCompilerFrom(snap.policy, snap.net, snap.primaries);
+        all = true;
+      }
     }
+    const relay = new Set<number>();
+    for (const n of snap.nodes) if ((t.relaySigs.get(n.id) ?? '[]') !== (snap.relaysByNode.get(n.id) ?? '[]')) relay.add(n.id);
+    t.relaySigs = snap.relaysByNode;
     const acl = new Set(t.compiler?.changedNodes() ?? []);
     t.policy = snap.policy;
     t.nodes = next;
@@ -530,7 +590,7 @@ export class MapHub {
     t.tenantSig = tenantSig;
     t.peers.retain(new Set(sigs.keys()));
     for (const id of t.peersMemo.keys()) if (!sigs.has(id)) t.peersMemo.delete(id);
-    return { all, acl, sig, online };
+    return { all, acl, sig, online, relay };
   }
 
   /** Returns how many maps were built. */
@@ -538,7 +598,7 @@ export class MapHub {
     let built = 0;
     const dirtyPeers = changed.sig;
     for (const [nodeId, set] of t.streams) {
-      let fresh = changed.all || changed.acl.has(nodeId) || changed.sig.has(nodeId);
+      let fresh = changed.all || changed.acl.has(nodeId) || changed.sig.has(nodeId) || changed.relay.has(nodeId);
       for (const s of set) if (s.first) fresh = true;
       const view = t.nodes.has(nodeId) ? t.compiler?.view(nodeId) : undefined;
       if (!fresh && view && changed.sig.size > 0) fresh = view.peers.some((p) => changed.sig.has(p));
@@ -595,4 +655,10 @@ export class MapHub {
 /** Everything about a node that appears in its own or its peers' maps, besides ACL results. */
 function peerSignature(n: NodeRow): string {
   return `${n.name}|${n.node_key}|${n.ipv4}|${n.ipv6}|${n.endpoints}|${n.tags}|${n.user_id}|${n.approved_routes}|${n.hostinfo}|${n.expires_at}`;
+}
+
+function samePrimaries(a: ReadonlyMap<string, number>, b: ReadonlyMap<string, number>): boolean {
+  if (a.size !== b.size) return false;
+  for (const [k, v] of a) if (b.get(k) !== v) return false;
+  return true;
 }

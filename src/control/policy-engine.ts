@@ -5,6 +5,7 @@ import {
   autoApprove as aclAutoApprove,
   electPrimaries as aclElectPrimaries,
   checkPolicy,
+  compileNetwork,
   IncrementalCompiler,
   parsePolicy,
   type AclNetwork,
@@ -105,8 +106,8 @@ export function userOwnsTag(text: string, tag: string, user: AclUser | null): bo
 
 class AclTenantCompiler implements TenantCompiler {
   private readonly inner: IncrementalCompiler;
-  constructor(policy: Policy, net: AclNetwork) {
-    this.inner = new IncrementalCompiler(policy, net);
+  constructor(policy: Policy, net: AclNetwork, previous?: ReadonlyMap<string, number>) {
+    this.inner = new IncrementalCompiler(policy, net, previous ? { previousPrimaries: previous } : {});
   }
   nodeJoined(n: AclNode): void {
     this.inner.nodeJoined(n);
@@ -152,7 +153,35 @@ export function newTenantCompiler(text: string, net: AclNetwork): TenantCompiler
   return p ? new AclTenantCompiler(p, net) : null;
 }
 
+/**
+ * Primary election with the current primaries as input: a healthy current
+ * primary is kept (anti-flap), otherwise the lowest id among online candidates.
+ */
+export function electWithPrevious(nodes: AclNode[], previous: ReadonlyMap<string, number>): Map<string, number> {
+  return aclElectPrimaries(nodes, previous);
+}
+
+/** A compiler whose election starts from `previous` (the stored primaries). */
+export function newTenantCompilerFrom(text: string, net: AclNetwork, previous: ReadonlyMap<string, number>): TenantCompiler | null {
+  const p = parseCached(text);
+  return p ? new AclTenantCompiler(p, net, previous) : null;
+}
+
 /** Stateless primary election over stored nodes (lowest id among online candidates). */
 export function currentPrimaries(nodes: AclNode[]): Map<string, number> {
   return aclElectPrimaries(nodes);
+}
+
+/** What a relay needs of a tenant's compiled policy: the primaries and the global filter. */
+export interface RelayCompiled {
+  primaries: Map<string, number>;
+  globalFilter: unknown;
+}
+
+/** Compiles a stored policy for a relay's view; an unparseable one yields null. */
+export function compileForRelay(text: string, net: AclNetwork, previousPrimaries?: ReadonlyMap<string, number>): RelayCompiled | null {
+  const p = parseCached(text);
+  if (!p) return null;
+  const c = compileNetwork(p, net, previousPrimaries ? { previousPrimaries } : {});
+  return { primaries: c.primaries, globalFilter: c.globalFilter };
 }

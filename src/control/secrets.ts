@@ -4,7 +4,7 @@
 // constant time. The random part is 256 bits, so a fast hash is sufficient.
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 
-export type SecretKind = 'lkop' | 'lkapi' | 'lkauth' | 'lknode';
+export type SecretKind = 'lkop' | 'lkapi' | 'lkauth' | 'lknode' | 'lkrelay';
 
 export interface NewSecret {
   secret: string;
@@ -24,7 +24,7 @@ export function hashSecret(secret: string): string {
 
 /** Splits a presented secret into kind and prefix, or null when malformed. */
 export function parseSecret(secret: string): { kind: SecretKind; prefix: string } | null {
-  const m = /^(lkop|lkapi|lkauth|lknode)_([0-9a-f]{12})_[A-Za-z0-9_-]{43}$/.exec(secret);
+  const m = /^(lkop|lkapi|lkauth|lknode|lkrelay)_([0-9a-f]{12})_[A-Za-z0-9_-]{43}$/.exec(secret);
   if (!m) return null;
   return { kind: m[1] as SecretKind, prefix: m[2] as string };
 }
@@ -38,4 +38,9 @@ export function secretMatches(secret: string, storedHash: string): boolean {
 /** Random per-link pre-shared key, 32 bytes, base64. */
 export function newPsk(): string {
   return randomBytes(32).toString('base64');
+}
+
+/** A relay link's pre-shared key: 32 random bytes, hex. */
+export function newLinkPsk(): string {
+  return randomBytes(32).toString('hex');
 }

@@ -16,6 +16,9 @@ import { OpenApiCollector } from './http/openapi.js';
 import { registerAdminRoutes } from './http/admin.js';
 import { registerNodeRoutes } from './http/node.js';
 import { ENGINE_NAME } from './policy-engine.js';
+import { RelayHub } from './relay-hub.js';
+import { reconcileRelays } from './relays.js';
+import { registerRelayAdminRoutes, registerRelayProtocolRoutes } from './http/relays.js';
 
 export const SERVER_VERSION = '0.1.0';
 
@@ -32,14 +35,27 @@ export interface ServerOptions {
   logLevel?: string;
   /** A logger to use instead of pino to stdout. */
   logger?: Logger;
-  /** SSE keepalive interval in ms (default 15000). */
+  /** SSE heartbeat interval in ms (default 1000 on node streams, 15000 on relay streams). */
   keepaliveMs?: number;
+  /** Periodic rotation of relay link keys, ms (default 24 h; env LARKTUN_PSK_ROTATE_MS). */
+  pskRotateMs?: number;
+  /** How long a replaced link key stays valid, ms (default 10 min; env LARKTUN_PSK_GRACE_MS). */
+  pskGraceMs?: number;
+}
+
+function envMs(name: string): number | undefined {
+  const v = process.env[name];
+  if (v === undefined || v === '') return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`${name}="${v}" is not a positive number of milliseconds`);
+  return n;
 }
 
 export interface RunningServer {
   app: FastifyInstance;
   store: Store;
   hub: MapHub;
+  relayHub: RelayHub;
   url: string;
   port: number;
   host: string;
@@ -104,6 +120,11 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     return rows.map((r) => ({ tenant: r.tenant, total: Number(r.total), online: Number(r.online ?? 0) }));
   });
   const hub = new MapHub(store, metrics, log.isLevelEnabled('debug') ? (f, m) => log.debug(f, m) : undefined);
+  const relayHub = new RelayHub(store);
+  const timers = {
+    rotateMs: opts.pskRotateMs ?? envMs('LARKTUN_PSK_ROTATE_MS') ?? 24 * 3600_000,
+    graceMs: opts.pskGraceMs ?? envMs('LARKTUN_PSK_GRACE_MS') ?? 10 * 60_000,
+  };
   let bus: ChangeBus = nullBus;
   if (handle.backend === 'postgres' && handle.pgUrl) {
     // This server's own notifications come back to its listener: skip them
@@ -112,7 +133,10 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     bus = await startPgBus({
       url: handle.pgUrl,
       onChange: (t, g) => {
-        if (!mine.delete(notifyPayload(t, g))) hub.changed(t, g);
+        if (!mine.delete(notifyPayload(t, g))) {
+          hub.changed(t, g);
+          relayHub.changed(t);
+        }
       },
       onError: (err) => log.warn({ err: err.message }, 'change bus error'),
       onReceived: () => metrics.notifications.inc({ direction: 'received' }),
@@ -126,7 +150,10 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       metrics.notifications.inc({ direction: 'sent' });
     };
   }
-  store.onCommit = (tenantId, generation) => hub.changed(tenantId, generation);
+  store.onCommit = (tenantId, generation) => {
+    hub.changed(tenantId, generation);
+    relayHub.changed(tenantId);
+  };
 
   const https = opts.tlsCert || opts.tlsKey
     ? (() => {
@@ -207,6 +234,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     async (api) => {
       api.get('/openapi.json', { schema: { tags: ['meta'], summary: 'This document', 'x-auth': 'none' } as Record<string, unknown> }, async () => openapi.document(SERVER_VERSION));
       registerAdminRoutes(api, { store });
+      registerRelayAdminRoutes(api, { store, relayHub, graceMs: timers.graceMs, openStreams });
     },
     { prefix: '/api/v1' },
   );
@@ -216,6 +244,25 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     },
     { prefix: '/node/v1' },
   );
+  await app.register(
+    async (relay) => {
+      registerRelayProtocolRoutes(relay, { store, metrics, relayHub, graceMs: timers.graceMs, openStreams, keepaliveMs: opts.keepaliveMs });
+    },
+    { prefix: '/relay/v1' },
+  );
+
+  // Relay links: made where missing and rotated when due, at start and then
+  // periodically (several replicas may do this at once; each tenant is
+  // re-checked under its lock).
+  let reconciling: Promise<unknown> = Promise.resolve();
+  const reconcile = () => {
+    reconciling = reconcileRelays(store, timers)
+      .then((r) => { if (r.made || r.rotated) log.info(r, 'relay links reconciled'); })
+      .catch((err: unknown) => log.warn({ err }, 'relay link reconcile failed'));
+  };
+  reconcile();
+  const reconcileTimer = setInterval(reconcile, Math.max(1000, Math.min(60_000, Math.floor(timers.rotateMs / 4))));
+  reconcileTimer.unref();
 
   await app.listen({ host, port });
   const addr = app.server.address();
@@ -228,6 +275,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const close = (): Promise<void> => {
     closing ??= (async () => {
       shuttingDown = true;
+      clearInterval(reconcileTimer);
+      await reconciling;
       const connected = hub.connectedNodes();
       for (const end of [...openStreams]) end();
       await app.close();
@@ -245,7 +294,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     return closing;
   };
 
-  return { app, store, hub, url, port: boundPort, host, operatorKeyCreated, close };
+  return { app, store, hub, relayHub, url, port: boundPort, host, operatorKeyCreated, close };
 }
 
 export function operatorKeyPath(dataDir: string): string {

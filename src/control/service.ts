@@ -8,7 +8,7 @@ import type { AuthKeyRow, NodeRow, TenantRow, UserRow, ApiKeyRow } from './store
 import type { TenantRepo, TenantTx } from './store/repo.js';
 import { nowIso } from './store/repo.js';
 import { ApiError, badRequest } from './errors.js';
-import { aclNetwork, jsonList, jsonObject } from './netmap.js';
+import { aclNetwork, isOnline, jsonList, jsonObject } from './netmap.js';
 import { autoApproveRoutes, currentPrimaries } from './policy-engine.js';
 
 // ---- representations -----------------------------------------------------------
@@ -72,7 +72,9 @@ export function nodeView(n: NodeRow, users: Map<number, UserRow>, primaries: Map
     tags,
     ipv4: n.ipv4,
     ipv6: n.ipv6,
-    online: n.online === 1,
+    online: isOnline(n),
+    /** Its stream is open, but its relays report it unseen (so it counts as offline). */
+    unseen_by_relays: n.unseen === 1,
     last_seen: n.last_seen,
     announced_routes: announced,
     approved_routes: approved,

@@ -87,6 +87,32 @@ describe('larktun admin CLI', () => {
     assert.match(r.out, /intact/);
   });
 
+  it('manages relays', () => {
+    const opEnv = { LARKTUN_API_KEY: srv.operatorKey() };
+    let r = run(['relays', 'create', 'edge-1', '203.0.113.5:18020', '--for-tenant', 'acme'], opEnv);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^lkrelay_\S+\n\(relay token, shown once/);
+    r = run(['relays', 'list'], opEnv);
+    assert.match(r.out, /ID\s+NAME\s+ENDPOINTS\s+TENANT/);
+    assert.match(r.out, /edge-1\s+203\.0\.113\.5:18020\s+acme/);
+    const id = JSON.parse(run(['--json', 'relays', 'list'], opEnv).out).relays[0].id as number;
+    r = run(['--tenant', 'acme', '--json', 'nodes', 'list'], opEnv);
+    const nodeId = JSON.parse(r.out).nodes[0].id as number;
+    r = run(['--tenant', 'acme', 'nodes', 'links', String(nodeId)], opEnv);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /edge-1\s+1\s+65535/);
+    r = run(['relays', 'rotate', String(id)], opEnv);
+    assert.match(r.out, /rotated 1 link key/);
+    r = run(['--tenant', 'acme', 'nodes', 'rotate-links', String(nodeId)], opEnv);
+    assert.match(r.out, /rotated 1 link key/);
+    r = run(['relays', 'create', 'bad', 'not-an-endpoint'], opEnv);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /400 invalid_request\): endpoint "not-an-endpoint" is not host:port/);
+    r = run(['relays', 'delete', String(id)], opEnv);
+    assert.match(r.out, /deleted relay/);
+    assert.match(run(['relays', 'get', String(id)], opEnv).err, /404 not_found/);
+  });
+
   it('reports errors plainly', () => {
     let r = run(['--tenant', 'acme', 'users', 'list'], { LARKTUN_API_KEY: 'wrong' });
     assert.equal(r.code, 1);

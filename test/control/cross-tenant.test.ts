@@ -14,6 +14,7 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
     let b: Client;
     const ids: Record<string, number> = {};
     let aNodeToken = '';
+    let relayToken = '';
 
     before(async () => {
       const db = await setup();
@@ -36,6 +37,10 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
       aNodeToken = reg.body.token;
       // beta has objects with other ids so "own tenant + foreign id" is meaningful
       await b.post('/api/v1/tenants/beta/users', { name: 'bob' });
+      const rel = await op.post('/api/v1/relays', { name: 'alpha-relay', endpoints: ['192.0.2.9:18020'], tenant: 'alpha' });
+      assert.equal(rel.status, 201, rel.text);
+      ids['relay'] = rel.body.id;
+      relayToken = rel.body.token;
     });
     after(async () => {
       if (skip) return;
@@ -70,6 +75,8 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
       ['POST', `/api/v1/tenants/${tenant}/nodes/${ids['node']}/expire`, {}],
       ['DELETE', `/api/v1/tenants/${tenant}/nodes/${ids['node']}`],
       ['GET', `/api/v1/tenants/${tenant}/nodes/${ids['node']}/routes`],
+      ['GET', `/api/v1/tenants/${tenant}/nodes/${ids['node']}/links`],
+      ['POST', `/api/v1/tenants/${tenant}/nodes/${ids['node']}/links/rotate`, {}],
       ['POST', `/api/v1/tenants/${tenant}/nodes/${ids['node']}/routes`, { approved: ['10.50.0.0/16'] }],
       ['GET', `/api/v1/tenants/${tenant}/policy`],
       ['PUT', `/api/v1/tenants/${tenant}/policy`, { policy: '{}' }],
@@ -90,6 +97,19 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
         assert.equal(r.status, 404, `${m} ${p}`);
       }
       assert.ok(list.length >= 27);
+      // relays dedicated to alpha: beta's key gets the 404 of a missing relay
+      for (const [m, p] of [['GET', `/api/v1/relays/${ids['relay']}`], ['DELETE', `/api/v1/relays/${ids['relay']}`], ['POST', `/api/v1/relays/${ids['relay']}/rotate`]] as const) {
+        const r = await b.req(m, p, m === 'POST' ? {} : undefined);
+        assert.equal(r.status, 404, `${m} ${p}: ${r.text}`);
+        assert.ok(!r.text.includes('alpha-relay'), `${m} ${p} leaks`);
+      }
+      const lr = await b.get('/api/v1/relays');
+      assert.ok(!lr.text.includes('alpha-relay'), lr.text);
+      // alpha's dedicated relay sees alpha only, never beta
+      const v = await b.as(relayToken).get('/relay/v1/map');
+      assert.equal(v.status, 200, v.text);
+      assert.deepEqual(v.body.tenants.map((t: Json) => t.tenant), ['alpha']);
+      assert.ok(!v.text.includes('beta') && !v.text.includes('bob'));
     });
 
     it("own tenant with the other tenant's ids gets 404 (never acts on them)", async (ctx) => {
@@ -114,6 +134,7 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
       assert.equal(n.status, 200);
       assert.equal(n.body.name, 'secret-node');
       assert.equal(n.body.expired, false);
+      assert.equal((await a.get(`/api/v1/relays/${ids['relay']}`)).status, 200, 'alpha\'s relay is still there');
       assert.equal((await a.get('/api/v1/tenants/alpha/users')).body.users.length, 1);
       assert.equal((await a.get('/api/v1/tenants/alpha/apikeys')).body.apikeys.length, 2);
       assert.equal((await a.get('/api/v1/tenants/alpha/policy')).body.version, 1);

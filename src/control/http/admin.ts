@@ -8,7 +8,7 @@ import { ApiError, badRequest, conflict, notFound } from '../errors.js';
 import { newSecret } from '../secrets.js';
 import { authenticate, requireOperator, resolveTenant, ROLES, type Permission, type Principal } from './auth.js';
 import {
-  apiKeyView, authKeyView, canonicalRoutes, electPrimaries, nodeAuditView, nodeView, runAutoApprove,
+  apiKeyView, authKeyView, canonicalRoutes, nodeAuditView, nodeView, runAutoApprove,
   tenantView, userView, validateTagSyntax,
 } from '../service.js';
 import { DEFAULT_POLICY, checkPolicyText, definedTags } from '../policy-engine.js';
@@ -290,7 +290,7 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
   const nodesOf = async (t: TenantRow) => {
     const repo = store.tenant(t.id);
     const [nodes, users] = await Promise.all([repo.listNodes(), repo.listUsers()]);
-    return { nodes, users: new Map(users.map((u) => [u.id, u])), primaries: electPrimaries(t, users, nodes) };
+    return { nodes, users: new Map(users.map((u) => [u.id, u])), primaries: await repo.listPrimaries() };
   };
 
   app.get<{ Params: TP }>('/tenants/:tenant/nodes', { schema: { ...doc('nodes', 'List nodes with addresses, tags, presence and routes'), params: tenantParams } }, async (req) => {

@@ -17,13 +17,16 @@ import { jsonList, jsonObject, oneShotMap, type BuiltMap, type MapHub, type MapS
 import type { RouteDoc } from './openapi.js';
 import { parseHostPort } from '../../net/addr.js';
 import type { ControlMetrics } from '../metrics.js';
+import { ensureLinks } from '../relays.js';
 
 export interface NodeDeps {
   store: Store;
   hub: MapHub;
   metrics: ControlMetrics;
-  /** SSE keepalive interval (ms). */
+  /** SSE heartbeat interval (ms, default 1000): a node that hears nothing for 3 intervals reconnects. */
   keepaliveMs?: number;
+  /** A stream whose writes stay unread this long is cut (ms, default 3000): the node stopped reading. */
+  stallMs?: number;
   /** Streams to end on shutdown. */
   openStreams: Set<() => void>;
   /** True once shutdown began: closing streams then is not the node going offline. */
@@ -178,6 +181,7 @@ export function registerNodeRoutes(app: FastifyInstance, deps: NodeDeps): void {
           await tx.audit('node.register', 'node', node.id, null, nodeAuditView(node));
         }
         await tx.countAuthKeyUse(k.id);
+        await ensureLinks(tx, await tx.relaysServing(), [node.id]);
         if (node.announced_routes === '[]') return node;
         const changed = await runAutoApprove(tx, tenant, policyText, [node.id]);
         return changed > 0 ? ((await tx.getNode(node.id)) ?? node) : node;
@@ -254,9 +258,24 @@ async function openStream(deps: NodeDeps, req: FastifyRequest, reply: FastifyRep
   });
   res.write(': larktun map stream\n\n');
   let closed = false;
+  // A node that stopped reading (hung, or gone without closing its TCP
+  // connection) leaves our writes in the socket buffer: once a write is not
+  // drained within stallMs the stream is cut, which marks the node offline.
+  let stall: NodeJS.Timeout | null = null;
   const write = (chunk: string) => {
-    if (!closed) res.write(chunk);
+    if (closed) return;
+    if (!res.write(chunk) && !stall) {
+      stall = setTimeout(() => {
+        metrics.liveness.inc({ event: 'stream_stalled' });
+        res.destroy();
+      }, deps.stallMs ?? 3000);
+      stall.unref();
+    }
   };
+  res.on('drain', () => {
+    if (stall) clearTimeout(stall);
+    stall = null;
+  });
   const stream: MapStream = {
     tenantId: node.tenant_id,
     nodeId: node.id,
@@ -280,12 +299,13 @@ async function openStream(deps: NodeDeps, req: FastifyRequest, reply: FastifyRep
       finish();
     },
   };
-  const keepalive = setInterval(() => write(': keepalive\n\n'), deps.keepaliveMs ?? 15000);
+  const keepalive = setInterval(() => write(': heartbeat\n\n'), deps.keepaliveMs ?? 1000);
   keepalive.unref();
   const finish = () => {
     if (closed) return;
     closed = true;
     clearInterval(keepalive);
+    if (stall) clearTimeout(stall);
     deps.openStreams.delete(finish);
     res.end();
     const left = hub.detach(stream);
@@ -297,7 +317,6 @@ async function openStream(deps: NodeDeps, req: FastifyRequest, reply: FastifyRep
   // compiled the tenant; coming online is itself a change that triggers it.
   const count = hub.attach(stream);
   if (count === 1) await store.setPresence(node.tenant_id, node.id, true);
-  void metrics;
 }
 
 async function goneOffline(deps: NodeDeps, node: NodeRow): Promise<void> {

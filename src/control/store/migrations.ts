@@ -125,6 +125,67 @@ function migrations(backend: Backend): Record<string, Migration> {
         }
       },
     },
+    '0002_relays': {
+      async up(db: Db): Promise<void> {
+        await id(db.schema.createTable('relays'))
+          .addColumn('name', 'text', (c) => c.notNull().unique())
+          .addColumn('endpoints', 'text', (c) => c.notNull().defaultTo('[]'))
+          .addColumn('tenant_id', 'integer', (c) => c.references('tenants.id').onDelete('cascade'))
+          .addColumn('self_id', 'integer', (c) => c.notNull())
+          .addColumn('token_prefix', 'text', (c) => c.notNull().unique())
+          .addColumn('token_hash', 'text', (c) => c.notNull())
+          .addColumn('generation', 'integer', (c) => c.notNull().defaultTo(1))
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('updated_at', 'text', (c) => c.notNull())
+          .execute();
+        await tenantRef(id(db.schema.createTable('relay_links')))
+          .addColumn('relay_id', 'integer', (c) => c.notNull().references('relays.id').onDelete('cascade'))
+          .addColumn('node_id', 'integer', (c) => c.notNull().references('nodes.id').onDelete('cascade'))
+          .addColumn('link_id', 'integer', (c) => c.notNull())
+          .addColumn('psk', 'text', (c) => c.notNull())
+          .addColumn('prev_psk', 'text')
+          .addColumn('prev_psk_until', 'text')
+          .addColumn('rotated_at', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addUniqueConstraint('relay_links_relay_link', ['relay_id', 'link_id'])
+          .addUniqueConstraint('relay_links_relay_node', ['relay_id', 'node_id'])
+          .execute();
+        await db.schema.createIndex('relay_links_tenant').on('relay_links').column('tenant_id').execute();
+        await db.schema.createIndex('relay_links_node').on('relay_links').column('node_id').execute();
+      },
+      async down(db: Db): Promise<void> {
+        await db.schema.dropTable('relay_links').ifExists().execute();
+        await db.schema.dropTable('relays').ifExists().execute();
+      },
+    },
+    '0003_relay_health': {
+      async up(db: Db): Promise<void> {
+        await db.schema.alterTable('nodes').addColumn('unseen', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+        await db.schema.alterTable('relay_links').addColumn('last_seen_at', 'text').execute();
+        await db.schema.alterTable('relay_links').addColumn('rtt_ms', 'integer').execute();
+      },
+      async down(db: Db): Promise<void> {
+        await db.schema.alterTable('relay_links').dropColumn('rtt_ms').execute();
+        await db.schema.alterTable('relay_links').dropColumn('last_seen_at').execute();
+        await db.schema.alterTable('nodes').dropColumn('unseen').execute();
+      },
+    },
+    '0004_primaries': {
+      async up(db: Db): Promise<void> {
+        await tenantRef(id(db.schema.createTable('primaries')))
+          .addColumn('prefix', 'text', (c) => c.notNull())
+          .addColumn('node_id', 'integer', (c) => c.notNull().references('nodes.id').onDelete('cascade'))
+          .addColumn('elected_at', 'text', (c) => c.notNull())
+          .addUniqueConstraint('primaries_tenant_prefix', ['tenant_id', 'prefix'])
+          .execute();
+        // the election reads a tenant's routers on every change: index just those
+        await db.schema.createIndex('nodes_routers').on('nodes').column('tenant_id')
+          .where(sql.ref('approved_routes'), '!=', '[]').execute();
+      },
+      async down(db: Db): Promise<void> {
+        await db.schema.dropTable('primaries').ifExists().execute();
+      },
+    },
   };
 }
 
@@ -138,7 +199,15 @@ class InlineProvider implements MigrationProvider {
 /** Applies every pending migration; throws with the failing migration's name. */
 export async function migrateToLatest(db: Kysely<unknown>, backend: Backend): Promise<string[]> {
   if (backend === 'sqlite') await sql`PRAGMA foreign_keys = ON`.execute(db);
-  const migrator = new Migrator({ db, provider: new InlineProvider(backend) });
+  // On PostgreSQL the migration bookkeeping lives in the current schema, named
+  // explicitly: Kysely otherwise finds its tables in *any* schema of the
+  // database and skips creating them in ours.
+  let migrationTableSchema: string | undefined;
+  if (backend === 'postgres') {
+    const r = await sql<{ s: string | null }>`select current_schema() as s`.execute(db);
+    migrationTableSchema = r.rows[0]?.s ?? undefined;
+  }
+  const migrator = new Migrator({ db, provider: new InlineProvider(backend), ...(migrationTableSchema ? { migrationTableSchema } : {}) });
   const { error, results } = await migrator.migrateToLatest();
   const failed = results?.find((r) => r.status === 'Error');
   if (error) {

@@ -11,11 +11,12 @@ import {
   type Transaction, type UpdateQueryBuilder, type UpdateResult, type Updateable,
 } from 'kysely';
 import type {
-  ApiKeyRow, AuditRow, AuthKeyRow, Database, NodeRow, PolicyRow, TenantRow, TenantTable, UserRow,
+  ApiKeyRow, AuditRow, AuthKeyRow, Database, NodeRow, PolicyRow, RelayLinkRow, RelayRow, TenantRow, TenantTable, UserRow,
 } from './schema.js';
 import type { DbHandle } from './db.js';
 import { auditHash, GENESIS_HASH, type ChainEntry } from '../audit.js';
 import { ApiError, notFound } from '../errors.js';
+import { electWithPrevious, type AclNode } from '../policy-engine.js';
 
 type Conn = Kysely<Database>; // a Transaction is a Kysely too
 
@@ -155,6 +156,39 @@ export class TenantRepo {
     return this.ins('policies', { version, text, created_at: nowIso(), created_by: by }).returningAll().executeTakeFirstOrThrow() as Promise<PolicyRow>;
   }
 
+  // ---- relay links (this tenant's links on any relay) ---------------------------------
+  listRelayLinks(): Promise<RelayLinkRow[]> {
+    return this.sel('relay_links').selectAll().orderBy('id').execute();
+  }
+  linksOfRelay(relayId: number): Promise<RelayLinkRow[]> {
+    return this.sel('relay_links').selectAll().where('relay_id', '=', relayId).orderBy('id').execute();
+  }
+  linksOfNode(nodeId: number): Promise<RelayLinkRow[]> {
+    return this.sel('relay_links').selectAll().where('node_id', '=', nodeId).orderBy('id').execute();
+  }
+  /** Relays this tenant's nodes link to: shared ones and the tenant's own. */
+  relaysServing(): Promise<RelayRow[]> {
+    return this.db.selectFrom('relays').selectAll()
+      .where((eb) => eb.or([eb('tenant_id', 'is', null), eb('tenant_id', '=', this.tenantId)]))
+      .orderBy('id').execute() as Promise<RelayRow[]>;
+  }
+  async insertRelayLink(v: Omit<Insertable<Database['relay_links']>, 'tenant_id'>): Promise<void> {
+    await this.ins('relay_links', v).execute();
+  }
+  async rotateRelayLink(id: number, psk: string, prevPsk: string, prevUntil: string, now: string): Promise<void> {
+    await this.upd('relay_links').set({ psk, prev_psk: prevPsk, prev_psk_until: prevUntil, rotated_at: now }).where('id', '=', id).execute();
+  }
+  async deleteLinksOfRelay(relayId: number): Promise<number> {
+    const r = await this.del('relay_links').where('relay_id', '=', relayId).executeTakeFirst();
+    return Number(r.numDeletedRows);
+  }
+
+  // ---- HA primaries (kept by Store.reelect in every change transaction) -------------------
+  async listPrimaries(): Promise<Map<string, number>> {
+    const rows = await this.sel('primaries').select(['prefix', 'node_id']).execute();
+    return new Map(rows.map((r) => [r.prefix, r.node_id]));
+  }
+
   // ---- audit ---------------------------------------------------------------------
   listAudit(opts: { since?: string; limit?: number; action?: string; afterSeq?: number }): Promise<AuditRow[]> {
     let q = this.sel('audit').selectAll();
@@ -203,6 +237,27 @@ export class TenantTx extends TenantRepo {
   audit(action: string, objectType: string, objectId: string | number, before: unknown, after: unknown): Promise<void> {
     return this.appendAudit(this.actor, action, objectType, objectId, before, after);
   }
+  /**
+   * Locks a relay row (PostgreSQL: row lock; every writer takes the tenant lock
+   * first, then relays) and bumps its generation; undefined when it is gone.
+   */
+  lockRelay(relayId: number): Promise<RelayRow | undefined> {
+    return this.db.updateTable('relays').set((eb) => ({ generation: eb('generation', '+', 1) }))
+      .where('id', '=', relayId).returningAll().executeTakeFirst() as Promise<RelayRow | undefined>;
+  }
+  /** Deletes a relay row (its links go with it). */
+  async deleteRelayRow(relayId: number): Promise<boolean> {
+    const r = await this.db.deleteFrom('relays').where('id', '=', relayId).executeTakeFirst();
+    return Number(r.numDeletedRows) > 0;
+  }
+  /**
+   * Link ids already used on a relay, by every tenant it serves. Link ids are a
+   * per-relay namespace, so this is the one read across tenants: only the ids.
+   */
+  async usedLinkIds(relayId: number): Promise<Set<number>> {
+    const rows = await this.db.selectFrom('relay_links').select('link_id').where('relay_id', '=', relayId).execute();
+    return new Set(rows.map((r) => r.link_id));
+  }
 }
 
 export interface WriteResult<T> {
@@ -223,6 +278,45 @@ export class Store {
 
   private async announce(trx: Transaction<Database>, tenantId: number, generation: number): Promise<void> {
     if (this.inTransaction) await this.inTransaction(trx, tenantId, generation);
+  }
+
+  /**
+   * Re-elects the tenant's HA primaries from its routers' current state, with
+   * the stored primaries as the previous ones (a healthy current primary is
+   * kept), and stores any change — inside the change's transaction, so every
+   * replica, the Admin API and the maps read one answer.
+   */
+  private async reelect(trx: Transaction<Database>, tenantId: number): Promise<void> {
+    const now = nowIso();
+    const routers = await trx.selectFrom('nodes')
+      .select(['id', 'name', 'online', 'unseen', 'announced_routes', 'approved_routes', 'expires_at', 'ipv4', 'ipv6'])
+      .where('tenant_id', '=', tenantId).where('approved_routes', '!=', '[]').execute();
+    const list = (s: string): string[] => {
+      try {
+        const v: unknown = JSON.parse(s);
+        return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+      } catch {
+        return [];
+      }
+    };
+    const nodes: AclNode[] = routers
+      .filter((n) => n.expires_at === null || n.expires_at > now)
+      .map((n) => ({
+        id: n.id, name: n.name, user: null, tags: [], ipv4: n.ipv4, ipv6: n.ipv6,
+        announced_routes: list(n.announced_routes), approved_routes: list(n.approved_routes),
+        online: n.online === 1 && n.unseen !== 1,
+      }));
+    const prevRows = await trx.selectFrom('primaries').select(['prefix', 'node_id']).where('tenant_id', '=', tenantId).execute();
+    const prev = new Map(prevRows.map((r) => [r.prefix, r.node_id]));
+    const next = electWithPrevious(nodes, prev);
+    for (const [prefix, nodeId] of prev) {
+      if (next.get(prefix) === nodeId) continue;
+      await trx.deleteFrom('primaries').where('tenant_id', '=', tenantId).where('prefix', '=', prefix).execute();
+    }
+    for (const [prefix, nodeId] of next) {
+      if (prev.get(prefix) === nodeId) continue;
+      await trx.insertInto('primaries').values({ tenant_id: tenantId, prefix, node_id: nodeId, elected_at: now }).execute();
+    }
   }
 
   constructor(readonly handle: DbHandle) {
@@ -249,6 +343,7 @@ export class Store {
         .executeTakeFirst();
       if (!g) throw notFound('tenant');
       const result = await fn(new TenantTx(trx, tenantId, actor, g.generation));
+      await this.reelect(trx, tenantId);
       await this.announce(trx, tenantId, g.generation);
       return { result, generation: g.generation };
     });
@@ -312,9 +407,10 @@ export class Store {
   /** Deletes the tenant and every row it owns (cascade). Its audit chain goes with it. */
   async deleteTenant(id: number): Promise<boolean> {
     const ok = await this.db.transaction().execute(async (trx) => {
-      for (const t of ['audit', 'policies', 'nodes', 'auth_keys', 'users', 'api_keys'] as const) {
+      for (const t of ['audit', 'policies', 'relay_links', 'primaries', 'nodes', 'auth_keys', 'users', 'api_keys'] as const) {
         await trx.deleteFrom(t).where('tenant_id', '=', id).execute();
       }
+      await trx.deleteFrom('relays').where('tenant_id', '=', id).execute(); // its dedicated relays
       const r = await trx.deleteFrom('tenants').where('id', '=', id).executeTakeFirst();
       const deleted = Number(r.numDeletedRows) > 0;
       if (deleted) await this.announce(trx, id, -1);
@@ -322,6 +418,33 @@ export class Store {
     });
     if (ok) this.onCommit?.(id, -1);
     return ok;
+  }
+
+  // ---- relays (operator scope) ------------------------------------------------------
+  listRelays(): Promise<RelayRow[]> {
+    return this.db.selectFrom('relays').selectAll().orderBy('id').execute();
+  }
+  getRelay(id: number): Promise<RelayRow | undefined> {
+    return this.db.selectFrom('relays').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+  getRelayByName(name: string): Promise<RelayRow | undefined> {
+    return this.db.selectFrom('relays').selectAll().where('name', '=', name).executeTakeFirst();
+  }
+  /** Relays whose links a tenant's nodes get: shared ones and the tenant's own. */
+  relaysServing(tenantId: number): Promise<RelayRow[]> {
+    return this.db.selectFrom('relays').selectAll()
+      .where((eb) => eb.or([eb('tenant_id', 'is', null), eb('tenant_id', '=', tenantId)]))
+      .orderBy('id').execute();
+  }
+  async insertRelay(v: Omit<Insertable<Database['relays']>, 'id'>): Promise<RelayRow> {
+    return this.db.insertInto('relays').values(v).returningAll().executeTakeFirstOrThrow() as Promise<RelayRow>;
+  }
+  async deleteRelay(id: number): Promise<boolean> {
+    const r = await this.db.deleteFrom('relays').where('id', '=', id).executeTakeFirst();
+    return Number(r.numDeletedRows) > 0;
+  }
+  findRelayByToken(prefix: string): Promise<RelayRow | undefined> {
+    return this.db.selectFrom('relays').selectAll().where('token_prefix', '=', prefix).executeTakeFirst();
   }
 
   // ---- credential lookups (by the public prefix, before the tenant is known) ----
@@ -355,6 +478,7 @@ export class Store {
         .executeTakeFirst();
       if (!g) return null;
       await trx.updateTable('nodes').set({ online: online ? 1 : 0, last_seen: nowIso() }).where('tenant_id', '=', tenantId).where('id', '=', nodeId).execute();
+      await this.reelect(trx, tenantId);
       await this.announce(trx, tenantId, g.generation);
       return g.generation;
     });
@@ -376,15 +500,70 @@ export class Store {
         await trx.updateTable('nodes').set({ online: 0, last_seen: nowIso() })
           .where('tenant_id', '=', tenantId).where('id', 'in', nodeIds.slice(i, i + 500)).execute();
       }
+      await this.reelect(trx, tenantId);
       await this.announce(trx, tenantId, g.generation);
       return g.generation;
     });
     if (gen !== null) this.onCommit?.(tenantId, gen);
   }
 
+  /** A relay's links by their link ids (the relay is authenticated; links of every tenant it serves). */
+  linksOfRelayByLinkIds(relayId: number, linkIds: number[]): Promise<RelayLinkRow[]> {
+    if (linkIds.length === 0) return Promise.resolve([]);
+    return this.db.selectFrom('relay_links').selectAll().where('relay_id', '=', relayId).where('link_id', 'in', linkIds).execute();
+  }
+
+  /**
+   * Records one relay's health reports for one tenant's links, then re-derives
+   * `unseen` for the nodes concerned: a node is unseen when every link of it
+   * that a relay has reported on was last seen more than `staleMs` ago. Only a
+   * change of `unseen` bumps the generation (and re-elects primaries).
+   * Returns the nodes whose state changed.
+   */
+  async applyRelayHealth(
+    tenantId: number,
+    reports: { linkRowId: number; nodeId: number; lastSeenAt: string; rtt: number | null }[],
+    staleMs: number,
+  ): Promise<{ nodeId: number; unseen: boolean }[]> {
+    const out = await this.db.transaction().execute(async (trx) => {
+      // Serialise with the tenant's other writers (PostgreSQL row lock; SQLite
+      // transactions are serial) without bumping the generation for reports that change nothing.
+      if (this.backend === 'postgres') await trx.selectFrom('tenants').select('id').where('id', '=', tenantId).forUpdate().execute();
+      for (const r of reports) {
+        await trx.updateTable('relay_links').set({ last_seen_at: r.lastSeenAt, rtt_ms: r.rtt })
+          .where('tenant_id', '=', tenantId).where('id', '=', r.linkRowId).execute();
+      }
+      const nodeIds = [...new Set(reports.map((r) => r.nodeId))];
+      const links = await trx.selectFrom('relay_links').select(['node_id', 'last_seen_at'])
+        .where('tenant_id', '=', tenantId).where('node_id', 'in', nodeIds).execute();
+      const nodes = await trx.selectFrom('nodes').select(['id', 'unseen'])
+        .where('tenant_id', '=', tenantId).where('id', 'in', nodeIds).execute();
+      const cutoff = new Date(Date.now() - staleMs).toISOString();
+      const changes: { nodeId: number; unseen: boolean }[] = [];
+      for (const n of nodes) {
+        const seen = links.filter((l) => l.node_id === n.id && l.last_seen_at !== null);
+        const unseen = seen.length > 0 && seen.every((l) => (l.last_seen_at as string) <= cutoff);
+        if ((n.unseen === 1) !== unseen) changes.push({ nodeId: n.id, unseen });
+      }
+      if (changes.length === 0) return { changes, gen: null as number | null };
+      const g = await trx.updateTable('tenants').set((eb) => ({ generation: eb('generation', '+', 1) }))
+        .where('id', '=', tenantId).returning('generation').executeTakeFirst();
+      if (!g) return { changes: [], gen: null };
+      for (const c of changes) {
+        await trx.updateTable('nodes').set({ unseen: c.unseen ? 1 : 0 }).where('tenant_id', '=', tenantId).where('id', '=', c.nodeId).execute();
+      }
+      await this.reelect(trx, tenantId);
+      await this.announce(trx, tenantId, g.generation);
+      return { changes, gen: g.generation };
+    });
+    if (out.gen !== null) this.onCommit?.(tenantId, out.gen);
+    return out.changes;
+  }
+
   /** Marks every node offline (on startup of a single-replica SQLite server). */
   async resetOnline(): Promise<void> {
     await this.db.updateTable('nodes').set({ online: 0 }).where('online', '=', 1).execute();
+    await this.db.deleteFrom('primaries').execute(); // nobody online: nobody primary
   }
 
   close(): Promise<void> {

@@ -83,6 +83,8 @@ export interface NodesTable {
   /** JSON object: everything else the node reported */
   hostinfo: string;
   online: number;
+  /** 1 while the node's relays report it unseen (> 3 s): offline though its stream is open. */
+  unseen: Generated<number>;
   last_seen: string | null;
   ephemeral: number;
   auth_key_id: number | null;
@@ -117,6 +119,52 @@ export interface AuditTable {
   hash: string;
 }
 
+/** A relay (a larktund hub). tenant_id null: shared by every tenant. */
+export interface RelaysTable {
+  id: Generated<number>;
+  name: string;
+  /** JSON string[] of host:port (public UDP endpoints) */
+  endpoints: string;
+  tenant_id: number | null;
+  /** The relay's own id on each of its links (never a node's link id). */
+  self_id: number;
+  token_prefix: string;
+  token_hash: string;
+  /** Bumped by every change to the relay or its links. */
+  generation: number;
+  created_at: string;
+  updated_at: string;
+}
+
+/** One (node, relay) link: a relay-local link id and its pre-shared key. */
+export interface RelayLinksTable {
+  id: Generated<number>;
+  tenant_id: number;
+  relay_id: number;
+  node_id: number;
+  /** 1..65535, unique per relay (the node's key_id on the link). */
+  link_id: number;
+  /** 32 bytes, hex */
+  psk: string;
+  /** The key before the last rotation, valid until prev_psk_until. */
+  prev_psk: string | null;
+  prev_psk_until: string | null;
+  rotated_at: string;
+  created_at: string;
+  /** When the relay last saw the node on this link (from its health reports). */
+  last_seen_at: string | null;
+  rtt_ms: number | null;
+}
+
+/** The current HA primary of each routed prefix of a tenant (shared by every replica). */
+export interface PrimariesTable {
+  id: Generated<number>;
+  tenant_id: number;
+  prefix: string;
+  node_id: number;
+  elected_at: string;
+}
+
 export interface Database {
   tenants: TenantsTable;
   operator_keys: OperatorKeysTable;
@@ -126,10 +174,13 @@ export interface Database {
   nodes: NodesTable;
   policies: PoliciesTable;
   audit: AuditTable;
+  relays: RelaysTable;
+  relay_links: RelayLinksTable;
+  primaries: PrimariesTable;
 }
 
 /** Tables whose rows belong to a tenant (everything but tenants and operator keys). */
-export type TenantTable = 'api_keys' | 'users' | 'auth_keys' | 'nodes' | 'policies' | 'audit';
+export type TenantTable = 'api_keys' | 'users' | 'auth_keys' | 'nodes' | 'policies' | 'audit' | 'relay_links' | 'primaries';
 
 export type TenantRow = Selectable<TenantsTable>;
 export type ApiKeyRow = Selectable<ApiKeysTable>;
@@ -140,3 +191,5 @@ export type PolicyRow = Selectable<PoliciesTable>;
 export type AuditRow = Selectable<AuditTable>;
 export type NewNode = Insertable<NodesTable>;
 export type NodeUpdate = Updateable<NodesTable>;
+export type RelayRow = Selectable<RelaysTable>;
+export type RelayLinkRow = Selectable<RelayLinksTable>;

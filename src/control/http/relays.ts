@@ -1,0 +1,325 @@
+// Relays: the Admin API's relay registry (/api/v1/relays, link rotation) and
+// the relay protocol (/relay/v1: the relay's view as JSON and as an SSE stream).
+// The operator key manages every relay; a tenant key sees only the relays
+// dedicated to its tenant — any other relay id answers exactly like a missing one.
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify';
+import type { Store } from '../store/repo.js';
+import { nowIso } from '../store/repo.js';
+import type { RelayRow } from '../store/schema.js';
+import { badRequest, conflict, forbidden, notFound, unauthorized } from '../errors.js';
+import { newSecret, parseSecret, secretMatches } from '../secrets.js';
+import { authenticate, bearer, resolveTenant, type Principal } from './auth.js';
+import { parseHostPort } from '../../net/addr.js';
+import { buildRelayView, ensureLinks, RELAY_SELF_ID, relayView, rotateLinks, tenantsOfRelay, type BuiltRelayView } from '../relays.js';
+import type { RelayHub, RelayStream } from '../relay-hub.js';
+import type { RouteDoc } from './openapi.js';
+import type { ControlMetrics } from '../metrics.js';
+
+export interface RelayDeps {
+  store: Store;
+  metrics?: ControlMetrics;
+  /** A node whose relays have not seen it for longer than this is offline (ms, default 3000). */
+  unseenMs?: number;
+  relayHub: RelayHub;
+  /** How long a replaced link key stays valid (ms). */
+  graceMs: number;
+  keepaliveMs?: number;
+  openStreams: Set<() => void>;
+}
+
+type S = FastifySchema & RouteDoc;
+const doc = (summary: string, auth = 'operator'): S => ({ tags: ['relays'], summary, 'x-auth': auth });
+const NAME = { type: 'string', pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$' } as const;
+const idParams = { type: 'object', required: ['id'], properties: { id: { type: 'integer', minimum: 1 } }, additionalProperties: false } as const;
+const nodeParams = {
+  type: 'object', required: ['tenant', 'id'], additionalProperties: false,
+  properties: { tenant: NAME, id: { type: 'integer', minimum: 1 } },
+} as const;
+
+function endpointsCheck(list: string[]): string[] {
+  const bad = list.filter((e) => parseHostPort(e) === null);
+  if (bad.length) throw badRequest(`endpoint "${bad[0]}" is not host:port`, { endpoints: bad });
+  return list;
+}
+
+export function registerRelayAdminRoutes(app: FastifyInstance, deps: RelayDeps): void {
+  const { store, relayHub } = deps;
+
+  const tenantName = async (r: RelayRow): Promise<string | null> =>
+    r.tenant_id === null ? null : ((await store.getTenant(r.tenant_id))?.name ?? null);
+
+  /** The relay if this principal may see it; 404 otherwise (never a hint). */
+  const relayFor = async (p: Principal, id: number, write: boolean): Promise<RelayRow> => {
+    const r = await store.getRelay(id);
+    if (!r) throw notFound('relay');
+    if (p.kind === 'apikey') {
+      if (r.tenant_id !== p.tenantId) throw notFound('relay');
+      if (write && p.role !== 'admin') throw forbidden(`the ${p.role} role may not do this (needs admin)`);
+    }
+    return r;
+  };
+
+  app.post<{ Body: { name: string; endpoints: string[]; tenant?: string } }>(
+    '/relays',
+    {
+      schema: {
+        ...doc('Register a relay (its token is shown once); with "tenant" it serves that tenant only, else every tenant'),
+        body: {
+          type: 'object', additionalProperties: false, required: ['name', 'endpoints'],
+          properties: {
+            name: NAME,
+            endpoints: { type: 'array', items: { type: 'string', maxLength: 300 }, minItems: 1, maxItems: 16, description: 'public UDP endpoints, host:port' },
+            tenant: { ...NAME, description: 'tenant served by a dedicated relay' },
+          },
+        },
+      },
+    },
+    async (req, reply) => {
+      const p = await authenticate(store, req);
+      if (p.kind !== 'operator') throw forbidden('this endpoint needs the operator key');
+      const b = req.body;
+      const endpoints = endpointsCheck(b.endpoints);
+      let tenantId: number | null = null;
+      if (b.tenant !== undefined) {
+        const t = await store.getTenantByName(b.tenant);
+        if (!t) throw badRequest(`tenant "${b.tenant}" does not exist`);
+        tenantId = t.id;
+      }
+      if (await store.getRelayByName(b.name)) throw conflict(`relay "${b.name}" already exists`);
+      const s = newSecret('lkrelay');
+      const now = nowIso();
+      const row = await store.insertRelay({
+        name: b.name, endpoints: JSON.stringify(endpoints), tenant_id: tenantId, self_id: RELAY_SELF_ID,
+        token_prefix: s.prefix, token_hash: s.hash, generation: 1, created_at: now, updated_at: now,
+      });
+      const view = relayView(row, b.tenant ?? null);
+      // Each served tenant gets its links and an audit entry in one transaction.
+      for (const t of await tenantsOfRelay(store, row)) {
+        await store.write(t.id, p.actor, async (tx) => {
+          const n = await ensureLinks(tx, [row]);
+          await tx.audit('relay.create', 'relay', row.id, null, { ...view, links: n });
+        }).catch(() => undefined); // tenant deleted meanwhile
+      }
+      return reply.code(201).send({ ...view, token: s.secret });
+    },
+  );
+
+  app.get('/relays', { schema: doc('List relays (a tenant key: its dedicated relays)', 'apikey') }, async (req) => {
+    const p = await authenticate(store, req);
+    const all = await store.listRelays();
+    const mine = p.kind === 'operator' ? all : all.filter((r) => r.tenant_id === p.tenantId);
+    const out = [];
+    for (const r of mine) out.push(relayView(r, await tenantName(r)));
+    return { relays: out };
+  });
+
+  app.get<{ Params: { id: number } }>('/relays/:id', { schema: { ...doc('Get a relay', 'apikey'), params: idParams } }, async (req) => {
+    const p = await authenticate(store, req);
+    const r = await relayFor(p, req.params.id, false);
+    return relayView(r, await tenantName(r));
+  });
+
+  app.delete<{ Params: { id: number } }>('/relays/:id', { schema: { ...doc('Delete a relay and its links', 'apikey'), params: idParams } }, async (req) => {
+    const p = await authenticate(store, req);
+    const r = await relayFor(p, req.params.id, true);
+    const view = relayView(r, await tenantName(r));
+    if (r.tenant_id !== null) {
+      // dedicated: one transaction removes links, relay and writes the audit entry
+      await store.write(r.tenant_id, p.actor, async (tx) => {
+        await tx.lockRelay(r.id);
+        const n = await tx.deleteLinksOfRelay(r.id);
+        await tx.deleteRelayRow(r.id);
+        await tx.audit('relay.delete', 'relay', r.id, { ...view, links: n }, null);
+      });
+    } else {
+      for (const t of await tenantsOfRelay(store, r)) {
+        await store.write(t.id, p.actor, async (tx) => {
+          if (!(await tx.lockRelay(r.id))) return;
+          const n = await tx.deleteLinksOfRelay(r.id);
+          await tx.audit('relay.delete', 'relay', r.id, { ...view, links: n }, null);
+        }).catch(() => undefined);
+      }
+      await store.deleteRelay(r.id);
+    }
+    relayHub.relayChanged(r.id);
+    return { deleted: true };
+  });
+
+  app.post<{ Params: { id: number } }>('/relays/:id/rotate', { schema: { ...doc('Rotate the keys of every link of a relay (old keys stay valid for the grace period)', 'apikey'), params: idParams } }, async (req) => {
+    const p = await authenticate(store, req);
+    const r = await relayFor(p, req.params.id, true);
+    let total = 0;
+    for (const t of await tenantsOfRelay(store, r)) {
+      await store.write(t.id, p.actor, async (tx) => {
+        const n = await rotateLinks(tx, await tx.linksOfRelay(r.id), deps.graceMs);
+        total += n;
+        await tx.audit('relay.rotate', 'relay', r.id, null, { links: n });
+      }).catch(() => undefined);
+    }
+    return { rotated: total, grace_seconds: Math.round(deps.graceMs / 1000) };
+  });
+
+  app.get<{ Params: { tenant: string; id: number } }>(
+    '/tenants/:tenant/nodes/:id/links',
+    { schema: { ...doc('A node\'s relay links (ids and rotation times; keys are never listed)', 'apikey'), params: nodeParams } },
+    async (req) => {
+      const p = await authenticate(store, req);
+      const t = await resolveTenant(store, p, req.params.tenant, 'read');
+      const repo = store.tenant(t.id);
+      if (!(await repo.getNode(req.params.id))) throw notFound('node');
+      const relays = new Map((await repo.relaysServing()).map((r) => [r.id, r]));
+      const links = await repo.linksOfNode(req.params.id);
+      return {
+        links: links.map((l) => ({
+          relay: l.relay_id, relay_name: relays.get(l.relay_id)?.name ?? null, link_id: l.link_id,
+          relay_link_id: relays.get(l.relay_id)?.self_id ?? null, rotated_at: l.rotated_at, created_at: l.created_at,
+        })),
+      };
+    },
+  );
+
+  app.post<{ Params: { tenant: string; id: number } }>(
+    '/tenants/:tenant/nodes/:id/links/rotate',
+    { schema: { ...doc('Rotate the keys of a node\'s relay links', 'apikey'), params: nodeParams } },
+    async (req) => {
+      const p = await authenticate(store, req);
+      const t = await resolveTenant(store, p, req.params.tenant, 'nodes');
+      const { result } = await store.write(t.id, p.actor, async (tx) => {
+        const n = await tx.getNode(req.params.id);
+        if (!n) throw notFound('node');
+        const c = await rotateLinks(tx, await tx.linksOfNode(n.id), deps.graceMs);
+        await tx.audit('node.links.rotate', 'node', n.id, null, { links: c });
+        return c;
+      });
+      return { rotated: result, grace_seconds: Math.round(deps.graceMs / 1000) };
+    },
+  );
+}
+
+export async function authenticateRelay(store: Store, req: FastifyRequest): Promise<RelayRow> {
+  const token = bearer(req);
+  const parsed = token ? parseSecret(token) : null;
+  if (!token || parsed?.kind !== 'lkrelay') throw unauthorized('missing or invalid relay token');
+  const r = await store.findRelayByToken(parsed.prefix);
+  if (!r || !secretMatches(token, r.token_hash)) throw unauthorized('missing or invalid relay token');
+  return r;
+}
+
+export function registerRelayProtocolRoutes(app: FastifyInstance, deps: RelayDeps): void {
+  const { store, relayHub } = deps;
+  const rdoc = (summary: string): S => ({ tags: ['relay'], summary, 'x-auth': 'relay' });
+
+  app.get('/map', { schema: rdoc('The relay\'s view: per tenant its links and global packet filter (one shot)') }, async (req, reply) => {
+    const r = await authenticateRelay(store, req);
+    const v = await buildRelayView(store, r.id);
+    if (!v) throw unauthorized('missing or invalid relay token');
+    return reply.type('application/json; charset=utf-8').send(v.json);
+  });
+
+  app.post<{ Body: { links: { link_id: number; last_seen_ms_ago: number | null; rtt_ms?: number }[] } }>(
+    '/health',
+    {
+      schema: {
+        ...rdoc('Health report: when the relay last saw each link\'s node. A node unseen for more than 3 s by every relay that reports on it is offline (primaries fail over)'),
+        body: {
+          type: 'object', additionalProperties: false, required: ['links'],
+          properties: {
+            links: {
+              type: 'array', maxItems: 65535,
+              items: {
+                type: 'object', additionalProperties: false, required: ['link_id', 'last_seen_ms_ago'],
+                properties: {
+                  link_id: { type: 'integer', minimum: 1, maximum: 65535 },
+                  last_seen_ms_ago: { type: ['integer', 'null'], minimum: 0, description: 'null: never seen' },
+                  rtt_ms: { type: 'number', minimum: 0 },
+                },
+              },
+            },
+          },
+        },
+      },
+    },
+    async (req) => {
+      const r = await authenticateRelay(store, req);
+      const now = Date.now();
+      const reported = new Map(req.body.links.map((l) => [l.link_id, l]));
+      const rows = await store.linksOfRelayByLinkIds(r.id, [...reported.keys()]);
+      const byTenant = new Map<number, { linkRowId: number; nodeId: number; lastSeenAt: string; rtt: number | null }[]>();
+      for (const row of rows) {
+        const rep = reported.get(row.link_id);
+        if (!rep) continue;
+        const at = rep.last_seen_ms_ago === null ? new Date(0) : new Date(now - rep.last_seen_ms_ago);
+        const list = byTenant.get(row.tenant_id) ?? [];
+        list.push({ linkRowId: row.id, nodeId: row.node_id, lastSeenAt: at.toISOString(), rtt: rep.rtt_ms === undefined ? null : Math.round(rep.rtt_ms) });
+        byTenant.set(row.tenant_id, list);
+      }
+      let offline = 0;
+      let online = 0;
+      for (const [tenantId, reports] of byTenant) {
+        const changes = await store.applyRelayHealth(tenantId, reports, deps.unseenMs ?? 3000);
+        for (const c of changes) {
+          if (c.unseen) offline++;
+          else online++;
+        }
+      }
+      if (offline) deps.metrics?.liveness.inc({ event: 'relay_unseen' }, offline);
+      if (online) deps.metrics?.liveness.inc({ event: 'relay_seen_again' }, online);
+      const known = new Set(rows.map((x) => x.link_id));
+      return { accepted: known.size, unknown_links: [...reported.keys()].filter((id) => !known.has(id)), marked_offline: offline, marked_online: online };
+    },
+  );
+
+  app.get<{ Querystring: { since?: string } }>(
+    '/stream',
+    {
+      schema: {
+        ...rdoc('Server-Sent Events stream of the relay\'s view (event "map"; "unchanged" on a resume with Last-Event-ID; "end")'),
+        querystring: { type: 'object', additionalProperties: false, properties: { since: { type: 'string', maxLength: 100 } } },
+      },
+    },
+    async (req, reply) => {
+      const r = await authenticateRelay(store, req);
+      const last = (req.headers['last-event-id'] as string | undefined) ?? req.query.since ?? null;
+      openRelayStream(deps, reply, r, last, relayHub);
+    },
+  );
+}
+
+function openRelayStream(deps: RelayDeps, reply: FastifyReply, r: RelayRow, lastHash: string | null, hub: RelayHub): void {
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache, no-transform', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+  res.write(': larktun relay stream\n\n');
+  let closed = false;
+  const write = (chunk: string) => {
+    if (!closed) res.write(chunk);
+  };
+  const stream: RelayStream = {
+    relayId: r.id,
+    lastHash,
+    first: true,
+    send(v: BuiltRelayView) {
+      write(`id: ${v.hash}\nevent: map\ndata: ${v.json}\n\n`);
+    },
+    unchanged(v: BuiltRelayView) {
+      write(`id: ${v.hash}\nevent: unchanged\ndata: ${JSON.stringify({ hash: v.hash })}\n\n`);
+    },
+    end(reason: string) {
+      write(`event: end\ndata: ${JSON.stringify({ reason })}\n\n`);
+      finish();
+    },
+  };
+  const keepalive = setInterval(() => write(': keepalive\n\n'), deps.keepaliveMs ?? 15000);
+  keepalive.unref();
+  const finish = () => {
+    if (closed) return;
+    closed = true;
+    clearInterval(keepalive);
+    deps.openStreams.delete(finish);
+    res.end();
+    hub.detach(stream);
+  };
+  deps.openStreams.add(finish);
+  res.on('close', finish);
+  hub.attach(stream);
+}
