@@ -2,20 +2,13 @@
 // its own fields and the previous entry's hash, so editing, inserting or removing
 // a row breaks verification from that point on.
 import { createHash } from 'node:crypto';
+import type { Selectable } from 'kysely';
+import type { AuditTable } from './store/schema.js';
 
 export const GENESIS_HASH = '0'.repeat(64);
 
-export interface AuditFields {
-  tenant_id: number;
-  seq: number;
-  ts: string;
-  actor: string;
-  action: string;
-  object_type: string;
-  object_id: string;
-  before: string | null;
-  after: string | null;
-}
+/** The hashed part of an audit row: everything but its id and the chain links. */
+export type AuditFields = Omit<Selectable<AuditTable>, 'id' | 'prev_hash' | 'hash'>;
 
 /** JSON with object keys sorted, so equal values always hash alike. */
 export function canonicalJson(value: unknown): string {
