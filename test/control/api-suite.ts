@@ -3,14 +3,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
-import { Client, SseReader, cleanup, nodeKey, sleep, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
-
-export interface Backend {
-  name: string;
-  /** Returns the --db value, or a skip reason string prefixed with "skip:". */
-  setup(): Promise<string>;
-  teardown(): Promise<void>;
-}
+import { Client, SseReader, cleanup, nodeKey, sleep, spawnServer, tempDir, type Backend, type Json, type ServerProc } from './harness.js';
 
 export function assertError(r: { status: number; body: Json; text: string }, status: number, code?: string): void {
   assert.equal(r.status, status, `expected ${status}, got ${r.status}: ${r.text}`);

@@ -3,7 +3,7 @@
 // missing object gets — never A's data, never a hint that it exists.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, cleanup, freshPgSchema, nodeKey, pgUnavailable, spawnServer, tempDir, type Json, type PgSchema, type ServerProc } from './harness.js';
+import { Client, backends, cleanup, nodeKey, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
 
 function isolationSuite(name: string, setup: () => Promise<string>, teardown: () => Promise<void>): void {
   describe(`cross-tenant isolation on ${name}`, () => {
@@ -163,17 +163,4 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
   });
 }
 
-isolationSuite('SQLite', async () => 'sqlite', async () => {});
-let schema: PgSchema | null = null;
-isolationSuite(
-  'PostgreSQL',
-  async () => {
-    const why = await pgUnavailable();
-    if (why) return `skip:${why}`;
-    schema = await freshPgSchema();
-    return schema.url;
-  },
-  async () => {
-    await schema?.drop();
-  },
-);
+for (const b of backends()) isolationSuite(b.name, b.setup, b.teardown);

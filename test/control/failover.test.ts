@@ -4,7 +4,7 @@
 // (anti-flap). Measured: report → every client map updated.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, SseReader, cleanup, freshPgSchema, nodeKey, pgUnavailable, sleep, spawnServer, tempDir, type Json, type PgSchema, type ServerProc } from './harness.js';
+import { Client, backends, SseReader, cleanup, nodeKey, sleep, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
 
 const ROUTE = '10.60.0.0/16';
 const viaPeer = (m: Json): number | null => m.peers.find((p: Json) => p.allowed_ips.includes(ROUTE))?.id ?? null;
@@ -135,13 +135,4 @@ function failoverSuite(name: string, setup: () => Promise<string>, teardown: () 
   });
 }
 
-failoverSuite('SQLite', async () => 'sqlite', async () => {});
-let schema: PgSchema | null = null;
-failoverSuite('PostgreSQL', async () => {
-  const why = await pgUnavailable();
-  if (why) return `skip:${why}`;
-  schema = await freshPgSchema();
-  return schema.url;
-}, async () => {
-  await schema?.drop();
-});
+for (const b of backends()) failoverSuite(b.name, b.setup, b.teardown);

@@ -57,6 +57,33 @@ export async function freshPgSchema(): Promise<PgSchema> {
   };
 }
 
+export interface Backend {
+  name: string;
+  /** Returns the --db value, or a skip reason string prefixed with "skip:". */
+  setup(): Promise<string>;
+  teardown(): Promise<void>;
+}
+
+/** The two stores a suite runs on: SQLite, and a fresh PostgreSQL schema (skipped with the reason when PostgreSQL is down). */
+export function backends(): Backend[] {
+  let schema: PgSchema | null = null;
+  return [
+    { name: 'SQLite', setup: async () => 'sqlite', teardown: async () => {} },
+    {
+      name: 'PostgreSQL',
+      async setup() {
+        const why = await pgUnavailable();
+        if (why) return `skip:${why}`;
+        schema = await freshPgSchema();
+        return schema.url;
+      },
+      async teardown() {
+        await schema?.drop();
+      },
+    },
+  ];
+}
+
 export function tempDir(prefix = 'larktun-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }

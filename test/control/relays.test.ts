@@ -3,7 +3,7 @@
 // isolation (a dedicated relay sees only its tenant; other tenants' keys get 404).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, SseReader, cleanup, freshPgSchema, nodeKey, pgUnavailable, sleep, spawnServer, tempDir, type Json, type PgSchema, type ServerProc } from './harness.js';
+import { Client, backends, SseReader, cleanup, nodeKey, sleep, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
 
 const HEX64 = /^[0-9a-f]{64}$/;
 
@@ -232,42 +232,4 @@ function relaySuite(name: string, setup: () => Promise<string>, teardown: () => 
   });
 }
 
-relaySuite('SQLite', async () => 'sqlite', async () => {});
-let schema: PgSchema | null = null;
-relaySuite('PostgreSQL', async () => {
-  const why = await pgUnavailable();
-  if (why) return `skip:${why}`;
-  schema = await freshPgSchema();
-  return schema.url;
-}, async () => {
-  await schema?.drop();
-});
-
-describe('periodic relay key rotation', () => {
-  it('rotates every link older than the interval', async () => {
-    const dir = tempDir();
-    const srv = await spawnServer({ dataDir: dir, db: 'sqlite', env: { LARKTUN_PSK_ROTATE_MS: '1500', LARKTUN_PSK_GRACE_MS: '5000' } });
-    try {
-      const op = new Client(srv.url, srv.operatorKey());
-      await op.post('/api/v1/tenants', { name: 'gamma' });
-      const g = op.as((await op.post('/api/v1/tenants/gamma/apikeys', { role: 'admin' })).body.key);
-      await g.post('/api/v1/tenants/gamma/users', { name: 'u' });
-      const ak = await g.post('/api/v1/tenants/gamma/authkeys', { user: 'u' });
-      const reg = await op.as(null).post('/node/v1/register', { auth_key: ak.body.key, node_key: nodeKey(), hostname: 'n1' });
-      const rel = await op.post('/api/v1/relays', { name: 'r', endpoints: ['192.0.2.1:18020'] });
-      const ns = await SseReader.open(`${srv.url}/node/v1/stream`, reg.body.token);
-      const m0 = await ns.waitMap((m) => m.relays.length === 1);
-      const t0 = Date.now();
-      await ns.waitMap((m) => m.relays[0].psk !== m0.relays[0].psk, 6000);
-      const took = Date.now() - t0;
-      assert.ok(took < 6000, `rotated after ${took} ms`);
-      ns.close();
-      const audit = await g.get('/api/v1/tenants/gamma/audit?action=relay.rotate.periodic');
-      assert.ok(audit.body.entries.length >= 1);
-      void rel;
-    } finally {
-      await srv.stop();
-      cleanup(dir);
-    }
-  });
-});
+for (const b of backends()) relaySuite(b.name, b.setup, b.teardown);
