@@ -22,6 +22,7 @@
 //    compared: virtual_subnet names one family only.
 import { readFileSync, statSync } from 'node:fs';
 import { parseTree, printParseErrorCode, type Node as JsonNode, type ParseError } from 'jsonc-parser';
+import type { FwdRule } from '../net/lpm.js';
 import {
   AddrError,
   familyBits,
@@ -111,12 +112,8 @@ export interface ConfigResult {
 }
 
 /** One entry of the derived forwarding table; target 0 is the local TUN. */
-export interface Rule {
-  src: Prefix;
-  dst: Prefix;
-  action: 'forward' | 'drop';
-  target: number;
-}
+/** A forwarding rule, as the data plane's table takes it. */
+export type Rule = FwdRule;
 
 export const TOP_LEVEL_KEYS = [
   'role',
@@ -898,12 +895,6 @@ export function deriveRules(cfg: Config): Rule[] {
     return out;
   }
   return [];
-}
-
-/** "src 0.0.0.0/0 dst 10.0.0.2/32 forward → 2" for logs and tests. */
-export function formatRule(r: Rule): string {
-  const target = r.target === 0 ? 'local' : `peer ${r.target}`;
-  return `src ${formatPrefix(r.src)} dst ${formatPrefix(r.dst)} ${r.action} ${target}`;
 }
 
 // ---------------------------------------------------------------------------

@@ -65,7 +65,6 @@ export class Peer {
   family: 4 | 6 = 4;
   sock: Sock | null = null;
   lastSeenMs = 0;
-  lastSeenWallMs = 0;
   rxPackets = 0;
   txPackets = 0;
 
@@ -117,7 +116,7 @@ export class Engine {
   private readonly byAddr = new Map<string, Peer[]>();
   private table: ForwardingTable;
   private readonly socks: Sock[] = [];
-  private tun: TunSink | null;
+  private readonly tun: TunSink | null;
   private readonly plain = Buffer.alloc(BUF_SIZE);
   private readonly sendRing: Buffer[] = [];
   private sendIdx = 0;
@@ -285,7 +284,6 @@ export class Engine {
 
   private touch(peer: Peer, addr: string, port: number, sock: Sock, now: number): void {
     peer.lastSeenMs = now;
-    peer.lastSeenWallMs = now;
     if (peer.addr !== addr || peer.port !== port || peer.sock !== sock) {
       if (peer.addr !== null) this.counters.endpoint_changes++;
       this.setEndpoint(peer, addr, port, sock.family, sock);
@@ -427,10 +425,6 @@ export class Engine {
 
   boundAddresses(): { family: 4 | 6; port: number }[] {
     return this.socks.map((s) => ({ family: s.family, port: s.s.address().port }));
-  }
-
-  setTun(tun: TunSink | null): void {
-    this.tun = tun;
   }
 
   async stop(): Promise<void> {

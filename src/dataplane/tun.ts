@@ -2,9 +2,8 @@
 // read by a worker thread doing blocking reads into a shared ring, written with
 // synchronous writes from the main thread (a TUN write never blocks for long).
 import { createRequire } from 'node:module';
-import { writeSync, closeSync } from 'node:fs';
+import { closeSync, existsSync, writeSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
-import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';

@@ -8,7 +8,6 @@ import {
   deriveRules,
   filePermissionProblems,
   formatProblem,
-  formatRule,
   loadConfig,
   parseConfigText,
   validateConfig,
@@ -18,6 +17,7 @@ import {
 } from '../../src/daemon/config.js';
 import { formatPlan, networkPlan } from '../../src/daemon/plan.js';
 import { formatIP, formatPrefix, parsePrefix } from '../../src/net/addr.js';
+import { formatRule } from '../../src/net/lpm.js';
 
 const FIX = fileURLToPath(new URL('./fixtures/', import.meta.url));
 const fixturePath = (name: string): string => join(FIX, name);
@@ -314,7 +314,7 @@ describe('checks: roles', () => {
   test('spoke: a default remote route is forwarded but not installed in the plan', () => {
     const r = check('spoke', (raw) => { raw.remote_routes = ['0.0.0.0/0']; peersOf(raw)[0]!.allowed_src = '0.0.0.0/0'; });
     expectProblem(r, '$.remote_routes[0]', 'installs no default route', 'warning');
-    assert.deepEqual(deriveRules(r.config!).map(formatRule).at(-1), 'src 0.0.0.0/0 dst 0.0.0.0/0 forward peer 1');
+    assert.deepEqual(deriveRules(r.config!).map(formatRule).at(-1), 'policy add --src 0.0.0.0/0 --dst 0.0.0.0/0 --action forward --target 1');
     assert.ok(!networkPlan(r.config!, 'lark0').some((a) => a.includes('0.0.0.0/0')));
   });
   test('hub: allowed_src must not be /0', () => {
