@@ -21,6 +21,7 @@ export const COUNTER_HELP = {
   drop_spoof: 'packets whose inner source is outside the peer allowed_src',
   drop_no_route: 'packets with no forwarding rule for their destination',
   drop_policy: 'packets matched by a drop rule',
+  drop_filter: 'packets the packet filter (ACL) did not admit',
   drop_no_reflect: 'packets that would be sent back to the peer they came from',
   drop_oversized: 'packets larger than the link can carry',
   drop_no_endpoint: 'packets for a peer whose address is not known yet',
@@ -50,6 +51,7 @@ export class Counters {
   drop_spoof = 0;
   drop_no_route = 0;
   drop_policy = 0;
+  drop_filter = 0;
   drop_no_reflect = 0;
   drop_oversized = 0;
   drop_no_endpoint = 0;

@@ -6,13 +6,16 @@
 // Hot path: no allocation per packet of our own. Scratch buffers are made once;
 // outgoing datagrams rotate through a ring so a buffer is never rewritten while
 // the kernel may still be sending it.
-import dgram from 'node:dgram';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import type { Prefix } from '../net/addr.js';
 import { ForwardingTable, PrefixMatcher, type FwdRule } from '../net/lpm.js';
 import { WireRx, WireTx, RxCode, HEADER_LEN, MAX_PLAINTEXT, OVERHEAD } from '../wire/index.js';
 import { Counters } from './counters.js';
+import type { FilterState } from './filter.js';
+import { BUF_SIZE, UdpPorts, type UdpSock } from './udp.js';
+
+export { BindError } from './udp.js';
 
 export const ONLINE_WINDOW_MS = 90_000;
 
@@ -22,6 +25,8 @@ export interface PeerSpec {
   endpoint: { host: string; port: number } | null;
   allowedSrc: Prefix[];
   psk: Buffer;
+  /** Our id on this link (default: the engine's localId). Managed nodes have one per relay. */
+  localId?: number;
 }
 
 export interface TunSink {
@@ -42,39 +47,51 @@ export interface EngineOptions {
   log?: (msg: string) => void;
 }
 
-export class BindError extends Error {
-  override name = 'BindError';
-}
-
-interface Sock {
-  s: dgram.Socket;
-  family: 4 | 6;
-  port: number;
-}
+/** How long a replaced link key still opens datagrams (the far end may not have switched yet). */
+export const PREVIOUS_KEY_GRACE_MS = 120_000;
 
 export class Peer {
   readonly id: number;
-  readonly name: string;
-  readonly configuredEndpoint: { host: string; port: number } | null;
-  readonly allowedSrc: PrefixMatcher;
-  readonly tx: WireTx;
-  readonly rx: WireRx;
+  name: string;
+  configuredEndpoint: { host: string; port: number } | null;
+  allowedSrc: PrefixMatcher;
+  localId: number;
+  tx: WireTx;
+  rx: WireRx;
+  /** The receive side of the key before the last change, until prevUntilMs. */
+  rxPrev: WireRx | null = null;
+  prevUntilMs = 0;
+  /** Hex of the current key (to tell a changed key from an unchanged one). */
+  pskHex: string;
   /** Current underlay address (resolved or learned). */
   addr: string | null = null;
   port = 0;
   family: 4 | 6 = 4;
-  sock: Sock | null = null;
+  sock: UdpSock | null = null;
   lastSeenMs = 0;
   rxPackets = 0;
   txPackets = 0;
 
-  constructor(spec: PeerSpec, localId: number, obfuscate: boolean) {
+  constructor(spec: PeerSpec, localId: number, private readonly obfuscate: boolean) {
     this.id = spec.id;
     this.name = spec.name;
     this.configuredEndpoint = spec.endpoint;
     this.allowedSrc = new PrefixMatcher(spec.allowedSrc);
-    this.tx = new WireTx({ psk: spec.psk, from: localId, to: spec.id, obfuscate });
-    this.rx = new WireRx({ psk: spec.psk, from: spec.id, to: localId, obfuscate });
+    this.localId = spec.localId ?? localId;
+    this.pskHex = spec.psk.toString('hex');
+    this.tx = new WireTx({ psk: spec.psk, from: this.localId, to: spec.id, obfuscate });
+    this.rx = new WireRx({ psk: spec.psk, from: spec.id, to: this.localId, obfuscate });
+  }
+
+  /** New key or local id: sends switch now; the old key still opens datagrams for a grace period. */
+  rekey(psk: Buffer, localId: number, now: number): void {
+    const sameId = localId === this.localId;
+    this.rxPrev = sameId ? this.rx : null;
+    this.prevUntilMs = sameId ? now + PREVIOUS_KEY_GRACE_MS : 0;
+    this.localId = localId;
+    this.pskHex = psk.toString('hex');
+    this.tx = new WireTx({ psk, from: localId, to: this.id, obfuscate: this.obfuscate });
+    this.rx = new WireRx({ psk, from: this.id, to: localId, obfuscate: this.obfuscate });
   }
 
   online(now: number): boolean {
@@ -87,25 +104,8 @@ export class Peer {
   }
 }
 
-/**
- * Outgoing datagrams rotate through this many buffers. send() normally hands the
- * bytes to the kernel at once (literalLookup + libuv's try-send); only when the
- * socket buffer is full does libuv queue the request and keep a reference, and
- * the ring keeps such a buffer untouched for SEND_RING further sends.
- */
-const SEND_RING = 4096;
-const BUF_SIZE = 2048;
-
-type LookupCallback = (err: NodeJS.ErrnoException | null, address: string, family: number) => void;
-
-function literalLookupImpl(address: string, family: unknown, callback: LookupCallback): void {
-  // Node 20's dgram asks with the socket's family as a number (4 for udp4,
-  // 6 for udp6); accept an options object too in case a later Node passes one.
-  const fam =
-    typeof family === 'number' ? family : ((family as { family?: number } | null)?.family ?? isIP(address));
-  callback(null, address, fam);
-}
-const literalLookup = literalLookupImpl as unknown as NonNullable<dgram.SocketOptions['lookup']>;
+/** Sees packets about to be written to the TUN; returns true when it consumed one. */
+export type TunInterceptor = (pkt: Buffer, len: number) => boolean;
 
 export class Engine {
   readonly counters = new Counters();
@@ -115,11 +115,13 @@ export class Engine {
   private readonly byId: (Peer | undefined)[] = new Array<Peer | undefined>(65536);
   private readonly byAddr = new Map<string, Peer[]>();
   private table: ForwardingTable;
-  private readonly socks: Sock[] = [];
+  private readonly udp: UdpPorts;
   private readonly tun: TunSink | null;
   private readonly plain = Buffer.alloc(BUF_SIZE);
-  private readonly sendRing: Buffer[] = [];
-  private sendIdx = 0;
+  /** The receiver that matched in findPeer (the current key or the previous one). */
+  private matched: WireRx | null = null;
+  private filter: FilterState | null = null;
+  private intercept: TunInterceptor | null = null;
   private keepaliveTimer: NodeJS.Timeout | null = null;
   private resolveTimer: NodeJS.Timeout | null = null;
   private readonly log: (msg: string) => void;
@@ -133,15 +135,21 @@ export class Engine {
     this.table = ForwardingTable.build(opts.rules);
     this.tun = opts.tun;
     this.log = opts.log ?? (() => {});
-    for (let i = 0; i < SEND_RING; i++) this.sendRing.push(Buffer.alloc(BUF_SIZE));
+    this.udp = new UdpPorts({
+      ports: opts.listenPorts,
+      ...(opts.bindHost4 !== undefined ? { bindHost4: opts.bindHost4 } : {}),
+      ...(opts.bindHost6 !== undefined ? { bindHost6: opts.bindHost6 } : {}),
+      onDatagram: (msg, addr, port, sock) => this.onDatagram(msg, addr, port, sock),
+      onSendError: () => {
+        this.counters.drop_send_error++;
+      },
+      log: this.log,
+    });
   }
 
   /** Binds every listen port (IPv4, and IPv6 when available), resolves endpoints, starts timers. */
   async start(): Promise<void> {
-    for (const port of this.opts.listenPorts) {
-      await this.bind(4, this.opts.bindHost4 ?? '0.0.0.0', port, true);
-      if (this.opts.bindHost6 !== null) await this.bind(6, this.opts.bindHost6 ?? '::', port, false);
-    }
+    await this.udp.start();
     await Promise.all(this.peers.map((p) => this.resolvePeer(p)));
     if (this.opts.keepaliveSecs > 0) {
       this.keepaliveTimer = setInterval(() => this.sendKeepalives(), this.opts.keepaliveSecs * 1000);
@@ -155,50 +163,10 @@ export class Engine {
         if (p.configuredEndpoint && isIP(p.configuredEndpoint.host) === 0 && !p.online(now)) {
           void this.resolvePeer(p);
         }
+        if (p.rxPrev !== null && now > p.prevUntilMs) p.rxPrev = null;
       }
     }, 30_000);
     this.resolveTimer.unref();
-  }
-
-  private bind(family: 4 | 6, host: string, port: number, required: boolean): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const s = dgram.createSocket({
-        type: family === 4 ? 'udp4' : 'udp6',
-        ipv6Only: family === 6,
-        recvBufferSize: 4 << 20,
-        sendBufferSize: 4 << 20,
-        // Peer addresses are always literal IPs here (names are resolved by
-        // resolvePeer), so skip dns.lookup and its deferral: the datagram is
-        // handed to the kernel synchronously inside send().
-        lookup: literalLookup,
-      });
-      const sock: Sock = { s, family, port };
-      const onError = (err: NodeJS.ErrnoException): void => {
-        s.close();
-        if (required) {
-          reject(new BindError(`cannot bind UDP ${family === 6 ? `[${host}]` : host}:${port}: ${err.code === 'EADDRINUSE' ? 'the port is already in use by another process' : err.message}`));
-        } else {
-          this.log(`IPv6 listener on port ${port} not available (${err.code ?? err.message}); continuing with IPv4 only`);
-          resolve();
-        }
-      };
-      s.once('error', onError);
-      s.bind(port, host, () => {
-        s.off('error', onError);
-        s.on('error', () => {
-          this.counters.drop_send_error++;
-        });
-        try {
-          s.setRecvBufferSize(4 << 20);
-          s.setSendBufferSize(4 << 20);
-        } catch {
-          /* best effort */
-        }
-        s.on('message', (msg, rinfo) => this.onDatagram(msg, rinfo.address, rinfo.port, sock));
-        this.socks.push(sock);
-        resolve();
-      });
-    });
   }
 
   private async resolvePeer(p: Peer): Promise<void> {
@@ -221,22 +189,25 @@ export class Engine {
     }
     // A learned endpoint (peer roamed and authenticated) wins over the configured one.
     if (p.lastSeenMs > 0 && p.online(Date.now())) return;
+    if (this.byId[p.id] !== p) return; // removed meanwhile
     this.setEndpoint(p, addr, ep.port, family, null);
   }
 
-  private setEndpoint(p: Peer, addr: string, port: number, family: 4 | 6, sock: Sock | null): void {
-    if (p.addr) {
-      const list = this.byAddr.get(p.addr);
-      if (list) {
-        const i = list.indexOf(p);
-        if (i >= 0) list.splice(i, 1);
-        if (list.length === 0) this.byAddr.delete(p.addr);
-      }
-    }
+  private unindex(p: Peer): void {
+    if (!p.addr) return;
+    const list = this.byAddr.get(p.addr);
+    if (!list) return;
+    const i = list.indexOf(p);
+    if (i >= 0) list.splice(i, 1);
+    if (list.length === 0) this.byAddr.delete(p.addr);
+  }
+
+  private setEndpoint(p: Peer, addr: string, port: number, family: 4 | 6, sock: UdpSock | null): void {
+    this.unindex(p);
     p.addr = addr;
     p.port = port;
     p.family = family;
-    p.sock = sock ?? this.socks.find((s) => s.family === family) ?? null;
+    p.sock = sock ?? this.udp.sockFor(family);
     const list = this.byAddr.get(addr);
     if (list) list.push(p);
     else this.byAddr.set(addr, [p]);
@@ -244,7 +215,7 @@ export class Engine {
 
   // ---- receive path -------------------------------------------------------
 
-  private onDatagram(msg: Buffer, addr: string, port: number, sock: Sock): void {
+  private onDatagram(msg: Buffer, addr: string, port: number, sock: UdpSock): void {
     const len = msg.length;
     if (len < OVERHEAD || len > OVERHEAD + MAX_PLAINTEXT) {
       this.counters.drop_malformed++;
@@ -255,8 +226,9 @@ export class Engine {
       this.counters.drop_unknown_peer++;
       return;
     }
-    // findPeer ran rx.matches(), which already unmasked the header.
-    const code = peer.rx.openMatched(msg, len, this.plain);
+    // findPeer ran matches(), which already unmasked the header.
+    const rx = this.matched!;
+    const code = rx.openMatched(msg, len, this.plain);
     if (code !== RxCode.Accept) {
       this.countRx(code);
       return;
@@ -266,12 +238,12 @@ export class Engine {
     c.udp_rx_bytes += len;
     peer.rxPackets++;
     const now = Date.now();
-    if (peer.rx.keepalive) {
+    if (rx.keepalive) {
       c.keepalive_rx++;
       this.touch(peer, addr, port, sock, now);
       return;
     }
-    const plen = peer.rx.plaintextLen;
+    const plen = rx.plaintextLen;
     const pkt = this.plain;
     if (!peer.allowedSrc.hasPacketSource(pkt, plen)) {
       if (plen < 1 || (pkt[0]! >> 4 !== 4 && pkt[0]! >> 4 !== 6)) c.drop_not_ip++;
@@ -282,7 +254,7 @@ export class Engine {
     this.route(pkt, plen, peer);
   }
 
-  private touch(peer: Peer, addr: string, port: number, sock: Sock, now: number): void {
+  private touch(peer: Peer, addr: string, port: number, sock: UdpSock, now: number): void {
     peer.lastSeenMs = now;
     if (peer.addr !== addr || peer.port !== port || peer.sock !== sock) {
       if (peer.addr !== null) this.counters.endpoint_changes++;
@@ -290,23 +262,37 @@ export class Engine {
     }
   }
 
+  /** Tries the current key, then (during its grace period) the previous one. */
+  private peerMatches(p: Peer, msg: Buffer, len: number): boolean {
+    if (p.rx.matches(msg, len)) {
+      this.matched = p.rx;
+      return true;
+    }
+    const prev = p.rxPrev;
+    if (prev !== null && prev.matches(msg, len)) {
+      this.matched = prev;
+      return true;
+    }
+    return false;
+  }
+
   private findPeer(msg: Buffer, len: number, addr: string, port: number): Peer | undefined {
     if (!this.obfuscate) {
       if (len < HEADER_LEN) return undefined;
       const p = this.byId[msg.readUInt16LE(2)];
-      return p !== undefined && p.rx.matches(msg, len) ? p : undefined;
+      return p !== undefined && this.peerMatches(p, msg, len) ? p : undefined;
     }
     // Obfuscated headers: try the peer(s) at this endpoint first, then everyone.
     const near = this.byAddr.get(addr);
     if (near !== undefined) {
       for (let i = 0; i < near.length; i++) {
         const p = near[i]!;
-        if (p.port === port && p.rx.matches(msg, len)) return p;
+        if (p.port === port && this.peerMatches(p, msg, len)) return p;
       }
     }
     const all = this.peers;
     for (let i = 0; i < all.length; i++) {
-      if (all[i]!.rx.matches(msg, len)) return all[i];
+      if (this.peerMatches(all[i]!, msg, len)) return all[i];
     }
     return undefined;
   }
@@ -353,6 +339,13 @@ export class Engine {
         c.drop_no_route++;
         return;
       }
+      const f = this.filter;
+      if (f !== null && !f.check(pkt, len, Date.now())) {
+        c.drop_filter++;
+        return;
+      }
+      const icpt = this.intercept;
+      if (icpt !== null && icpt(pkt, len)) return;
       if (this.tun.write(pkt, 0, len)) c.tun_tx_packets++;
       else c.drop_send_error++;
       return;
@@ -374,8 +367,17 @@ export class Engine {
   /** Entry for packets read from the TUN device. */
   readonly onTunPacket = (pkt: Buffer, len: number): void => {
     this.counters.tun_rx_packets++;
+    const f = this.filter;
+    if (f !== null) f.noteOutbound(pkt, len, Date.now());
     this.route(pkt, len, null);
   };
+
+  /** Sends a packet of our own into the overlay as if read from the TUN (e.g. a ping). */
+  inject(pkt: Buffer, len: number): void {
+    const f = this.filter;
+    if (f !== null) f.noteOutbound(pkt, len, Date.now());
+    this.route(pkt, len, null);
+  }
 
   private sendTo(peer: Peer, payload: Buffer, len: number, keepalive: boolean): boolean {
     const c = this.counters;
@@ -388,8 +390,7 @@ export class Engine {
       c.drop_no_endpoint++;
       return false;
     }
-    const out = this.sendRing[this.sendIdx]!;
-    this.sendIdx = (this.sendIdx + 1) % SEND_RING;
+    const out = this.udp.nextBuffer();
     const n = peer.tx.seal(payload, 0, len, out, keepalive);
     sock.s.send(out, 0, n, peer.port, peer.addr);
     c.udp_tx_packets++;
@@ -415,22 +416,73 @@ export class Engine {
     this.table = ForwardingTable.build(rules);
   }
 
+  /** Enforce a packet filter on packets delivered to the TUN (null: none). */
+  setFilter(f: FilterState | null): void {
+    this.filter = f;
+  }
+
+  setInterceptor(i: TunInterceptor | null): void {
+    this.intercept = i;
+  }
+
+  /**
+   * Makes the peer set equal to `specs`: unchanged peers keep their session,
+   * counters and learned endpoint; a changed key is taken at once for sends
+   * while the old one still opens datagrams for PREVIOUS_KEY_GRACE_MS; new
+   * peers are resolved; missing ones are removed.
+   */
+  setPeers(specs: PeerSpec[]): void {
+    const now = Date.now();
+    const keep = new Set(specs.map((s) => s.id));
+    for (let i = this.peers.length - 1; i >= 0; i--) {
+      const p = this.peers[i]!;
+      if (keep.has(p.id)) continue;
+      this.unindex(p);
+      this.byId[p.id] = undefined;
+      this.peers.splice(i, 1);
+    }
+    for (const s of specs) {
+      const p = this.byId[s.id];
+      if (p === undefined) {
+        const np = new Peer(s, this.localId, this.obfuscate);
+        this.peers.push(np);
+        this.byId[np.id] = np;
+        void this.resolvePeer(np);
+        continue;
+      }
+      const localId = s.localId ?? this.localId;
+      if (p.pskHex !== s.psk.toString('hex') || p.localId !== localId) p.rekey(s.psk, localId, now);
+      p.name = s.name;
+      p.allowedSrc = new PrefixMatcher(s.allowedSrc);
+      const ep = s.endpoint;
+      const moved = JSON.stringify(ep) !== JSON.stringify(p.configuredEndpoint);
+      p.configuredEndpoint = ep;
+      if (moved) {
+        p.lastSeenMs = 0; // the configured endpoint changed: use it, not what was learned
+        void this.resolvePeer(p);
+      }
+    }
+  }
+
   hasPeer(id: number): boolean {
     return this.byId[id] !== undefined;
   }
 
+  peer(id: number): Peer | undefined {
+    return this.byId[id];
+  }
+
   listenPorts(): number[] {
-    return [...new Set(this.socks.map((s) => s.port))];
+    return this.udp.ports();
   }
 
   boundAddresses(): { family: 4 | 6; port: number }[] {
-    return this.socks.map((s) => ({ family: s.family, port: s.s.address().port }));
+    return this.udp.boundAddresses();
   }
 
   async stop(): Promise<void> {
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
     if (this.resolveTimer) clearInterval(this.resolveTimer);
-    await Promise.all(this.socks.map((s) => new Promise<void>((r) => s.s.close(() => r()))));
-    this.socks.length = 0;
+    await this.udp.close();
   }
 }
