@@ -7,6 +7,7 @@ import { registerDaemonVerbs } from './daemon.js';
 import { registerDebugWire } from './debug-wire.js';
 import { registerServer } from './server.js';
 import { registerAdmin } from './admin.js';
+import { registerClientVerbs } from './client.js';
 
 export function buildProgram(): Command {
   const program = new Command('larktun')
@@ -15,6 +16,7 @@ export function buildProgram(): Command {
     .showHelpAfterError()
     .exitOverride();
   // register*(program) calls are added here, one line per verb family.
+  registerClientVerbs(program);
   registerDaemonVerbs(program);
   registerDebugWire(program);
   registerAcl(program);

@@ -1,0 +1,99 @@
+// The managed daemon's control socket. Same socket and framing as standalone
+// mode (one request line per connection, mode 0600), with JSON requests for the
+// client verbs: {"op":"up"|"set"|"down"|"logout"|"status"|"exit-nodes"|"ping", ...}
+// answered by one JSON line {"ok":true,"result":…} or {"ok":false,"error":{"code","message"}}.
+// The plain lines `status` and `status --json` work as in standalone mode.
+import net from 'node:net';
+import { chmodSync, existsSync, mkdirSync, unlinkSync } from 'node:fs';
+import path from 'node:path';
+import { ClientError, managedStatusText, type ManagedNode } from './managed.js';
+import type { PrefFlags } from './prefs.js';
+
+export interface ClientRequest {
+  op: string;
+  flags?: PrefFlags;
+  authkey?: string | null;
+  reset?: boolean;
+  peer?: string;
+  count?: number;
+  timeout_ms?: number;
+  interval_ms?: number;
+}
+
+const MAX_LINE = 64 * 1024;
+
+async function handle(node: ManagedNode, line: string): Promise<string> {
+  const t = line.trim();
+  if (t === 'status') return managedStatusText(node.status());
+  if (t === 'status --json') return `${JSON.stringify(node.status())}\n`;
+  let req: ClientRequest;
+  try {
+    req = JSON.parse(t) as ClientRequest;
+  } catch {
+    return `error: this daemon runs in managed mode: use larktun up/set/down/logout/status/ping (standalone policy commands are not available)\n`;
+  }
+  try {
+    let result: unknown;
+    switch (req.op) {
+      case 'up':
+        result = await node.up(req.flags ?? {}, req.authkey ?? null, req.reset === true);
+        break;
+      case 'set':
+        result = await node.set(req.flags ?? {});
+        break;
+      case 'down':
+        result = await node.down();
+        break;
+      case 'logout':
+        result = await node.logout();
+        break;
+      case 'status':
+        result = node.status();
+        break;
+      case 'exit-nodes':
+        result = node.exitNodes();
+        break;
+      case 'ping':
+        result = await node.ping(String(req.peer ?? ''), Math.min(Math.max(req.count ?? 3, 1), 1000), req.timeout_ms ?? 2000, req.interval_ms ?? 200);
+        break;
+      default:
+        throw new ClientError('bad_request', `unknown op "${req.op}"`);
+    }
+    return `${JSON.stringify({ ok: true, result })}\n`;
+  } catch (err) {
+    const e = err as Error;
+    const code = err instanceof ClientError ? err.code : 'internal';
+    return `${JSON.stringify({ ok: false, error: { code, message: e.message } })}\n`;
+  }
+}
+
+export function startManagedControl(sockPath: string, node: ManagedNode): Promise<net.Server> {
+  mkdirSync(path.dirname(sockPath), { recursive: true, mode: 0o700 });
+  if (existsSync(sockPath)) unlinkSync(sockPath);
+  const server = net.createServer((conn) => {
+    let buf = '';
+    conn.setEncoding('utf8');
+    conn.on('error', () => {});
+    conn.on('data', (chunk: string) => {
+      buf += chunk;
+      if (buf.length > MAX_LINE) {
+        conn.end('error: request longer than 64 KiB\n');
+        return;
+      }
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      const line = buf.slice(0, nl);
+      buf = '';
+      void handle(node, line).then((reply) => conn.end(reply));
+    });
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', (err) => reject(new Error(`cannot listen on control socket ${sockPath}: ${err.message}`)));
+    const old = process.umask(0o177);
+    server.listen(sockPath, () => {
+      process.umask(old);
+      chmodSync(sockPath, 0o600);
+      resolve(server);
+    });
+  });
+}

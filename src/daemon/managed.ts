@@ -1,0 +1,735 @@
+// larktund in managed mode: a node joined to a control server by `larktun up`.
+//
+// State (in the state dir, 0600, written atomically): state.json holds the
+// preferences, the node key, the server-issued node token and whether the node
+// should be running; netmap.json holds the last network map, so after a restart
+// the node forwards with it at once, even while the server is unreachable.
+//
+// A session is the map stream (SSE, resumed with Last-Event-ID, reconnecting by
+// itself) plus the data plane built from each map: one engine peer (the relay),
+// the forwarding table, the packet filter (inbound, with flow tracking), and the
+// OS side (TUN addresses, routes in their own table, forwarding and masquerade
+// on routers and exit nodes).
+import { generateKeyPairSync, randomInt } from 'node:crypto';
+import { lookup } from 'node:dns/promises';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync, unlinkSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { hostname as osHostname } from 'node:os';
+import path from 'node:path';
+import { parseHostPort } from '../net/addr.js';
+import { Engine } from '../dataplane/engine.js';
+import { FilterState, PacketFilter } from '../dataplane/filter.js';
+import { TunDevice } from '../dataplane/tun.js';
+import { SseClient } from './sse.js';
+import { DEFAULT_PREFS, PrefsError, prefsForSet, prefsForUp, type PrefFlags, type Prefs } from './prefs.js';
+import { applyPatch, applyPresence, checkMap, findPeer, planFromMap, type DataplanePlan, type NodeMap } from './mapplan.js';
+import { VERSION } from './control.js';
+
+/** What the daemon needs from the OS side (src/daemon/osnet.ts implements it). */
+export interface OsDesired {
+  dev: string;
+  mtu: number;
+  addresses: string[];
+  routes: string[];
+  exitNode: boolean;
+  exclude: string[];
+  allowLan: boolean;
+  forwarding: boolean;
+  masquerade: boolean;
+}
+export interface OsIntegration {
+  apply(d: OsDesired): Promise<unknown>;
+  teardown(): Promise<unknown>;
+}
+
+export interface ManagedOptions {
+  stateDir: string;
+  tunName: string;
+  /** UDP port of the node's link to its relay (0: any). */
+  port: number;
+  bindHost4?: string;
+  bindHost6?: string | null;
+  /** false: no TUN and no OS changes (tests without root). */
+  tun: boolean;
+  os: OsIntegration | null;
+  log: (msg: string) => void;
+  /** Seconds between keepalives to the relay (the relay reports a node unseen after 3 s). */
+  keepaliveSecs?: number;
+}
+
+interface Persisted {
+  schema: 1;
+  prefs: Prefs;
+  /** Public node key (sent at registration); the identity across restarts. */
+  node_key: string;
+  token: string | null;
+  node: { id: number; name: string; tenant: string } | null;
+  want_running: boolean;
+  last_event_id: string | null;
+}
+
+export class ClientError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export type BackendState = 'NeedsLogin' | 'Stopped' | 'Starting' | 'Running';
+
+const TUN_MTU = 1280;
+const FIRST_MAP_WAIT_MS = 20_000;
+
+function newNodeKey(): string {
+  const { publicKey } = generateKeyPairSync('x25519');
+  const raw = publicKey.export({ format: 'der', type: 'spki' }).subarray(-32);
+  return `nodekey:${raw.toString('hex')}`;
+}
+
+function writeAtomic(file: string, text: string): void {
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fd = openSync(tmp, 'w', 0o600);
+  try {
+    writeFileSync(fd, text);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, file);
+}
+
+interface PingResult {
+  seq: number;
+  rtt_ms: number | null;
+}
+
+interface PendingPing {
+  id: number;
+  seq: number;
+  sent: number;
+  resolve: (rtt: number | null) => void;
+  timer: NodeJS.Timeout;
+}
+
+export class ManagedNode {
+  private st: Persisted;
+  private map: NodeMap | null = null;
+  private plan: DataplanePlan | null = null;
+  private sse: SseClient | null = null;
+  private engine: Engine | null = null;
+  private tun: TunDevice | null = null;
+  private readonly filter = new FilterState();
+  private filterJson = '';
+  private osJson = '';
+  private serverState: { connected: boolean; error: string | null; since: number } = { connected: false, error: null, since: Date.now() };
+  private hostinfoDirty = true;
+  private mapWaiters: (() => void)[] = [];
+  private applying: Promise<void> = Promise.resolve();
+  private readonly pings = new Map<number, PendingPing>();
+  private readonly lastPing = new Map<number, { rtt_ms: number | null; at: number }>();
+  private applyError: string | null = null;
+  private readonly startedAt = Date.now();
+  private firstMapAt: number | null = null;
+  private upAt: number | null = null;
+
+  constructor(private readonly opts: ManagedOptions) {
+    mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
+    this.st = this.load();
+  }
+
+  private get stateFile(): string {
+    return path.join(this.opts.stateDir, 'state.json');
+  }
+
+  private get mapFile(): string {
+    return path.join(this.opts.stateDir, 'netmap.json');
+  }
+
+  private load(): Persisted {
+    if (existsSync(this.stateFile)) {
+      try {
+        const v = JSON.parse(readFileSync(this.stateFile, 'utf8')) as Persisted;
+        if (v.schema === 1) return { ...v, prefs: { ...DEFAULT_PREFS, ...v.prefs } };
+      } catch (err) {
+        this.opts.log(`${this.stateFile}: unreadable (${(err as Error).message}); starting logged out`);
+      }
+    }
+    return { schema: 1, prefs: { ...DEFAULT_PREFS }, node_key: newNodeKey(), token: null, node: null, want_running: false, last_event_id: null };
+  }
+
+  private save(): void {
+    writeAtomic(this.stateFile, `${JSON.stringify(this.st, null, 2)}\n`);
+  }
+
+  /** At daemon start: resume a node that was up (with its saved map), else wait for `up`. */
+  async init(): Promise<void> {
+    if (!this.st.want_running || !this.st.token) return;
+    if (existsSync(this.mapFile)) {
+      try {
+        this.map = checkMap(JSON.parse(readFileSync(this.mapFile, 'utf8')));
+        await this.applyMap();
+        this.opts.log(`applied the saved network map (version ${this.map.version}) while connecting to ${this.st.prefs.loginServer}`);
+      } catch (err) {
+        this.opts.log(`saved network map not usable: ${(err as Error).message}`);
+      }
+    }
+    this.startSession();
+  }
+
+  get backendState(): BackendState {
+    if (!this.st.token) return 'NeedsLogin';
+    if (!this.st.want_running) return 'Stopped';
+    return this.map && this.engine !== null ? 'Running' : this.map && !this.opts.tun ? 'Running' : 'Starting';
+  }
+
+  // ---- server API -----------------------------------------------------------
+
+  private async api(pathName: string, body: unknown, token: string | null): Promise<Record<string, unknown>> {
+    const server = this.st.prefs.loginServer;
+    if (!server) throw new ClientError('needs_login', 'no login server: run larktun up --login-server URL --authkey KEY');
+    return this.apiAt(server, pathName, body, token);
+  }
+
+  private async apiAt(server: string, pathName: string, body: unknown, token: string | null): Promise<Record<string, unknown>> {
+    let res: Response;
+    try {
+      res = await fetch(`${server}${pathName}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(15_000),
+      });
+    } catch (err) {
+      const e = err as Error & { cause?: Error };
+      throw new ClientError('server_unreachable', `cannot reach ${server}: ${e.cause?.message ?? e.message}`);
+    }
+    const text = await res.text();
+    let json: Record<string, unknown> = {};
+    try {
+      json = JSON.parse(text) as Record<string, unknown>;
+    } catch {
+      /* not JSON */
+    }
+    if (!res.ok) {
+      const err = json['error'] as { code?: string; message?: string } | undefined;
+      throw new ClientError(err?.code ?? `http_${res.status}`, `${server}: ${err?.message ?? `HTTP ${res.status}`}`);
+    }
+    return json;
+  }
+
+  private hostinfoBody(p: Prefs): Record<string, unknown> {
+    let useExit: string | null = p.exitNode;
+    if (useExit !== null && this.map) {
+      const peer = findPeer(this.map, useExit);
+      if (peer) useExit = peer.name;
+    }
+    return {
+      hostname: p.hostname ?? osHostname(),
+      routes: p.advertiseRoutes,
+      exit_node: p.advertiseExitNode,
+      use_exit_node: useExit,
+      os: process.platform,
+      version: VERSION,
+    };
+  }
+
+  private async pushHostinfo(): Promise<void> {
+    if (!this.st.token) return;
+    this.hostinfoDirty = false;
+    try {
+      await this.api('/node/v1/hostinfo', this.hostinfoBody(this.st.prefs), this.st.token);
+    } catch (err) {
+      this.hostinfoDirty = true; // sent again when the stream reconnects
+      throw err;
+    }
+  }
+
+  // ---- session --------------------------------------------------------------
+
+  private startSession(): void {
+    this.sse?.stop();
+    const server = this.st.prefs.loginServer!;
+    const sse = new SseClient({
+      url: `${server}/node/v1/stream`,
+      token: () => this.st.token ?? '',
+      idleMs: 5000,
+      fatalStatus: (status) => status === 401,
+      onState: (s) => {
+        if (s.state === 'open') {
+          this.serverState = { connected: true, error: null, since: Date.now() };
+          if (this.hostinfoDirty) void this.pushHostinfo().catch((err: unknown) => this.opts.log(`hostinfo: ${(err as Error).message}`));
+        } else if (s.state === 'down') {
+          if (this.serverState.connected) this.opts.log(`lost the control server (${s.error}); forwarding with the last map, reconnecting`);
+          this.serverState = { connected: false, error: s.error, since: this.serverState.connected ? Date.now() : this.serverState.since };
+          if (s.retryInMs < 0) {
+            this.opts.log(`control server refused this node (${s.error}): log in again with larktun up --authkey KEY`);
+            this.serverState.error = `refused: ${s.error}; run larktun up --authkey KEY`;
+          }
+        }
+      },
+      onEvent: (e) => this.onEvent(e.event, e.data, e.id),
+    });
+    this.sse = sse;
+    sse.start(this.st.last_event_id);
+  }
+
+  private onEvent(event: string, data: string, id: string | null): void {
+    try {
+      if (event === 'map') this.setMap(checkMap(JSON.parse(data)), id);
+      else if (event === 'patch' && this.map) this.setMap(applyPatch(this.map, JSON.parse(data) as Record<string, unknown>), id);
+      else if (event === 'peers' && this.map) {
+        const d = JSON.parse(data) as { version: number; online: Record<string, boolean> };
+        this.map = applyPresence(this.map, d.version, d.online);
+      } else if (event === 'unchanged') {
+        this.mapWaiters.splice(0).forEach((w) => w());
+      } else if (event === 'end') {
+        const reason = (JSON.parse(data) as { reason?: string }).reason ?? 'ended';
+        this.opts.log(`control server ended the stream: ${reason}`);
+        if (reason === 'node deleted' || reason === 'tenant deleted') {
+          this.serverState.error = `${reason}: log in again with larktun up --authkey KEY`;
+          this.sse?.stop();
+        }
+      }
+    } catch (err) {
+      this.opts.log(`bad ${event} event from the control server (kept the previous map): ${(err as Error).message}`);
+    }
+  }
+
+  private setMap(map: NodeMap, id: string | null): void {
+    const first = this.map === null;
+    this.map = map;
+    if (id !== null && id !== this.st.last_event_id) {
+      this.st.last_event_id = id;
+      this.save();
+    }
+    try {
+      writeAtomic(this.mapFile, JSON.stringify(map));
+    } catch (err) {
+      this.opts.log(`cannot save the network map: ${(err as Error).message}`);
+    }
+    if (first && this.firstMapAt === null) this.firstMapAt = Date.now();
+    void this.applyMap().finally(() => this.mapWaiters.splice(0).forEach((w) => w()));
+  }
+
+  /** Serialised: maps that arrive during an apply are applied after it, newest state wins. */
+  private applyMap(): Promise<void> {
+    this.applying = this.applying.then(() => this.applyNow()).catch((err: unknown) => {
+      this.applyError = (err as Error).message;
+      this.opts.log(`applying the network map failed: ${(err as Error).message}`);
+    });
+    return this.applying;
+  }
+
+  private async applyNow(): Promise<void> {
+    const map = this.map;
+    if (!map || !this.st.want_running) return;
+    const plan = planFromMap(map, this.st.prefs);
+    this.plan = plan;
+    if (this.opts.tun && this.tun === null) {
+      try {
+        this.tun = TunDevice.open(this.opts.tunName);
+      } catch (err) {
+        throw new Error(`cannot open TUN device ${this.opts.tunName}: ${(err as Error).message} (needs root or CAP_NET_ADMIN and /dev/net/tun)`);
+      }
+    }
+    if (this.engine === null) {
+      const engine = new Engine({
+        localId: plan.peers[0]?.localId ?? 1,
+        obfuscate: true,
+        peers: plan.peers,
+        rules: plan.rules,
+        keepaliveSecs: this.opts.keepaliveSecs ?? 1,
+        listenPorts: [this.opts.port],
+        ...(this.opts.bindHost4 !== undefined ? { bindHost4: this.opts.bindHost4 } : {}),
+        ...(this.opts.bindHost6 !== undefined ? { bindHost6: this.opts.bindHost6 } : {}),
+        tun: this.tun,
+        log: this.opts.log,
+      });
+      engine.setFilter(this.filter);
+      await engine.start();
+      this.engine = engine;
+      this.tun?.start(engine.onTunPacket);
+    } else {
+      this.engine.setPeers(plan.peers);
+      this.engine.setRules(plan.rules);
+    }
+    const fj = JSON.stringify(plan.filter);
+    if (fj !== this.filterJson) {
+      this.filter.setFilter(PacketFilter.compile(plan.filter));
+      this.filterJson = fj;
+    }
+    if (this.opts.os && this.tun) {
+      const desired: OsDesired = {
+        dev: this.tun.name,
+        mtu: TUN_MTU,
+        ...plan.os,
+        exclude: await this.underlayHosts(plan),
+      };
+      const dj = JSON.stringify(desired);
+      if (dj !== this.osJson) {
+        await this.opts.os.apply(desired);
+        this.osJson = dj;
+      }
+    }
+    this.applyError = null;
+    if (plan.exitProblem && this.st.prefs.exitNode !== null) this.opts.log(plan.exitProblem);
+  }
+
+  /** Relay endpoints and the control server: they stay on the underlay even with an exit node. */
+  private async underlayHosts(plan: DataplanePlan): Promise<string[]> {
+    const hosts = new Set<string>();
+    for (const e of plan.relay?.endpoints ?? []) {
+      const hp = parseHostPort(e);
+      if (hp) hosts.add(hp.host);
+    }
+    if (this.st.prefs.loginServer) hosts.add(new URL(this.st.prefs.loginServer).hostname.replace(/^\[|\]$/g, ''));
+    const out = new Set<string>();
+    for (const h of hosts) {
+      if (isIP(h)) out.add(h);
+      else {
+        try {
+          for (const r of await lookup(h, { all: true })) out.add(r.address);
+        } catch {
+          /* unresolvable now; the route stays as it was */
+        }
+      }
+    }
+    return [...out].sort();
+  }
+
+  private async stopDataplane(): Promise<void> {
+    await this.applying.catch(() => undefined);
+    for (const p of this.pings.values()) {
+      clearTimeout(p.timer);
+      p.resolve(null);
+    }
+    this.pings.clear();
+    if (this.engine) await this.engine.stop();
+    this.engine = null;
+    if (this.opts.os) await this.opts.os.teardown().catch((err: unknown) => this.opts.log(`OS teardown: ${(err as Error).message}`));
+    this.osJson = '';
+    this.tun?.close();
+    this.tun = null;
+    this.filterJson = '';
+  }
+
+  private waitForMap(ms: number): Promise<boolean> {
+    if (this.map && this.backendState === 'Running') return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const t = setTimeout(() => resolve(false), ms);
+      this.mapWaiters.push(() => {
+        clearTimeout(t);
+        resolve(true);
+      });
+    });
+  }
+
+  // ---- verbs ----------------------------------------------------------------
+
+  async up(flags: PrefFlags, authKey: string | null, reset: boolean): Promise<Record<string, unknown>> {
+    const t0 = Date.now();
+    let prefs: Prefs;
+    try {
+      prefs = prefsForUp(this.st.token ? this.st.prefs : null, flags, reset);
+    } catch (err) {
+      if (err instanceof PrefsError) throw new ClientError('bad_flags', err.message);
+      throw err;
+    }
+    if (!prefs.loginServer) throw new ClientError('needs_login', 'this node has never logged in: give --login-server URL and --authkey KEY');
+    const serverChanged = this.st.prefs.loginServer !== null && prefs.loginServer !== this.st.prefs.loginServer;
+    const tagsChanged = this.st.token !== null && JSON.stringify(prefs.advertiseTags) !== JSON.stringify(this.st.prefs.advertiseTags);
+    const mustLogin = !this.st.token || serverChanged || authKey !== null;
+    if (mustLogin && authKey === null) {
+      throw new ClientError('needs_login', serverChanged ? `switching to ${prefs.loginServer} needs --authkey KEY` : 'this node is not logged in: give --authkey KEY');
+    }
+    if (tagsChanged && authKey === null) throw new ClientError('needs_login', 'changing --advertise-tags needs a new login: give --authkey KEY');
+    if (prefs.exitNode !== null && this.map && !serverChanged) this.checkExitNode(prefs.exitNode);
+    let login: Record<string, unknown> | null = null;
+    if (authKey !== null) {
+      const nodeKey = serverChanged ? newNodeKey() : this.st.node_key;
+      const r = await this.apiAt(prefs.loginServer, '/node/v1/register', {
+        auth_key: authKey,
+        node_key: nodeKey,
+        ...this.hostinfoBody(prefs),
+        ...(prefs.advertiseTags.length ? { tags: prefs.advertiseTags } : {}),
+      }, null);
+      login = r;
+      const node = r['node'] as { id: number; name: string };
+      if (serverChanged || (this.st.node && this.st.node.id !== node.id)) {
+        await this.stopDataplane();
+        this.map = null;
+        this.st.last_event_id = null;
+      }
+      this.st.node_key = nodeKey;
+      this.st.token = String(r['token']);
+      this.st.node = { id: node.id, name: node.name, tenant: String(r['tenant']) };
+    }
+    this.st.prefs = prefs;
+    this.st.want_running = true;
+    this.save();
+    this.hostinfoDirty = true;
+    this.upAt = t0;
+    if (!this.sse || mustLogin) this.startSession();
+    else await this.pushHostinfo().catch(() => undefined);
+    if (this.map) await this.applyMap();
+    const ok = await this.waitForMap(FIRST_MAP_WAIT_MS);
+    return {
+      state: this.backendState,
+      logged_in: login !== null,
+      node: this.st.node,
+      addresses: this.map?.self.addresses ?? [],
+      ...(ok ? {} : { note: `no network map yet from ${prefs.loginServer}; the daemon keeps trying (see larktun status)` }),
+      ...(this.plan?.exitProblem && prefs.exitNode !== null ? { warning: this.plan.exitProblem } : {}),
+      elapsed_ms: Date.now() - t0,
+    };
+  }
+
+  private checkExitNode(wanted: string): void {
+    if (!this.map) return;
+    const peer = findPeer(this.map, wanted);
+    const offered = this.map.peers.filter((p) => p.exit_node).map((p) => p.name);
+    if (!peer) {
+      throw new ClientError('unknown_exit_node', `--exit-node: no peer named "${wanted}" (by name or IP); exit nodes offered to this node: ${offered.join(', ') || 'none'}`);
+    }
+    if (!peer.exit_node) {
+      throw new ClientError('unknown_exit_node', `--exit-node: "${peer.name}" is not an exit node offered to this node; exit nodes offered: ${offered.join(', ') || 'none'}`);
+    }
+  }
+
+  async set(flags: PrefFlags): Promise<Record<string, unknown>> {
+    if (!this.st.token) throw new ClientError('needs_login', 'this node is not logged in: run larktun up --login-server URL --authkey KEY');
+    let next: Prefs;
+    try {
+      next = prefsForSet(this.st.prefs, flags);
+    } catch (err) {
+      if (err instanceof PrefsError) throw new ClientError('bad_flags', err.message);
+      throw err;
+    }
+    if (flags.exitNode !== undefined && next.exitNode !== null) this.checkExitNode(next.exitNode);
+    this.st.prefs = next;
+    this.save();
+    this.hostinfoDirty = true;
+    let note: string | undefined;
+    try {
+      await this.pushHostinfo();
+    } catch (err) {
+      note = `saved; the server will be told when it is reachable (${(err as Error).message})`;
+    }
+    if (this.map) await this.applyMap();
+    return { prefs: this.st.prefs, ...(note ? { note } : {}) };
+  }
+
+  async down(): Promise<Record<string, unknown>> {
+    this.st.want_running = false;
+    this.save();
+    this.sse?.stop();
+    this.sse = null;
+    await this.stopDataplane();
+    return { state: this.backendState };
+  }
+
+  async logout(): Promise<Record<string, unknown>> {
+    await this.down();
+    this.map = null;
+    this.plan = null;
+    this.st = { schema: 1, prefs: { ...DEFAULT_PREFS }, node_key: newNodeKey(), token: null, node: null, want_running: false, last_event_id: null };
+    this.save();
+    if (existsSync(this.mapFile)) unlinkSync(this.mapFile);
+    return { state: this.backendState };
+  }
+
+  async shutdown(): Promise<void> {
+    this.sse?.stop();
+    await this.stopDataplane();
+  }
+
+  exitNodes(): Record<string, unknown>[] {
+    if (!this.map) return [];
+    const online = new Set(this.map.online);
+    return this.map.peers
+      .filter((p) => p.exit_node)
+      .map((p) => ({ id: p.id, name: p.name, addresses: p.addresses, online: online.has(p.id), selected: this.map!.exit_node === p.id }));
+  }
+
+  // ---- ping over the overlay ------------------------------------------------
+
+  private readonly onTunIntercept = (pkt: Buffer, len: number): boolean => {
+    // IPv4 ICMP echo reply addressed to us, with one of our ids.
+    if (len < 28 || pkt[0]! >> 4 !== 4 || pkt[9] !== 1) return false;
+    const ihl = (pkt[0]! & 15) * 4;
+    if (len < ihl + 8 || pkt[ihl] !== 0) return false;
+    const id = pkt.readUInt16BE(ihl + 4);
+    const p = this.pings.get(id);
+    if (!p || pkt.readUInt16BE(ihl + 6) !== p.seq) return false;
+    this.pings.delete(id);
+    clearTimeout(p.timer);
+    p.resolve(performance.now() - p.sent);
+    if (this.pings.size === 0) this.engine?.setInterceptor(null);
+    return true;
+  };
+
+  private pingOnce(src: Buffer, dst: Buffer, seq: number, timeoutMs: number): Promise<number | null> {
+    const engine = this.engine;
+    if (!engine) return Promise.resolve(null);
+    let id = randomInt(1, 65535);
+    while (this.pings.has(id)) id = randomInt(1, 65535);
+    const pkt = Buffer.alloc(20 + 8 + 32);
+    pkt[0] = 0x45;
+    pkt.writeUInt16BE(pkt.length, 2);
+    pkt.writeUInt16BE(randomInt(0, 65535), 4);
+    pkt[8] = 64;
+    pkt[9] = 1;
+    src.copy(pkt, 12);
+    dst.copy(pkt, 16);
+    pkt.writeUInt16BE(checksum(pkt, 0, 20), 10);
+    pkt[20] = 8; // echo request
+    pkt.writeUInt16BE(id, 24);
+    pkt.writeUInt16BE(seq, 26);
+    pkt.write('larktun ping', 28);
+    pkt.writeUInt16BE(checksum(pkt, 20, pkt.length - 20), 22);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.pings.delete(id);
+        if (this.pings.size === 0) this.engine?.setInterceptor(null);
+        resolve(null);
+      }, timeoutMs);
+      this.pings.set(id, { id, seq, sent: performance.now(), resolve, timer });
+      engine.setInterceptor(this.onTunIntercept);
+      engine.inject(pkt, pkt.length);
+    });
+  }
+
+  async ping(target: string, count: number, timeoutMs: number, intervalMs: number): Promise<Record<string, unknown>> {
+    if (!this.map || !this.engine) throw new ClientError('not_running', 'not running: larktun up first');
+    const peer = findPeer(this.map, target);
+    if (!peer) throw new ClientError('unknown_peer', `no peer named "${target}" (by name, DNS name or IP)`);
+    const self4 = this.map.self.addresses.find((a) => !a.includes(':'));
+    const peer4 = peer.addresses.find((a) => !a.includes(':'));
+    if (!self4 || !peer4) throw new ClientError('no_ipv4', `ping needs IPv4 overlay addresses on both ends`);
+    const ip = (s: string): Buffer => Buffer.from(s.split('/')[0]!.split('.').map(Number));
+    const results: PingResult[] = [];
+    for (let i = 0; i < count; i++) {
+      if (i > 0) await new Promise((r) => setTimeout(r, intervalMs));
+      const rtt = await this.pingOnce(ip(self4), ip(peer4), i + 1, timeoutMs);
+      results.push({ seq: i + 1, rtt_ms: rtt === null ? null : Number(rtt.toFixed(2)) });
+      this.lastPing.set(peer.id, { rtt_ms: rtt === null ? null : Number(rtt.toFixed(2)), at: Date.now() });
+    }
+    const relay = this.plan?.relay;
+    const relayPeer = relay ? this.engine.peer(relay.relay_link_id) : undefined;
+    return {
+      peer: peer.name,
+      address: peer4.split('/')[0],
+      path: relay ? `via relay ${relay.name} (${relayPeer?.endpointText() ?? relay.endpoints[0]})` : 'no relay',
+      results,
+      received: results.filter((r) => r.rtt_ms !== null).length,
+    };
+  }
+
+  // ---- status ---------------------------------------------------------------
+
+  status(): Record<string, unknown> {
+    const now = Date.now();
+    const map = this.map;
+    const online = new Set(map?.online ?? []);
+    const relay = this.plan?.relay ?? null;
+    const rp = relay && this.engine ? this.engine.peer(relay.relay_link_id) : undefined;
+    return {
+      schema_version: 1,
+      version: VERSION,
+      mode: 'managed',
+      state: this.backendState,
+      server: {
+        url: this.st.prefs.loginServer,
+        connected: this.serverState.connected,
+        error: this.serverState.error,
+        since_seconds: Math.round((now - this.serverState.since) / 1000),
+      },
+      self: map
+        ? {
+            id: map.self.id,
+            name: map.self.name,
+            dns_name: map.self.dns_name,
+            tenant: map.tenant,
+            addresses: map.self.addresses,
+            tags: map.self.tags,
+            user: map.self.user,
+            advertised_routes: this.st.prefs.advertiseRoutes,
+            approved_routes: map.self.approved_routes,
+            primary_routes: map.self.primary_routes,
+            exit_node_offered: this.st.prefs.advertiseExitNode,
+          }
+        : this.st.node,
+      map_version: map?.version ?? null,
+      relay: relay
+        ? {
+            name: relay.name,
+            endpoint: rp?.endpointText() ?? relay.endpoints[0] ?? null,
+            link_id: relay.link_id,
+            online: rp ? rp.online(now) : false,
+            last_seen_age_seconds: rp && rp.lastSeenMs > 0 ? Math.round((now - rp.lastSeenMs) / 100) / 10 : null,
+          }
+        : null,
+      peers: (map?.peers ?? []).map((p) => ({
+        id: p.id,
+        name: p.name,
+        addresses: p.addresses,
+        routes: p.allowed_ips.filter((a) => !p.addresses.includes(a)),
+        tags: p.tags,
+        online: online.has(p.id),
+        exit_node: p.exit_node,
+        last_ping_ms: this.lastPing.get(p.id)?.rtt_ms ?? null,
+      })),
+      routes_in_use: this.plan?.routesInUse ?? [],
+      exit_node: this.st.prefs.exitNode === null ? null : { wanted: this.st.prefs.exitNode, in_use: this.plan?.exitNode?.name ?? null, problem: this.plan?.exitProblem ?? null },
+      prefs: this.st.prefs,
+      tun: this.tun?.name ?? null,
+      listen_ports: this.engine?.listenPorts() ?? [],
+      apply_error: this.applyError,
+      first_map_seconds: this.firstMapAt !== null && this.upAt !== null ? (this.firstMapAt - this.upAt) / 1000 : null,
+      uptime_seconds: Math.round((now - this.startedAt) / 1000),
+      counters: this.engine ? { ...this.engine.counters.toJSON() } : {},
+      filter: this.filter.counters.toJSON(),
+    };
+  }
+}
+
+function checksum(b: Buffer, off: number, len: number): number {
+  let sum = 0;
+  for (let i = 0; i + 1 < len; i += 2) sum += b.readUInt16BE(off + i);
+  if (len & 1) sum += b[off + len - 1]! << 8;
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
+/** Status for people. */
+export function managedStatusText(s: Record<string, unknown>): string {
+  const st = s as {
+    state: string;
+    server: { url: string | null; connected: boolean; error: string | null };
+    self: { name: string; dns_name?: string; addresses?: string[]; tenant?: string; approved_routes?: string[]; primary_routes?: string[] } | null;
+    relay: { name: string; endpoint: string | null; online: boolean; last_seen_age_seconds: number | null } | null;
+    peers: { name: string; addresses: string[]; online: boolean; exit_node: boolean; routes: string[]; last_ping_ms: number | null }[];
+    routes_in_use: string[];
+    exit_node: { wanted: string; in_use: string | null; problem: string | null } | null;
+  };
+  const lines: string[] = [];
+  lines.push(`state: ${st.state}${st.server.url ? `   server: ${st.server.url} (${st.server.connected ? 'connected' : `not connected${st.server.error ? `: ${st.server.error}` : ''}`})` : ''}`);
+  if (st.self) {
+    lines.push(`self:  ${st.self.name}${st.self.tenant ? ` (tenant ${st.self.tenant})` : ''}  ${(st.self.addresses ?? []).join(' ')}`);
+    if (st.self.approved_routes?.length) lines.push(`       serving routes: ${st.self.approved_routes.join(', ')}${st.self.primary_routes?.length ? `  (primary for ${st.self.primary_routes.join(', ')})` : ''}`);
+  }
+  if (st.relay) lines.push(`relay: ${st.relay.name} ${st.relay.endpoint ?? ''} ${st.relay.online ? `online (seen ${st.relay.last_seen_age_seconds}s ago)` : 'not reached yet'}`);
+  if (st.exit_node) lines.push(`exit node: ${st.exit_node.in_use ?? `none (${st.exit_node.problem ?? 'waiting'})`}`);
+  if (st.routes_in_use.length) lines.push(`routes in use: ${st.routes_in_use.join(', ')}`);
+  if (st.peers.length) {
+    lines.push('peers:');
+    const w = Math.max(...st.peers.map((p) => p.name.length), 4);
+    for (const p of st.peers) {
+      const extra = [p.exit_node ? 'exit node' : '', p.routes.length ? `routes ${p.routes.join(',')}` : '', p.last_ping_ms !== null ? `ping ${p.last_ping_ms} ms` : ''].filter(Boolean).join('; ');
+      lines.push(`  ${p.name.padEnd(w)}  ${p.addresses.join(' ').padEnd(40)}  ${p.online ? 'online ' : 'offline'}${extra ? `  ${extra}` : ''}`);
+    }
+  }
+  return `${lines.join('\n')}\n`;
+}
