@@ -1,0 +1,939 @@
+// The relay packet engine: one UDP port serving many tenants. The sibling of
+// engine.ts (a node's engine); same wire, same receive order, same allocation
+// discipline, but every link (node ↔ relay) belongs to exactly one tenant
+// namespace, found from the key that authenticates the datagram, and forwarding
+// and filtering use only that namespace's tables.
+//
+// Receive path (`onDatagram`): length check → find the link (obfuscated headers:
+// trial the links last seen at this source address first, then all) → open
+// (current key; the previous key until its valid-until) → keepalive: learn the
+// endpoint, stop → inner source in the link's allowed sources (its addresses ∪
+// its routes; an exit node: any) → destination lookup in the link's OWN
+// namespace; no match and the link uses an exit node → that exit link → never
+// back to the source link → the tenant's packet filter (stateful: replies of
+// admitted flows pass) → seal with the target link's key and send to the
+// endpoint it was last authenticated from. Every failure is a silent drop
+// counted exactly once in the relay totals and, once the link is known, in its
+// tenant's counters.
+//
+// Keys: the server rotates a link's PSK and keeps the previous one valid for a
+// grace period. The relay opens datagrams with either and answers with the key
+// the node last used successfully, so a node that has not seen the new key yet
+// keeps receiving.
+//
+// Views (`setView`): the typed JSON of GET /relay/v1/map, validated as a whole
+// (a bad view is refused and the old one stays). Everything is built aside and
+// swapped in one assignment; links whose id, node and key survive keep their
+// session (replay windows, epochs, sequence numbers), learned endpoint, last-seen
+// time and counters; a tenant's flow table survives policy changes.
+//
+// Hot path: no allocation of our own per packet (scratch plaintext buffer; the
+// send ring of UdpPorts; numeric counters).
+import type { FilterRule } from '../acl/index.js';
+import { type Prefix, formatPrefix, parsePrefix } from '../net/addr.js';
+import { ForwardingTable, PrefixMatcher, type FwdRule } from '../net/lpm.js';
+import { WireRx, WireTx, RxCode, MAX_PLAINTEXT, OVERHEAD } from '../wire/index.js';
+import { Counters, type CounterName } from './counters.js';
+import { FilterState, PacketFilter } from './filter.js';
+import { BUF_SIZE, UdpPorts, type UdpSock } from './udp.js';
+
+export { BindError } from './udp.js';
+
+/** The relay's own id on every link (the server's RELAY_SELF_ID). */
+export const RELAY_LINK_ID = 65535;
+/** Links get ids 1..MAX_LINK_ID. */
+export const MAX_LINK_ID = 65534;
+/** A link heard within this window counts as online in status() (the server's default unseen threshold). */
+export const RELAY_ONLINE_MS = 3000;
+
+// ---- the view (GET /relay/v1/map) -------------------------------------------------
+
+export interface RelayLinkSpec {
+  /** Relay-unique link id, 1..65534: the node's key_id on this link. */
+  link_id: number;
+  node_id: number;
+  /** Node name (display only). */
+  node: string;
+  /** 32-byte PSK, hex. */
+  psk: string;
+  /** The key before the last rotation (hex), accepted until previous_psk_valid_until. */
+  previous_psk: string | null;
+  /** ISO time. */
+  previous_psk_valid_until: string | null;
+  /** The node's addresses (prefixes). */
+  allowed_src: string[];
+  /** Prefixes routed to this node (primary subnet routes, approved exit routes /0). */
+  routes: string[];
+  /** Link id of the exit node this node uses (null/absent: none). */
+  exit_link_id?: number | null;
+}
+
+export interface RelayTenantView {
+  tenant: string;
+  tenant_id: number;
+  /** Node ids the server considers online. */
+  online: number[];
+  links: RelayLinkSpec[];
+  /** The tenant's global packet filter (tailcfg FilterRule[]). */
+  packet_filter: FilterRule[];
+}
+
+export interface RelayInfo {
+  id: number;
+  name: string;
+  endpoints: string[];
+  /** The relay's id on every link (65535). */
+  relay_link_id: number;
+  /** Tenant of a dedicated relay; null: shared. */
+  tenant_id: number | null;
+}
+
+export interface RelayView {
+  hash: string;
+  relay: RelayInfo;
+  tenants: RelayTenantView[];
+}
+
+export class RelayViewError extends Error {
+  override name = 'RelayViewError';
+  constructor(readonly problems: string[]) {
+    super(`invalid relay view: ${problems.slice(0, 10).join('; ')}${problems.length > 10 ? `; and ${problems.length - 10} more` : ''}`);
+  }
+}
+
+const HEX64 = /^[0-9a-fA-F]{64}$/;
+const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isInt = (v: unknown, lo: number, hi: number): v is number => Number.isInteger(v) && (v as number) >= lo && (v as number) <= hi;
+const isStrList = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === 'string');
+
+export interface ParsedRelayView {
+  view: RelayView;
+  /** Things that were accepted but ignored (e.g. an exit_link_id naming no link). */
+  warnings: string[];
+}
+
+/**
+ * Typed parse of a relay view. Throws RelayViewError listing every problem
+ * (with its JSON path); returns a normalised copy (hex keys lower-case,
+ * `exit_link_id` always present) and warnings.
+ */
+export function parseRelayView(input: unknown): ParsedRelayView {
+  const errs: string[] = [];
+  const warnings: string[] = [];
+  const err = (path: string, msg: string): void => void errs.push(`${path}: ${msg}`);
+  if (!isObj(input)) throw new RelayViewError(['view: not a JSON object']);
+  if (typeof input['hash'] !== 'string' || input['hash'] === '') err('hash', 'must be a non-empty string');
+  const r = input['relay'];
+  let relay: RelayInfo | null = null;
+  if (!isObj(r)) err('relay', 'must be an object');
+  else {
+    if (!isInt(r['id'], 1, Number.MAX_SAFE_INTEGER)) err('relay.id', 'must be a positive integer');
+    if (typeof r['name'] !== 'string') err('relay.name', 'must be a string');
+    if (!isStrList(r['endpoints'])) err('relay.endpoints', 'must be a list of strings');
+    if (!isInt(r['relay_link_id'], 1, 65535)) err('relay.relay_link_id', 'must be an integer in 1..65535');
+    if (!(r['tenant_id'] === null || isInt(r['tenant_id'], 1, Number.MAX_SAFE_INTEGER))) err('relay.tenant_id', 'must be a positive integer or null');
+    relay = {
+      id: r['id'] as number,
+      name: r['name'] as string,
+      endpoints: [...((r['endpoints'] as string[] | undefined) ?? [])],
+      relay_link_id: r['relay_link_id'] as number,
+      tenant_id: (r['tenant_id'] as number | null | undefined) ?? null,
+    };
+  }
+  const selfId = relay?.relay_link_id;
+  const tenants: RelayTenantView[] = [];
+  const linkTenant = new Map<number, number>(); // link id → tenant index
+  const tenantIds = new Set<number>();
+  if (!Array.isArray(input['tenants'])) err('tenants', 'must be a list');
+  else {
+    input['tenants'].forEach((t: unknown, ti: number) => {
+      const tp = `tenants[${ti}]`;
+      if (!isObj(t)) return err(tp, 'must be an object');
+      const tenantId = t['tenant_id'];
+      if (!isInt(tenantId, 1, Number.MAX_SAFE_INTEGER)) err(`${tp}.tenant_id`, 'must be a positive integer');
+      else if (tenantIds.has(tenantId)) err(`${tp}.tenant_id`, `tenant ${tenantId} appears twice`);
+      else tenantIds.add(tenantId);
+      if (relay !== null && relay.tenant_id !== null && tenantId !== relay.tenant_id) {
+        err(`${tp}.tenant_id`, `a relay dedicated to tenant ${relay.tenant_id} was sent tenant ${String(tenantId)}`);
+      }
+      if (typeof t['tenant'] !== 'string') err(`${tp}.tenant`, 'must be a string');
+      const online = t['online'];
+      if (!Array.isArray(online) || !online.every((x) => isInt(x, 1, Number.MAX_SAFE_INTEGER))) err(`${tp}.online`, 'must be a list of node ids');
+      const filter = parseFilterRules(t['packet_filter'], `${tp}.packet_filter`, err);
+      const links: RelayLinkSpec[] = [];
+      if (!Array.isArray(t['links'])) err(`${tp}.links`, 'must be a list');
+      else {
+        t['links'].forEach((l: unknown, li: number) => {
+          const lp = `${tp}.links[${li}]`;
+          const spec = parseLink(l, lp, err);
+          if (spec === null) return;
+          if (spec.link_id === selfId) err(`${lp}.link_id`, `${spec.link_id} is the relay's own id`);
+          const other = linkTenant.get(spec.link_id);
+          if (other !== undefined) err(`${lp}.link_id`, `link ${spec.link_id} appears twice`);
+          else linkTenant.set(spec.link_id, ti);
+          links.push(spec);
+        });
+      }
+      tenants.push({
+        tenant: t['tenant'] as string,
+        tenant_id: tenantId as number,
+        online: Array.isArray(online) ? [...(online as number[])] : [],
+        links,
+        packet_filter: filter,
+      });
+    });
+  }
+  // Exit links must stay inside the tenant.
+  tenants.forEach((t, ti) => {
+    t.links.forEach((l, li) => {
+      const ex = l.exit_link_id;
+      if (ex === null || ex === undefined) return;
+      const where = `tenants[${ti}].links[${li}].exit_link_id`;
+      const owner = linkTenant.get(ex);
+      if (owner === undefined) {
+        warnings.push(`${where}: link ${ex} is not in the view; node "${l.node}" has no exit node on this relay`);
+        l.exit_link_id = null;
+      } else if (owner !== ti) {
+        err(where, `link ${ex} belongs to another tenant`);
+      } else if (ex === l.link_id) {
+        warnings.push(`${where}: node "${l.node}" names itself as its exit node; ignored`);
+        l.exit_link_id = null;
+      }
+    });
+  });
+  if (errs.length > 0 || relay === null) throw new RelayViewError(errs.length ? errs : ['relay: missing']);
+  return { view: { hash: input['hash'] as string, relay, tenants }, warnings };
+}
+
+function parseLink(l: unknown, lp: string, err: (path: string, msg: string) => void): RelayLinkSpec | null {
+  if (!isObj(l)) {
+    err(lp, 'must be an object');
+    return null;
+  }
+  const before = { n: 0 };
+  const e = (p: string, m: string): void => {
+    before.n++;
+    err(`${lp}.${p}`, m);
+  };
+  if (!isInt(l['link_id'], 1, MAX_LINK_ID)) e('link_id', `must be an integer in 1..${MAX_LINK_ID}`);
+  if (!isInt(l['node_id'], 1, Number.MAX_SAFE_INTEGER)) e('node_id', 'must be a positive integer');
+  if (typeof l['node'] !== 'string') e('node', 'must be a string');
+  if (typeof l['psk'] !== 'string' || !HEX64.test(l['psk'])) e('psk', 'must be 64 hex digits (32 bytes)');
+  const prev = l['previous_psk'] ?? null;
+  const until = l['previous_psk_valid_until'] ?? null;
+  if (prev !== null && (typeof prev !== 'string' || !HEX64.test(prev))) e('previous_psk', 'must be 64 hex digits or null');
+  if (until !== null && (typeof until !== 'string' || Number.isNaN(Date.parse(until)))) e('previous_psk_valid_until', 'must be an ISO time or null');
+  if (prev !== null && until === null) e('previous_psk_valid_until', 'is required with previous_psk');
+  const prefixes = (key: string): string[] => {
+    const v = l[key];
+    if (!isStrList(v)) {
+      e(key, 'must be a list of prefixes');
+      return [];
+    }
+    for (const s of v) {
+      try {
+        parsePrefix(s);
+      } catch (x) {
+        e(key, (x as Error).message);
+      }
+    }
+    return [...v];
+  };
+  const allowed = prefixes('allowed_src');
+  const routes = prefixes('routes');
+  const ex = l['exit_link_id'];
+  if (!(ex === undefined || ex === null || isInt(ex, 1, MAX_LINK_ID))) e('exit_link_id', `must be a link id in 1..${MAX_LINK_ID} or null`);
+  if (before.n > 0) return null;
+  return {
+    link_id: l['link_id'] as number,
+    node_id: l['node_id'] as number,
+    node: l['node'] as string,
+    psk: (l['psk'] as string).toLowerCase(),
+    previous_psk: prev === null ? null : (prev as string).toLowerCase(),
+    previous_psk_valid_until: until as string | null,
+    allowed_src: allowed,
+    routes,
+    exit_link_id: (ex as number | null | undefined) ?? null,
+  };
+}
+
+function parseFilterRules(v: unknown, path: string, err: (path: string, msg: string) => void): FilterRule[] {
+  if (!Array.isArray(v)) {
+    err(path, 'must be a list of filter rules');
+    return [];
+  }
+  const out: FilterRule[] = [];
+  v.forEach((r: unknown, i: number) => {
+    const p = `${path}[${i}]`;
+    if (!isObj(r)) return err(p, 'must be an object');
+    let ok = true;
+    if (!isStrList(r['SrcIPs'])) {
+      err(`${p}.SrcIPs`, 'must be a list of strings');
+      ok = false;
+    }
+    const d = r['DstPorts'];
+    if (d !== undefined && d !== null) {
+      const good =
+        Array.isArray(d) &&
+        d.every((x) => isObj(x) && typeof x['IP'] === 'string' && isObj(x['Ports']) && Number.isInteger(x['Ports']['First']) && Number.isInteger(x['Ports']['Last']));
+      if (!good) {
+        err(`${p}.DstPorts`, 'must be a list of {IP, Ports: {First, Last}}');
+        ok = false;
+      }
+    }
+    const pr = r['IPProto'];
+    if (pr !== undefined && pr !== null && !(Array.isArray(pr) && pr.every((x) => Number.isInteger(x)))) {
+      err(`${p}.IPProto`, 'must be a list of protocol numbers');
+      ok = false;
+    }
+    if (ok) out.push(r as unknown as FilterRule);
+  });
+  return out;
+}
+
+// ---- namespaces and links -----------------------------------------------------
+
+/** Per-link traffic counts. */
+export class LinkCounters {
+  rx_packets = 0;
+  rx_bytes = 0;
+  tx_packets = 0;
+  tx_bytes = 0;
+  keepalive_rx = 0;
+  /** Datagrams of this link that were dropped (auth, replay, spoof, route, filter, ...). */
+  drops = 0;
+
+  toJSON(): Record<string, number> {
+    return { rx_packets: this.rx_packets, rx_bytes: this.rx_bytes, tx_packets: this.tx_packets, tx_bytes: this.tx_bytes, keepalive_rx: this.keepalive_rx, drops: this.drops };
+  }
+}
+
+/** The counters a relay moves (a subset of the node engine's Counters; no TUN, no keepalive sends). */
+export const RELAY_COUNTER_NAMES: readonly CounterName[] = [
+  'udp_rx_packets',
+  'udp_tx_packets',
+  'udp_rx_bytes',
+  'udp_tx_bytes',
+  'relay_packets',
+  'keepalive_rx',
+  'endpoint_changes',
+  'drop_unknown_peer',
+  'drop_malformed',
+  'drop_auth',
+  'drop_replay',
+  'drop_old_epoch',
+  'drop_spoof',
+  'drop_no_route',
+  'drop_filter',
+  'drop_no_reflect',
+  'drop_oversized',
+  'drop_no_endpoint',
+  'drop_send_error',
+  'drop_not_ip',
+];
+
+export function relayCounters(c: Counters): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const k of RELAY_COUNTER_NAMES) out[k] = c[k];
+  return out;
+}
+
+/** One tenant's forwarding domain on the relay. */
+export class Namespace {
+  links: RelayLink[] = [];
+  constructor(
+    readonly tenantId: number,
+    readonly name: string,
+    /** Destination prefix → link id (rule target), built from this tenant's links only. */
+    readonly table: ForwardingTable,
+    /** Kept across views (flows survive policy changes). */
+    readonly filter: FilterState,
+    /** The packet_filter JSON the filter was compiled from (unchanged: no recompile). */
+    readonly filterJson: string,
+    readonly counters: Counters,
+    /** Node ids the server reports online. */
+    readonly serverOnline: readonly number[],
+  ) {}
+}
+
+/** Which key the node last authenticated with. */
+const HEARD_NONE = 0;
+const HEARD_CURRENT = 1;
+const HEARD_PREVIOUS = 2;
+
+export class RelayLink {
+  // Where the node was last authenticated from (learned, never configured).
+  addr: string | null = null;
+  port = 0;
+  family: 4 | 6 = 4;
+  sock: UdpSock | null = null;
+  lastSeenMs = 0;
+  heard = HEARD_NONE;
+  rxPrev: WireRx | null = null;
+  txPrev: WireTx | null = null;
+  prevUntilMs = 0;
+  prevHex: string | null = null;
+  /** The exit node this link's node uses (same namespace), resolved after all links are built. */
+  exitLink: RelayLink | null = null;
+  counters = new LinkCounters();
+
+  constructor(
+    readonly id: number,
+    readonly nodeId: number,
+    readonly node: string,
+    readonly ns: Namespace,
+    readonly pskHex: string,
+    readonly rx: WireRx,
+    readonly tx: WireTx,
+    /** Inner sources this link may send from: allowed_src ∪ routes. */
+    readonly allowedSrc: PrefixMatcher,
+    /** This link is an exit node for IPv4 / IPv6 (its routes hold 0.0.0.0/0 / ::/0). */
+    readonly exit4: boolean,
+    readonly exit6: boolean,
+  ) {}
+
+  online(now: number, windowMs = RELAY_ONLINE_MS): boolean {
+    return this.lastSeenMs > 0 && now - this.lastSeenMs <= windowMs;
+  }
+
+  endpointText(): string | null {
+    if (this.addr === null) return null;
+    return this.family === 6 ? `[${this.addr}]:${this.port}` : `${this.addr}:${this.port}`;
+  }
+
+  /** 'current' / 'previous': the key the node last used (and the relay answers with); null: never heard. */
+  keyInUse(now: number): 'current' | 'previous' | null {
+    if (this.heard === HEARD_NONE) return null;
+    return this.heard === HEARD_PREVIOUS && this.txPrev !== null && now < this.prevUntilMs ? 'previous' : 'current';
+  }
+}
+
+/** Everything a packet looks at, swapped as one object. */
+interface RelayState {
+  view: RelayView | null;
+  selfId: number;
+  links: RelayLink[];
+  byId: (RelayLink | undefined)[];
+  /** Learned endpoint address → links last seen there (obfuscated lookups try these first). */
+  byAddr: Map<string, RelayLink[]>;
+  namespaces: Map<number, Namespace>;
+}
+
+export interface RelayEngineOptions {
+  listenPorts: number[];
+  /** Address to bind; default all. Tests bind loopback. */
+  bindHost4?: string;
+  bindHost6?: string | null;
+  log?: (msg: string) => void;
+  /** Window for "online" in status() (default RELAY_ONLINE_MS). */
+  onlineMs?: number;
+}
+
+export interface SetViewResult {
+  hash: string;
+  tenants: number;
+  links: number;
+  /** Links that kept their session, endpoint and counters. */
+  kept: number;
+  warnings: string[];
+  /** Filter entries that did not compile (skipped), per tenant name. */
+  filterErrors: Record<string, readonly string[]>;
+}
+
+export interface HealthReport {
+  links: { link_id: number; last_seen_ms_ago: number | null }[];
+}
+
+const EMPTY_STATE = (): RelayState => ({
+  view: null,
+  selfId: RELAY_LINK_ID,
+  links: [],
+  byId: new Array<RelayLink | undefined>(65536),
+  byAddr: new Map(),
+  namespaces: new Map(),
+});
+
+const PREFIX_OPTS = {} as const;
+const prefixesOf = (list: readonly string[]): Prefix[] => list.map((s) => parsePrefix(s, PREFIX_OPTS));
+
+export class RelayEngine {
+  /** Relay totals: every datagram counted here, tenant-attributable ones also in their namespace. */
+  readonly counters = new Counters();
+  readonly startedAt = Date.now();
+  private st: RelayState = EMPTY_STATE();
+  private readonly udp: UdpPorts;
+  private readonly plain = Buffer.alloc(BUF_SIZE);
+  /** The receiver that matched in findLink (current key or previous). */
+  private matched: WireRx | null = null;
+  private readonly log: (msg: string) => void;
+  private readonly onlineMs: number;
+
+  constructor(opts: RelayEngineOptions) {
+    this.log = opts.log ?? (() => {});
+    this.onlineMs = opts.onlineMs ?? RELAY_ONLINE_MS;
+    this.udp = new UdpPorts({
+      ports: opts.listenPorts,
+      ...(opts.bindHost4 !== undefined ? { bindHost4: opts.bindHost4 } : {}),
+      ...(opts.bindHost6 !== undefined ? { bindHost6: opts.bindHost6 } : {}),
+      onDatagram: (msg, addr, port, sock) => this.onDatagram(msg, addr, port, sock),
+      onSendError: () => {
+        this.counters.drop_send_error++;
+      },
+      log: this.log,
+    });
+  }
+
+  async start(): Promise<void> {
+    await this.udp.start();
+  }
+
+  async stop(): Promise<void> {
+    await this.udp.close();
+  }
+
+  listenPorts(): number[] {
+    return this.udp.ports();
+  }
+
+  boundAddresses(): { family: 4 | 6; port: number }[] {
+    return this.udp.boundAddresses();
+  }
+
+  /** The view in force (null before the first). */
+  get view(): RelayView | null {
+    return this.st.view;
+  }
+
+  get links(): readonly RelayLink[] {
+    return this.st.links;
+  }
+
+  link(id: number): RelayLink | undefined {
+    return this.st.byId[id];
+  }
+
+  namespace(tenantId: number): Namespace | undefined {
+    return this.st.namespaces.get(tenantId);
+  }
+
+  get namespaces(): Namespace[] {
+    return [...this.st.namespaces.values()];
+  }
+
+  // ---- view -------------------------------------------------------------------
+
+  /**
+   * Validates `view` and makes it the one in force, atomically. Throws
+   * RelayViewError (nothing changed) when it does not validate.
+   */
+  setView(view: RelayView): SetViewResult {
+    const { view: v, warnings } = parseRelayView(view as unknown);
+    const old = this.st;
+    const now = Date.now();
+    const selfId = v.relay.relay_link_id;
+    const next: RelayState = {
+      view: v,
+      selfId,
+      links: [],
+      byId: new Array<RelayLink | undefined>(65536),
+      byAddr: new Map(),
+      namespaces: new Map(),
+    };
+    const commits: (() => void)[] = [];
+    const filterErrors: Record<string, readonly string[]> = {};
+    let kept = 0;
+    for (const t of v.tenants) {
+      const prevNs = old.namespaces.get(t.tenant_id);
+      const rules: FwdRule[] = [];
+      for (const l of t.links) {
+        for (const s of [...l.allowed_src, ...l.routes]) {
+          const p = parsePrefix(s, PREFIX_OPTS);
+          if (p.bits === 0) continue; // exit routes: reached through exit_link_id only
+          const any: Prefix = { family: p.family, addr: 0n, bits: 0 };
+          rules.push({ src: any, dst: p, action: 'forward', target: l.link_id });
+        }
+      }
+      const filterJson = JSON.stringify(t.packet_filter);
+      let filter: FilterState;
+      if (prevNs !== undefined) {
+        filter = prevNs.filter;
+        if (prevNs.filterJson !== filterJson) {
+          const compiled = PacketFilter.compile(t.packet_filter);
+          if (compiled.errors.length) filterErrors[t.tenant] = compiled.errors;
+          commits.push(() => filter.setFilter(compiled));
+        }
+      } else {
+        const compiled = PacketFilter.compile(t.packet_filter);
+        if (compiled.errors.length) filterErrors[t.tenant] = compiled.errors;
+        filter = new FilterState(compiled);
+      }
+      const ns = new Namespace(
+        t.tenant_id,
+        t.tenant,
+        ForwardingTable.build(rules),
+        filter,
+        filterJson,
+        prevNs?.counters ?? new Counters(),
+        t.online,
+      );
+      next.namespaces.set(t.tenant_id, ns);
+      for (const spec of t.links) {
+        const link = this.buildLink(spec, ns, selfId, old, now);
+        if (old.byId[spec.link_id]?.counters === link.counters) kept++;
+        ns.links.push(link);
+        next.links.push(link);
+        next.byId[link.id] = link;
+        if (link.addr !== null) {
+          const list = next.byAddr.get(link.addr);
+          if (list) list.push(link);
+          else next.byAddr.set(link.addr, [link]);
+        }
+      }
+    }
+    for (const t of v.tenants) {
+      for (const spec of t.links) {
+        const ex = spec.exit_link_id;
+        if (ex !== null && ex !== undefined) next.byId[spec.link_id]!.exitLink = next.byId[ex] ?? null;
+      }
+    }
+    // Commit: one assignment for the tables; flow tables get their new filters.
+    for (const c of commits) c();
+    this.st = next;
+    for (const w of warnings) this.log(`relay view ${v.hash}: ${w}`);
+    for (const [t, e] of Object.entries(filterErrors)) this.log(`relay view ${v.hash}: tenant ${t}: ${e.length} packet filter entries skipped: ${e.slice(0, 3).join('; ')}`);
+    return { hash: v.hash, tenants: v.tenants.length, links: next.links.length, kept, warnings, filterErrors };
+  }
+
+  private buildLink(spec: RelayLinkSpec, ns: Namespace, selfId: number, old: RelayState, now: number): RelayLink {
+    const prevLink = old.byId[spec.link_id];
+    // The same node on the same link (and the same relay id): its keys' sessions can carry over.
+    const same =
+      prevLink !== undefined && old.selfId === selfId && prevLink.nodeId === spec.node_id && prevLink.ns.tenantId === ns.tenantId;
+    const sessions = new Map<string, { rx: WireRx; tx: WireTx }>();
+    if (same) {
+      sessions.set(prevLink.pskHex, { rx: prevLink.rx, tx: prevLink.tx });
+      if (prevLink.prevHex !== null && prevLink.rxPrev !== null && prevLink.txPrev !== null) {
+        sessions.set(prevLink.prevHex, { rx: prevLink.rxPrev, tx: prevLink.txPrev });
+      }
+    }
+    const mk = (hex: string): { rx: WireRx; tx: WireTx } => {
+      const psk = Buffer.from(hex, 'hex');
+      return {
+        rx: new WireRx({ psk, from: spec.link_id, to: selfId, obfuscate: true }),
+        tx: new WireTx({ psk, from: selfId, to: spec.link_id, obfuscate: true }),
+      };
+    };
+    const cur = sessions.get(spec.psk) ?? mk(spec.psk);
+    const allowed = prefixesOf([...spec.allowed_src, ...spec.routes]);
+    const link = new RelayLink(
+      spec.link_id,
+      spec.node_id,
+      spec.node,
+      ns,
+      spec.psk,
+      cur.rx,
+      cur.tx,
+      new PrefixMatcher(allowed),
+      allowed.some((p) => p.family === 4 && p.bits === 0),
+      allowed.some((p) => p.family === 6 && p.bits === 0),
+    );
+    const untilMs = spec.previous_psk_valid_until === null ? 0 : Date.parse(spec.previous_psk_valid_until);
+    if (spec.previous_psk !== null && spec.previous_psk !== spec.psk && untilMs > now) {
+      const p = sessions.get(spec.previous_psk) ?? mk(spec.previous_psk);
+      link.rxPrev = p.rx;
+      link.txPrev = p.tx;
+      link.prevHex = spec.previous_psk;
+      link.prevUntilMs = untilMs;
+    }
+    if (same && (sessions.has(spec.psk) || (link.prevHex !== null && sessions.has(link.prevHex)))) {
+      // A surviving key: keep where the node is, when it was heard, its counters,
+      // and which key it speaks (so answers use the key it still has).
+      link.addr = prevLink.addr;
+      link.port = prevLink.port;
+      link.family = prevLink.family;
+      link.sock = prevLink.sock;
+      link.lastSeenMs = prevLink.lastSeenMs;
+      link.counters = prevLink.counters;
+      const lastHex = prevLink.heard === HEARD_CURRENT ? prevLink.pskHex : prevLink.heard === HEARD_PREVIOUS ? prevLink.prevHex : null;
+      link.heard = lastHex === null ? HEARD_NONE : lastHex === spec.psk ? HEARD_CURRENT : lastHex === link.prevHex ? HEARD_PREVIOUS : HEARD_NONE;
+      if (link.heard === HEARD_NONE && link.lastSeenMs > 0) link.heard = HEARD_CURRENT;
+    }
+    return link;
+  }
+
+  // ---- receive path -------------------------------------------------------------
+
+  private onDatagram(msg: Buffer, addr: string, port: number, sock: UdpSock): void {
+    const c = this.counters;
+    const len = msg.length;
+    if (len < OVERHEAD || len > OVERHEAD + MAX_PLAINTEXT) {
+      c.drop_malformed++;
+      return;
+    }
+    const st = this.st;
+    const now = Date.now();
+    const link = this.findLink(st, msg, len, addr, port, now);
+    if (link === null) {
+      c.drop_unknown_peer++;
+      return;
+    }
+    const ns = link.ns;
+    const tc = ns.counters;
+    const lc = link.counters;
+    // findLink ran matches(), which already unmasked the header.
+    const rx = this.matched!;
+    const code = rx.openMatched(msg, len, this.plain);
+    if (code !== RxCode.Accept) {
+      this.countRx(c, code);
+      this.countRx(tc, code);
+      lc.drops++;
+      return;
+    }
+    link.heard = rx === link.rx ? HEARD_CURRENT : HEARD_PREVIOUS;
+    c.udp_rx_packets++;
+    c.udp_rx_bytes += len;
+    tc.udp_rx_packets++;
+    tc.udp_rx_bytes += len;
+    lc.rx_packets++;
+    lc.rx_bytes += len;
+    if (rx.keepalive) {
+      c.keepalive_rx++;
+      tc.keepalive_rx++;
+      lc.keepalive_rx++;
+      this.touch(st, link, addr, port, sock, now);
+      return;
+    }
+    const plen = rx.plaintextLen;
+    const pkt = this.plain;
+    if (!link.allowedSrc.hasPacketSource(pkt, plen)) {
+      if (plen < 1 || (pkt[0]! >> 4 !== 4 && pkt[0]! >> 4 !== 6)) {
+        c.drop_not_ip++;
+        tc.drop_not_ip++;
+      } else {
+        c.drop_spoof++;
+        tc.drop_spoof++;
+      }
+      lc.drops++;
+      return;
+    }
+    this.touch(st, link, addr, port, sock, now);
+    this.forward(st, link, pkt, plen, now);
+  }
+
+  /** Routes an authenticated inner packet from `from` inside its namespace. */
+  private forward(st: RelayState, from: RelayLink, pkt: Buffer, len: number, now: number): void {
+    const c = this.counters;
+    const ns = from.ns;
+    const tc = ns.counters;
+    let to: RelayLink | null = null;
+    const table = ns.table;
+    const ri = table.lookupPacket(pkt, len);
+    if (ri >= 0) {
+      const t = st.byId[table.rules[ri]!.target];
+      // Tables only name their own tenant's links; the check keeps it so.
+      if (t !== undefined && t.ns === ns) to = t;
+    }
+    if (to === null) {
+      // Not an address of the namespace: internet-bound, via the node's exit node.
+      const ex = from.exitLink;
+      if (ex !== null && ex.ns === ns && ((pkt[0]! >> 4 === 4) ? ex.exit4 : ex.exit6)) to = ex;
+    }
+    if (to === null) {
+      c.drop_no_route++;
+      tc.drop_no_route++;
+      from.counters.drops++;
+      return;
+    }
+    if (to === from) {
+      c.drop_no_reflect++;
+      tc.drop_no_reflect++;
+      from.counters.drops++;
+      return;
+    }
+    if (!ns.filter.check(pkt, len, now)) {
+      c.drop_filter++;
+      tc.drop_filter++;
+      from.counters.drops++;
+      return;
+    }
+    const sock = to.sock;
+    if (to.addr === null || sock === null) {
+      c.drop_no_endpoint++;
+      tc.drop_no_endpoint++;
+      from.counters.drops++;
+      return;
+    }
+    if (len > MAX_PLAINTEXT) {
+      c.drop_oversized++;
+      tc.drop_oversized++;
+      from.counters.drops++;
+      return;
+    }
+    // Answer with the key the node last used: one still on the previous key can read it.
+    const tx = to.heard === HEARD_PREVIOUS && to.txPrev !== null && now < to.prevUntilMs ? to.txPrev : to.tx;
+    const out = this.udp.nextBuffer();
+    const n = tx.seal(pkt, 0, len, out, false);
+    sock.s.send(out, 0, n, to.port, to.addr);
+    c.udp_tx_packets++;
+    c.udp_tx_bytes += n;
+    c.relay_packets++;
+    tc.udp_tx_packets++;
+    tc.udp_tx_bytes += n;
+    tc.relay_packets++;
+    to.counters.tx_packets++;
+    to.counters.tx_bytes += n;
+  }
+
+  private touch(st: RelayState, link: RelayLink, addr: string, port: number, sock: UdpSock, now: number): void {
+    link.lastSeenMs = now;
+    if (link.addr === addr && link.port === port && link.sock === sock) return;
+    if (link.addr !== null) {
+      this.counters.endpoint_changes++;
+      link.ns.counters.endpoint_changes++;
+      const list = st.byAddr.get(link.addr);
+      if (list !== undefined) {
+        const i = list.indexOf(link);
+        if (i >= 0) list.splice(i, 1);
+        if (list.length === 0) st.byAddr.delete(link.addr);
+      }
+    }
+    link.addr = addr;
+    link.port = port;
+    link.family = sock.family;
+    link.sock = sock;
+    const list = st.byAddr.get(addr);
+    if (list !== undefined) list.push(link);
+    else st.byAddr.set(addr, [link]);
+  }
+
+  /** Current key, then (while valid) the previous one. */
+  private linkMatches(l: RelayLink, msg: Buffer, len: number, now: number): boolean {
+    if (l.rx.matches(msg, len)) {
+      this.matched = l.rx;
+      return true;
+    }
+    const prev = l.rxPrev;
+    if (prev !== null && now < l.prevUntilMs && prev.matches(msg, len)) {
+      this.matched = prev;
+      return true;
+    }
+    return false;
+  }
+
+  private findLink(st: RelayState, msg: Buffer, len: number, addr: string, port: number, now: number): RelayLink | null {
+    // Obfuscated headers: the links last seen at this address first, then everyone.
+    const near = st.byAddr.get(addr);
+    if (near !== undefined) {
+      for (let i = 0; i < near.length; i++) {
+        const l = near[i]!;
+        if (l.port === port && this.linkMatches(l, msg, len, now)) return l;
+      }
+    }
+    const all = st.links;
+    for (let i = 0; i < all.length; i++) {
+      if (this.linkMatches(all[i]!, msg, len, now)) return all[i]!;
+    }
+    return null;
+  }
+
+  private countRx(c: Counters, code: number): void {
+    switch (code) {
+      case RxCode.OldEpoch:
+        c.drop_old_epoch++;
+        break;
+      case RxCode.Replay:
+        c.drop_replay++;
+        break;
+      case RxCode.AuthFail:
+        c.drop_auth++;
+        break;
+      default:
+        c.drop_malformed++;
+    }
+  }
+
+  // ---- reports ------------------------------------------------------------------
+
+  /** Body of POST /relay/v1/health: when each link's node was last authenticated. */
+  healthReport(now: number = Date.now()): HealthReport {
+    const links = this.st.links
+      .map((l) => ({ link_id: l.id, last_seen_ms_ago: l.lastSeenMs > 0 ? Math.max(0, Math.round(now - l.lastSeenMs)) : null }))
+      .sort((a, b) => a.link_id - b.link_id);
+    return { links };
+  }
+
+  status(now: number = Date.now()): RelayStatus {
+    const st = this.st;
+    const v = st.view;
+    return {
+      relay: v ? { id: v.relay.id, name: v.relay.name, relay_link_id: v.relay.relay_link_id, tenant_id: v.relay.tenant_id, endpoints: v.relay.endpoints } : null,
+      view_hash: v?.hash ?? null,
+      uptime_s: Math.round((now - this.startedAt) / 1000),
+      listen: this.udp.boundAddresses(),
+      counters: relayCounters(this.counters),
+      tenants: [...st.namespaces.values()].map((ns) => ({
+        tenant: ns.name,
+        tenant_id: ns.tenantId,
+        links: ns.links.length,
+        online_links: ns.links.filter((l) => l.online(now, this.onlineMs)).length,
+        server_online: [...ns.serverOnline],
+        routes: ns.table.rules.map((r) => `${formatPrefix(r.dst)} -> ${r.target}`),
+        counters: relayCounters(ns.counters),
+        filter: {
+          rules: ns.filter.filter.ruleCount,
+          skipped_entries: ns.filter.filter.errors.length,
+          flows: ns.filter.flows.size,
+          ...ns.filter.counters.toJSON(),
+        },
+        link_list: ns.links.map((l) => ({
+          link_id: l.id,
+          node_id: l.nodeId,
+          node: l.node,
+          endpoint: l.endpointText(),
+          online: l.online(now, this.onlineMs),
+          last_seen_ms_ago: l.lastSeenMs > 0 ? Math.max(0, now - l.lastSeenMs) : null,
+          key: l.keyInUse(now),
+          previous_key_valid_s: l.rxPrev !== null && now < l.prevUntilMs ? Math.round((l.prevUntilMs - now) / 1000) : null,
+          exit_link_id: l.exitLink?.id ?? null,
+          exit_node: l.exit4 || l.exit6,
+          ...l.counters.toJSON(),
+        })),
+      })),
+    };
+  }
+}
+
+export interface RelayLinkStatus {
+  link_id: number;
+  node_id: number;
+  node: string;
+  endpoint: string | null;
+  online: boolean;
+  last_seen_ms_ago: number | null;
+  key: 'current' | 'previous' | null;
+  previous_key_valid_s: number | null;
+  exit_link_id: number | null;
+  exit_node: boolean;
+  [counter: string]: unknown;
+}
+
+export interface RelayTenantStatus {
+  tenant: string;
+  tenant_id: number;
+  links: number;
+  online_links: number;
+  server_online: number[];
+  routes: string[];
+  counters: Record<string, number>;
+  filter: Record<string, number>;
+  link_list: RelayLinkStatus[];
+}
+
+export interface RelayStatus {
+  relay: { id: number; name: string; relay_link_id: number; tenant_id: number | null; endpoints: string[] } | null;
+  view_hash: string | null;
+  uptime_s: number;
+  listen: { family: 4 | 6; port: number }[];
+  counters: Record<string, number>;
+  tenants: RelayTenantStatus[];
+}
