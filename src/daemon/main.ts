@@ -1,8 +1,14 @@
-// larktund (also `subnetrad`): the node daemon in standalone mode.
-//   larktund --config PATH [--check] [--print-network-plan] [--metrics HOST:PORT]
-//            [--state-dir DIR] [--no-tun]
+// larktund (also `subnetrad`): the node daemon. Three modes:
+//   standalone  larktund --config PATH [--check] [--print-network-plan] [--metrics HOST:PORT]
+//                        [--state-dir DIR] [--no-tun]
+//   managed     larktund [--state-dir DIR] [--tun NAME] [--port N] [--no-tun]
+//               (then `larktun up --login-server URL --authkey KEY`)
+//   relay       larktund --relay --server URL --relay-token TOKEN [--listen PORT[,PORT]] [--state-dir DIR]
 import { Command, CommanderError } from 'commander';
 import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, unlinkSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
 import { loadConfig, deriveRules, hasErrors, formatProblem, type Config } from './config.js';
 import { networkPlan, formatPlan, tunNameProblem } from './plan.js';
 import { Engine, BindError } from '../dataplane/engine.js';
@@ -16,6 +22,10 @@ import {
   startControlServer,
 } from './control.js';
 import { parseHostPort } from '../net/addr.js';
+import { ManagedNode } from './managed.js';
+import { startManagedControl } from './managed-control.js';
+import { OsNet } from './osnet.js';
+import { runRelay } from './relaymode.js';
 
 interface DaemonFlags {
   config?: string;
@@ -23,7 +33,12 @@ interface DaemonFlags {
   printNetworkPlan?: boolean;
   metrics?: string;
   stateDir?: string;
-  tun?: boolean;
+  tun?: boolean | string;
+  port?: string;
+  relay?: boolean;
+  server?: string;
+  relayToken?: string;
+  listen?: string;
 }
 
 class Exit extends Error {
@@ -59,8 +74,102 @@ function runPlan(plan: string[][]): void {
   }
 }
 
+function waitForSignal(): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const stop = (sig: string): void => {
+      log(`${sig}: shutting down`);
+      resolve();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+}
+
+function parsePort(text: string, flag: string): number {
+  if (!/^[0-9]+$/.test(text) || Number(text) > 65535) throw new Exit(`${flag} must be a UDP port 0..65535, got "${text}"`, 2);
+  return Number(text);
+}
+
+async function runManaged(flags: DaemonFlags): Promise<void> {
+  const stateDir = flags.stateDir ?? defaultStateDir();
+  const tunName = typeof flags.tun === 'string' ? flags.tun : process.env.LARKTUN_TUN || 'lark0';
+  const nameProblem = tunNameProblem(tunName);
+  if (nameProblem) throw new Exit(`--tun: ${nameProblem}`, 2);
+  const withTun = flags.tun !== false;
+  const node = new ManagedNode({
+    stateDir,
+    tunName,
+    port: parsePort(flags.port ?? '41641', '--port'),
+    tun: withTun,
+    os: withTun ? new OsNet() : null,
+    log,
+  });
+  const sockPath = defaultSocketPath();
+  const control = await startManagedControl(sockPath, node);
+  log(`${VERSION} running in managed mode: state=${stateDir} control=${sockPath} tun=${withTun ? tunName : 'none'}; state ${node.backendState}`);
+  await node.init();
+  await waitForSignal();
+  control.close();
+  await node.shutdown();
+  process.exit(0);
+}
+
+/** The relay's control socket: `status --json` (and `status`, the same JSON) for larktun status. */
+function startStatusSocket(sockPath: string, status: () => unknown): Promise<net.Server> {
+  mkdirSync(path.dirname(sockPath), { recursive: true, mode: 0o700 });
+  if (existsSync(sockPath)) unlinkSync(sockPath);
+  const server = net.createServer((conn) => {
+    let buf = '';
+    conn.setEncoding('utf8');
+    conn.on('error', () => {});
+    conn.on('data', (chunk: string) => {
+      buf += chunk;
+      const nl = buf.indexOf('\n');
+      if (nl < 0) {
+        if (buf.length > 4096) conn.end('error: command longer than 4096 bytes\n');
+        return;
+      }
+      const line = buf.slice(0, nl).trim();
+      conn.end(line === 'status --json' || line === 'status' ? `${JSON.stringify(status())}\n` : 'error: a relay answers only status [--json]\n');
+    });
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', (err) => reject(new Error(`cannot listen on control socket ${sockPath}: ${err.message}`)));
+    const old = process.umask(0o177);
+    server.listen(sockPath, () => {
+      process.umask(old);
+      chmodSync(sockPath, 0o600);
+      resolve(server);
+    });
+  });
+}
+
+async function runRelayMode(flags: DaemonFlags): Promise<void> {
+  const server = flags.server ?? process.env.LARKTUN_SERVER;
+  const token = flags.relayToken ?? process.env.LARKTUN_RELAY_TOKEN;
+  if (!server) throw new Exit('--relay needs --server URL (or LARKTUN_SERVER): the control server that registered this relay', 2);
+  if (!token) throw new Exit('--relay needs --relay-token TOKEN (or LARKTUN_RELAY_TOKEN): the token POST /api/v1/relays returned', 2);
+  const ports = (flags.listen ?? '41642').split(',').map((p) => parsePort(p.trim(), '--listen'));
+  const stateDir = flags.stateDir ?? defaultStateDir();
+  let relay;
+  try {
+    relay = await runRelay({ server: server.replace(/\/+$/, ''), token, listenPorts: ports, stateDir, log });
+  } catch (err) {
+    if (err instanceof BindError) throw new Exit(err.message, 1);
+    throw err;
+  }
+  const sockPath = defaultSocketPath();
+  const control = await startStatusSocket(sockPath, () => relay.status());
+  log(`${VERSION} running as a relay: udp=${ports.join(',')} server=${server} state=${stateDir} control=${sockPath}`);
+  await waitForSignal();
+  control.close();
+  await relay.stop();
+  process.exit(0);
+}
+
 async function run(flags: DaemonFlags): Promise<void> {
-  if (!flags.config) throw new Exit('--config PATH is required (the subnetra-style JSON config)', 2);
+  if (flags.relay) return runRelayMode(flags);
+  if (!flags.config) return runManaged(flags);
   const cfg = load(flags.config);
   const tunName = process.env.LARKTUN_TUN || 'lark0';
   if (flags.check) {
@@ -133,14 +242,7 @@ async function run(flags: DaemonFlags): Promise<void> {
       `tun=${tun ? tun.name : 'none'} peers=${cfg.peers.length} rules=${rules.length} control=${sockPath}`,
   );
 
-  await new Promise<void>((resolve) => {
-    const stop = (sig: string): void => {
-      log(`${sig}: shutting down`);
-      resolve();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
+  await waitForSignal();
   control.close();
   if (metrics) await metrics.close();
   await engine.stop();
@@ -152,12 +254,18 @@ export async function main(argv: string[]): Promise<void> {
   const program = new Command('larktund')
     .description('Larktun node daemon: TUN + encrypted UDP links (subnetra v1 compatible)')
     .version(VERSION)
-    .option('-c, --config <path>', 'subnetra-style JSON config file')
+    .option('-c, --config <path>', 'standalone mode: subnetra-style JSON config file (without it: managed mode)')
     .option('--check', 'validate the config, print every problem, exit 1 (or "config ok", exit 0)')
     .option('--print-network-plan', 'print the ip commands the daemon would run, then exit')
     .option('--metrics <host:port>', 'serve Prometheus metrics on this address, e.g. 127.0.0.1:9810')
     .option('--state-dir <dir>', 'where `larktun save` writes the table (default $LARKTUN_STATE_DIR or /var/lib/larktun)')
     .option('--no-tun', 'run without a TUN device (pure relay hub; no local delivery)')
+    .option('--tun <name>', 'managed mode: TUN device name (default $LARKTUN_TUN or lark0)')
+    .option('--port <n>', 'managed mode: UDP port of the link to the relay (default 41641)')
+    .option('--relay', 'relay mode: serve the tenants the control server assigns to this relay')
+    .option('--server <url>', 'relay mode: control server URL (default $LARKTUN_SERVER)')
+    .option('--relay-token <token>', 'relay mode: the relay token (default $LARKTUN_RELAY_TOKEN)')
+    .option('--listen <ports>', 'relay mode: UDP port(s), comma-separated (default 41642)')
     .exitOverride()
     .action(async (opts: DaemonFlags) => run(opts));
   try {
