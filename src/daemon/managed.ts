@@ -527,6 +527,8 @@ export class ManagedNode {
     this.sse?.stop();
     this.sse = null;
     await this.stopDataplane();
+    this.plan = null;
+    this.serverState = { connected: false, error: null, since: Date.now() };
     return { state: this.backendState };
   }
 
@@ -667,6 +669,7 @@ export class ManagedNode {
             name: relay.name,
             endpoint: rp?.endpointText() ?? relay.endpoints[0] ?? null,
             link_id: relay.link_id,
+            /** Heard from the relay lately (it forwards; it sends nothing of its own). */
             online: rp ? rp.online(now) : false,
             last_seen_age_seconds: rp && rp.lastSeenMs > 0 ? Math.round((now - rp.lastSeenMs) / 100) / 10 : null,
           }
@@ -720,7 +723,7 @@ export function managedStatusText(s: Record<string, unknown>): string {
     lines.push(`self:  ${st.self.name}${st.self.tenant ? ` (tenant ${st.self.tenant})` : ''}  ${(st.self.addresses ?? []).join(' ')}`);
     if (st.self.approved_routes?.length) lines.push(`       serving routes: ${st.self.approved_routes.join(', ')}${st.self.primary_routes?.length ? `  (primary for ${st.self.primary_routes.join(', ')})` : ''}`);
   }
-  if (st.relay) lines.push(`relay: ${st.relay.name} ${st.relay.endpoint ?? ''} ${st.relay.online ? `online (seen ${st.relay.last_seen_age_seconds}s ago)` : 'not reached yet'}`);
+  if (st.relay) lines.push(`relay: ${st.relay.name} ${st.relay.endpoint ?? ''} ${st.relay.last_seen_age_seconds !== null ? `(last packet from it ${st.relay.last_seen_age_seconds}s ago)` : '(no packet from it yet)'}`);
   if (st.exit_node) lines.push(`exit node: ${st.exit_node.in_use ?? `none (${st.exit_node.problem ?? 'waiting'})`}`);
   if (st.routes_in_use.length) lines.push(`routes in use: ${st.routes_in_use.join(', ')}`);
   if (st.peers.length) {

@@ -221,6 +221,7 @@ export function planFromMap(map: NodeMap, prefs: Prefs): DataplanePlan {
           name: relay.name,
           endpoint: parseHostPort(relay.endpoints.find((e) => parseHostPort(e) !== null)!)!,
           allowedSrc: sources.length ? sources : [],
+          roam: false,
           psk: Buffer.from(relay.psk, 'hex'),
         },
       ]

@@ -27,6 +27,13 @@ export interface PeerSpec {
   psk: Buffer;
   /** Our id on this link (default: the engine's localId). Managed nodes have one per relay. */
   localId?: number;
+  /**
+   * Learn the peer's address from authenticated datagrams (default true). A
+   * managed node keeps its relay at the configured endpoint: a relay answering
+   * from another local address must not move the node's sends off the address
+   * its routing exempts from the tunnel.
+   */
+  roam?: boolean;
 }
 
 export interface TunSink {
@@ -56,6 +63,7 @@ export class Peer {
   configuredEndpoint: { host: string; port: number } | null;
   allowedSrc: PrefixMatcher;
   localId: number;
+  roam: boolean;
   tx: WireTx;
   rx: WireRx;
   /** The receive side of the key before the last change, until prevUntilMs. */
@@ -78,6 +86,7 @@ export class Peer {
     this.configuredEndpoint = spec.endpoint;
     this.allowedSrc = new PrefixMatcher(spec.allowedSrc);
     this.localId = spec.localId ?? localId;
+    this.roam = spec.roam ?? true;
     this.pskHex = spec.psk.toString('hex');
     this.tx = new WireTx({ psk: spec.psk, from: this.localId, to: spec.id, obfuscate });
     this.rx = new WireRx({ psk: spec.psk, from: spec.id, to: this.localId, obfuscate });
@@ -256,7 +265,7 @@ export class Engine {
 
   private touch(peer: Peer, addr: string, port: number, sock: UdpSock, now: number): void {
     peer.lastSeenMs = now;
-    if (peer.addr !== addr || peer.port !== port || peer.sock !== sock) {
+    if ((peer.roam || peer.addr === null) && (peer.addr !== addr || peer.port !== port || peer.sock !== sock)) {
       if (peer.addr !== null) this.counters.endpoint_changes++;
       this.setEndpoint(peer, addr, port, sock.family, sock);
     }
@@ -453,6 +462,7 @@ export class Engine {
       const localId = s.localId ?? this.localId;
       if (p.pskHex !== s.psk.toString('hex') || p.localId !== localId) p.rekey(s.psk, localId, now);
       p.name = s.name;
+      p.roam = s.roam ?? true;
       p.allowedSrc = new PrefixMatcher(s.allowedSrc);
       const ep = s.endpoint;
       const moved = JSON.stringify(ep) !== JSON.stringify(p.configuredEndpoint);

@@ -79,6 +79,7 @@ export class TunDevice {
     });
     this.worker.unref();
     this.worker.on('error', (err) => {
+      if (!this.running) return; // closing: the reader's read() fails on the deleted device
       process.stderr.write(`larktund: TUN reader for ${this.name} failed: ${err.message}\n`);
       process.exit(1);
     });
