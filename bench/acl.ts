@@ -14,10 +14,16 @@
 // collection is not suppressed: its pauses fall into whichever step triggers
 // them; *_gc_ms is the sum of those pauses per step (median). CPU time (this
 // process, all threads) is reported next to wall time, with the load average,
-// since other work on the machine inflates wall time. *_new_peer_ids counts
-// the ids in the new peer lists a step produces: the part of the output that
-// must be written whatever the algorithm (a result's peers is a plain array
-// per node).
+// since other work on the machine inflates wall time. A result's peers is a
+// PeerList: a read-only view of an ascending id vector shared by the nodes
+// with the same rule memberships, minus the node itself; reading a result
+// reads every peer id (a loop over the shared vector skipping the node's own
+// slot), not just the length (*_peer_ids_read counts them; when peers was a
+// plain array per node, the bench read only its length, so *_results_ms of
+// earlier runs did not include this read). *_new_peer_ids counts the ids a step wrote into
+// peer vectors (a vector is counted once however many results share it; one
+// that grew in place, as a longer view of the same buffer, counts only its
+// new ids): the peer storage the step wrote.
 import { loadavg } from 'node:os';
 import { PerformanceObserver, performance } from 'node:perf_hooks';
 import { formatIPv4 } from '../src/net/addr.js';
@@ -115,10 +121,24 @@ const cpuMs = (u: NodeJS.CpuUsage): number => (u.user + u.system) / 1000;
 const median = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
 const p90 = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.min(a.length - 1, Math.floor(a.length * 0.9))]!;
 
-/** Reads every part of a result, so nothing can stay unmaterialised. */
+/**
+ * Reads every part of a result, so nothing can stay unmaterialised. Peers are
+ * a PeerList (a view of a vector shared between nodes, minus the node's own
+ * id): every peer id is read (the shared vector before and after the node's
+ * own slot), not just the length, so an indirect or lazy representation pays
+ * its full cost.
+ */
 function touch(r: NodeResult): number {
-  return r.packetFilter.length + r.peers.length + r.peerAllowedRoutes.size + r.primaryRoutes.length + r.sshPolicy.rules.length;
+  let x = 0;
+  const { base, cut } = r.peers;
+  const n = base.length;
+  const end = cut < n ? cut : n;
+  for (let i = 0; i < end; i++) x ^= base[i]!;
+  for (let i = cut + 1; i < n; i++) x ^= base[i]!;
+  peerIdsRead += r.peers.length;
+  return (x & 1) + r.packetFilter.length + r.peers.length + r.peerAllowedRoutes.size + r.primaryRoutes.length + r.sshPolicy.rules.length;
 }
+let peerIdsRead = 0;
 
 const net = makeNetwork();
 const parsed = parsePolicy(makePolicy(), 'bench.hujson');
@@ -155,12 +175,20 @@ const gcObserver = new PerformanceObserver((list) => {
 gcObserver.observe({ entryTypes: ['gc'] });
 
 const inc = new IncrementalCompiler(policy, net);
-/** Peer lists the caller has seen (to count the ids in new ones). */
-const seenPeers = new WeakSet<readonly number[]>();
+/** Per peer-vector buffer: how many of its ids the caller has seen (vectors grow in place, as longer views of one buffer). */
+const seenPeers = new WeakMap<ArrayBufferLike, number>();
+/** The ids in a result's peer vector not seen before (and marks them seen). */
+function newIds(r: NodeResult): number {
+  const b = r.peers.base;
+  const seen = seenPeers.get(b.buffer) ?? 0;
+  if (b.length <= seen) return 0;
+  seenPeers.set(b.buffer, b.length);
+  return b.length - seen;
+}
 for (const id of inc.changedNodes()) {
   const r = inc.result(id)!;
   touch(r);
-  seenPeers.add(r.peers);
+  newIds(r);
 }
 
 interface Step {
@@ -168,18 +196,20 @@ interface Step {
   cpu: number;
   /** GC pauses during the step (the observer reports them at the next turn, so they are collected after it). */
   gc: number;
-  /** Ids in the peer lists the step produced as new arrays (the output a step must write). */
+  /** Ids the step wrote into peer vectors (lists are views of shared vectors, which may grow in place). */
   newPeerIds: number;
   /** The change and changedNodes(). */
   update: number;
-  /** Reading the changed nodes' results. */
+  /** Reading the changed nodes' results (every peer id included). */
   results: number;
+  peerIdsRead: number;
   changed: number;
 }
 
 async function step(fn: () => void): Promise<Step> {
   await new Promise((r) => setImmediate(r));
   const gc0 = gcMs;
+  const read0 = peerIdsRead;
   const c0 = process.cpuUsage();
   const s = performance.now();
   fn();
@@ -197,13 +227,11 @@ async function step(fn: () => void): Promise<Step> {
   if (sink < 0) throw new Error('unreachable');
   let newPeerIds = 0;
   for (const r of results) {
-    if (seenPeers.has(r.peers)) continue;
-    seenPeers.add(r.peers);
-    newPeerIds += r.peers.length;
+    newPeerIds += newIds(r);
   }
   // Let the GC observer report the pauses of this step.
   await new Promise((r) => setTimeout(r, 0));
-  return { total: end - s, cpu, gc: gcMs - gc0, newPeerIds, update: mid - s, results: end - mid, changed: changed.length };
+  return { total: end - s, cpu, gc: gcMs - gc0, newPeerIds, update: mid - s, results: end - mid, peerIdsRead: peerIdsRead - read0, changed: changed.length };
 }
 
 let joined = 0;
@@ -262,6 +290,7 @@ process.stdout.write(
     node_join_update_ms: pick(joins, (s) => s.update),
     node_join_results_ms: pick(joins, (s) => s.results),
     node_join_changed_nodes: median(joins.map((s) => s.changed)),
+    node_join_peer_ids_read: median(joins.map((s) => s.peerIdsRead)),
     node_join_new_peer_ids: median(joins.map((s) => s.newPeerIds)),
     route_approve_ms: pick(approves, (s) => s.total),
     route_approve_p90_ms: ms(p90(approves.map((s) => s.total))),
@@ -270,6 +299,7 @@ process.stdout.write(
     route_approve_update_ms: pick(approves, (s) => s.update),
     route_approve_results_ms: pick(approves, (s) => s.results),
     route_approve_changed_nodes: median(approves.map((s) => s.changed)),
+    route_approve_peer_ids_read: median(approves.map((s) => s.peerIdsRead)),
     route_approve_new_peer_ids: median(approves.map((s) => s.newPeerIds)),
     incremental_target_ms: 20,
     runs: { full: FULL_RUNS, warmup_steps: WARMUP, steps: STEPS },

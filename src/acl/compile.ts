@@ -19,7 +19,10 @@
 // nodes whose results differ.
 //
 // Results share structure (SrcIPs arrays, DstPorts entries and ports, peer
-// lists, route maps, SSH rules): treat every returned object as read-only.
+// vectors, route maps, SSH rules): treat every returned object as read-only.
+// A node's peers is a PeerList (peerlist.ts): a view of its signature's
+// shared union minus the node itself, so a join writes each touched union
+// once (usually as an append in place), never one copy per node.
 import { IPSet } from '../net/ipset.js';
 import {
   type Delta,
@@ -28,16 +31,15 @@ import {
   addTo,
   ascending,
   diffSorted,
-  idArray,
   isNoDelta,
   membership,
-  mergeInto,
   mergeSorted,
   sameIds,
   sameList,
   symDiff,
 } from './idlists.js';
 import { INTERNET, type Model, type NodeInfo, sortUnique } from './model.js';
+import { PeerList } from './peerlist.js';
 import { type Change, Resolver } from './resolve.js';
 import { prefixSet, sortRoutes } from './routes.js';
 import { type SshUnit, compileSsh, sshDiff, sshGrant } from './ssh.js';
@@ -64,8 +66,8 @@ export type { Entry, URule, Unit } from './units.js';
 /** One node's compiled view. Shares structure with other results: read-only. */
 export interface NodeResult {
   packetFilter: FilterRule[];
-  /** Peer node ids, ascending. */
-  peers: number[];
+  /** Peer node ids, ascending: a read-only view shared with other results (peerlist.ts). */
+  peers: PeerList;
   /** peer id → routes (beyond its own addresses) this node puts in that peer's AllowedIPs. */
   peerAllowedRoutes: Map<number, string[]>;
   primaryRoutes: string[];
@@ -83,8 +85,13 @@ interface SigData {
   readonly hash: string;
   readonly recv: readonly number[];
   readonly src: readonly number[];
-  /** Ascending union of the rules' peers (may include the nodes themselves). Never mutated: replaced. */
-  union?: number[];
+  /**
+   * Ascending union of the rules' peers (may include the nodes themselves).
+   * Never mutated: replaced (PeerList.merged may extend the vector's buffer
+   * in place, past the end of every existing view). Each node's peers is a
+   * view of it without the node itself, so the union is never copied per node.
+   */
+  union?: PeerList;
   /** Ids to add to `union` at the end of the current update. */
   pending?: number[];
   par?: Map<number, string[]>;
@@ -178,7 +185,7 @@ export class Engine {
   /** node id → its result before the first change since the last settle(). */
   private prevResult = new Map<number, NodeResult>();
   /** node id → what its last result was built from (kept when the cached result is dropped). */
-  private built = new Map<number, { d: SigData; union: number[] | undefined; par: Map<number, string[]> | undefined; result: NodeResult }>();
+  private built = new Map<number, { d: SigData; union: PeerList | undefined; par: Map<number, string[]> | undefined; result: NodeResult }>();
   private byDep = new Map<string, Set<number>>();
   private addrUnits = new Set<number>();
   /** Nodes with the same rule memberships share one peer/route computation. */
@@ -546,22 +553,22 @@ export class Engine {
     if (sigs) for (const d of sigs) d.par = undefined;
   }
 
-  private unionSorted(lists: ReadonlyArray<readonly number[]>): number[] {
+  /** Ascending union of ascending lists, as a new vector. */
+  private unionSorted(lists: ReadonlyArray<readonly number[]>): PeerList {
     let maxId = 0;
+    let minId = Infinity;
     for (let i = 0; i < lists.length; i++) {
       const l = lists[i]!;
-      if (l.length > 0 && l[l.length - 1]! > maxId) maxId = l[l.length - 1]!;
+      if (l.length === 0) continue;
+      if (l[l.length - 1]! > maxId) maxId = l[l.length - 1]!;
+      if (l[0]! < minId) minId = l[0]!;
     }
-    if (maxId > 50_000_000) return mergeSorted(lists);
-    if (lists.length === 1) {
-      const l = lists[0]!;
-      const copy = idArray(l.length);
-      for (let k = 0; k < l.length; k++) copy[k] = l[k]!;
-      return copy;
-    }
+    if (minId === Infinity) return PeerList.EMPTY;
+    if (lists.length === 1) return PeerList.wrap(PeerList.vec(lists[0]!));
+    if (maxId > 50_000_000 || minId < 0 || !Number.isInteger(minId) || !Number.isInteger(maxId)) return PeerList.wrap(PeerList.vec(mergeSorted(lists)));
     if (this.stamp.length <= maxId) this.stamp = new Uint32Array(Math.max(maxId + 1, this.stamp.length * 2));
     const st = this.stamp;
-    if (this.gen === 0xfffffffe) {
+    if (this.gen >= 0xfffffffd) {
       st.fill(0);
       this.gen = 0;
     }
@@ -577,12 +584,12 @@ export class Engine {
         }
       }
     }
-    const out: number[] = idArray(count);
+    const out = PeerList.alloc(count, minId, maxId);
     let w = 0;
-    if (count > maxId >> 4) {
+    if (count > (maxId - minId) >> 4) {
       // Dense: read the marks in order.
-      for (let x = 0; x <= maxId; x++) if (st[x] === g) out[w++] = x;
-      return out;
+      for (let x = minId; x <= maxId; x++) if (st[x] === g) out[w++] = x;
+      return PeerList.wrap(out);
     }
     const g2 = ++this.gen;
     for (let i = 0; i < lists.length; i++) {
@@ -595,15 +602,15 @@ export class Engine {
         }
       }
     }
-    return out.sort(ascending);
+    return PeerList.wrap(out.sort());
   }
 
-  peers(id: number): number[] {
+  peers(id: number): PeerList {
     return this.peersOf(this.sigData(id), id);
   }
 
-  /** The node's peers: its sig's union without itself (the shared union when it is not in it). */
-  private peersOf(d: SigData, id: number): number[] {
+  /** The node's peers: its sig's union without itself (the shared union when it is not in it; a view of it otherwise). */
+  private peersOf(d: SigData, id: number): PeerList {
     if (!d.union) {
       const lists: Array<readonly number[]> = [];
       for (let i = 0; i < d.recv.length; i++) {
@@ -616,21 +623,7 @@ export class Engine {
       }
       d.union = this.unionSorted(lists);
     }
-    const all = d.union;
-    let lo = 0;
-    let hi = all.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      const x = all[mid]!;
-      if (x === id) {
-        const out = all.slice();
-        out.splice(mid, 1);
-        return out;
-      }
-      if (x < id) lo = mid + 1;
-      else hi = mid - 1;
-    }
-    return all;
+    return d.union.without(id);
   }
 
   peerAllowedRoutes(id: number): Map<number, string[]> {
@@ -817,7 +810,7 @@ export class Engine {
     for (const i of [...dirty].sort(ascending)) this.recompileUnit(i, affected, reordered, routesStable, ch);
     this.slots.interner.sweep();
     for (const d of this.touched) {
-      if (d.union && d.pending) d.union = mergeInto(d.union, sortUnique(d.pending));
+      if (d.union && d.pending) d.union = d.union.merged(sortUnique(d.pending));
       d.pending = undefined;
     }
     this.touched.clear();
@@ -894,6 +887,17 @@ export class Engine {
     this.unregisterDeps(old, i);
     this.units[i] = next;
     this.registerDeps(next, i);
+    // Usually the same rule ids in the same order (only some replaced): compare position by position.
+    const ol = old.rules;
+    const nl = next.rules;
+    if (ol.length === nl.length) {
+      let k = 0;
+      while (k < ol.length && ol[k]!.id === nl[k]!.id) k++;
+      if (k === ol.length) {
+        for (let j = 0; j < ol.length; j++) if (ol[j] !== nl[j]) this.replaceRule(ol[j]!, nl[j]!, affected, reordered);
+        return;
+      }
+    }
     const nextById = new Map<number, URule>();
     for (const r of next.rules) nextById.set(r.id, r);
     for (const a of old.rules) {
@@ -913,6 +917,11 @@ export class Engine {
     for (const x of rd.removed) this.indexRecv(x, a.id, false);
     for (const x of sd.removed) this.indexSrc(x, a.id, false);
     this.byId[b.id] = b;
+    // The per-node views and route hits depend only on the entries and receivers: share them when those are the same.
+    if (a.entries === b.entries) {
+      if (b.view === undefined && a.view !== undefined && a.allReceivers === b.allReceivers) b.view = a.view;
+      if (b.hits === undefined && a.hits !== undefined) b.hits = a.hits;
+    }
     if (a.srcIPs !== b.srcIPs) {
       this.slots.interner.retain(b.srcIPs);
       this.slots.interner.release(a.srcIPs);
@@ -1063,6 +1072,6 @@ function sameResult(a: NodeResult, b: NodeResult): boolean {
     if (a.packetFilter.length !== b.packetFilter.length) return false;
     for (let i = 0; i < a.packetFilter.length; i++) if (!sameFilterRule(a.packetFilter[i]!, b.packetFilter[i]!)) return false;
   }
-  if (!sameList(a.peers, b.peers)) return false;
+  if (!a.peers.equals(b.peers)) return false;
   return a.capabilities === b.capabilities || JSON.stringify(a.capabilities) === JSON.stringify(b.capabilities);
 }

@@ -80,45 +80,6 @@ export const NO_DELTA: Delta = { added: NONE, removed: NONE };
 
 export const isNoDelta = (d: Delta): boolean => d.added.length === 0 && d.removed.length === 0;
 
-/**
- * A new array for `n` node ids, stored unboxed (V8's double elements): peer
- * lists are the bulk of the compiled data, and the garbage collector neither
- * scans nor traces the contents of such arrays. The values are ordinary
- * integers to every reader; copies (slice) keep the representation.
- */
-export function idArray(n: number): number[] {
-  const a = new Array<number>(n);
-  if (n > 0) a[0] = 0.5;
-  return a;
-}
-
-/** Ascending merge of an ascending list and ascending additions (a new array, allocated once). */
-export function mergeInto(a: readonly number[], add: readonly number[]): number[] {
-  const out: number[] = idArray(a.length + add.length);
-  let i = 0;
-  let j = 0;
-  let w = 0;
-  while (i < a.length && j < add.length) {
-    const x = a[i]!;
-    const y = add[j]!;
-    if (x < y) {
-      out[w++] = x;
-      i++;
-    } else if (y < x) {
-      out[w++] = y;
-      j++;
-    } else {
-      out[w++] = x;
-      i++;
-      j++;
-    }
-  }
-  while (i < a.length) out[w++] = a[i++]!;
-  while (j < add.length) out[w++] = add[j++]!;
-  out.length = w;
-  return out;
-}
-
 export function sameIds(a: readonly number[], b: readonly number[]): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;

@@ -22,6 +22,7 @@ export {
 } from './routes.js';
 export { INTERNET, DEFAULT_POOL } from './model.js';
 export type { NodeResult } from './compile.js';
+export { PeerList, type IdVec } from './peerlist.js';
 export type * from './types.js';
 
 export interface CheckResult {
@@ -138,7 +139,8 @@ export function applyAutoApproval(policy: Policy, net: AclNetwork): AclNetwork {
  * only the rules and nodes a change touches. changedNodes() tells the server
  * which nodes need a new map; every other node's result() is the very same
  * object as before. Results share structure with each other and with later
- * results: treat them as read-only.
+ * results: treat them as read-only. A result's peers is a PeerList, a view of
+ * an id vector shared by the nodes with the same rule memberships.
  */
 export class IncrementalCompiler {
   private model: Model;

@@ -317,12 +317,13 @@ export function compileUnit(
   // Keyed by position within the template (small integers; seqs themselves exceed the small-integer range).
   const base = tplIdx * SEQ_STRIDE;
   const prevBySeq = new Map<number, URule>();
-  const prevSelf: Array<Map<number, URule>> = [];
+  /** Per self call: the previous rules, in their order (one per user). */
+  const prevSelf: URule[][] = [];
   for (const pr of prev?.rules ?? []) {
     if (pr.selfCall !== undefined) {
-      let m = prevSelf[pr.selfCall];
-      if (!m) prevSelf[pr.selfCall] = m = new Map();
-      m.set(pr.selfUser!, pr);
+      let l = prevSelf[pr.selfCall];
+      if (!l) prevSelf[pr.selfCall] = l = [];
+      l.push(pr);
     } else prevBySeq.set(pr.seq - base, pr);
   }
   // Users whose autogroup:self rules can differ from `prev`: those named by the change, and the owners of nodes that joined or left the sources.
@@ -424,14 +425,9 @@ export function compileUnit(
     deps.add('member');
     const call = selfCall++;
     const before = prevSelf[call];
-    let users: Iterable<number>;
-    if (before && touched) {
-      for (const [uid, pr] of before) if (!touched.has(uid)) rules.push(pr);
-      users = touched;
-    } else users = [...model.byUser.keys()].sort(ascending);
     const isSrc = membership(src.nodes);
-    for (const uid of users) {
-      if (!model.byUser.has(uid)) continue;
+    const one = (uid: number, pr: URule | undefined): void => {
+      if (!model.byUser.has(uid)) return;
       const o = r.userOwn(uid);
       const own = o.ids;
       let all = true;
@@ -443,7 +439,6 @@ export function compileUnit(
       }
       const inSrc = all ? own : own.filter(isSrc);
       const seq = tplIdx * SEQ_STRIDE + SELF_BASE + call * SELF_CALL + slots.slot(uid);
-      const pr = before?.get(uid);
       if (
         pr &&
         pr.seq === seq &&
@@ -451,9 +446,9 @@ export function compileUnit(
         (all ? pr.selfIn === null : pr.selfIn != null && sameNums(pr.selfIn, inSrc))
       ) {
         rules.push(pr);
-        continue;
+        return;
       }
-      if (inSrc.length === 0) continue;
+      if (inSrc.length === 0) return;
       const strings = all ? (o.strings ??= r.ipsOf(own)) : r.ipsOf(inSrc);
       const targets = (o.targets ??= r.targetsOf(own));
       const agg: SrcRes = { strings, nodes: inSrc, set: IPSet.EMPTY, identity: inSrc };
@@ -464,6 +459,24 @@ export function compileUnit(
         own: o,
         inSrc: all ? null : inSrc,
       });
+    };
+    if (before && touched) {
+      // Only the touched users' rules can differ: keep the others (in place, so the unit's rule order stays the same).
+      const seen = new Set<number>();
+      for (let k = 0; k < before.length; k++) {
+        const pr = before[k]!;
+        const uid = pr.selfUser!;
+        if (!touched.has(uid)) rules.push(pr);
+        else {
+          seen.add(uid);
+          one(uid, pr);
+        }
+      }
+      for (const uid of [...touched].sort(ascending)) if (!seen.has(uid)) one(uid, undefined);
+    } else {
+      const byUser = new Map<number, URule>();
+      if (before) for (const pr of before) byUser.set(pr.selfUser!, pr);
+      for (const uid of [...model.byUser.keys()].sort(ascending)) one(uid, byUser.get(uid));
     }
   };
 

@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import type { NodeRow, RelayLinkRow, RelayRow, TenantRow, UserRow } from './store/schema.js';
 import type { Store } from './store/repo.js';
-import { newTenantCompilerFrom, type AclNetwork, type AclNode, type NodeView, type TenantCompiler } from './policy-engine.js';
+import { newTenantCompilerFrom, PeerList, type AclNetwork, type AclNode, type NodeView, type TenantCompiler } from './policy-engine.js';
 import type { ControlMetrics } from './metrics.js';
 
 export interface MapPeer {
@@ -173,7 +173,7 @@ export async function loadSnapshot(store: Store, tenantId: number): Promise<Tena
   };
 }
 
-const EMPTY_VIEW: NodeView = { peers: [], peerRoutes: new Map(), packetFilter: [], sshPolicy: null, primaryRoutes: [] };
+const EMPTY_VIEW: NodeView = { peers: PeerList.EMPTY, peerRoutes: new Map(), packetFilter: [], sshPolicy: null, primaryRoutes: [] };
 
 /** A built map: its version, content hash and JSON text (shape: NetworkMap). */
 export interface BuiltMap {
@@ -232,7 +232,7 @@ const sha1 = (s: string): string => createHash('sha1').update(s).digest('hex').s
 
 /** The peers section of one node's map, kept while its inputs stay the same. */
 interface PeersMemo {
-  peers: number[];
+  peers: PeerList;
   routes: Map<number, string[]>;
   /** Dropped after use to keep memory flat; rebuilt when a full map is needed. */
   json: string | null;
@@ -250,8 +250,8 @@ function sameRoutes(a: Map<number, string[]>, b: Map<number, string[]>): boolean
   return true;
 }
 
-function samePeers(a: number[], b: number[]): boolean {
-  return a === b || (a.length === b.length && a.every((x, i) => x === b[i]));
+function samePeers(a: PeerList, b: PeerList): boolean {
+  return a.equals(b);
 }
 
 function buildPeers(snap: TenantSnapshot, v: NodeView, cache: PeerCache, sigs?: Map<number, string>): PeersMemo & { json: string } {

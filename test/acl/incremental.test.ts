@@ -254,4 +254,51 @@ describe('incremental compiler on medium random tenants', () => {
     merged(inc.result(2)!);
     assert.deepEqual(inc.result(2)!.packetFilter[0]!.SrcIPs, ['100.64.0.1', '100.64.0.3']);
   });
+
+  it('peer lists of nodes with the same memberships share one vector, and joins append to it in place', () => {
+    const policy = parsePolicy(JSON.stringify({ acls: [{ action: 'accept', src: ['*'], dst: ['*:*'] }] }));
+    assert.ok(policy.ok);
+    const node = (id: number): AclNode => ({
+      id,
+      name: `n${id}`,
+      user: 'u1@example.com',
+      tags: [],
+      ipv4: `100.64.${id >> 8}.${id & 255}`,
+      ipv6: null,
+      announced_routes: [],
+      approved_routes: [],
+      online: true,
+    });
+    const users = [{ id: 1, name: 'u1', email: 'u1@example.com' }];
+    let net: AclNetwork = { users, nodes: Array.from({ length: 40 }, (_, i) => node(i + 1)) };
+    const inc = new IncrementalCompiler(policy.policy, net);
+    inc.changedNodes();
+    const results = (): NodeResult[] => net.nodes.map((n) => inc.result(n.id)!);
+    const check = (): void => {
+      const full = compileNetwork(policy.policy, net);
+      const rs = results();
+      for (const [i, r] of rs.entries()) {
+        const id = net.nodes[i]!.id;
+        assert.deepEqual(r.peers.toArray(), full.nodes.get(id)!.peers.toArray(), `peers of ${id}`);
+        assert.ok(!r.peers.includes(id));
+      }
+      // One vector for everyone (each node's list leaves out only itself).
+      assert.equal(new Set(rs.map((r) => r.peers.base.buffer)).size, 1);
+    };
+    check();
+    const bufferBefore = inc.result(1)!.peers.base.buffer;
+    const peersBefore = inc.result(1)!.peers;
+    for (let id = 41; id <= 45; id++) {
+      inc.nodeJoined(node(id));
+      net = { users, nodes: [...net.nodes, node(id)] };
+      assert.equal(inc.changedNodes().length, id);
+      check();
+    }
+    // The first join copied the vector (into a buffer with room); later ones appended in place.
+    const buf = inc.result(1)!.peers.base.buffer;
+    assert.notEqual(buf, bufferBefore);
+    assert.equal(inc.result(45)!.peers.base.buffer, buf);
+    // Results handed out earlier are unchanged.
+    assert.deepEqual(peersBefore.toArray(), Array.from({ length: 39 }, (_, i) => i + 2));
+  });
 });

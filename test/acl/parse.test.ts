@@ -37,7 +37,7 @@ describe('HuJSON policy parsing', () => {
     assert.deepEqual(web[0]!.IPProto, [6]);
     assert.deepEqual(web[0]!.SrcIPs, ['100.64.0.1', 'fd7a:115c:a1e0::1']);
     assert.deepEqual(c.nodes.get(3)!.packetFilter[0]!.DstPorts, [{ IP: 'fd7a:115c:a1e0::3', Ports: { First: 22, Last: 22 } }]);
-    assert.deepEqual(c.nodes.get(1)!.peers, [2, 3]);
+    assert.deepEqual(c.nodes.get(1)!.peers.toArray(), [2, 3]);
   });
 
   it('reports every error with file:line:column', () => {
