@@ -103,6 +103,35 @@ const num = (s: string, what: string): number => {
   return Number(s);
 };
 
+const strs = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
+const EXIT = new Set(['0.0.0.0/0', '::/0']);
+
+/**
+ * One row per (node, prefix) from the Admin API's node objects: the prefix's
+ * state (approved, or only announced), whether the node is its primary
+ * (exit routes have none: "-"), and the node's health (online/offline).
+ */
+export function routeRows(nodes: JsonObject[]): JsonObject[] {
+  const rows: JsonObject[] = [];
+  for (const n of nodes) {
+    const announced = strs(n['announced_routes']);
+    const approved = new Set(strs(n['approved_routes']));
+    const primary = new Set(strs(n['primary_routes']));
+    const prefixes = [...new Set([...announced, ...approved])].sort();
+    for (const prefix of prefixes) {
+      rows.push({
+        node: n['name'],
+        node_id: n['id'],
+        prefix,
+        state: approved.has(prefix) ? 'approved' : 'announced',
+        primary: EXIT.has(prefix) ? '-' : primary.has(prefix) ? 'yes' : 'no',
+        health: n['online'] === true ? 'online' : 'offline',
+      });
+    }
+  }
+  return rows;
+}
+
 export function registerAdmin(program: Command): void {
   const admin = program
     .command('admin')
@@ -238,7 +267,7 @@ export function registerAdmin(program: Command): void {
 
   // nodes
   const nodes = admin.command('nodes').description('nodes of a tenant');
-  const NCOLS = ['id', 'name', 'ipv4', 'ipv6', 'user', 'tags', 'online', 'last_seen', 'approved_routes', 'primary_routes'];
+  const NCOLS = ['id', 'name', 'ipv4', 'ipv6', 'user', 'tags', 'online', 'last_seen', 'relay_rtt_ms', 'approved_routes', 'primary_routes'];
   nodes.command('list').action(async (_o, cmd: Command) => {
     const r = await client(cmd).call('GET', `/api/v1/tenants/${tenantOf(cmd)}/nodes`);
     output(cmd, r, { rows: list(r, 'nodes'), cols: NCOLS });
@@ -266,7 +295,7 @@ export function registerAdmin(program: Command): void {
 
   // routes
   const routes = admin.command('routes').description('subnet and exit routes');
-  routes.command('list [node]').action(async (node: string | undefined, _o, cmd: Command) => {
+  routes.command('list [node]').description('every route of the tenant: node, prefix, state (announced/approved), primary, health (or one node\'s routes)').action(async (node: string | undefined, _o, cmd: Command) => {
     const c = client(cmd);
     const t = tenantOf(cmd);
     if (node) {
@@ -275,10 +304,8 @@ export function registerAdmin(program: Command): void {
       return;
     }
     const r = await c.call('GET', `/api/v1/tenants/${t}/nodes`);
-    const rows = list(r, 'nodes')
-      .filter((n) => Array.isArray(n['announced_routes']) && (n['announced_routes'] as unknown[]).length > 0)
-      .map((n) => ({ node: n['id'], name: n['name'], announced: n['announced_routes'], approved: n['approved_routes'], primary: n['primary_routes'] }));
-    output(cmd, { routes: rows }, { rows, cols: ['node', 'name', 'announced', 'approved', 'primary'] });
+    const rows = routeRows(list(r, 'nodes'));
+    output(cmd, { routes: rows }, { rows, cols: ['node', 'node_id', 'prefix', 'state', 'primary', 'health'] });
   });
   routes
     .command('approve <node> [routes...]')

@@ -6,6 +6,19 @@ export interface OnlineCounter {
   (): Promise<{ tenant: string; online: number; total: number }[]>;
 }
 
+/** Routes of every tenant, for the route gauges (read at scrape time). */
+export interface RouteStats {
+  /** Per tenant: (node, prefix) pairs approved, and announced but not approved. */
+  routes: { tenant: string; state: 'approved' | 'announced'; n: number }[];
+  /** Every stored HA primary. */
+  primaries: { tenant: string; prefix: string; node: string }[];
+  /** Per tenant: approved routed prefixes (exit routes aside) that have no primary (no router online). */
+  unserved: { tenant: string; n: number }[];
+}
+
+/** At most this many larktun_route_primary series (one per primary prefix) are exported. */
+export const MAX_PRIMARY_SERIES = 1000;
+
 export class ControlMetrics {
   readonly registry = new Registry();
   readonly apiLatency: Histogram<'method' | 'route' | 'status'>;
@@ -17,7 +30,7 @@ export class ControlMetrics {
   /** Liveness transitions: relay reports (unseen/seen again) and stalled streams cut. */
   readonly liveness: Counter<'event'>;
 
-  constructor(onlineCounter: OnlineCounter) {
+  constructor(onlineCounter: OnlineCounter, routeStats?: () => Promise<RouteStats>) {
     collectDefaultMetrics({ register: this.registry, prefix: 'larktun_server_' });
     this.apiLatency = new Histogram({
       name: 'larktun_api_request_duration_seconds',
@@ -52,7 +65,7 @@ export class ControlMetrics {
     });
     this.liveness = new Counter({
       name: 'larktun_node_liveness_events_total',
-      help: 'Nodes marked offline/online again by relay health reports, and node streams cut because the node stopped reading',
+      help: 'Nodes marked offline/online again by relay health reports (relay_unseen, relay_seen_again), back online because their relay went quiet (relay_verdict_lapsed), and node streams cut because the node stopped reading',
       labelNames: ['event'],
       registers: [this.registry],
     });
@@ -64,7 +77,7 @@ export class ControlMetrics {
     });
     const onlineG = new Gauge({
       name: 'larktun_nodes_online',
-      help: 'Nodes online per tenant',
+      help: 'Nodes online per tenant (stream open and not reported unseen by the relays)',
       labelNames: ['tenant'],
       registers: [this.registry],
       async collect() {
@@ -73,6 +86,44 @@ export class ControlMetrics {
       },
     });
     void onlineG;
+    if (routeStats) {
+      // One scrape reads the routes once for the three gauges below.
+      let pending: Promise<RouteStats> | null = null;
+      const stats = (): Promise<RouteStats> => {
+        pending ??= routeStats().finally(() => setTimeout(() => { pending = null; }, 0));
+        return pending;
+      };
+      new Gauge({
+        name: 'larktun_routes',
+        help: 'Routes per tenant by state: approved, or announced and not approved (one per node and prefix)',
+        labelNames: ['tenant', 'state'],
+        registers: [this.registry],
+        async collect() {
+          this.reset();
+          for (const r of (await stats()).routes) this.set({ tenant: r.tenant, state: r.state }, r.n);
+        },
+      });
+      new Gauge({
+        name: 'larktun_route_primary',
+        help: `The HA primary of each routed prefix (value 1; at most ${MAX_PRIMARY_SERIES} series)`,
+        labelNames: ['tenant', 'prefix', 'node'],
+        registers: [this.registry],
+        async collect() {
+          this.reset();
+          for (const p of (await stats()).primaries.slice(0, MAX_PRIMARY_SERIES)) this.set({ tenant: p.tenant, prefix: p.prefix, node: p.node }, 1);
+        },
+      });
+      new Gauge({
+        name: 'larktun_routes_unserved',
+        help: 'Approved routed prefixes per tenant that have no primary (none of their routers online)',
+        labelNames: ['tenant'],
+        registers: [this.registry],
+        async collect() {
+          this.reset();
+          for (const u of (await stats()).unserved) this.set({ tenant: u.tenant }, u.n);
+        },
+      });
+    }
     new Gauge({
       name: 'larktun_nodes',
       help: 'Registered nodes per tenant',

@@ -11,10 +11,12 @@ import {
   type AclNetwork,
   type AclNode,
   type AclUser,
+  type PeerList,
   type Policy,
 } from '../acl/index.js';
 
 export type { AclNetwork, AclNode, AclUser } from '../acl/index.js';
+export { PeerList } from '../acl/index.js';
 
 export interface PolicyCheck {
   valid: boolean;
@@ -23,8 +25,12 @@ export interface PolicyCheck {
 
 /** What one node may see, as the server puts it into that node's map. */
 export interface NodeView {
-  /** Ids of the peers this node may reach or be reached by. */
-  peers: number[];
+  /**
+   * Ids of the peers this node may reach or be reached by, ascending. A
+   * read-only list shared with other nodes' views (iterate it, or use
+   * length/at/includes/some/filter/equals); PeerList.EMPTY for none.
+   */
+  peers: PeerList;
   /** Per peer id: the routes (beyond its own addresses) this node sends to it. */
   peerRoutes: Map<number, string[]>;
   /** Opaque to the server: handed to the node as-is. */
@@ -176,12 +182,37 @@ export function currentPrimaries(nodes: AclNode[]): Map<string, number> {
 export interface RelayCompiled {
   primaries: Map<string, number>;
   globalFilter: unknown;
+  /**
+   * Per node that asked for an exit node (`useExitNode`): the exit node it
+   * uses, when the wish names (by name or id) a node whose approved routes
+   * include 0.0.0.0/0 and the policy gives the asking node that node's
+   * 0.0.0.0/0 (the same test that marks a peer as a usable exit in its map).
+   */
+  exitFor: Map<number, number>;
 }
 
-/** Compiles a stored policy for a relay's view; an unparseable one yields null. */
-export function compileForRelay(text: string, net: AclNetwork, previousPrimaries?: ReadonlyMap<string, number>): RelayCompiled | null {
+/**
+ * Compiles a stored policy for a relay's view; an unparseable one yields null.
+ * `useExitNode`: node id → its hostinfo's use_exit_node (a node name or id).
+ */
+export function compileForRelay(
+  text: string,
+  net: AclNetwork,
+  previousPrimaries?: ReadonlyMap<string, number>,
+  useExitNode?: ReadonlyMap<number, string>,
+): RelayCompiled | null {
   const p = parseCached(text);
   if (!p) return null;
   const c = compileNetwork(p, net, previousPrimaries ? { previousPrimaries } : {});
-  return { primaries: c.primaries, globalFilter: c.globalFilter };
+  const exitFor = new Map<number, number>();
+  if (useExitNode && useExitNode.size > 0) {
+    const exits = net.nodes.filter((n) => n.approved_routes.includes('0.0.0.0/0'));
+    for (const [nodeId, wish] of useExitNode) {
+      const routes = c.nodes.get(nodeId)?.peerAllowedRoutes;
+      if (!routes) continue;
+      const exit = exits.find((e) => e.id !== nodeId && (e.name === wish || String(e.id) === wish) && (routes.get(e.id) ?? []).includes('0.0.0.0/0'));
+      if (exit) exitFor.set(nodeId, exit.id);
+    }
+  }
+  return { primaries: c.primaries, globalFilter: c.globalFilter, exitFor };
 }

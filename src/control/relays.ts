@@ -10,7 +10,7 @@ import type { RelayLinkRow, RelayRow, TenantRow } from './store/schema.js';
 import { nowIso, type Store, type TenantTx } from './store/repo.js';
 import { conflict } from './errors.js';
 import { newLinkPsk } from './secrets.js';
-import { isOnline, jsonList, loadSnapshot } from './netmap.js';
+import { isOnline, jsonList, jsonObject, loadSnapshot } from './netmap.js';
 import { compileForRelay } from './policy-engine.js';
 
 /** The relay's own id on every one of its links; nodes get 1..RELAY_SELF_ID-1. */
@@ -139,6 +139,12 @@ export interface RelayLinkView {
   allowed_src: string[];
   /** Approved routes the node is primary for (and approved exit routes): destinations to forward to it. */
   routes: string[];
+  /**
+   * The link id, on this relay, of the exit node this node uses (its
+   * use_exit_node names an approved exit node the policy lets it use); null
+   * otherwise (or when the exit node has no link on this relay).
+   */
+  exit_link_id: number | null;
 }
 
 export interface BuiltRelayView {
@@ -163,7 +169,19 @@ const addrsOf = (n: { ipv4: string | null; ipv6: string | null }): string[] => [
 async function tenantSection(store: Store, relay: RelayRow, t: TenantRow): Promise<string | null> {
   const snap = await loadSnapshot(store, t.id);
   if (!snap) return null;
-  const compiled = compileForRelay(snap.policy, snap.net, snap.primaries);
+  const wishes = new Map<number, string>();
+  for (const n of snap.nodes) {
+    if (n.hostinfo === '{}') continue;
+    const w = jsonObject(n.hostinfo)['use_exit_node'];
+    if (w !== undefined && w !== null && w !== '') wishes.set(n.id, String(w));
+  }
+  const compiled = compileForRelay(snap.policy, snap.net, snap.primaries, wishes);
+  const linkOf = new Map<number, number>();
+  for (const l of snap.links) if (l.relay_id === relay.id) linkOf.set(l.node_id, l.link_id);
+  const exitLinkOf = (nodeId: number): number | null => {
+    const e = compiled?.exitFor.get(nodeId);
+    return e !== undefined && live.has(e) ? (linkOf.get(e) ?? null) : null;
+  };
   const primaryOf = new Map<number, string[]>();
   for (const [prefix, nodeId] of snap.primaries) primaryOf.set(nodeId, [...(primaryOf.get(nodeId) ?? []), prefix]);
   const live = new Set(snap.net.nodes.map((n) => n.id));
@@ -185,6 +203,7 @@ async function tenantSection(store: Store, relay: RelayRow, t: TenantRow): Promi
       previous_psk_valid_until: prevValid ? l.prev_psk_until : null,
       allowed_src: addrsOf(n),
       routes: [...(primaryOf.get(n.id) ?? []).sort(), ...exits],
+      exit_link_id: exitLinkOf(n.id),
     });
   }
   links.sort((a, b) => a.link_id - b.link_id);

@@ -18,7 +18,8 @@ import { registerNodeRoutes } from './http/node.js';
 import { ENGINE_NAME } from './policy-engine.js';
 import { RelayHub } from './relay-hub.js';
 import { reconcileRelays } from './relays.js';
-import { registerRelayAdminRoutes, registerRelayProtocolRoutes } from './http/relays.js';
+import { routeStats } from './service.js';
+import { DEFAULT_HEALTH_TTL_MS, registerRelayAdminRoutes, registerRelayProtocolRoutes } from './http/relays.js';
 
 export const SERVER_VERSION = '0.1.0';
 
@@ -41,6 +42,8 @@ export interface ServerOptions {
   pskRotateMs?: number;
   /** How long a replaced link key stays valid, ms (default 10 min; env LARKTUN_PSK_GRACE_MS). */
   pskGraceMs?: number;
+  /** How long a relay's health verdicts count after its last report, ms (default 10 s; env LARKTUN_RELAY_HEALTH_TTL_MS). */
+  relayHealthTtlMs?: number;
 }
 
 function envMs(name: string): number | undefined {
@@ -113,18 +116,19 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       .select((eb) => [
         'tenants.name as tenant',
         eb.fn.count<number>('nodes.id').as('total'),
-        eb.fn.sum<number>(eb.fn.coalesce('nodes.online', eb.lit(0))).as('online'),
+        eb.fn.sum<number>(eb.case().when(eb.and([eb('nodes.online', '=', 1), eb('nodes.unseen', '=', 0)])).then(1).else(0).end()).as('online'),
       ])
       .groupBy('tenants.name')
       .execute();
     return rows.map((r) => ({ tenant: r.tenant, total: Number(r.total), online: Number(r.online ?? 0) }));
-  });
+  }, () => routeStats(store));
   const hub = new MapHub(store, metrics, log.isLevelEnabled('debug') ? (f, m) => log.debug(f, m) : undefined);
   const relayHub = new RelayHub(store);
   const timers = {
     rotateMs: opts.pskRotateMs ?? envMs('LARKTUN_PSK_ROTATE_MS') ?? 24 * 3600_000,
     graceMs: opts.pskGraceMs ?? envMs('LARKTUN_PSK_GRACE_MS') ?? 10 * 60_000,
   };
+  const healthTtlMs = opts.relayHealthTtlMs ?? envMs('LARKTUN_RELAY_HEALTH_TTL_MS') ?? DEFAULT_HEALTH_TTL_MS;
   let bus: ChangeBus = nullBus;
   if (handle.backend === 'postgres' && handle.pgUrl) {
     // This server's own notifications come back to its listener: skip them
@@ -234,7 +238,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     async (api) => {
       api.get('/openapi.json', { schema: { tags: ['meta'], summary: 'This document', 'x-auth': 'none' } as Record<string, unknown> }, async () => openapi.document(SERVER_VERSION));
       registerAdminRoutes(api, { store });
-      registerRelayAdminRoutes(api, { store, relayHub, graceMs: timers.graceMs, openStreams });
+      registerRelayAdminRoutes(api, { store, relayHub, graceMs: timers.graceMs, healthTtlMs, openStreams });
     },
     { prefix: '/api/v1' },
   );
@@ -246,7 +250,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   );
   await app.register(
     async (relay) => {
-      registerRelayProtocolRoutes(relay, { store, metrics, relayHub, graceMs: timers.graceMs, openStreams, keepaliveMs: opts.keepaliveMs });
+      registerRelayProtocolRoutes(relay, { store, metrics, relayHub, graceMs: timers.graceMs, healthTtlMs, openStreams, keepaliveMs: opts.keepaliveMs });
     },
     { prefix: '/relay/v1' },
   );
@@ -264,6 +268,25 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const reconcileTimer = setInterval(reconcile, Math.max(1000, Math.min(60_000, Math.floor(timers.rotateMs / 4))));
   reconcileTimer.unref();
 
+  // Relay health verdicts lapse when their relay goes quiet: a sweep clears
+  // them (each tenant under its lock, so replicas may sweep at once) and the
+  // nodes they kept offline come back (primaries re-elected, maps pushed).
+  let sweeping: Promise<unknown> | null = null;
+  const sweep = () => {
+    if (sweeping) return;
+    sweeping = store.sweepRelayHealth(healthTtlMs)
+      .then((r) => {
+        if (r.flipped) {
+          metrics.liveness.inc({ event: 'relay_verdict_lapsed' }, r.flipped);
+          log.info(r, 'relay health verdicts lapsed');
+        }
+      })
+      .catch((err: unknown) => log.warn({ err }, 'relay health sweep failed'))
+      .finally(() => { sweeping = null; });
+  };
+  const sweepTimer = setInterval(sweep, Math.max(250, Math.min(5000, Math.floor(healthTtlMs / 4))));
+  sweepTimer.unref();
+
   await app.listen({ host, port });
   const addr = app.server.address();
   const boundPort = typeof addr === 'object' && addr ? addr.port : port;
@@ -276,7 +299,9 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     closing ??= (async () => {
       shuttingDown = true;
       clearInterval(reconcileTimer);
+      clearInterval(sweepTimer);
       await reconciling;
+      await sweeping;
       const connected = hub.connectedNodes();
       for (const end of [...openStreams]) end();
       await app.close();

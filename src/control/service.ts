@@ -5,7 +5,8 @@ import {
   formatIP, formatPrefix, parsePrefix, prefixLast, AddrError, type Prefix,
 } from '../net/addr.js';
 import type { AuthKeyRow, NodeRow, TenantRow, UserRow, ApiKeyRow } from './store/schema.js';
-import type { TenantRepo, TenantTx } from './store/repo.js';
+import type { Store, TenantRepo, TenantTx } from './store/repo.js';
+import type { RouteStats } from './metrics.js';
 import { nowIso } from './store/repo.js';
 import { ApiError, badRequest } from './errors.js';
 import { aclNetwork, isOnline, jsonList, jsonObject } from './netmap.js';
@@ -58,11 +59,15 @@ export function authKeyView(k: AuthKeyRow, users: Map<number, UserRow>) {
   };
 }
 
-export function nodeView(n: NodeRow, users: Map<number, UserRow>, primaries: Map<string, number>) {
+/** Per node: what its relays last reported (the most recently seen link), as stored (coarsely, see applyRelayHealth). */
+export type RelayHealthByNode = Map<number, { lastSeenAt: string; rttMs: number | null }>;
+
+export function nodeView(n: NodeRow, users: Map<number, UserRow>, primaries: Map<string, number>, health?: RelayHealthByNode) {
   const tags = jsonList(n.tags);
   const approved = jsonList(n.approved_routes);
   const announced = jsonList(n.announced_routes);
   const primary = [...primaries].filter(([, id]) => id === n.id).map(([r]) => r).sort();
+  const h = health?.get(n.id);
   return {
     id: n.id,
     name: n.name,
@@ -75,7 +80,11 @@ export function nodeView(n: NodeRow, users: Map<number, UserRow>, primaries: Map
     online: isOnline(n),
     /** Its stream is open, but its relays report it unseen (so it counts as offline). */
     unseen_by_relays: n.unseen === 1,
-    last_seen: n.last_seen,
+    /** The latest sign of life: its stream (connect/disconnect) or a relay seeing it. */
+    last_seen: latest(n.last_seen, h?.lastSeenAt ?? null),
+    /** When a relay last saw it, and the round-trip time then (stored at most every ~15 s). */
+    relay_last_seen: h?.lastSeenAt ?? null,
+    relay_rtt_ms: h?.rttMs ?? null,
     announced_routes: announced,
     approved_routes: approved,
     primary_routes: primary,
@@ -88,6 +97,8 @@ export function nodeView(n: NodeRow, users: Map<number, UserRow>, primaries: Map
     created_at: n.created_at,
   };
 }
+
+const latest = (a: string | null, b: string | null): string | null => (a === null ? b : b === null ? a : a > b ? a : b);
 
 /** The audited form of a node (no secrets). */
 export function nodeAuditView(n: NodeRow) {
@@ -102,6 +113,29 @@ export function nodeAuditView(n: NodeRow) {
     approved_routes: jsonList(n.approved_routes),
     expires_at: n.expires_at,
   };
+}
+
+// ---- route metrics ---------------------------------------------------------------
+
+/** The route gauges' values (larktun_routes, larktun_route_primary, larktun_routes_unserved). */
+export async function routeStats(store: Store): Promise<RouteStats> {
+  const { routers, primaries } = await store.routeSummary();
+  const counts = new Map<string, { approved: number; announced: number; prefixes: Set<string> }>();
+  for (const n of routers) {
+    const c = counts.get(n.tenant) ?? { approved: 0, announced: 0, prefixes: new Set<string>() };
+    const approved = new Set(jsonList(n.approved_routes));
+    c.approved += approved.size;
+    for (const r of jsonList(n.announced_routes)) if (!approved.has(r)) c.announced++;
+    for (const r of approved) if (r !== '0.0.0.0/0' && r !== '::/0') c.prefixes.add(r);
+    counts.set(n.tenant, c);
+  }
+  const served = new Set(primaries.map((p) => `${p.tenant}|${p.prefix}`));
+  const out: RouteStats = { routes: [], primaries, unserved: [] };
+  for (const [tenant, c] of counts) {
+    out.routes.push({ tenant, state: 'approved', n: c.approved }, { tenant, state: 'announced', n: c.announced });
+    out.unserved.push({ tenant, n: [...c.prefixes].filter((p) => !served.has(`${tenant}|${p}`)).length });
+  }
+  return out;
 }
 
 // ---- primaries ------------------------------------------------------------------

@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT, cleanup, nodeKey, spawnServer, tempDir, type ServerProc } from './harness.js';
+import { routeRows } from '../../src/cli/admin.js';
 
 describe('larktun admin CLI', () => {
   let dir = '';
@@ -73,10 +74,17 @@ describe('larktun admin CLI', () => {
     const node = ((await reg.json()) as { node: { id: number } }).node;
     r = run(['nodes', 'list'], env);
     assert.match(r.out, /gw\s+10\.20\.0\.1/);
+    r = run(['nodes', 'list'], env);
+    assert.match(r.out, /LAST_SEEN\s+RELAY_RTT_MS/);
     r = run(['routes', 'list'], env);
-    assert.match(r.out, /10\.99\.1\.0\/24/);
+    assert.match(r.out, /NODE\s+NODE_ID\s+PREFIX\s+STATE\s+PRIMARY\s+HEALTH/);
+    assert.match(r.out, new RegExp(`gw\\s+${node.id}\\s+10\\.99\\.1\\.0/24\\s+approved\\s+no\\s+offline`), r.out);
+    assert.match(r.out, /gw\s+\d+\s+192\.168\.1\.0\/24\s+announced\s+no\s+offline/, r.out);
     r = run(['--json', 'routes', 'approve', String(node.id), '10.99.1.0/24', '192.168.1.0/24'], env);
     assert.deepEqual(JSON.parse(r.out).approved, ['10.99.1.0/24', '192.168.1.0/24']);
+    r = run(['--json', 'routes', 'list'], env);
+    assert.deepEqual(JSON.parse(r.out).routes.map((x: { prefix: string; state: string; primary: string; health: string }) => [x.prefix, x.state, x.primary, x.health]),
+      [['10.99.1.0/24', 'approved', 'no', 'offline'], ['192.168.1.0/24', 'approved', 'no', 'offline']]);
     r = run(['nodes', 'rename', String(node.id), 'gateway'], env);
     assert.match(r.out, /gateway/);
 
@@ -111,6 +119,20 @@ describe('larktun admin CLI', () => {
     r = run(['relays', 'delete', String(id)], opEnv);
     assert.match(r.out, /deleted relay/);
     assert.match(run(['relays', 'get', String(id)], opEnv).err, /404 not_found/);
+  });
+
+  it('routes list rows: state, primary (exit routes have none), health', () => {
+    const rows = routeRows([
+      { id: 1, name: 'gw', online: true, announced_routes: ['0.0.0.0/0', '10.1.0.0/16', '10.2.0.0/16', '::/0'], approved_routes: ['0.0.0.0/0', '10.1.0.0/16', '::/0'], primary_routes: ['10.1.0.0/16'] },
+      { id: 2, name: 'gw2', online: false, announced_routes: ['10.1.0.0/16'], approved_routes: ['10.1.0.0/16'], primary_routes: [] },
+    ]);
+    assert.deepEqual(rows.map((r) => [r['node'], r['prefix'], r['state'], r['primary'], r['health']]), [
+      ['gw', '0.0.0.0/0', 'approved', '-', 'online'],
+      ['gw', '10.1.0.0/16', 'approved', 'yes', 'online'],
+      ['gw', '10.2.0.0/16', 'announced', 'no', 'online'],
+      ['gw', '::/0', 'approved', '-', 'online'],
+      ['gw2', '10.1.0.0/16', 'approved', 'no', 'offline'],
+    ]);
   });
 
   it('reports errors plainly', () => {

@@ -49,6 +49,63 @@ async function killDuringWrites(db: string): Promise<void> {
   }
 }
 
+/**
+ * kill -9 while a shared relay is being created: after the restart either
+ * every tenant has its relay.create entry (and the relay exists) or none has
+ * and the relay does not exist — never some tenants with and some without.
+ */
+async function killDuringSharedRelayCreate(db: string): Promise<void> {
+  const dir = tempDir();
+  try {
+    let srv = await spawnServer({ dataDir: dir, db });
+    const op = new Client(srv.url, srv.operatorKey());
+    const names = Array.from({ length: 12 }, (_v, i) => `t${i}`);
+    const keys: Record<string, string> = {};
+    for (const t of names) {
+      assert.equal((await op.post('/api/v1/tenants', { name: t })).status, 201);
+      keys[t] = (await op.post(`/api/v1/tenants/${t}/apikeys`, { role: 'admin' })).body.key;
+      await op.as(keys[t] as string).post(`/api/v1/tenants/${t}/users`, { name: 'u' });
+      const ak = (await op.as(keys[t] as string).post(`/api/v1/tenants/${t}/authkeys`, { user: 'u', reusable: true })).body.key;
+      await Promise.all(Array.from({ length: 8 }, (_v, i) => op.as(null).post('/node/v1/register', { auth_key: ak, node_key: nodeKey(), hostname: `n${i}` })));
+    }
+    const pending = op.post('/api/v1/relays', { name: 'shared', endpoints: ['203.0.113.1:1'] }).catch(() => null);
+    await sleep(5 + Math.floor(Math.random() * 30));
+    await srv.kill9();
+    const acked = (await pending)?.status === 201;
+    srv = await spawnServer({ dataDir: dir, db });
+    const op2 = new Client(srv.url, srv.operatorKey());
+    const exists = ((await op2.get('/api/v1/relays')).body.relays as Json[]).some((r) => r.name === 'shared');
+    if (acked) assert.ok(exists, 'an acknowledged relay survived');
+    for (const t of names) {
+      const a = op2.as(keys[t] as string);
+      const entries = (await a.get(`/api/v1/tenants/${t}/audit?action=relay.create`)).body.entries as Json[];
+      assert.equal(entries.length, exists ? 1 : 0, `${t}: relay.create entry iff the relay exists (exists=${exists})`);
+      if (exists) assert.equal(entries[0].after.links, 8, `${t}: its links were made with the relay`);
+      assert.equal((await a.get(`/api/v1/tenants/${t}/audit/verify`)).body.ok, true);
+    }
+    process.stdout.write(`# kill -9 during shared relay create: relay ${exists ? 'committed' : 'rolled back'}\n`);
+    assert.equal(await srv.stop(), 0);
+  } finally {
+    cleanup(dir);
+  }
+}
+
+describe('crash safety (kill -9 during a shared relay create)', () => {
+  it('SQLite', async () => {
+    await killDuringSharedRelayCreate('sqlite');
+  });
+  it('PostgreSQL', async (ctx) => {
+    const why = await pgUnavailable();
+    if (why) return ctx.skip(why);
+    const s = await freshPgSchema();
+    try {
+      await killDuringSharedRelayCreate(s.url);
+    } finally {
+      await s.drop();
+    }
+  });
+});
+
 describe('crash safety (kill -9 during writes)', () => {
   it('SQLite', async () => {
     await killDuringWrites('sqlite');

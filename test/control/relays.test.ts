@@ -140,6 +140,58 @@ function relaySuite(name: string, setup: () => Promise<string>, teardown: () => 
       assert.equal((await op.as(tok['a1'] as string).get('/relay/v1/map')).status, 401, 'a node token is not a relay token');
     });
 
+    t('the relay view: exit_link_id per link follows use_exit_node and the policy (autogroup:internet)', async () => {
+      assert.equal((await op.post('/api/v1/tenants', { name: 'gamma', pool4: '10.7.0.0/16' })).status, 201);
+      const g = op.as((await op.post('/api/v1/tenants/gamma/apikeys', { role: 'admin' })).body.key);
+      const pol = `{
+        "tagOwners": {"tag:exit": [], "tag:client": [], "tag:other": []},
+        "acls": [
+          {"action": "accept", "src": ["tag:client"], "dst": ["autogroup:internet:*", "tag:exit:*"]},
+          {"action": "accept", "src": ["tag:other"], "dst": ["tag:exit:*"]},
+        ],
+        "autoApprovers": {"exitNode": ["tag:exit"]},
+      }`;
+      assert.equal((await g.put('/api/v1/tenants/gamma/policy', { policy: pol })).status, 200);
+      const reg = async (host: string, tag: string, extra: Record<string, unknown> = {}) => {
+        const ak = await g.post('/api/v1/tenants/gamma/authkeys', { tags: [tag] });
+        assert.equal(ak.status, 201, ak.text);
+        const r = await op.as(null).post('/node/v1/register', { auth_key: ak.body.key, node_key: nodeKey(), hostname: host, ...extra });
+        assert.equal(r.status, 201, r.text);
+        return { id: r.body.node.id as number, token: r.body.token as string, approved: r.body.node.approved_routes as string[] };
+      };
+      const exit = await reg('gx', 'tag:exit', { exit_node: true });
+      assert.deepEqual(exit.approved, ['0.0.0.0/0', '::/0'], 'exit routes auto-approved by autoApprovers.exitNode');
+      const c1 = await reg('gc1', 'tag:client');
+      const c2 = await reg('gc2', 'tag:other');
+      const c3 = await reg('gc3', 'tag:client');
+      for (const c of [c1, c2]) assert.equal((await op.as(c.token).post('/node/v1/hostinfo', { use_exit_node: 'gx' })).status, 200);
+      assert.equal((await op.as(c3.token).post('/node/v1/hostinfo', { use_exit_node: String(exit.id) })).status, 200, 'by id');
+      await sleep(100);
+      const v = await op.as(shared.token).get('/relay/v1/map');
+      assert.equal(v.status, 200, v.text);
+      const gamma = v.body.tenants.find((x: Json) => x.tenant === 'gamma');
+      const linkOf = (id: number) => gamma.links.find((x: Json) => x.node_id === id);
+      const exitLink = linkOf(exit.id).link_id as number;
+      assert.ok(exitLink >= 1);
+      assert.equal(linkOf(c1.id).exit_link_id, exitLink, 'c1 may use gx (autogroup:internet)');
+      assert.equal(linkOf(c3.id).exit_link_id, exitLink, 'use_exit_node by id');
+      assert.equal(linkOf(c2.id).exit_link_id, null, 'the policy does not grant c2 autogroup:internet');
+      assert.equal(linkOf(exit.id).exit_link_id, null, 'the exit node uses no exit');
+      // other tenants' links carry the field too
+      for (const tn of v.body.tenants) for (const l of tn.links) assert.ok('exit_link_id' in l, JSON.stringify(l));
+      // agrees with the nodes' own maps
+      assert.equal((await op.as(c1.token).get('/node/v1/map')).body.exit_node, exit.id);
+      assert.equal((await op.as(c2.token).get('/node/v1/map')).body.exit_node, null);
+      // a cleared wish clears it; a wish for a non-exit node gives null
+      assert.equal((await op.as(c1.token).post('/node/v1/hostinfo', { use_exit_node: null })).status, 200);
+      assert.equal((await op.as(c3.token).post('/node/v1/hostinfo', { use_exit_node: 'gc1' })).status, 200);
+      await sleep(100);
+      const v2 = (await op.as(shared.token).get('/relay/v1/map')).body.tenants.find((x: Json) => x.tenant === 'gamma');
+      assert.equal(v2.links.find((x: Json) => x.node_id === c1.id).exit_link_id, null);
+      assert.equal(v2.links.find((x: Json) => x.node_id === c3.id).exit_link_id, null);
+      assert.equal((await op.del('/api/v1/tenants/gamma')).status, 200);
+    });
+
     t('relay stream: pushes on changes of a served tenant only; resume gets "unchanged"', async () => {
       const ds = await SseReader.open(`${srv.url}/relay/v1/stream`, dedicated.token);
       assert.equal(ds.status, 200);

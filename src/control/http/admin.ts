@@ -63,7 +63,7 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
     additionalProperties: false,
     properties: {
       pool4: { type: 'string', description: 'IPv4 address pool, default 100.64.0.0/10' },
-      pool6: { type: ['string', 'null'], description: 'IPv6 pool, default fd7a:6c6b:7475::/48; null for none' },
+      pool6: { type: ['string', 'null'], description: 'IPv6 pool, default fd7a:115c:a1e0::/48; null for none' },
       dns_base: { type: 'string', pattern: '^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$' },
       max_nodes: { type: 'integer', minimum: 1, maximum: 1000000 },
     },
@@ -80,7 +80,7 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
         {
           name: b.name,
           pool4: poolCheck('pool4', b.pool4 ?? '100.64.0.0/10', 4),
-          pool6: b.pool6 === null ? null : poolCheck('pool6', b.pool6 ?? 'fd7a:6c6b:7475::/48', 6),
+          pool6: b.pool6 === null ? null : poolCheck('pool6', b.pool6 ?? 'fd7a:115c:a1e0::/48', 6),
           dns_base: b.dns_base ?? `${b.name}.larktun.internal`,
           max_nodes: b.max_nodes ?? 10000,
         },
@@ -289,22 +289,22 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
   // ---- nodes ------------------------------------------------------------------
   const nodesOf = async (t: TenantRow) => {
     const repo = store.tenant(t.id);
-    const [nodes, users] = await Promise.all([repo.listNodes(), repo.listUsers()]);
-    return { nodes, users: new Map(users.map((u) => [u.id, u])), primaries: await repo.listPrimaries() };
+    const [nodes, users, health] = await Promise.all([repo.listNodes(), repo.listUsers(), repo.relayHealthByNode()]);
+    return { nodes, users: new Map(users.map((u) => [u.id, u])), primaries: await repo.listPrimaries(), health };
   };
 
   app.get<{ Params: TP }>('/tenants/:tenant/nodes', { schema: { ...doc('nodes', 'List nodes with addresses, tags, presence and routes'), params: tenantParams } }, async (req) => {
     const { t } = await tenantFor(req, req.params.tenant, 'read');
-    const { nodes, users, primaries } = await nodesOf(t);
-    return { nodes: nodes.map((n) => nodeView(n, users, primaries)) };
+    const { nodes, users, primaries, health } = await nodesOf(t);
+    return { nodes: nodes.map((n) => nodeView(n, users, primaries, health)) };
   });
 
   app.get<{ Params: IP }>('/tenants/:tenant/nodes/:id', { schema: { ...doc('nodes', 'Get a node'), params: idParams } }, async (req) => {
     const { t } = await tenantFor(req, req.params.tenant, 'read');
-    const { nodes, users, primaries } = await nodesOf(t);
+    const { nodes, users, primaries, health } = await nodesOf(t);
     const n = nodes.find((x) => x.id === req.params.id);
     if (!n) throw notFound('node');
-    return nodeView(n, users, primaries);
+    return nodeView(n, users, primaries, health);
   });
 
   const changeNode = async (
@@ -319,10 +319,10 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
       if (!n) throw notFound('node');
       await fn(tx, n, t);
     });
-    const { nodes, users, primaries } = await nodesOf(t);
+    const { nodes, users, primaries, health } = await nodesOf(t);
     const n = nodes.find((x) => x.id === id);
     if (!n) throw notFound('node');
-    return nodeView(n, users, primaries);
+    return nodeView(n, users, primaries, health);
   };
 
   app.patch<{ Params: IP; Body: { name: string } }>(
@@ -381,10 +381,10 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
 
   app.get<{ Params: IP }>('/tenants/:tenant/nodes/:id/routes', { schema: { ...doc('routes', 'A node\'s announced, approved and primary routes'), params: idParams } }, async (req) => {
     const { t } = await tenantFor(req, req.params.tenant, 'read');
-    const { nodes, users, primaries } = await nodesOf(t);
+    const { nodes, users, primaries, health } = await nodesOf(t);
     const n = nodes.find((x) => x.id === req.params.id);
     if (!n) throw notFound('node');
-    return routesView(nodeView(n, users, primaries));
+    return routesView(nodeView(n, users, primaries, health));
   });
 
   app.post<{ Params: IP; Body: { approved: string[] } }>(

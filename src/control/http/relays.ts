@@ -3,7 +3,7 @@
 // The operator key manages every relay; a tenant key sees only the relays
 // dedicated to its tenant — any other relay id answers exactly like a missing one.
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify';
-import type { Store } from '../store/repo.js';
+import type { LinkReport, Store } from '../store/repo.js';
 import { nowIso } from '../store/repo.js';
 import type { RelayRow } from '../store/schema.js';
 import { badRequest, conflict, forbidden, notFound, unauthorized } from '../errors.js';
@@ -15,11 +15,18 @@ import type { RelayHub, RelayStream } from '../relay-hub.js';
 import type { RouteDoc } from './openapi.js';
 import type { ControlMetrics } from '../metrics.js';
 
+export const DEFAULT_HEALTH_TTL_MS = 10_000;
+export const DEFAULT_HEALTH_PERSIST_MS = 15_000;
+
 export interface RelayDeps {
   store: Store;
   metrics?: ControlMetrics;
   /** A node whose relays have not seen it for longer than this is offline (ms, default 3000). */
   unseenMs?: number;
+  /** A relay's verdicts count for this long after its last report (ms, default 10 000). */
+  healthTtlMs?: number;
+  /** last_seen_at/rtt of a link are stored at most this often (ms, default 15 000); verdict flips always. */
+  healthPersistMs?: number;
   relayHub: RelayHub;
   /** How long a replaced link key stays valid (ms). */
   graceMs: number;
@@ -88,18 +95,23 @@ export function registerRelayAdminRoutes(app: FastifyInstance, deps: RelayDeps):
       if (await store.getRelayByName(b.name)) throw conflict(`relay "${b.name}" already exists`);
       const s = newSecret('lkrelay');
       const now = nowIso();
-      const row = await store.insertRelay({
-        name: b.name, endpoints: JSON.stringify(endpoints), tenant_id: tenantId, self_id: RELAY_SELF_ID,
-        token_prefix: s.prefix, token_hash: s.hash, generation: 1, created_at: now, updated_at: now,
+      const served = tenantId === null ? (await store.listTenants()).map((t) => t.id) : [tenantId];
+      // One transaction: the relay row, every served tenant's links and one
+      // audit entry per tenant commit together (or not at all).
+      const row = await store.writeTenants(served, p.actor, async (txs, relays) => {
+        if (tenantId !== null && txs.length === 0) throw badRequest(`tenant "${b.tenant}" does not exist`);
+        const r = await relays.insertRelay({
+          name: b.name, endpoints: JSON.stringify(endpoints), tenant_id: tenantId, self_id: RELAY_SELF_ID,
+          token_prefix: s.prefix, token_hash: s.hash, generation: 1, created_at: now, updated_at: now,
+        });
+        const v = relayView(r, b.tenant ?? null);
+        for (const tx of txs) {
+          const n = await ensureLinks(tx, [r]);
+          await tx.audit('relay.create', 'relay', r.id, null, { ...v, links: n });
+        }
+        return r;
       });
       const view = relayView(row, b.tenant ?? null);
-      // Each served tenant gets its links and an audit entry in one transaction.
-      for (const t of await tenantsOfRelay(store, row)) {
-        await store.write(t.id, p.actor, async (tx) => {
-          const n = await ensureLinks(tx, [row]);
-          await tx.audit('relay.create', 'relay', row.id, null, { ...view, links: n });
-        }).catch(() => undefined); // tenant deleted meanwhile
-      }
       return reply.code(201).send({ ...view, token: s.secret });
     },
   );
@@ -123,24 +135,19 @@ export function registerRelayAdminRoutes(app: FastifyInstance, deps: RelayDeps):
     const p = await authenticate(store, req);
     const r = await relayFor(p, req.params.id, true);
     const view = relayView(r, await tenantName(r));
-    if (r.tenant_id !== null) {
-      // dedicated: one transaction removes links, relay and writes the audit entry
-      await store.write(r.tenant_id, p.actor, async (tx) => {
-        await tx.lockRelay(r.id);
+    // One transaction: every served tenant (locked in id order), then the
+    // relay row; links, audit entries and the row go together.
+    const served = r.tenant_id === null ? (await store.listTenants()).map((t) => t.id) : [r.tenant_id];
+    await store.writeTenants(served, p.actor, async (txs, relays) => {
+      if (!(await relays.lockRelay(r.id))) throw notFound('relay');
+      for (const tx of txs) {
         const n = await tx.deleteLinksOfRelay(r.id);
-        await tx.deleteRelayRow(r.id);
         await tx.audit('relay.delete', 'relay', r.id, { ...view, links: n }, null);
-      });
-    } else {
-      for (const t of await tenantsOfRelay(store, r)) {
-        await store.write(t.id, p.actor, async (tx) => {
-          if (!(await tx.lockRelay(r.id))) return;
-          const n = await tx.deleteLinksOfRelay(r.id);
-          await tx.audit('relay.delete', 'relay', r.id, { ...view, links: n }, null);
-        }).catch(() => undefined);
+        // its verdicts went with its links
+        await tx.refreshUnseen(deps.healthTtlMs ?? DEFAULT_HEALTH_TTL_MS);
       }
-      await store.deleteRelay(r.id);
-    }
+      await relays.deleteRelayRow(r.id);
+    });
     relayHub.relayChanged(r.id);
     return { deleted: true };
   });
@@ -220,7 +227,7 @@ export function registerRelayProtocolRoutes(app: FastifyInstance, deps: RelayDep
     '/health',
     {
       schema: {
-        ...rdoc('Health report: when the relay last saw each link\'s node. A node unseen for more than 3 s by every relay that reports on it is offline (primaries fail over)'),
+        ...rdoc('Health report: when the relay last saw each link\'s node. A node is offline (primaries fail over) while a relay that reported recently (default: within 10 s) has not seen it for more than 3 s and no such relay has; a relay\'s verdicts lapse when it stops reporting'),
         body: {
           type: 'object', additionalProperties: false, required: ['links'],
           properties: {
@@ -242,21 +249,38 @@ export function registerRelayProtocolRoutes(app: FastifyInstance, deps: RelayDep
     async (req) => {
       const r = await authenticateRelay(store, req);
       const now = Date.now();
-      const reported = new Map(req.body.links.map((l) => [l.link_id, l]));
-      const rows = await store.linksOfRelayByLinkIds(r.id, [...reported.keys()]);
-      const byTenant = new Map<number, { linkRowId: number; nodeId: number; lastSeenAt: string; rtt: number | null }[]>();
+      const unseenMs = deps.unseenMs ?? 3000;
+      const ttlMs = deps.healthTtlMs ?? DEFAULT_HEALTH_TTL_MS;
+      const prev = await store.relayReported(r.id, new Date(now).toISOString());
+      const reported = new Map<number, LinkReport>();
+      for (const l of req.body.links) {
+        reported.set(l.link_id, {
+          lastSeenAt: l.last_seen_ms_ago === null ? null : new Date(now - l.last_seen_ms_ago).toISOString(),
+          rtt: l.rtt_ms === undefined ? null : Math.round(l.rtt_ms),
+          unseen: l.last_seen_ms_ago === null || l.last_seen_ms_ago > unseenMs,
+        });
+      }
+      // A relay that had gone quiet (its verdicts lapsed) counts afresh for every node it reports.
+      const recheck = prev === null || Date.parse(prev) <= now - ttlMs;
+      const persistMs = deps.healthPersistMs ?? DEFAULT_HEALTH_PERSIST_MS;
+      // Read the relay's links once, and visit only the tenants where something is to be written.
+      const rows = await store.linksOfRelayAll(r.id);
+      const known = new Set<number>();
+      const tenants = new Set<number>();
       for (const row of rows) {
         const rep = reported.get(row.link_id);
-        if (!rep) continue;
-        const at = rep.last_seen_ms_ago === null ? new Date(0) : new Date(now - rep.last_seen_ms_ago);
-        const list = byTenant.get(row.tenant_id) ?? [];
-        list.push({ linkRowId: row.id, nodeId: row.node_id, lastSeenAt: at.toISOString(), rtt: rep.rtt_ms === undefined ? null : Math.round(rep.rtt_ms) });
-        byTenant.set(row.tenant_id, list);
+        if (rep) known.add(row.link_id);
+        if (tenants.has(row.tenant_id)) continue;
+        const work = rep
+          ? recheck || row.reported_unseen !== (rep.unseen ? 1 : 0) || (rep.rtt !== null && row.rtt_ms === null) ||
+            (rep.lastSeenAt !== null && (row.last_seen_at === null || Date.parse(rep.lastSeenAt) - Date.parse(row.last_seen_at) >= persistMs))
+          : row.reported_unseen !== null;
+        if (work) tenants.add(row.tenant_id);
       }
       let offline = 0;
       let online = 0;
-      for (const [tenantId, reports] of byTenant) {
-        const changes = await store.applyRelayHealth(tenantId, reports, deps.unseenMs ?? 3000);
+      for (const tenantId of tenants) {
+        const { changes } = await store.applyRelayHealth(tenantId, r.id, reported, { ttlMs, persistMs, recheck });
         for (const c of changes) {
           if (c.unseen) offline++;
           else online++;
@@ -264,7 +288,6 @@ export function registerRelayProtocolRoutes(app: FastifyInstance, deps: RelayDep
       }
       if (offline) deps.metrics?.liveness.inc({ event: 'relay_unseen' }, offline);
       if (online) deps.metrics?.liveness.inc({ event: 'relay_seen_again' }, online);
-      const known = new Set(rows.map((x) => x.link_id));
       return { accepted: known.size, unknown_links: [...reported.keys()].filter((id) => !known.has(id)), marked_offline: offline, marked_online: online };
     },
   );

@@ -186,6 +186,26 @@ function migrations(backend: Backend): Record<string, Migration> {
         await db.schema.dropTable('primaries').ifExists().execute();
       },
     },
+    '0005_relay_health_ttl': {
+      // Relay verdicts expire: a relay's report time (relays.reported_at) and,
+      // per link, the verdict of its last report (relay_links.reported_unseen:
+      // 1 unseen, 0 seen, null none). nodes.unseen is derived from the verdicts
+      // of relays that reported recently; verdicts from before this migration
+      // have no report time, so they have lapsed.
+      async up(db: Db): Promise<void> {
+        await db.schema.alterTable('relays').addColumn('reported_at', 'text').execute();
+        await db.schema.alterTable('relay_links').addColumn('reported_unseen', 'integer').execute();
+        // the expiry sweep looks for verdicts of relays that went quiet
+        await db.schema.createIndex('relay_links_verdicts').on('relay_links').column('relay_id')
+          .where(sql.ref('reported_unseen'), 'is not', null).execute();
+        await sql`update nodes set unseen = 0 where unseen = 1`.execute(db);
+      },
+      async down(db: Db): Promise<void> {
+        await db.schema.dropIndex('relay_links_verdicts').ifExists().execute();
+        await db.schema.alterTable('relay_links').dropColumn('reported_unseen').execute();
+        await db.schema.alterTable('relays').dropColumn('reported_at').execute();
+      },
+    },
   };
 }
 

@@ -7,6 +7,7 @@
 // tenant's writers), then applies the change and appends the audit entries, and
 // commits them together.
 import {
+  sql,
   type DeleteQueryBuilder, type DeleteResult, type Insertable, type Kysely, type SelectQueryBuilder,
   type Transaction, type UpdateQueryBuilder, type UpdateResult, type Updateable,
 } from 'kysely';
@@ -34,11 +35,11 @@ export class TenantRepo {
   // ---- the scoping primitives -------------------------------------------------
   // Generic builders are cast to one concrete table for the where() call: every
   // TenantTable has a tenant_id column, so the filter is valid for all of them.
-  private sel<T extends TenantTable>(t: T): SelectQueryBuilder<Database, T, {}> {
+  protected sel<T extends TenantTable>(t: T): SelectQueryBuilder<Database, T, {}> {
     const q = this.db.selectFrom(t) as unknown as SelectQueryBuilder<Database, 'nodes', {}>;
     return q.where('tenant_id', '=', this.tenantId) as unknown as SelectQueryBuilder<Database, T, {}>;
   }
-  private upd<T extends TenantTable>(t: T): UpdateQueryBuilder<Database, T, T, UpdateResult> {
+  protected upd<T extends TenantTable>(t: T): UpdateQueryBuilder<Database, T, T, UpdateResult> {
     const q = this.db.updateTable(t) as unknown as UpdateQueryBuilder<Database, 'nodes', 'nodes', UpdateResult>;
     return q.where('tenant_id', '=', this.tenantId) as unknown as UpdateQueryBuilder<Database, T, T, UpdateResult>;
   }
@@ -166,6 +167,17 @@ export class TenantRepo {
   linksOfNode(nodeId: number): Promise<RelayLinkRow[]> {
     return this.sel('relay_links').selectAll().where('node_id', '=', nodeId).orderBy('id').execute();
   }
+  /** Per node: the link a relay saw it on most recently (last_seen_at, rtt_ms). */
+  async relayHealthByNode(): Promise<Map<number, { lastSeenAt: string; rttMs: number | null }>> {
+    const rows = await this.sel('relay_links').select(['node_id', 'last_seen_at', 'rtt_ms']).where('last_seen_at', 'is not', null).execute();
+    const out = new Map<number, { lastSeenAt: string; rttMs: number | null }>();
+    for (const r of rows) {
+      const at = r.last_seen_at as string;
+      const cur = out.get(r.node_id);
+      if (!cur || at > cur.lastSeenAt) out.set(r.node_id, { lastSeenAt: at, rttMs: r.rtt_ms });
+    }
+    return out;
+  }
   /** Relays this tenant's nodes link to: shared ones and the tenant's own. */
   relaysServing(): Promise<RelayRow[]> {
     return this.db.selectFrom('relays').selectAll()
@@ -251,12 +263,40 @@ export class TenantTx extends TenantRepo {
     return Number(r.numDeletedRows) > 0;
   }
   /**
+   * Re-derives `unseen` for the tenant's nodes marked unseen (after links
+   * went away with their verdicts) and stores the changes; the surrounding
+   * Store.write re-elects primaries. Returns how many nodes came back.
+   */
+  async refreshUnseen(ttlMs: number): Promise<number> {
+    const ids = (await this.sel('nodes').select('id').where('unseen', '=', 1).execute()).map((r) => r.id);
+    const changes = await deriveUnseen(this.db, this.tenantId, ids, ttlMs);
+    for (const c of changes) await this.upd('nodes').set({ unseen: c.unseen ? 1 : 0 }).where('id', '=', c.nodeId).execute();
+    return changes.length;
+  }
+  /**
    * Link ids already used on a relay, by every tenant it serves. Link ids are a
    * per-relay namespace, so this is the one read across tenants: only the ids.
    */
   async usedLinkIds(relayId: number): Promise<Set<number>> {
     const rows = await this.db.selectFrom('relay_links').select('link_id').where('relay_id', '=', relayId).execute();
     return new Set(rows.map((r) => r.link_id));
+  }
+}
+
+/** Relay rows inside a Store.writeTenants transaction (after the tenant locks). */
+export class RelayTx {
+  constructor(private readonly db: Transaction<Database>) {}
+  insertRelay(v: Omit<Insertable<Database['relays']>, 'id'>): Promise<RelayRow> {
+    return this.db.insertInto('relays').values(v).returningAll().executeTakeFirstOrThrow() as Promise<RelayRow>;
+  }
+  /** Row lock and generation bump; undefined when the relay is gone. */
+  lockRelay(relayId: number): Promise<RelayRow | undefined> {
+    return this.db.updateTable('relays').set((eb) => ({ generation: eb('generation', '+', 1) }))
+      .where('id', '=', relayId).returningAll().executeTakeFirst() as Promise<RelayRow | undefined>;
+  }
+  async deleteRelayRow(relayId: number): Promise<boolean> {
+    const r = await this.db.deleteFrom('relays').where('id', '=', relayId).executeTakeFirst();
+    return Number(r.numDeletedRows) > 0;
   }
 }
 
@@ -351,6 +391,35 @@ export class Store {
     return out;
   }
 
+  /**
+   * One transaction over several tenants (a shared relay's creation or
+   * deletion): locks each tenant row in ascending id order (the order every
+   * multi-tenant writer uses; a single-tenant writer holds one tenant and then
+   * relays, so no cycle), bumps each generation, runs `fn` with one TenantTx
+   * per tenant (audit entries go to each tenant's own chain) and the relay
+   * operations, then re-elects and announces per tenant and commits all at
+   * once. Tenants deleted meanwhile are skipped.
+   */
+  async writeTenants<T>(tenantIds: number[], actor: Actor, fn: (txs: TenantTx[], relays: RelayTx) => Promise<T>): Promise<T> {
+    const ids = [...new Set(tenantIds)].sort((a, b) => a - b);
+    const out = await this.db.transaction().execute(async (trx) => {
+      const txs: TenantTx[] = [];
+      for (const id of ids) {
+        const g = await trx.updateTable('tenants').set((eb) => ({ generation: eb('generation', '+', 1) }))
+          .where('id', '=', id).returning('generation').executeTakeFirst();
+        if (g) txs.push(new TenantTx(trx, id, actor, g.generation));
+      }
+      const result = await fn(txs, new RelayTx(trx));
+      for (const tx of txs) {
+        await this.reelect(trx, tx.tenantId);
+        await this.announce(trx, tx.tenantId, tx.generation);
+      }
+      return { result, gens: txs.map((tx) => [tx.tenantId, tx.generation] as const) };
+    });
+    for (const [t, g] of out.gens) this.onCommit?.(t, g);
+    return out.result;
+  }
+
   // ---- tenants (operator scope) ------------------------------------------------
   listTenants(): Promise<TenantRow[]> {
     return this.db.selectFrom('tenants').selectAll().orderBy('id').execute();
@@ -436,13 +505,6 @@ export class Store {
       .where((eb) => eb.or([eb('tenant_id', 'is', null), eb('tenant_id', '=', tenantId)]))
       .orderBy('id').execute();
   }
-  async insertRelay(v: Omit<Insertable<Database['relays']>, 'id'>): Promise<RelayRow> {
-    return this.db.insertInto('relays').values(v).returningAll().executeTakeFirstOrThrow() as Promise<RelayRow>;
-  }
-  async deleteRelay(id: number): Promise<boolean> {
-    const r = await this.db.deleteFrom('relays').where('id', '=', id).executeTakeFirst();
-    return Number(r.numDeletedRows) > 0;
-  }
   findRelayByToken(prefix: string): Promise<RelayRow | undefined> {
     return this.db.selectFrom('relays').selectAll().where('token_prefix', '=', prefix).executeTakeFirst();
   }
@@ -507,57 +569,146 @@ export class Store {
     if (gen !== null) this.onCommit?.(tenantId, gen);
   }
 
-  /** A relay's links by their link ids (the relay is authenticated; links of every tenant it serves). */
-  linksOfRelayByLinkIds(relayId: number, linkIds: number[]): Promise<RelayLinkRow[]> {
-    if (linkIds.length === 0) return Promise.resolve([]);
-    return this.db.selectFrom('relay_links').selectAll().where('relay_id', '=', relayId).where('link_id', 'in', linkIds).execute();
+  /**
+   * Every link of one relay, of every tenant it serves (the relay is
+   * authenticated; only what its health report needs).
+   */
+  linksOfRelayAll(relayId: number): Promise<RelayLinkHealth[]> {
+    return this.db.selectFrom('relay_links').select(['id', 'tenant_id', 'node_id', 'link_id', 'last_seen_at', 'rtt_ms', 'reported_unseen'])
+      .where('relay_id', '=', relayId).execute();
+  }
+
+  /** Records that a relay reported now; returns its previous report time (null: never). */
+  async relayReported(relayId: number, at: string): Promise<string | null> {
+    const prev = await this.db.selectFrom('relays').select('reported_at').where('id', '=', relayId).executeTakeFirst();
+    await this.db.updateTable('relays').set({ reported_at: at }).where('id', '=', relayId).execute();
+    return prev?.reported_at ?? null;
   }
 
   /**
-   * Records one relay's health reports for one tenant's links, then re-derives
-   * `unseen` for the nodes concerned: a node is unseen when every link of it
-   * that a relay has reported on was last seen more than `staleMs` ago. Only a
-   * change of `unseen` bumps the generation (and re-elects primaries).
-   * Returns the nodes whose state changed.
+   * Applies one relay's health report to one tenant's links, writing only what
+   * changed: a link's verdict (seen/unseen) when it flips (or is dropped: a
+   * link the report leaves out loses its verdict), and its last_seen_at/rtt at
+   * most every `opts.persistMs` (in one statement per few thousand links).
+   * Then re-derives `unseen` for the nodes whose verdict changed (every
+   * reported node when `opts.recheck`: the relay had gone quiet) — see
+   * deriveUnseen. Only a change of `unseen` bumps the generation, re-elects
+   * primaries and notifies. Returns the nodes whose state changed.
    */
   async applyRelayHealth(
     tenantId: number,
-    reports: { linkRowId: number; nodeId: number; lastSeenAt: string; rtt: number | null }[],
-    staleMs: number,
-  ): Promise<{ nodeId: number; unseen: boolean }[]> {
+    relayId: number,
+    reports: ReadonlyMap<number, LinkReport>,
+    opts: { ttlMs: number; persistMs: number; recheck: boolean },
+  ): Promise<{ changes: { nodeId: number; unseen: boolean }[]; written: number }> {
     const out = await this.db.transaction().execute(async (trx) => {
       // Serialise with the tenant's other writers (PostgreSQL row lock; SQLite
       // transactions are serial) without bumping the generation for reports that change nothing.
-      if (this.backend === 'postgres') await trx.selectFrom('tenants').select('id').where('id', '=', tenantId).forUpdate().execute();
-      for (const r of reports) {
-        await trx.updateTable('relay_links').set({ last_seen_at: r.lastSeenAt, rtt_ms: r.rtt })
-          .where('tenant_id', '=', tenantId).where('id', '=', r.linkRowId).execute();
+      if (!(await lockTenant(trx, this.backend, tenantId))) return { changes: [], gen: null as number | null, written: 0 };
+      const rows = await trx.selectFrom('relay_links').select(['id', 'node_id', 'link_id', 'last_seen_at', 'rtt_ms', 'reported_unseen'])
+        .where('tenant_id', '=', tenantId).where('relay_id', '=', relayId).execute();
+      const writes: LinkWrite[] = [];
+      const recheck = new Set<number>();
+      for (const row of rows) {
+        const rep = reports.get(row.link_id);
+        if (!rep) {
+          if (row.reported_unseen !== null) {
+            writes.push({ id: row.id, last_seen_at: row.last_seen_at, rtt_ms: row.rtt_ms, reported_unseen: null });
+            recheck.add(row.node_id);
+          }
+          continue;
+        }
+        const verdict = rep.unseen ? 1 : 0;
+        const flipped = row.reported_unseen !== verdict;
+        const due = rep.lastSeenAt !== null && (row.last_seen_at === null || Date.parse(rep.lastSeenAt) - Date.parse(row.last_seen_at) >= opts.persistMs);
+        if (flipped || due || (rep.rtt !== null && row.rtt_ms === null)) {
+          writes.push({ id: row.id, last_seen_at: rep.lastSeenAt ?? row.last_seen_at, rtt_ms: rep.rtt ?? row.rtt_ms, reported_unseen: verdict });
+        }
+        if (flipped || opts.recheck) recheck.add(row.node_id);
       }
-      const nodeIds = [...new Set(reports.map((r) => r.nodeId))];
-      const links = await trx.selectFrom('relay_links').select(['node_id', 'last_seen_at'])
-        .where('tenant_id', '=', tenantId).where('node_id', 'in', nodeIds).execute();
-      const nodes = await trx.selectFrom('nodes').select(['id', 'unseen'])
-        .where('tenant_id', '=', tenantId).where('id', 'in', nodeIds).execute();
-      const cutoff = new Date(Date.now() - staleMs).toISOString();
-      const changes: { nodeId: number; unseen: boolean }[] = [];
-      for (const n of nodes) {
-        const seen = links.filter((l) => l.node_id === n.id && l.last_seen_at !== null);
-        const unseen = seen.length > 0 && seen.every((l) => (l.last_seen_at as string) <= cutoff);
-        if ((n.unseen === 1) !== unseen) changes.push({ nodeId: n.id, unseen });
-      }
-      if (changes.length === 0) return { changes, gen: null as number | null };
-      const g = await trx.updateTable('tenants').set((eb) => ({ generation: eb('generation', '+', 1) }))
-        .where('id', '=', tenantId).returning('generation').executeTakeFirst();
-      if (!g) return { changes: [], gen: null };
-      for (const c of changes) {
-        await trx.updateTable('nodes').set({ unseen: c.unseen ? 1 : 0 }).where('tenant_id', '=', tenantId).where('id', '=', c.nodeId).execute();
-      }
-      await this.reelect(trx, tenantId);
-      await this.announce(trx, tenantId, g.generation);
-      return { changes, gen: g.generation };
+      await writeLinkHealth(trx, tenantId, writes);
+      const changes = await deriveUnseen(trx, tenantId, [...recheck], opts.ttlMs);
+      if (changes.length === 0) return { changes, gen: null as number | null, written: writes.length };
+      const gen = await this.commitUnseen(trx, tenantId, changes);
+      return { changes, gen, written: writes.length };
     });
     if (out.gen !== null) this.onCommit?.(tenantId, out.gen);
-    return out.changes;
+    return { changes: out.changes, written: out.written };
+  }
+
+  /** Bumps the generation, stores the new `unseen` bits, re-elects and announces (inside trx). */
+  private async commitUnseen(trx: Transaction<Database>, tenantId: number, changes: { nodeId: number; unseen: boolean }[]): Promise<number | null> {
+    const g = await trx.updateTable('tenants').set((eb) => ({ generation: eb('generation', '+', 1) }))
+      .where('id', '=', tenantId).returning('generation').executeTakeFirst();
+    if (!g) return null;
+    for (const unseen of [1, 0]) {
+      const ids = changes.filter((c) => (c.unseen ? 1 : 0) === unseen).map((c) => c.nodeId);
+      for (let i = 0; i < ids.length; i += 500) {
+        await trx.updateTable('nodes').set({ unseen }).where('tenant_id', '=', tenantId).where('id', 'in', ids.slice(i, i + 500)).execute();
+      }
+    }
+    await this.reelect(trx, tenantId);
+    await this.announce(trx, tenantId, g.generation);
+    return g.generation;
+  }
+
+  /**
+   * Lets the verdicts of relays that have not reported for `ttlMs` lapse:
+   * clears them and re-derives `unseen` for the nodes concerned (a change
+   * re-elects primaries and refreshes maps and relays like any presence
+   * change). Idempotent and safe on several replicas at once: each tenant is
+   * re-checked under its lock, and a cleared verdict is not cleared again.
+   * Returns how many tenants changed and how many nodes flipped.
+   */
+  async sweepRelayHealth(ttlMs: number): Promise<{ tenants: number; flipped: number }> {
+    const cutoff = new Date(Date.now() - ttlMs).toISOString();
+    const quiet = (await this.db.selectFrom('relays').select('id')
+      .where((eb) => eb.or([eb('reported_at', 'is', null), eb('reported_at', '<=', cutoff)])).execute()).map((r) => r.id);
+    if (quiet.length === 0) return { tenants: 0, flipped: 0 };
+    const tenants = await this.db.selectFrom('relay_links').select('tenant_id').distinct()
+      .where('relay_id', 'in', quiet).where('reported_unseen', 'is not', null).execute();
+    let changedTenants = 0;
+    let flipped = 0;
+    for (const { tenant_id: tenantId } of tenants) {
+      const out = await this.db.transaction().execute(async (trx) => {
+        if (!(await lockTenant(trx, this.backend, tenantId))) return { changes: [], gen: null as number | null };
+        const lapsed = await trx.selectFrom('relay_links').innerJoin('relays', 'relays.id', 'relay_links.relay_id')
+          .select(['relay_links.id as id', 'relay_links.node_id as node_id'])
+          .where('relay_links.tenant_id', '=', tenantId).where('relay_links.reported_unseen', 'is not', null)
+          .where((eb) => eb.or([eb('relays.reported_at', 'is', null), eb('relays.reported_at', '<=', cutoff)]))
+          .execute();
+        if (lapsed.length === 0) return { changes: [], gen: null as number | null };
+        for (let i = 0; i < lapsed.length; i += 500) {
+          await trx.updateTable('relay_links').set({ reported_unseen: null })
+            .where('tenant_id', '=', tenantId).where('id', 'in', lapsed.slice(i, i + 500).map((l) => l.id)).execute();
+        }
+        const changes = await deriveUnseen(trx, tenantId, [...new Set(lapsed.map((l) => l.node_id))], ttlMs);
+        if (changes.length === 0) return { changes, gen: null as number | null };
+        return { changes, gen: await this.commitUnseen(trx, tenantId, changes) };
+      }).catch(() => ({ changes: [], gen: null as number | null })); // tenant deleted meanwhile
+      if (out.gen !== null) {
+        this.onCommit?.(tenantId, out.gen);
+        changedTenants++;
+        flipped += out.changes.length;
+      }
+    }
+    return { tenants: changedTenants, flipped };
+  }
+
+  /** Every tenant's routers (nodes announcing or approved for routes) and stored primaries, for the metrics. */
+  async routeSummary(): Promise<{
+    routers: { tenant: string; id: number; name: string; announced_routes: string; approved_routes: string }[];
+    primaries: { tenant: string; prefix: string; node: string }[];
+  }> {
+    const routers = await this.db.selectFrom('nodes').innerJoin('tenants', 'tenants.id', 'nodes.tenant_id')
+      .select(['tenants.name as tenant', 'nodes.id as id', 'nodes.name as name', 'nodes.announced_routes as announced_routes', 'nodes.approved_routes as approved_routes'])
+      .where((eb) => eb.or([eb('nodes.announced_routes', '!=', '[]'), eb('nodes.approved_routes', '!=', '[]')]))
+      .orderBy('tenants.name').orderBy('nodes.id').execute();
+    const primaries = await this.db.selectFrom('primaries').innerJoin('tenants', 'tenants.id', 'primaries.tenant_id')
+      .innerJoin('nodes', 'nodes.id', 'primaries.node_id')
+      .select(['tenants.name as tenant', 'primaries.prefix as prefix', 'nodes.name as node'])
+      .orderBy('tenants.name').orderBy('primaries.prefix').execute();
+    return { routers, primaries };
   }
 
   /** Marks every node offline (on startup of a single-replica SQLite server). */
@@ -573,4 +724,78 @@ export class Store {
 
 export function publicTenantFields(t: TenantRow): Record<string, unknown> {
   return { name: t.name, pool4: t.pool4, pool6: t.pool6, dns_base: t.dns_base, max_nodes: t.max_nodes };
+}
+
+/** One link's entry of a relay health report, as the server reads it. */
+export interface LinkReport {
+  /** When the relay last saw the node on this link (null: never). */
+  lastSeenAt: string | null;
+  rtt: number | null;
+  /** The relay's verdict: it has not seen the node recently. */
+  unseen: boolean;
+}
+
+export type RelayLinkHealth = Pick<RelayLinkRow, 'id' | 'tenant_id' | 'node_id' | 'link_id' | 'last_seen_at' | 'rtt_ms' | 'reported_unseen'>;
+
+interface LinkWrite {
+  id: number;
+  last_seen_at: string | null;
+  rtt_ms: number | null;
+  reported_unseen: number | null;
+}
+
+/** Locks the tenant row for this transaction (PostgreSQL; SQLite transactions are serial). False when it is gone. */
+async function lockTenant(trx: Transaction<Database>, backend: DbHandle['backend'], tenantId: number): Promise<boolean> {
+  const q = trx.selectFrom('tenants').select('id').where('id', '=', tenantId);
+  return (await (backend === 'postgres' ? q.forUpdate() : q).executeTakeFirst()) !== undefined;
+}
+
+/**
+ * Writes link health rows of one tenant: one UPDATE … FROM (VALUES …) per
+ * chunk of links (SQLite ≥ 3.33 and PostgreSQL alike).
+ */
+async function writeLinkHealth(trx: Transaction<Database>, tenantId: number, writes: LinkWrite[]): Promise<void> {
+  const CHUNK = 2000; // 4 parameters each: well below both backends' limits
+  for (let i = 0; i < writes.length; i += CHUNK) {
+    const part = writes.slice(i, i + CHUNK);
+    const values = sql.join(part.map((w) => sql`(cast(${w.id} as integer), cast(${w.last_seen_at} as text), cast(${w.rtt_ms} as integer), cast(${w.reported_unseen} as integer))`));
+    await sql`update relay_links set last_seen_at = v.column2, rtt_ms = v.column3, reported_unseen = v.column4
+      from (values ${values}) as v where relay_links.id = v.column1 and relay_links.tenant_id = ${tenantId}`.execute(trx);
+  }
+}
+
+/**
+ * Re-derives `unseen` for some nodes of a tenant from their links' verdicts:
+ * a node is unseen while at least one relay that reported within `ttlMs`
+ * says it is unseen and no such relay says it is seen. Returns the nodes whose
+ * stored bit differs (the caller stores them).
+ */
+export async function deriveUnseen(trx: Kysely<Database>, tenantId: number, nodeIds: number[], ttlMs: number): Promise<{ nodeId: number; unseen: boolean }[]> {
+  if (nodeIds.length === 0) return [];
+  const cutoff = new Date(Date.now() - ttlMs).toISOString();
+  const changes: { nodeId: number; unseen: boolean }[] = [];
+  for (let i = 0; i < nodeIds.length; i += 500) {
+    const ids = nodeIds.slice(i, i + 500);
+    const [verdicts, nodes] = await Promise.all([
+      trx.selectFrom('relay_links').innerJoin('relays', 'relays.id', 'relay_links.relay_id')
+        .select(['relay_links.node_id as node_id', 'relay_links.reported_unseen as v'])
+        .where('relay_links.tenant_id', '=', tenantId).where('relay_links.node_id', 'in', ids)
+        .where('relay_links.reported_unseen', 'is not', null).where('relays.reported_at', '>', cutoff)
+        .execute(),
+      trx.selectFrom('nodes').select(['id', 'unseen']).where('tenant_id', '=', tenantId).where('id', 'in', ids).execute(),
+    ]);
+    const says = new Map<number, { seen: boolean; unseen: boolean }>();
+    for (const r of verdicts) {
+      const s = says.get(r.node_id) ?? { seen: false, unseen: false };
+      if (r.v === 1) s.unseen = true;
+      else s.seen = true;
+      says.set(r.node_id, s);
+    }
+    for (const n of nodes) {
+      const s = says.get(n.id);
+      const unseen = s !== undefined && s.unseen && !s.seen;
+      if ((n.unseen === 1) !== unseen) changes.push({ nodeId: n.id, unseen });
+    }
+  }
+  return changes;
 }

@@ -134,6 +134,8 @@ export interface RelaysTable {
   generation: number;
   created_at: string;
   updated_at: string;
+  /** When the relay last sent a health report (its verdicts lapse when this gets old). */
+  reported_at: Generated<string | null>;
 }
 
 /** One (node, relay) link: a relay-local link id and its pre-shared key. */
@@ -151,9 +153,11 @@ export interface RelayLinksTable {
   prev_psk_until: string | null;
   rotated_at: string;
   created_at: string;
-  /** When the relay last saw the node on this link (from its health reports). */
+  /** When the relay last saw the node on this link (from its health reports; persisted coarsely). */
   last_seen_at: string | null;
   rtt_ms: number | null;
+  /** The relay's verdict in its last report: 1 unseen, 0 seen, null none (or lapsed). */
+  reported_unseen: Generated<number | null>;
 }
 
 /** The current HA primary of each routed prefix of a tenant (shared by every replica). */
