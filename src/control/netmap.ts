@@ -46,7 +46,7 @@ export interface NetworkMap {
   ssh_policy: unknown;
   /** Id of the exit node this node uses, when it asked for one it may use. */
   exit_node: number | null;
-  relays: unknown[];
+  relays: MapRelay[];
   dns: { base: string };
 }
 

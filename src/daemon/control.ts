@@ -187,7 +187,13 @@ export async function handleLine(line: string, ctx: ControlContext): Promise<str
   }
 }
 
-export function startControlServer(sockPath: string, ctx: ControlContext): Promise<net.Server> {
+/**
+ * Listens on the daemon's control socket (mode 0600, a stale socket file is
+ * replaced): each connection sends one line (at most `maxLine` bytes) and gets
+ * `handle(line)` back before the connection closes. Every mode serves its
+ * grammar through this.
+ */
+export function listenControlSocket(sockPath: string, maxLine: number, handle: (line: string) => Promise<string> | string): Promise<net.Server> {
   mkdirSync(path.dirname(sockPath), { recursive: true, mode: 0o700 });
   if (existsSync(sockPath)) {
     // A stale socket from a crashed daemon; a live one would still answer.
@@ -199,15 +205,15 @@ export function startControlServer(sockPath: string, ctx: ControlContext): Promi
     conn.on('error', () => {});
     conn.on('data', (chunk: string) => {
       buf += chunk;
-      if (buf.length > 4096) {
-        conn.end('error: command longer than 4096 bytes\n');
+      if (buf.length > maxLine) {
+        conn.end(`error: command longer than ${maxLine} bytes\n`);
         return;
       }
       const nl = buf.indexOf('\n');
       if (nl < 0) return;
       const line = buf.slice(0, nl);
       buf = '';
-      void handleLine(line, ctx).then((reply) => conn.end(reply));
+      void Promise.resolve(handle(line)).then((reply) => conn.end(reply));
     });
   });
   return new Promise((resolve, reject) => {
@@ -221,6 +227,10 @@ export function startControlServer(sockPath: string, ctx: ControlContext): Promi
       resolve(server);
     });
   });
+}
+
+export function startControlServer(sockPath: string, ctx: ControlContext): Promise<net.Server> {
+  return listenControlSocket(sockPath, 4096, (line) => handleLine(line, ctx));
 }
 
 /** Client side: sends one command line, returns the reply. */

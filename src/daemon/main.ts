@@ -6,9 +6,7 @@
 //   relay       larktund --relay --server URL --relay-token TOKEN [--listen PORT[,PORT]] [--state-dir DIR]
 import { Command, CommanderError } from 'commander';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, unlinkSync } from 'node:fs';
-import net from 'node:net';
-import path from 'node:path';
+import type net from 'node:net';
 import { loadConfig, deriveRules, hasErrors, formatProblem, type Config } from './config.js';
 import { networkPlan, formatPlan, tunNameProblem } from './plan.js';
 import { Engine, BindError } from '../dataplane/engine.js';
@@ -18,6 +16,7 @@ import {
   VERSION,
   defaultSocketPath,
   defaultStateDir,
+  listenControlSocket,
   loadSavedPolicy,
   startControlServer,
 } from './control.js';
@@ -116,31 +115,9 @@ async function runManaged(flags: DaemonFlags): Promise<void> {
 
 /** The relay's control socket: `status --json` (and `status`, the same JSON) for larktun status. */
 function startStatusSocket(sockPath: string, status: () => unknown): Promise<net.Server> {
-  mkdirSync(path.dirname(sockPath), { recursive: true, mode: 0o700 });
-  if (existsSync(sockPath)) unlinkSync(sockPath);
-  const server = net.createServer((conn) => {
-    let buf = '';
-    conn.setEncoding('utf8');
-    conn.on('error', () => {});
-    conn.on('data', (chunk: string) => {
-      buf += chunk;
-      const nl = buf.indexOf('\n');
-      if (nl < 0) {
-        if (buf.length > 4096) conn.end('error: command longer than 4096 bytes\n');
-        return;
-      }
-      const line = buf.slice(0, nl).trim();
-      conn.end(line === 'status --json' || line === 'status' ? `${JSON.stringify(status())}\n` : 'error: a relay answers only status [--json]\n');
-    });
-  });
-  return new Promise((resolve, reject) => {
-    server.once('error', (err) => reject(new Error(`cannot listen on control socket ${sockPath}: ${err.message}`)));
-    const old = process.umask(0o177);
-    server.listen(sockPath, () => {
-      process.umask(old);
-      chmodSync(sockPath, 0o600);
-      resolve(server);
-    });
+  return listenControlSocket(sockPath, 4096, (line) => {
+    const l = line.trim();
+    return l === 'status --json' || l === 'status' ? `${JSON.stringify(status())}\n` : 'error: a relay answers only status [--json]\n';
   });
 }
 

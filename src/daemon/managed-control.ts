@@ -3,9 +3,8 @@
 // client verbs: {"op":"up"|"set"|"down"|"logout"|"status"|"exit-nodes"|"ping", ...}
 // answered by one JSON line {"ok":true,"result":…} or {"ok":false,"error":{"code","message"}}.
 // The plain lines `status` and `status --json` work as in standalone mode.
-import net from 'node:net';
-import { chmodSync, existsSync, mkdirSync, unlinkSync } from 'node:fs';
-import path from 'node:path';
+import type net from 'node:net';
+import { listenControlSocket } from './control.js';
 import { ClientError, managedStatusText, type ManagedNode } from './managed.js';
 import type { PrefFlags } from './prefs.js';
 
@@ -68,32 +67,5 @@ async function handle(node: ManagedNode, line: string): Promise<string> {
 }
 
 export function startManagedControl(sockPath: string, node: ManagedNode): Promise<net.Server> {
-  mkdirSync(path.dirname(sockPath), { recursive: true, mode: 0o700 });
-  if (existsSync(sockPath)) unlinkSync(sockPath);
-  const server = net.createServer((conn) => {
-    let buf = '';
-    conn.setEncoding('utf8');
-    conn.on('error', () => {});
-    conn.on('data', (chunk: string) => {
-      buf += chunk;
-      if (buf.length > MAX_LINE) {
-        conn.end('error: request longer than 64 KiB\n');
-        return;
-      }
-      const nl = buf.indexOf('\n');
-      if (nl < 0) return;
-      const line = buf.slice(0, nl);
-      buf = '';
-      void handle(node, line).then((reply) => conn.end(reply));
-    });
-  });
-  return new Promise((resolve, reject) => {
-    server.once('error', (err) => reject(new Error(`cannot listen on control socket ${sockPath}: ${err.message}`)));
-    const old = process.umask(0o177);
-    server.listen(sockPath, () => {
-      process.umask(old);
-      chmodSync(sockPath, 0o600);
-      resolve(server);
-    });
-  });
+  return listenControlSocket(sockPath, MAX_LINE, (line) => handle(node, line));
 }

@@ -24,21 +24,11 @@ import { SseClient } from './sse.js';
 import { DEFAULT_PREFS, PrefsError, prefsForSet, prefsForUp, type PrefFlags, type Prefs } from './prefs.js';
 import { applyPatch, applyPresence, checkMap, findPeer, planFromMap, type DataplanePlan, type NodeMap } from './mapplan.js';
 import { VERSION } from './control.js';
+import type { OsNetDesired } from './osnet.js';
 
-/** What the daemon needs from the OS side (src/daemon/osnet.ts implements it). */
-export interface OsDesired {
-  dev: string;
-  mtu: number;
-  addresses: string[];
-  routes: string[];
-  exitNode: boolean;
-  exclude: string[];
-  allowLan: boolean;
-  forwarding: boolean;
-  masquerade: boolean;
-}
+/** What the daemon needs from the OS side (OsNet implements it; tests may pass another). */
 export interface OsIntegration {
-  apply(d: OsDesired): Promise<unknown>;
+  apply(d: OsNetDesired): Promise<unknown>;
   teardown(): Promise<unknown>;
 }
 
@@ -181,7 +171,7 @@ export class ManagedNode {
   get backendState(): BackendState {
     if (!this.st.token) return 'NeedsLogin';
     if (!this.st.want_running) return 'Stopped';
-    return this.map && this.engine !== null ? 'Running' : this.map && !this.opts.tun ? 'Running' : 'Starting';
+    return this.map && this.engine !== null ? 'Running' : 'Starting';
   }
 
   // ---- server API -----------------------------------------------------------
@@ -342,8 +332,8 @@ export class ManagedNode {
         rules: plan.rules,
         keepaliveSecs: this.opts.keepaliveSecs ?? 1,
         listenPorts: [this.opts.port],
-        ...(this.opts.bindHost4 !== undefined ? { bindHost4: this.opts.bindHost4 } : {}),
-        ...(this.opts.bindHost6 !== undefined ? { bindHost6: this.opts.bindHost6 } : {}),
+        bindHost4: this.opts.bindHost4,
+        bindHost6: this.opts.bindHost6,
         tun: this.tun,
         log: this.opts.log,
       });
@@ -361,7 +351,7 @@ export class ManagedNode {
       this.filterJson = fj;
     }
     if (this.opts.os && this.tun) {
-      const desired: OsDesired = {
+      const desired: OsNetDesired = {
         dev: this.tun.name,
         mtu: TUN_MTU,
         ...plan.os,
@@ -692,7 +682,7 @@ export class ManagedNode {
       apply_error: this.applyError,
       first_map_seconds: this.firstMapAt !== null && this.upAt !== null ? (this.firstMapAt - this.upAt) / 1000 : null,
       uptime_seconds: Math.round((now - this.startedAt) / 1000),
-      counters: this.engine ? { ...this.engine.counters.toJSON() } : {},
+      counters: this.engine ? this.engine.counters.toJSON() : {},
       filter: this.filter.counters.toJSON(),
     };
   }

@@ -13,51 +13,12 @@ import type { FwdRule } from '../net/lpm.js';
 import type { PeerSpec } from '../dataplane/engine.js';
 import type { FilterRule } from '../acl/index.js';
 import type { Prefs } from './prefs.js';
+import type { MapPeer, MapRelay, NetworkMap } from '../control/netmap.js';
 
-export interface MapPeer {
-  id: number;
-  name: string;
-  node_key: string;
-  addresses: string[];
-  allowed_ips: string[];
-  endpoints: string[];
-  tags: string[];
-  user: string | null;
-  exit_node: boolean;
-}
+export type { MapPeer, MapRelay } from '../control/netmap.js';
 
-export interface MapRelay {
-  id: number;
-  name: string;
-  endpoints: string[];
-  link_id: number;
-  relay_link_id: number;
-  psk: string;
-  obfuscate: boolean;
-}
-
-export interface NodeMap {
-  version: number;
-  hash: string;
-  tenant: string;
-  self: {
-    id: number;
-    name: string;
-    dns_name: string;
-    addresses: string[];
-    tags: string[];
-    user: string | null;
-    approved_routes: string[];
-    primary_routes: string[];
-  };
-  peers: MapPeer[];
-  online: number[];
-  packet_filter: FilterRule[] | null;
-  ssh_policy: unknown;
-  exit_node: number | null;
-  relays: MapRelay[];
-  dns: { base: string };
-}
+/** A network map as the control server streams it (src/control/netmap.ts), with the packet filter typed. */
+export type NodeMap = Omit<NetworkMap, 'packet_filter'> & { packet_filter: FilterRule[] | null };
 
 export class MapError extends Error {
   override name = 'MapError';

@@ -1,6 +1,7 @@
 // Data-plane counters: every packet either moves (rx/tx/relay/keepalive) or is
 // dropped for exactly one named reason. Plain numeric fields keep the hot path
 // monomorphic; status and metrics read them by name.
+import { RxCode } from '../wire/index.js';
 
 export const COUNTER_HELP = {
   tun_rx_packets: 'packets read from the TUN device',
@@ -57,6 +58,23 @@ export class Counters {
   drop_no_endpoint = 0;
   drop_send_error = 0;
   drop_not_ip = 0;
+
+  /** Counts a datagram the wire layer refused, under the drop reason its RxCode names. */
+  rxDrop(code: number): void {
+    switch (code) {
+      case RxCode.OldEpoch:
+        this.drop_old_epoch++;
+        break;
+      case RxCode.Replay:
+        this.drop_replay++;
+        break;
+      case RxCode.AuthFail:
+        this.drop_auth++;
+        break;
+      default:
+        this.drop_malformed++;
+    }
+  }
 
   toJSON(): Record<CounterName, number> {
     const out = {} as Record<CounterName, number>;

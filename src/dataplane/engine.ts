@@ -146,8 +146,8 @@ export class Engine {
     this.log = opts.log ?? (() => {});
     this.udp = new UdpPorts({
       ports: opts.listenPorts,
-      ...(opts.bindHost4 !== undefined ? { bindHost4: opts.bindHost4 } : {}),
-      ...(opts.bindHost6 !== undefined ? { bindHost6: opts.bindHost6 } : {}),
+      bindHost4: opts.bindHost4,
+      bindHost6: opts.bindHost6,
       onDatagram: (msg, addr, port, sock) => this.onDatagram(msg, addr, port, sock),
       onSendError: () => {
         this.counters.drop_send_error++;
@@ -239,7 +239,7 @@ export class Engine {
     const rx = this.matched!;
     const code = rx.openMatched(msg, len, this.plain);
     if (code !== RxCode.Accept) {
-      this.countRx(code);
+      this.counters.rxDrop(code);
       return;
     }
     const c = this.counters;
@@ -304,23 +304,6 @@ export class Engine {
       if (this.peerMatches(all[i]!, msg, len)) return all[i];
     }
     return undefined;
-  }
-
-  private countRx(code: number): void {
-    const c = this.counters;
-    switch (code) {
-      case RxCode.OldEpoch:
-        c.drop_old_epoch++;
-        break;
-      case RxCode.Replay:
-        c.drop_replay++;
-        break;
-      case RxCode.AuthFail:
-        c.drop_auth++;
-        break;
-      default:
-        c.drop_malformed++;
-    }
   }
 
   /** Routes an inner packet that arrived from `from` (null = our own TUN). */

@@ -473,8 +473,8 @@ export class RelayEngine {
     this.onlineMs = opts.onlineMs ?? RELAY_ONLINE_MS;
     this.udp = new UdpPorts({
       ports: opts.listenPorts,
-      ...(opts.bindHost4 !== undefined ? { bindHost4: opts.bindHost4 } : {}),
-      ...(opts.bindHost6 !== undefined ? { bindHost6: opts.bindHost6 } : {}),
+      bindHost4: opts.bindHost4,
+      bindHost6: opts.bindHost6,
       onDatagram: (msg, addr, port, sock) => this.onDatagram(msg, addr, port, sock),
       onSendError: () => {
         this.counters.drop_send_error++;
@@ -684,8 +684,8 @@ export class RelayEngine {
     const rx = this.matched!;
     const code = rx.openMatched(msg, len, this.plain);
     if (code !== RxCode.Accept) {
-      this.countRx(c, code);
-      this.countRx(tc, code);
+      c.rxDrop(code);
+      tc.rxDrop(code);
       lc.drops++;
       return;
     }
@@ -834,22 +834,6 @@ export class RelayEngine {
       if (this.linkMatches(all[i]!, msg, len, now)) return all[i]!;
     }
     return null;
-  }
-
-  private countRx(c: Counters, code: number): void {
-    switch (code) {
-      case RxCode.OldEpoch:
-        c.drop_old_epoch++;
-        break;
-      case RxCode.Replay:
-        c.drop_replay++;
-        break;
-      case RxCode.AuthFail:
-        c.drop_auth++;
-        break;
-      default:
-        c.drop_malformed++;
-    }
   }
 
   // ---- reports ------------------------------------------------------------------

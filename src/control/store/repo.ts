@@ -238,6 +238,7 @@ export class TenantRepo {
 
 /** A TenantRepo inside a write transaction, with its actor bound for auditing. */
 export class TenantTx extends TenantRepo {
+  private readonly relayRows: RelayTx;
   constructor(
     db: Transaction<Database>,
     tenantId: number,
@@ -245,6 +246,7 @@ export class TenantTx extends TenantRepo {
     readonly generation: number,
   ) {
     super(db, tenantId);
+    this.relayRows = new RelayTx(db);
   }
   audit(action: string, objectType: string, objectId: string | number, before: unknown, after: unknown): Promise<void> {
     return this.appendAudit(this.actor, action, objectType, objectId, before, after);
@@ -254,13 +256,7 @@ export class TenantTx extends TenantRepo {
    * first, then relays) and bumps its generation; undefined when it is gone.
    */
   lockRelay(relayId: number): Promise<RelayRow | undefined> {
-    return this.db.updateTable('relays').set((eb) => ({ generation: eb('generation', '+', 1) }))
-      .where('id', '=', relayId).returningAll().executeTakeFirst() as Promise<RelayRow | undefined>;
-  }
-  /** Deletes a relay row (its links go with it). */
-  async deleteRelayRow(relayId: number): Promise<boolean> {
-    const r = await this.db.deleteFrom('relays').where('id', '=', relayId).executeTakeFirst();
-    return Number(r.numDeletedRows) > 0;
+    return this.relayRows.lockRelay(relayId);
   }
   /**
    * Re-derives `unseen` for the tenant's nodes marked unseen (after links
@@ -294,6 +290,7 @@ export class RelayTx {
     return this.db.updateTable('relays').set((eb) => ({ generation: eb('generation', '+', 1) }))
       .where('id', '=', relayId).returningAll().executeTakeFirst() as Promise<RelayRow | undefined>;
   }
+  /** Deletes a relay row (its links go with it). */
   async deleteRelayRow(relayId: number): Promise<boolean> {
     const r = await this.db.deleteFrom('relays').where('id', '=', relayId).executeTakeFirst();
     return Number(r.numDeletedRows) > 0;
