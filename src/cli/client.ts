@@ -158,13 +158,17 @@ export function registerClientVerbs(program: Command): void {
     .argument('<peer>', 'peer name, DNS name or overlay IP')
     .option('-c, --count <n>', 'number of pings', '3')
     .option('--timeout <ms>', 'wait this long for each reply', '2000')
+    .option('-4', 'use the peer\'s IPv4 overlay address')
+    .option('-6', 'use the peer\'s IPv6 overlay address')
     .option('--json', 'print the result as JSON')
-    .action(async (peer: string, o: { count: string; timeout: string; json?: boolean }) => {
+    .action(async (peer: string, o: { count: string; timeout: string; json?: boolean; 4?: boolean; 6?: boolean }) => {
       const count = Number(o.count);
       const timeout = Number(o.timeout);
       if (!Number.isInteger(count) || count < 1) fail('larktun: --count must be a positive integer', 2);
       if (!Number.isInteger(timeout) || timeout < 1) fail('larktun: --timeout must be a positive number of milliseconds', 2);
-      const r = (await request({ op: 'ping', peer, count, timeout_ms: timeout }, count * (timeout + 300) + 5000)) as {
+      if (o[4] && o[6]) fail('larktun: -4 and -6 exclude each other', 2);
+      const family = o[4] ? 4 : o[6] ? 6 : null;
+      const r = (await request({ op: 'ping', peer, count, timeout_ms: timeout, family }, count * (timeout + 300) + 5000)) as {
         peer: string; address: string; path: string; results: { seq: number; rtt_ms: number | null }[]; received: number;
       };
       if (o.json) printJson(r);

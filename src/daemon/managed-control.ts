@@ -17,6 +17,8 @@ export interface ClientRequest {
   count?: number;
   timeout_ms?: number;
   interval_ms?: number;
+  /** ping: 4 or 6 forces an address family; null/absent: the target decides (IPv4 first). */
+  family?: 4 | 6 | null;
 }
 
 const MAX_LINE = 64 * 1024;
@@ -53,7 +55,7 @@ async function handle(node: ManagedNode, line: string): Promise<string> {
         result = node.exitNodes();
         break;
       case 'ping':
-        result = await node.ping(String(req.peer ?? ''), Math.min(Math.max(req.count ?? 3, 1), 1000), req.timeout_ms ?? 2000, req.interval_ms ?? 200);
+        result = await node.ping(String(req.peer ?? ''), Math.min(Math.max(req.count ?? 3, 1), 1000), req.timeout_ms ?? 2000, req.interval_ms ?? 200, req.family === 4 || req.family === 6 ? req.family : null);
         break;
       default:
         throw new ClientError('bad_request', `unknown op "${req.op}"`);

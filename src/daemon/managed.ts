@@ -16,7 +16,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync, openSyn
 import { isIP } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import path from 'node:path';
-import { parseHostPort } from '../net/addr.js';
+import { parseHostPort, parseIPv6 } from '../net/addr.js';
 import { Engine } from '../dataplane/engine.js';
 import { FilterState, PacketFilter } from '../dataplane/filter.js';
 import { TunDevice } from '../dataplane/tun.js';
@@ -43,6 +43,8 @@ export interface ManagedOptions {
   tun: boolean;
   os: OsIntegration | null;
   log: (msg: string) => void;
+  /** How often to check whether the relay RTT should be reported to the server (ms; default 5000). */
+  latencyReportMs?: number;
   /** Seconds between keepalives to the relay (the relay reports a node unseen after 3 s). */
   keepaliveSecs?: number;
 }
@@ -57,6 +59,9 @@ interface Persisted {
   want_running: boolean;
   last_event_id: string | null;
 }
+
+/** The relay RTT is re-reported at least this often while it is being measured. */
+const LATENCY_REFRESH_MS = 60_000;
 
 export class ClientError extends Error {
   constructor(
@@ -123,6 +128,9 @@ export class ManagedNode {
   private readonly startedAt = Date.now();
   private firstMapAt: number | null = null;
   private upAt: number | null = null;
+  private latencyTimer: NodeJS.Timeout | null = null;
+  /** The relay RTT last reported to the server (relay id, ms, when). */
+  private latencySent: { relayId: number; rttMs: number; at: number } | null = null;
 
   constructor(private readonly opts: ManagedOptions) {
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
@@ -166,6 +174,16 @@ export class ManagedNode {
       }
     }
     this.startSession();
+  }
+
+  /** The live data-plane engine (null while stopped); for metrics, read only. */
+  get liveEngine(): Engine | null {
+    return this.engine;
+  }
+
+  /** The node filter's flow-tracking counters; for metrics, read only. */
+  get filterCounters(): Record<string, number> {
+    return this.filter.counters.toJSON();
   }
 
   get backendState(): BackendState {
@@ -238,8 +256,35 @@ export class ManagedNode {
 
   // ---- session --------------------------------------------------------------
 
+  /**
+   * Reports the measured round-trip time to the relay (keepalive echoes) to the
+   * server, which shows it as the node's relay_rtt_ms: when first measured, when
+   * it moved by more than 20 % (and 2 ms), and at least every LATENCY_REFRESH_MS.
+   */
+  private async reportLatency(): Promise<void> {
+    const relay = this.plan?.relay;
+    if (!this.st.token || !relay || !this.engine || !this.serverState.connected) return;
+    const rp = this.engine.peer(relay.relay_link_id);
+    if (!rp || rp.rttSmoothMs < 0 || Date.now() - rp.rttAtMs > 30_000) return;
+    const rtt = Math.round(rp.rttSmoothMs * 100) / 100;
+    const last = this.latencySent;
+    const now = Date.now();
+    if (last && last.relayId === relay.id && now - last.at < LATENCY_REFRESH_MS && Math.abs(rtt - last.rttMs) <= Math.max(2, last.rttMs * 0.2)) return;
+    this.latencySent = { relayId: relay.id, rttMs: rtt, at: now };
+    await this.api('/node/v1/latency', { relays: [{ relay_id: relay.id, rtt_ms: rtt }] }, this.st.token);
+  }
+
   private startSession(): void {
     this.sse?.stop();
+    if (this.latencyTimer === null) {
+      this.latencyTimer = setInterval(() => {
+        this.reportLatency().catch((err: unknown) => {
+          this.latencySent = null;
+          this.opts.log(`latency report: ${(err as Error).message}`);
+        });
+      }, this.opts.latencyReportMs ?? 5000);
+      this.latencyTimer.unref();
+    }
     const server = this.st.prefs.loginServer!;
     const sse = new SseClient({
       url: `${server}/node/v1/stream`,
@@ -534,6 +579,8 @@ export class ManagedNode {
 
   async shutdown(): Promise<void> {
     this.sse?.stop();
+    if (this.latencyTimer) clearInterval(this.latencyTimer);
+    this.latencyTimer = null;
     await this.stopDataplane();
   }
 
@@ -548,13 +595,18 @@ export class ManagedNode {
   // ---- ping over the overlay ------------------------------------------------
 
   private readonly onTunIntercept = (pkt: Buffer, len: number): boolean => {
-    // IPv4 ICMP echo reply addressed to us, with one of our ids.
-    if (len < 28 || pkt[0]! >> 4 !== 4 || pkt[9] !== 1) return false;
-    const ihl = (pkt[0]! & 15) * 4;
-    if (len < ihl + 8 || pkt[ihl] !== 0) return false;
-    const id = pkt.readUInt16BE(ihl + 4);
+    // An ICMP (IPv4) or ICMPv6 echo reply addressed to us, with one of our ids.
+    let off: number;
+    if (len >= 28 && pkt[0]! >> 4 === 4 && pkt[9] === 1) {
+      off = (pkt[0]! & 15) * 4;
+      if (len < off + 8 || pkt[off] !== 0) return false;
+    } else if (len >= 48 && pkt[0]! >> 4 === 6 && pkt[6] === 58) {
+      off = 40;
+      if (pkt[off] !== 129) return false;
+    } else return false;
+    const id = pkt.readUInt16BE(off + 4);
     const p = this.pings.get(id);
-    if (!p || pkt.readUInt16BE(ihl + 6) !== p.seq) return false;
+    if (!p || pkt.readUInt16BE(off + 6) !== p.seq) return false;
     this.pings.delete(id);
     clearTimeout(p.timer);
     p.resolve(performance.now() - p.sent);
@@ -567,20 +619,7 @@ export class ManagedNode {
     if (!engine) return Promise.resolve(null);
     let id = randomInt(1, 65535);
     while (this.pings.has(id)) id = randomInt(1, 65535);
-    const pkt = Buffer.alloc(20 + 8 + 32);
-    pkt[0] = 0x45;
-    pkt.writeUInt16BE(pkt.length, 2);
-    pkt.writeUInt16BE(randomInt(0, 65535), 4);
-    pkt[8] = 64;
-    pkt[9] = 1;
-    src.copy(pkt, 12);
-    dst.copy(pkt, 16);
-    pkt.writeUInt16BE(checksum(pkt, 0, 20), 10);
-    pkt[20] = 8; // echo request
-    pkt.writeUInt16BE(id, 24);
-    pkt.writeUInt16BE(seq, 26);
-    pkt.write('larktun ping', 28);
-    pkt.writeUInt16BE(checksum(pkt, 20, pkt.length - 20), 22);
+    const pkt = src.length === 4 ? echoRequest4(src, dst, id, seq) : echoRequest6(src, dst, id, seq);
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.pings.delete(id);
@@ -593,18 +632,29 @@ export class ManagedNode {
     });
   }
 
-  async ping(target: string, count: number, timeoutMs: number, intervalMs: number): Promise<Record<string, unknown>> {
+  /**
+   * ICMP echo to a peer through the overlay. `family`: 4 or 6 forces one; by
+   * default an IP target decides, else IPv4 when both ends have it.
+   */
+  async ping(target: string, count: number, timeoutMs: number, intervalMs: number, family: 4 | 6 | null = null): Promise<Record<string, unknown>> {
     if (!this.map || !this.engine) throw new ClientError('not_running', 'not running: larktun up first');
     const peer = findPeer(this.map, target);
     if (!peer) throw new ClientError('unknown_peer', `no peer named "${target}" (by name, DNS name or IP)`);
-    const self4 = this.map.self.addresses.find((a) => !a.includes(':'));
-    const peer4 = peer.addresses.find((a) => !a.includes(':'));
-    if (!self4 || !peer4) throw new ClientError('no_ipv4', `ping needs IPv4 overlay addresses on both ends`);
-    const ip = (s: string): Buffer => Buffer.from(s.split('/')[0]!.split('.').map(Number));
+    const fam = family ?? (target.includes(':') ? 6 : null);
+    const pick = (addrs: string[], f: 4 | 6): string | undefined => addrs.find((a) => a.includes(':') === (f === 6))?.split('/')[0];
+    const both = (f: 4 | 6) => ({ self: pick(this.map!.self.addresses, f), peer: pick(peer.addresses, f), f });
+    let use = both(fam ?? 4);
+    if (fam === null && (!use.self || !use.peer)) use = both(6);
+    if (!use.self || !use.peer) {
+      const which = fam === null ? 'an IPv4 or IPv6' : `an IPv${fam}`;
+      throw new ClientError('no_address', `ping needs ${which} overlay address on both ends (this node: ${this.map.self.addresses.join(', ') || 'none'}; ${peer.name}: ${peer.addresses.join(', ') || 'none'})`);
+    }
+    const src = ipBytes(use.self);
+    const dst = ipBytes(use.peer);
     const results: PingResult[] = [];
     for (let i = 0; i < count; i++) {
       if (i > 0) await new Promise((r) => setTimeout(r, intervalMs));
-      const rtt = await this.pingOnce(ip(self4), ip(peer4), i + 1, timeoutMs);
+      const rtt = await this.pingOnce(src, dst, i + 1, timeoutMs);
       results.push({ seq: i + 1, rtt_ms: rtt === null ? null : Number(rtt.toFixed(2)) });
       this.lastPing.set(peer.id, { rtt_ms: rtt === null ? null : Number(rtt.toFixed(2)), at: Date.now() });
     }
@@ -612,7 +662,8 @@ export class ManagedNode {
     const relayPeer = relay ? this.engine.peer(relay.relay_link_id) : undefined;
     return {
       peer: peer.name,
-      address: peer4.split('/')[0],
+      address: use.peer,
+      family: use.f,
       path: relay ? `via relay ${relay.name} (${relayPeer?.endpointText() ?? relay.endpoints[0]})` : 'no relay',
       results,
       received: results.filter((r) => r.rtt_ms !== null).length,
@@ -659,9 +710,12 @@ export class ManagedNode {
             name: relay.name,
             endpoint: rp?.endpointText() ?? relay.endpoints[0] ?? null,
             link_id: relay.link_id,
-            /** Heard from the relay lately (it forwards; it sends nothing of its own). */
+            /** Heard from the relay lately (it echoes every keepalive, so within about a second when up). */
             online: rp ? rp.online(now) : false,
             last_seen_age_seconds: rp && rp.lastSeenMs > 0 ? Math.round((now - rp.lastSeenMs) / 100) / 10 : null,
+            /** Round-trip time to the relay from keepalive echoes: smoothed and last sample, ms. */
+            rtt_ms: rp && rp.rttSmoothMs >= 0 ? Math.round(rp.rttSmoothMs * 100) / 100 : null,
+            rtt_last_ms: rp && rp.rttLastMs >= 0 ? Math.round(rp.rttLastMs * 100) / 100 : null,
           }
         : null,
       peers: (map?.peers ?? []).map((p) => ({
@@ -696,13 +750,69 @@ function checksum(b: Buffer, off: number, len: number): number {
   return ~sum & 0xffff;
 }
 
+/** 4 or 16 bytes of an IP literal (already known to be valid: it came from the map). */
+function ipBytes(a: string): Buffer {
+  if (!a.includes(':')) return Buffer.from(a.split('.').map(Number));
+  const v = parseIPv6(a);
+  if (v === null) throw new ClientError('bad_address', `not an IPv6 address: ${a}`);
+  const b = Buffer.alloc(16);
+  b.writeBigUInt64BE(v >> 64n, 0);
+  b.writeBigUInt64BE(v & 0xffffffffffffffffn, 8);
+  return b;
+}
+
+const PING_PAYLOAD = 'larktun ping';
+
+/** An IPv4 ICMP echo request (header and ICMP checksums filled in). */
+export function echoRequest4(src: Buffer, dst: Buffer, id: number, seq: number): Buffer {
+  const pkt = Buffer.alloc(20 + 8 + 32);
+  pkt[0] = 0x45;
+  pkt.writeUInt16BE(pkt.length, 2);
+  pkt.writeUInt16BE(randomInt(0, 65535), 4);
+  pkt[8] = 64;
+  pkt[9] = 1;
+  src.copy(pkt, 12);
+  dst.copy(pkt, 16);
+  pkt.writeUInt16BE(checksum(pkt, 0, 20), 10);
+  pkt[20] = 8; // echo request
+  pkt.writeUInt16BE(id, 24);
+  pkt.writeUInt16BE(seq, 26);
+  pkt.write(PING_PAYLOAD, 28);
+  pkt.writeUInt16BE(checksum(pkt, 20, pkt.length - 20), 22);
+  return pkt;
+}
+
+/** An IPv6 ICMPv6 echo request; the checksum covers the pseudo-header (RFC 8200 §8.1). */
+export function echoRequest6(src: Buffer, dst: Buffer, id: number, seq: number): Buffer {
+  const icmpLen = 8 + 32;
+  const pkt = Buffer.alloc(40 + icmpLen);
+  pkt[0] = 0x60;
+  pkt.writeUInt16BE(icmpLen, 4);
+  pkt[6] = 58; // next header: ICMPv6
+  pkt[7] = 64; // hop limit
+  src.copy(pkt, 8);
+  dst.copy(pkt, 24);
+  pkt[40] = 128; // echo request
+  pkt.writeUInt16BE(id, 44);
+  pkt.writeUInt16BE(seq, 46);
+  pkt.write(PING_PAYLOAD, 48);
+  const pseudo = Buffer.alloc(40 + icmpLen);
+  src.copy(pseudo, 0);
+  dst.copy(pseudo, 16);
+  pseudo.writeUInt32BE(icmpLen, 32);
+  pseudo[39] = 58;
+  pkt.copy(pseudo, 40, 40);
+  pkt.writeUInt16BE(checksum(pseudo, 0, pseudo.length), 42);
+  return pkt;
+}
+
 /** Status for people. */
 export function managedStatusText(s: Record<string, unknown>): string {
   const st = s as {
     state: string;
     server: { url: string | null; connected: boolean; error: string | null };
     self: { name: string; dns_name?: string; addresses?: string[]; tenant?: string; approved_routes?: string[]; primary_routes?: string[] } | null;
-    relay: { name: string; endpoint: string | null; online: boolean; last_seen_age_seconds: number | null } | null;
+    relay: { name: string; endpoint: string | null; online: boolean; last_seen_age_seconds: number | null; rtt_ms?: number | null } | null;
     peers: { name: string; addresses: string[]; online: boolean; exit_node: boolean; routes: string[]; last_ping_ms: number | null }[];
     routes_in_use: string[];
     exit_node: { wanted: string; in_use: string | null; problem: string | null } | null;
@@ -713,7 +823,11 @@ export function managedStatusText(s: Record<string, unknown>): string {
     lines.push(`self:  ${st.self.name}${st.self.tenant ? ` (tenant ${st.self.tenant})` : ''}  ${(st.self.addresses ?? []).join(' ')}`);
     if (st.self.approved_routes?.length) lines.push(`       serving routes: ${st.self.approved_routes.join(', ')}${st.self.primary_routes?.length ? `  (primary for ${st.self.primary_routes.join(', ')})` : ''}`);
   }
-  if (st.relay) lines.push(`relay: ${st.relay.name} ${st.relay.endpoint ?? ''} ${st.relay.last_seen_age_seconds !== null ? `(last packet from it ${st.relay.last_seen_age_seconds}s ago)` : '(no packet from it yet)'}`);
+  if (st.relay) {
+    const heard = st.relay.last_seen_age_seconds !== null ? `last packet from it ${st.relay.last_seen_age_seconds}s ago` : 'no packet from it yet';
+    const rtt = st.relay.rtt_ms !== undefined && st.relay.rtt_ms !== null ? `rtt ${st.relay.rtt_ms} ms, ` : '';
+    lines.push(`relay: ${st.relay.name} ${st.relay.endpoint ?? ''} (${st.relay.online ? 'online' : 'offline'}, ${rtt}${heard})`);
+  }
   if (st.exit_node) lines.push(`exit node: ${st.exit_node.in_use ?? `none (${st.exit_node.problem ?? 'waiting'})`}`);
   if (st.routes_in_use.length) lines.push(`routes in use: ${st.routes_in_use.join(', ')}`);
   if (st.peers.length) {

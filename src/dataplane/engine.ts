@@ -79,6 +79,16 @@ export class Peer {
   lastSeenMs = 0;
   rxPackets = 0;
   txPackets = 0;
+  /**
+   * Round-trip time to this peer, from keepalive echoes (a Larktun relay answers
+   * each keepalive with one; other peers never do, so these stay unset).
+   * probeAt: performance.now() of the keepalive awaiting its echo, 0 when none.
+   */
+  probeAt = 0;
+  /** Last and smoothed (RFC 6298 style, 1/8 gain) round-trip time in ms; -1 when unmeasured. */
+  rttLastMs = -1;
+  rttSmoothMs = -1;
+  rttAtMs = 0;
 
   constructor(spec: PeerSpec, localId: number, private readonly obfuscate: boolean) {
     this.id = spec.id;
@@ -249,6 +259,13 @@ export class Engine {
     const now = Date.now();
     if (rx.keepalive) {
       c.keepalive_rx++;
+      if (peer.probeAt > 0) {
+        const sample = performance.now() - peer.probeAt;
+        peer.probeAt = 0;
+        peer.rttLastMs = sample;
+        peer.rttSmoothMs = peer.rttSmoothMs < 0 ? sample : peer.rttSmoothMs + (sample - peer.rttSmoothMs) / 8;
+        peer.rttAtMs = now;
+      }
       this.touch(peer, addr, port, sock, now);
       return;
     }
@@ -392,8 +409,14 @@ export class Engine {
   }
 
   sendKeepalives(): void {
+    const t = performance.now();
     for (const p of this.peers) {
-      if (p.addr !== null && this.sendTo(p, this.plain, 0, true)) this.counters.keepalive_tx++;
+      if (p.addr !== null && this.sendTo(p, this.plain, 0, true)) {
+        this.counters.keepalive_tx++;
+        // The echo is timed from the newest keepalive: a lost echo costs no
+        // sample, and an echo slower than the keepalive interval reads short.
+        p.probeAt = t;
+      }
     }
   }
 

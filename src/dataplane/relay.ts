@@ -45,6 +45,8 @@ export const RELAY_LINK_ID = 65535;
 export const MAX_LINK_ID = 65534;
 /** A link heard within this window counts as online in status() (the server's default unseen threshold). */
 export const RELAY_ONLINE_MS = 3000;
+/** A link's keepalives are echoed at most this often. */
+export const ECHO_MIN_INTERVAL_MS = 200;
 
 // ---- the view (GET /relay/v1/map) -------------------------------------------------
 
@@ -308,7 +310,7 @@ export class LinkCounters {
   }
 }
 
-/** The counters a relay moves (a subset of the node engine's Counters; no TUN, no keepalive sends). */
+/** The counters a relay moves (a subset of the node engine's Counters; no TUN). keepalive_tx counts echoes. */
 export const RELAY_COUNTER_NAMES: readonly CounterName[] = [
   'udp_rx_packets',
   'udp_tx_packets',
@@ -316,6 +318,7 @@ export const RELAY_COUNTER_NAMES: readonly CounterName[] = [
   'udp_tx_bytes',
   'relay_packets',
   'keepalive_rx',
+  'keepalive_tx',
   'endpoint_changes',
   'drop_unknown_peer',
   'drop_malformed',
@@ -373,6 +376,8 @@ export class RelayLink {
   txPrev: WireTx | null = null;
   prevUntilMs = 0;
   prevHex: string | null = null;
+  /** When the relay last echoed a keepalive on this link (the echo is rate-limited). */
+  lastEchoMs = 0;
   /** The exit node this link's node uses (same namespace), resolved after all links are built. */
   exitLink: RelayLink | null = null;
   counters = new LinkCounters();
@@ -701,6 +706,25 @@ export class RelayEngine {
       tc.keepalive_rx++;
       lc.keepalive_rx++;
       this.touch(st, link, addr, port, sock, now);
+      // Echo it (same size, only to an authenticated link, at most every
+      // ECHO_MIN_INTERVAL_MS) so the node can time its path to the relay. A
+      // keepalive is never answered by a node, so this cannot loop; a subnetra
+      // peer takes it as an ordinary keepalive.
+      if (now - link.lastEchoMs >= ECHO_MIN_INTERVAL_MS) {
+        link.lastEchoMs = now;
+        const tx = rx === link.rx ? link.tx : link.txPrev ?? link.tx;
+        const out = this.udp.nextBuffer();
+        const n = tx.seal(this.plain, 0, 0, out, true);
+        sock.s.send(out, 0, n, port, addr);
+        c.keepalive_tx++;
+        c.udp_tx_packets++;
+        c.udp_tx_bytes += n;
+        tc.keepalive_tx++;
+        tc.udp_tx_packets++;
+        tc.udp_tx_bytes += n;
+        lc.tx_packets++;
+        lc.tx_bytes += n;
+      }
       return;
     }
     const plen = rx.plaintextLen;

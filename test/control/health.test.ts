@@ -171,6 +171,25 @@ function healthSuite(name: string, setup: () => Promise<string>, teardown: () =>
       assert.ok(r2.last_seen >= r2.relay_last_seen, 'last_seen is the latest sign of life');
       const list = (await adm.get('/api/v1/tenants/ha/nodes')).body.nodes;
       assert.ok(list.every((n: Json) => 'relay_rtt_ms' in n && 'relay_last_seen' in n));
+      // the node's own measurement (keepalive echoes) replaces the relay's figure,
+      // and a later relay report without an RTT keeps it
+      const nc = op.as(node['r2']!.token);
+      let lr = await nc.post('/node/v1/latency', { relays: [{ relay_id: relayId['A'], rtt_ms: 3.4 }] });
+      assert.equal(lr.status, 200, lr.text);
+      assert.equal(lr.body.updated, 1);
+      assert.equal((await nodeOf('r2')).relay_rtt_ms, 3);
+      await relay['A']!.post('/relay/v1/health', { links: [{ link_id: node['r2']!.links['A'], last_seen_ms_ago: 50 }] });
+      assert.equal((await nodeOf('r2')).relay_rtt_ms, 3, 'a report without rtt_ms keeps the node\'s figure');
+      lr = await nc.post('/node/v1/latency', { relays: [{ relay_id: 999_999, rtt_ms: 1 }] });
+      assert.equal(lr.body.updated, 0, 'a relay the node has no link to changes nothing');
+      lr = await nc.post('/node/v1/latency', { relays: [{ relay_id: relayId['A'], rtt_ms: -1 }] });
+      assert.equal(lr.status, 400);
+      assert.equal(typeof lr.body.error?.code, 'string', lr.text);
+      lr = await op.as(null).post('/node/v1/latency', { relays: [] });
+      assert.equal(lr.status, 401);
+      // another node's token writes only its own link
+      await op.as(node['client']!.token).post('/node/v1/latency', { relays: [{ relay_id: relayId['A'], rtt_ms: 40 }] });
+      assert.equal((await nodeOf('r2')).relay_rtt_ms, 3);
       const metrics = await (await fetch(`${srv.url}/metrics`)).text();
       assert.match(metrics, /larktun_routes\{tenant="ha",state="approved"\} 2/);
       assert.match(metrics, /larktun_routes\{tenant="ha",state="announced"\} 0/);

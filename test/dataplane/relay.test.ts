@@ -6,7 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import { parseIPv4, parseIPv6 } from '../../src/net/addr.js';
-import { RelayEngine, RelayViewError, parseRelayView, type RelayView, type RelayLinkSpec } from '../../src/dataplane/relay.js';
+import { RelayEngine, RelayViewError, parseRelayView, ECHO_MIN_INTERVAL_MS, type RelayView, type RelayLinkSpec } from '../../src/dataplane/relay.js';
 import { WireRx, WireTx, RxCode } from '../../src/wire/index.js';
 import type { FilterRule } from '../../src/acl/index.js';
 
@@ -109,6 +109,8 @@ class Node {
   tx: WireTx;
   rx: WireRx;
   readonly got: Buffer[] = [];
+  /** Keepalives the relay sent this node (its echoes), apart from data in `got`. */
+  echoes = 0;
   constructor(
     readonly name: string,
     readonly link: number,
@@ -119,6 +121,11 @@ class Node {
     this.sock.on('message', (m) => {
       const out = Buffer.alloc(2048);
       const code = this.rx.open(m, m.length, out);
+      if (code === RxCode.Accept && this.rx.keepalive) {
+        assert.equal(this.rx.plaintextLen, 0, 'an echo carries nothing');
+        this.echoes++;
+        return;
+      }
       this.got.push(code === RxCode.Accept ? Buffer.from(out.subarray(0, this.rx.plaintextLen)) : Buffer.from(`undecryptable:${code}`));
     });
   }
@@ -230,11 +237,26 @@ after(async () => {
   for (const n of nodes) n.sock.close();
 });
 
-test('keepalives teach endpoints; the relay never answers them; health report', async () => {
+test('keepalives teach endpoints and are echoed (rate-limited, same key); health report', async () => {
   const before = counts();
   for (const n of nodes) n.keepalive();
   await settle();
-  assert.deepEqual(receivers(before), [], 'no reply to keepalives');
+  assert.deepEqual(receivers(before), [], 'no data in answer to keepalives');
+  assert.deepEqual(nodes.map((n) => n.echoes), [1, 1, 1, 1, 1, 1], 'each keepalive echoed once, to its sender');
+  // A second keepalive within ECHO_MIN_INTERVAL_MS is not echoed; one after it is.
+  a1.keepalive();
+  await settle(50);
+  assert.equal(a1.echoes, 1, 'rate-limited');
+  await settle(ECHO_MIN_INTERVAL_MS);
+  a1.keepalive();
+  await settle();
+  assert.equal(a1.echoes, 2);
+  assert.equal(engine.counters.keepalive_tx, 7);
+  assert.equal(A().keepalive_tx, 5);
+  assert.equal(B().keepalive_tx, 2);
+  assert.equal(engine.counters.keepalive_rx, 8);
+  engine.counters.keepalive_rx -= 2; // the two extra keepalives above
+  A().keepalive_rx -= 2;
   assert.equal(engine.counters.keepalive_rx, 6);
   assert.equal(A().keepalive_rx, 4);
   assert.equal(B().keepalive_rx, 2);
@@ -257,7 +279,7 @@ test('A1 → A2 is forwarded inside tenant alpha', async () => {
   assert.deepEqual(receivers(before), ['a2']);
   assert.equal(a2.last(), 'a1-to-a2');
   assert.equal(A().relay_packets, 1);
-  assert.equal(engine.link(2)!.counters.tx_packets, 1);
+  assert.equal(engine.link(2)!.counters.tx_packets, 2, 'the keepalive echo and the forwarded packet');
 });
 
 test('overlapping addresses: B1 → 100.64.0.2 reaches B2 only, never a tenant-alpha link', async () => {

@@ -222,6 +222,32 @@ export function registerNodeRoutes(app: FastifyInstance, deps: NodeDeps): void {
     },
   );
 
+  app.post<{ Body: { relays: { relay_id: number; rtt_ms: number }[] } }>(
+    '/latency',
+    {
+      schema: {
+        ...doc('Report the node\'s measured round-trip time to its relays (from keepalive echoes); shown as relay_rtt_ms on the node'),
+        body: {
+          type: 'object', additionalProperties: false, required: ['relays'],
+          properties: {
+            relays: {
+              type: 'array', maxItems: 64,
+              items: {
+                type: 'object', additionalProperties: false, required: ['relay_id', 'rtt_ms'],
+                properties: { relay_id: { type: 'integer', minimum: 1 }, rtt_ms: { type: 'number', minimum: 0, maximum: 600000 } },
+              },
+            },
+          },
+        },
+      },
+    },
+    async (req) => {
+      const node = await authenticateNode(store, req);
+      const updated = await store.setNodeRelayRtt(node.tenant_id, node.id, req.body.relays.map((r) => ({ relayId: r.relay_id, rttMs: r.rtt_ms })));
+      return { updated };
+    },
+  );
+
   app.get('/map', { schema: doc('The node\'s current network map (one shot)') }, async (req, reply) => {
     const node = await authenticateNode(store, req);
     const map = await oneShotMap(store, node.tenant_id, node.id);

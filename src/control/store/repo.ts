@@ -575,6 +575,21 @@ export class Store {
       .where('relay_id', '=', relayId).execute();
   }
 
+  /**
+   * A node's own measurement of its round-trip time to relays (keepalive echoes):
+   * sets rtt_ms on the node's links to those relays; returns how many links it set.
+   * Not audited (telemetry, like the relays' last_seen_at).
+   */
+  async setNodeRelayRtt(tenantId: number, nodeId: number, rtts: { relayId: number; rttMs: number }[]): Promise<number> {
+    let n = 0;
+    for (const r of rtts) {
+      const res = await this.db.updateTable('relay_links').set({ rtt_ms: Math.round(r.rttMs) })
+        .where('tenant_id', '=', tenantId).where('node_id', '=', nodeId).where('relay_id', '=', r.relayId).executeTakeFirst();
+      n += Number(res.numUpdatedRows);
+    }
+    return n;
+  }
+
   /** Records that a relay reported now; returns its previous report time (null: never). */
   async relayReported(relayId: number, at: string): Promise<string | null> {
     const prev = await this.db.selectFrom('relays').select('reported_at').where('id', '=', relayId).executeTakeFirst();
