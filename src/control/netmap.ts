@@ -134,6 +134,10 @@ export interface MapRelay {
   /** 32-byte pre-shared key, hex. */
   psk: string;
   obfuscate: true;
+  /** The relay reports to the server (within the health TTL). Nodes home on a live relay. */
+  live: boolean;
+  /** The tenant's own relay (not shared with other tenants); preferred over shared ones. */
+  dedicated: boolean;
 }
 
 function relaysSections(relays: RelayRow[], links: RelayLinkRow[]): Map<number, string> {
@@ -143,7 +147,10 @@ function relaysSections(relays: RelayRow[], links: RelayLinkRow[]): Map<number, 
     const r = byId.get(l.relay_id);
     if (!r) continue;
     const list = per.get(l.node_id) ?? [];
-    list.push({ id: r.id, name: r.name, endpoints: jsonList(r.endpoints), link_id: l.link_id, relay_link_id: r.self_id, psk: l.psk, obfuscate: true });
+    list.push({
+      id: r.id, name: r.name, endpoints: jsonList(r.endpoints), link_id: l.link_id, relay_link_id: r.self_id, psk: l.psk, obfuscate: true,
+      live: r.live === 1, dedicated: r.tenant_id !== null,
+    });
     per.set(l.node_id, list);
   }
   const out = new Map<number, string>();

@@ -23,12 +23,19 @@ export interface RelayPublic {
   /** Tenant name for a dedicated relay, null for a shared one. */
   tenant: string | null;
   relay_link_id: number;
+  /** Reporting health within the TTL; nodes home on a live relay. */
+  live: boolean;
+  /** When it last reported health (null: never). */
+  last_report: string | null;
   created_at: string;
   updated_at: string;
 }
 
 export function relayView(r: RelayRow, tenantName: string | null): RelayPublic {
-  return { id: r.id, name: r.name, endpoints: jsonList(r.endpoints), tenant: tenantName, relay_link_id: r.self_id, created_at: r.created_at, updated_at: r.updated_at };
+  return {
+    id: r.id, name: r.name, endpoints: jsonList(r.endpoints), tenant: tenantName, relay_link_id: r.self_id,
+    live: r.live === 1, last_report: r.reported_at, created_at: r.created_at, updated_at: r.updated_at,
+  };
 }
 
 /**

@@ -275,10 +275,18 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const sweep = () => {
     if (sweeping) return;
     sweeping = store.sweepRelayHealth(healthTtlMs)
-      .then((r) => {
+      .then(async (r) => {
         if (r.flipped) {
           metrics.liveness.inc({ event: 'relay_verdict_lapsed' }, r.flipped);
           log.info(r, 'relay health verdicts lapsed');
+        }
+        // Relays that stopped reporting are no longer live: nodes home elsewhere.
+        const cutoff = new Date(Date.now() - healthTtlMs).toISOString();
+        for (const id of await store.relaysGoneQuiet(cutoff)) {
+          if (await store.setRelayLive(id, false, cutoff)) {
+            metrics.liveness.inc({ event: 'relay_quiet' });
+            log.warn({ relay: id, ttl_ms: healthTtlMs }, 'relay stopped reporting: marked not live, its nodes move to another relay');
+          }
         }
       })
       .catch((err: unknown) => log.warn({ err }, 'relay health sweep failed'))

@@ -45,6 +45,19 @@ export function checkMap(v: unknown): NodeMap {
   return v as unknown as NodeMap;
 }
 
+/**
+ * The relay every node of the tenant homes on (the choice must agree across
+ * nodes, as relays do not forward to each other): a live one first, then the
+ * tenant's own (dedicated) before shared ones, then the lowest id; only relays
+ * with a usable endpoint. Maps from servers without `live` count every relay live.
+ */
+export function homeRelay(relays: readonly MapRelay[]): MapRelay | null {
+  const rank = (r: MapRelay): number => (r.live === false ? 2 : 0) + (r.dedicated === true ? 0 : 1);
+  return [...relays]
+    .filter((r) => r.endpoints.some((e) => parseHostPort(e) !== null))
+    .sort((a, b) => rank(a) - rank(b) || a.id - b.id)[0] ?? null;
+}
+
 /** A patch carries only the changed top-level sections. */
 export function applyPatch(map: NodeMap, patch: Record<string, unknown>): NodeMap {
   return checkMap({ ...map, ...patch });
@@ -107,7 +120,7 @@ export function findPeer(map: NodeMap, wanted: string): MapPeer | undefined {
 }
 
 export function planFromMap(map: NodeMap, prefs: Prefs): DataplanePlan {
-  const relay = [...map.relays].sort((a, b) => a.id - b.id).find((r) => r.endpoints.some((e) => parseHostPort(e) !== null)) ?? null;
+  const relay = homeRelay(map.relays);
   const target = relay ? relay.relay_link_id : -1;
   const rules: FwdRule[] = [];
   const add = (dst: Prefix, to: number): void => {

@@ -252,6 +252,8 @@ export function registerRelayProtocolRoutes(app: FastifyInstance, deps: RelayDep
       const unseenMs = deps.unseenMs ?? 3000;
       const ttlMs = deps.healthTtlMs ?? DEFAULT_HEALTH_TTL_MS;
       const prev = await store.relayReported(r.id, new Date(now).toISOString());
+      // A relay heard again (or for the first time) is live: its tenants' maps say so.
+      if (r.live !== 1) await store.setRelayLive(r.id, true);
       const reported = new Map<number, LinkReport>();
       for (const l of req.body.links) {
         reported.set(l.link_id, {

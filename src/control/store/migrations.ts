@@ -206,6 +206,17 @@ function migrations(backend: Backend): Record<string, Migration> {
         await db.schema.alterTable('relays').dropColumn('reported_at').execute();
       },
     },
+    '0006_relay_live': {
+      // Relay liveness as a state that flips (1: reporting, 0 or null: quiet or
+      // never reported), so a flip is done once, bumps the generation of every
+      // tenant the relay serves, and the nodes' maps move to a live relay.
+      async up(db: Db): Promise<void> {
+        await db.schema.alterTable('relays').addColumn('live', 'integer').execute();
+      },
+      async down(db: Db): Promise<void> {
+        await db.schema.alterTable('relays').dropColumn('live').execute();
+      },
+    },
   };
 }
 

@@ -290,6 +290,14 @@ export class RelayTx {
     return this.db.updateTable('relays').set((eb) => ({ generation: eb('generation', '+', 1) }))
       .where('id', '=', relayId).returningAll().executeTakeFirst() as Promise<RelayRow | undefined>;
   }
+  /** Flips `live` when it differs (quiet only if not reported since `cutoff`); true when this call flipped it. */
+  async setLive(relayId: number, live: boolean, cutoff: string | null): Promise<boolean> {
+    let q = this.db.updateTable('relays').set({ live: live ? 1 : 0 }).where('id', '=', relayId)
+      .where((eb) => (live ? eb.or([eb('live', 'is', null), eb('live', '!=', 1)]) : eb('live', '=', 1)));
+    if (!live && cutoff !== null) q = q.where((eb) => eb.or([eb('reported_at', 'is', null), eb('reported_at', '<=', cutoff)]));
+    const r = await q.executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
+  }
   /** Deletes a relay row (its links go with it). */
   async deleteRelayRow(relayId: number): Promise<boolean> {
     const r = await this.db.deleteFrom('relays').where('id', '=', relayId).executeTakeFirst();
@@ -705,6 +713,26 @@ export class Store {
       }
     }
     return { tenants: changedTenants, flipped };
+  }
+
+  /**
+   * Flips a relay's liveness (once: a conditional update, so of several
+   * replicas one does it) and bumps the generation of every tenant it serves,
+   * in one transaction, so their nodes' maps say which relays are live.
+   * Going quiet needs `cutoff`: only a relay that has not reported since then
+   * is marked quiet. Returns whether this call flipped it.
+   */
+  async setRelayLive(relayId: number, live: boolean, cutoff: string | null = null): Promise<boolean> {
+    const relay = await this.db.selectFrom('relays').select(['tenant_id', 'live']).where('id', '=', relayId).executeTakeFirst();
+    if (!relay || (relay.live === 1) === live) return false;
+    const tenants = relay.tenant_id !== null ? [relay.tenant_id] : (await this.listTenants()).map((t) => t.id);
+    return this.writeTenants(tenants, 'system:relay-health', async (_txs, relays) => relays.setLive(relayId, live, cutoff));
+  }
+
+  /** Live relays that have not reported since `cutoff` (the sweep marks them quiet). */
+  async relaysGoneQuiet(cutoff: string): Promise<number[]> {
+    return (await this.db.selectFrom('relays').select('id').where('live', '=', 1)
+      .where((eb) => eb.or([eb('reported_at', 'is', null), eb('reported_at', '<=', cutoff)])).execute()).map((r) => r.id);
   }
 
   /** Every tenant's routers (nodes announcing or approved for routes) and stored primaries, for the metrics. */

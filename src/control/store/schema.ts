@@ -136,6 +136,8 @@ export interface RelaysTable {
   updated_at: string;
   /** When the relay last sent a health report (its verdicts lapse when this gets old). */
   reported_at: Generated<string | null>;
+  /** 1 while the relay reports (within the health TTL); 0 or null when quiet or never heard. Nodes home on a live relay. */
+  live: Generated<number | null>;
 }
 
 /** One (node, relay) link: a relay-local link id and its pre-shared key. */
