@@ -1,17 +1,23 @@
 // larktund (also `subnetrad`): the node daemon. Three modes:
 //   standalone  larktund --config PATH [--check] [--print-network-plan] [--metrics HOST:PORT]
 //                        [--state-dir DIR] [--no-tun]
-//   managed     larktund [--state-dir DIR] [--tun NAME] [--port N] [--no-tun]
+//   managed     larktund [--state-dir DIR] [--tun NAME] [--port N] [--no-tun] [--metrics HOST:PORT]
 //               (then `larktun up --login-server URL --authkey KEY`)
 //   relay       larktund --relay --server URL --relay-token TOKEN [--listen PORT[,PORT]] [--state-dir DIR]
+//                        [--metrics HOST:PORT]
+// --metrics serves Prometheus metrics at http://HOST:PORT/metrics in every mode
+// (registries: src/dataplane/metrics.ts for standalone, src/daemon/metrics.ts
+// for managed and relay).
 import { Command, CommanderError } from 'commander';
 import { spawnSync } from 'node:child_process';
 import type net from 'node:net';
+import type { Registry } from 'prom-client';
 import { loadConfig, deriveRules, hasErrors, formatProblem, type Config } from './config.js';
 import { networkPlan, formatPlan, tunNameProblem } from './plan.js';
 import { Engine, BindError } from '../dataplane/engine.js';
 import { TunDevice } from '../dataplane/tun.js';
-import { startMetricsServer } from '../dataplane/metrics.js';
+import { MetricsListenError, buildStandaloneRegistry, startMetricsServer, type MetricsServer } from '../dataplane/metrics.js';
+import { buildManagedRegistry, buildRelayRegistry } from './metrics.js';
 import {
   VERSION,
   defaultSocketPath,
@@ -20,7 +26,7 @@ import {
   loadSavedPolicy,
   startControlServer,
 } from './control.js';
-import { parseHostPort } from '../net/addr.js';
+import { parseHostPort, type HostPort } from '../net/addr.js';
 import { ManagedNode } from './managed.js';
 import { startManagedControl } from './managed-control.js';
 import { OsNet } from './osnet.js';
@@ -89,7 +95,28 @@ function parsePort(text: string, flag: string): number {
   return Number(text);
 }
 
+/** The --metrics address (null: no metrics); a bad value is exit 2, before anything starts. */
+function metricsAddress(flags: DaemonFlags): HostPort | null {
+  if (flags.metrics === undefined) return null;
+  const hp = parseHostPort(flags.metrics);
+  if (!hp) throw new Exit(`--metrics must be HOST:PORT, e.g. 127.0.0.1:9810, got "${flags.metrics}"`, 2);
+  return hp;
+}
+
+/** Serves `registry` at --metrics; cannot listen (port in use, …): exit 1 with the reason. */
+async function serveMetrics(at: HostPort, registry: Registry): Promise<MetricsServer> {
+  try {
+    const m = await startMetricsServer(at.host, at.port, registry);
+    log(`Prometheus metrics at http://${at.host.includes(':') ? `[${at.host}]` : at.host}:${m.port}/metrics`);
+    return m;
+  } catch (err) {
+    if (err instanceof MetricsListenError) throw new Exit(`--metrics: ${err.message}`, 1);
+    throw err;
+  }
+}
+
 async function runManaged(flags: DaemonFlags): Promise<void> {
+  const metricsAt = metricsAddress(flags);
   const stateDir = flags.stateDir ?? defaultStateDir();
   const tunName = typeof flags.tun === 'string' ? flags.tun : process.env.LARKTUN_TUN || 'lark0';
   const nameProblem = tunNameProblem(tunName);
@@ -103,12 +130,14 @@ async function runManaged(flags: DaemonFlags): Promise<void> {
     os: withTun ? new OsNet() : null,
     log,
   });
+  const metrics = metricsAt ? await serveMetrics(metricsAt, buildManagedRegistry(node)) : null;
   const sockPath = defaultSocketPath();
   const control = await startManagedControl(sockPath, node);
   log(`${VERSION} running in managed mode: state=${stateDir} control=${sockPath} tun=${withTun ? tunName : 'none'}; state ${node.backendState}`);
   await node.init();
   await waitForSignal();
   control.close();
+  await metrics?.close();
   await node.shutdown();
   process.exit(0);
 }
@@ -122,6 +151,7 @@ function startStatusSocket(sockPath: string, status: () => unknown): Promise<net
 }
 
 async function runRelayMode(flags: DaemonFlags): Promise<void> {
+  const metricsAt = metricsAddress(flags);
   const server = flags.server ?? process.env.LARKTUN_SERVER;
   const token = flags.relayToken ?? process.env.LARKTUN_RELAY_TOKEN;
   if (!server) throw new Exit('--relay needs --server URL (or LARKTUN_SERVER): the control server that registered this relay', 2);
@@ -135,11 +165,21 @@ async function runRelayMode(flags: DaemonFlags): Promise<void> {
     if (err instanceof BindError) throw new Exit(err.message, 1);
     throw err;
   }
+  let metrics: MetricsServer | null = null;
+  if (metricsAt) {
+    try {
+      metrics = await serveMetrics(metricsAt, buildRelayRegistry(relay));
+    } catch (err) {
+      await relay.stop();
+      throw err;
+    }
+  }
   const sockPath = defaultSocketPath();
   const control = await startStatusSocket(sockPath, () => relay.status());
   log(`${VERSION} running as a relay: udp=${ports.join(',')} server=${server} state=${stateDir} control=${sockPath}`);
   await waitForSignal();
   control.close();
+  await metrics?.close();
   await relay.stop();
   process.exit(0);
 }
@@ -160,6 +200,7 @@ async function run(flags: DaemonFlags): Promise<void> {
     process.stdout.write(formatPlan(plan));
     return;
   }
+  const metricsAt = metricsAddress(flags);
 
   const stateDir = flags.stateDir ?? defaultStateDir();
   let rules = deriveRules(cfg);
@@ -203,16 +244,20 @@ async function run(flags: DaemonFlags): Promise<void> {
   }
   if (tun) tun.start(engine.onTunPacket);
 
+  let metrics: MetricsServer | null = null;
+  if (metricsAt) {
+    try {
+      metrics = await serveMetrics(metricsAt, buildStandaloneRegistry({ engine }));
+    } catch (err) {
+      await engine.stop();
+      tun?.close();
+      throw err;
+    }
+  }
+
   const sockPath = defaultSocketPath();
   const ctx = { engine, role: cfg.role, tunName: tun ? tun.name : null, stateDir };
   const control = await startControlServer(sockPath, ctx);
-
-  let metrics: { close(): Promise<void> } | null = null;
-  if (flags.metrics) {
-    const hp = parseHostPort(flags.metrics);
-    if (!hp) throw new Exit(`--metrics must be HOST:PORT, e.g. 127.0.0.1:9810, got "${flags.metrics}"`, 2);
-    metrics = await startMetricsServer(hp.host, hp.port, ctx);
-  }
 
   log(
     `${VERSION} running: role=${cfg.role} local_id=${cfg.localId} udp=${cfg.listenPorts.join(',')} ` +
@@ -234,7 +279,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('-c, --config <path>', 'standalone mode: subnetra-style JSON config file (without it: managed mode)')
     .option('--check', 'validate the config, print every problem, exit 1 (or "config ok", exit 0)')
     .option('--print-network-plan', 'print the ip commands the daemon would run, then exit')
-    .option('--metrics <host:port>', 'serve Prometheus metrics on this address, e.g. 127.0.0.1:9810')
+    .option('--metrics <host:port>', 'every mode: serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9810')
     .option('--state-dir <dir>', 'where `larktun save` writes the table (default $LARKTUN_STATE_DIR or /var/lib/larktun)')
     .option('--no-tun', 'run without a TUN device (pure relay hub; no local delivery)')
     .option('--tun <name>', 'managed mode: TUN device name (default $LARKTUN_TUN or lark0)')

@@ -53,10 +53,15 @@ export interface RelayModeStatus extends RelayStatus {
   health: { sent: number; failed: number; last_ok_at: string | null; last_error: string | null };
 }
 
+/** The relay mode's own part of the status (the control side), without the engine's. */
+export type RelayControlStatus = Omit<RelayModeStatus, keyof RelayStatus>;
+
 export interface RelayHandle {
   engine: RelayEngine;
   stop(): Promise<void>;
   status(): RelayModeStatus;
+  /** status() without the engine part: cheap, for metrics. */
+  controlStatus(): RelayControlStatus;
 }
 
 async function writeAtomic(file: string, text: string): Promise<void> {
@@ -238,6 +243,17 @@ export async function runRelay(opts: RunRelayOptions): Promise<RelayHandle> {
 
   sse.start(resumeId);
 
+  const controlStatus = (): RelayControlStatus => ({
+    server: base,
+    control,
+    control_error: controlError,
+    view_source: viewSource,
+    view_applied_at: viewAppliedAt,
+    views_rejected: viewsRejected,
+    last_view_error: lastViewError,
+    health: { ...health },
+  });
+
   return {
     engine,
     async stop() {
@@ -250,17 +266,8 @@ export async function runRelay(opts: RunRelayOptions): Promise<RelayHandle> {
       await engine.stop();
     },
     status(): RelayModeStatus {
-      return {
-        ...engine.status(),
-        server: base,
-        control,
-        control_error: controlError,
-        view_source: viewSource,
-        view_applied_at: viewAppliedAt,
-        views_rejected: viewsRejected,
-        last_view_error: lastViewError,
-        health: { ...health },
-      };
+      return { ...engine.status(), ...controlStatus() };
     },
+    controlStatus,
   };
 }
