@@ -378,6 +378,8 @@ export class RelayLink {
   prevHex: string | null = null;
   /** When the relay last echoed a keepalive on this link (the echo is rate-limited). */
   lastEchoMs = 0;
+  /** Since when this relay process has been waiting for the node (the link's first view here). */
+  sinceMs = 0;
   /** The exit node this link's node uses (same namespace), resolved after all links are built. */
   exitLink: RelayLink | null = null;
   counters = new LinkCounters();
@@ -446,7 +448,11 @@ export interface SetViewResult {
 }
 
 export interface HealthReport {
-  links: { link_id: number; last_seen_ms_ago: number | null }[];
+  /**
+   * last_seen_ms_ago: null when never heard; then known_ms says how long this
+   * relay has had the link (a restarted relay's silence means little at first).
+   */
+  links: { link_id: number; last_seen_ms_ago: number | null; known_ms?: number }[];
 }
 
 const EMPTY_STATE = (): RelayState => ({
@@ -642,6 +648,7 @@ export class RelayEngine {
       allowed.some((p) => p.family === 4 && p.bits === 0),
       allowed.some((p) => p.family === 6 && p.bits === 0),
     );
+    link.sinceMs = same ? prevLink.sinceMs : now;
     const untilMs = spec.previous_psk_valid_until === null ? 0 : Date.parse(spec.previous_psk_valid_until);
     if (spec.previous_psk !== null && spec.previous_psk !== spec.psk && untilMs > now) {
       const p = sessions.get(spec.previous_psk) ?? mk(spec.previous_psk);
@@ -865,7 +872,11 @@ export class RelayEngine {
   /** Body of POST /relay/v1/health: when each link's node was last authenticated. */
   healthReport(now: number = Date.now()): HealthReport {
     const links = this.st.links
-      .map((l) => ({ link_id: l.id, last_seen_ms_ago: l.lastSeenMs > 0 ? Math.max(0, Math.round(now - l.lastSeenMs)) : null }))
+      .map((l) =>
+        l.lastSeenMs > 0
+          ? { link_id: l.id, last_seen_ms_ago: Math.max(0, Math.round(now - l.lastSeenMs)) }
+          : { link_id: l.id, last_seen_ms_ago: null, known_ms: Math.max(0, Math.round(now - l.sinceMs)) },
+      )
       .sort((a, b) => a.link_id - b.link_id);
     return { links };
   }

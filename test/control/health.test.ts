@@ -161,6 +161,16 @@ function healthSuite(name: string, setup: () => Promise<string>, teardown: () =>
         // a link the report leaves out loses its verdict
         await report('A', { r1: 100, r2: 100 });
         assert.equal((await links())[2].reported_unseen, null);
+        // a relay that just started (never heard the node, had the link 500 ms) gives no verdict yet; later it does
+        const fresh = (known: number) =>
+          relay['A']!.post('/relay/v1/health', { links: [{ link_id: node['client']!.links['A'], last_seen_ms_ago: null, known_ms: known }] });
+        h = await fresh(500);
+        assert.equal(h.body.marked_offline, 0, h.text);
+        assert.equal((await links())[2].reported_unseen, null);
+        h = await fresh(5000);
+        assert.equal(h.body.marked_offline, 1, h.text);
+        h = await report('A', { r1: 100, r2: 100, client: 100 }, 12);
+        assert.equal(h.body.marked_online, 1, h.text);
       } finally {
         await db.close();
       }

@@ -265,6 +265,8 @@ test('keepalives teach endpoints and are echoed (rate-limited, same key); health
   assert.deepEqual(h.links.map((l) => l.link_id), [1, 2, 3, 4, 5, 6, 7]);
   for (const l of h.links.slice(0, 6)) assert.ok(typeof l.last_seen_ms_ago === 'number' && l.last_seen_ms_ago < 2000, JSON.stringify(l));
   assert.equal(h.links[6]!.last_seen_ms_ago, null, 'b3 never spoke');
+  assert.ok(typeof h.links[6]!.known_ms === 'number' && h.links[6]!.known_ms >= 500 && h.links[6]!.known_ms < 60_000, `known for ${h.links[6]!.known_ms} ms`);
+  assert.equal(h.links[0]!.known_ms, undefined, 'only never-heard links say how long they were known');
   const s = engine.status();
   const beta = s.tenants.find((t) => t.tenant === 'beta')!;
   assert.equal(beta.links, 3);

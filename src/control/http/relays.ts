@@ -223,7 +223,7 @@ export function registerRelayProtocolRoutes(app: FastifyInstance, deps: RelayDep
     return reply.type('application/json; charset=utf-8').send(v.json);
   });
 
-  app.post<{ Body: { links: { link_id: number; last_seen_ms_ago: number | null; rtt_ms?: number }[] } }>(
+  app.post<{ Body: { links: { link_id: number; last_seen_ms_ago: number | null; known_ms?: number; rtt_ms?: number }[] } }>(
     '/health',
     {
       schema: {
@@ -238,6 +238,7 @@ export function registerRelayProtocolRoutes(app: FastifyInstance, deps: RelayDep
                 properties: {
                   link_id: { type: 'integer', minimum: 1, maximum: 65535 },
                   last_seen_ms_ago: { type: ['integer', 'null'], minimum: 0, description: 'null: never seen' },
+                  known_ms: { type: 'integer', minimum: 0, description: 'with last_seen_ms_ago null: how long the relay has had the link; within the unseen threshold it gives no verdict yet' },
                   rtt_ms: { type: 'number', minimum: 0 },
                 },
               },
@@ -256,6 +257,9 @@ export function registerRelayProtocolRoutes(app: FastifyInstance, deps: RelayDep
       if (r.live !== 1) await store.setRelayLive(r.id, true);
       const reported = new Map<number, LinkReport>();
       for (const l of req.body.links) {
+        // A link the relay has had for less than the threshold and not heard yet
+        // (a relay that just started): no verdict, as if left out of the report.
+        if (l.last_seen_ms_ago === null && l.known_ms !== undefined && l.known_ms <= unseenMs) continue;
         reported.set(l.link_id, {
           lastSeenAt: l.last_seen_ms_ago === null ? null : new Date(now - l.last_seen_ms_ago).toISOString(),
           rtt: l.rtt_ms === undefined ? null : Math.round(l.rtt_ms),
