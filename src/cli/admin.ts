@@ -317,7 +317,7 @@ export function registerAdmin(program: Command): void {
 
   // relays
   const relays = admin.command('relays').description('relays (operator key; a tenant key sees its dedicated relays)');
-  const RCOLS = ['id', 'name', 'endpoints', 'tenant', 'relay_link_id', 'created_at'];
+  const RCOLS = ['id', 'name', 'endpoints', 'tenant', 'relay_link_id', 'live', 'last_report'];
   relays.command('list').action(async (_o, cmd: Command) => {
     const r = await client(cmd).call('GET', '/api/v1/relays');
     output(cmd, r, { rows: list(r, 'relays'), cols: RCOLS });

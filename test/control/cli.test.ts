@@ -101,8 +101,8 @@ describe('larktun admin CLI', () => {
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, /^lkrelay_\S+\n\(relay token, shown once/);
     r = run(['relays', 'list'], opEnv);
-    assert.match(r.out, /ID\s+NAME\s+ENDPOINTS\s+TENANT/);
-    assert.match(r.out, /edge-1\s+203\.0\.113\.5:18020\s+acme/);
+    assert.match(r.out, /ID\s+NAME\s+ENDPOINTS\s+TENANT\s+RELAY_LINK_ID\s+LIVE\s+LAST_REPORT/);
+    assert.match(r.out, /edge-1\s+203\.0\.113\.5:18020\s+acme\s+\d+\s+no\s+-/, 'never reported: not live, no report time');
     const id = JSON.parse(run(['--json', 'relays', 'list'], opEnv).out).relays[0].id as number;
     r = run(['--tenant', 'acme', '--json', 'nodes', 'list'], opEnv);
     const nodeId = JSON.parse(r.out).nodes[0].id as number;
