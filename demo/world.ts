@@ -1,5 +1,5 @@
 // A complete Larktun installation in Linux network namespaces, shared by
-// `npm run demo` and the managed-node end-to-end test (test/e2e/managed.test.ts).
+// `npm run demo` and the managed-node end-to-end tests (test/e2e/managed*.test.ts).
 //
 //                         root ns  10.99.254.1 ──┐ (the demo/test talks to the Admin API here)
 //                                                │
@@ -10,6 +10,10 @@
 //   router      router2    exit-hk    dev        ops        guest      b1 (beta)  b2 (beta)
 //     │ 192.168.6.1  │ .2     │ 203.0.113.1
 //     └── lan: db 192.168.6.10 (bridge)      └── inet: 203.0.113.10 (TEST-NET-3 stand-in internet)
+//
+// Optional (World.addSecondExit, used by test/e2e/managed-more.test.ts): exit-sg,
+// 10.99.9.0/24 to the hub, uplink 198.51.100.2 into inet (198.51.100.1); and
+// startRelay({ key, token, port }) runs further relays (e.g. a dedicated one) in hub.
 //
 // Every address lives inside namespaces made here; nothing leaves the machine.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -50,9 +54,14 @@ export const ACME_POLICY = `// acme: developers reach the database, ops reach th
 }
 `;
 
+/** Uplink address of the optional second exit node (World.addSecondExit): its masquerade source. */
+export const EXIT_SG_UPLINK = '198.51.100.2';
+/** Uplink address of exit-hk (built by World.build): its masquerade source. */
+export const EXIT_HK_UPLINK = '203.0.113.1';
+
 export const BETA_POLICY = `{ "acls": [ { "action": "accept", "src": ["*"], "dst": ["*:*"] } ] }`;
 
-export type NodeName = 'router' | 'router2' | 'exit-hk' | 'dev' | 'ops' | 'guest' | 'b1' | 'b2';
+export type NodeName = 'router' | 'router2' | 'exit-hk' | 'dev' | 'ops' | 'guest' | 'b1' | 'b2' | 'exit-sg';
 export const NODES: { name: NodeName; idx: number; tenant: 'acme' | 'beta' }[] = [
   { name: 'router', idx: 1, tenant: 'acme' },
   { name: 'router2', idx: 2, tenant: 'acme' },
@@ -168,6 +177,23 @@ export class World {
     this.spawnIn('inet', 'web-listener', ['python3', '-c', LISTENER, '80']);
   }
 
+  /**
+   * Optional, after build(): a second exit node "exit-sg" (namespace with a link
+   * to the hub, 10.99.9.0/24, like the other nodes) with its own uplink into the
+   * inet namespace (${EXIT_SG_UPLINK} ↔ inet 198.51.100.1), so the stand-in
+   * internet host sees a different masquerade source per exit node. Not started
+   * or joined: startNode('exit-sg') and larktun up as for any node.
+   */
+  addSecondExit(): void {
+    const name: NodeName = 'exit-sg';
+    const idx = 9;
+    this.addNs(name);
+    this.veth('hub', `h${idx}`, `10.99.${idx}.1/24`, name, 'eth0', `10.99.${idx}.2/24`);
+    sh(`ip -n ${this.ns(name)} route add default via 10.99.${idx}.1`);
+    this.veth(name, 'wan1', `${EXIT_SG_UPLINK}/24`, 'inet', 'eth1', '198.51.100.1/24');
+    sh(`ip -n ${this.ns(name)} route add ${INTERNET_HOST}/32 via 198.51.100.1 dev wan1`);
+  }
+
   private spawnIn(name: string, key: string, argv: string[], env: Record<string, string> = {}): Proc {
     const child = spawn('ip', ['netns', 'exec', this.ns(name), ...argv], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     const p: Proc = { child, log: '' };
@@ -252,9 +278,15 @@ export class World {
     this.authKeys['beta'] = await key('beta', { user: 'bob' });
   }
 
-  startRelay(): Promise<void> {
-    const p = this.spawnIn('hub', 'relay', [process.execPath, LARKTUND, '--relay', '--server', 'http://127.0.0.1:8080', '--relay-token', this.relayToken, '--listen', '41642', '--state-dir', path.join(this.dir, 'relay-state')], {
-      LARKTUN_SOCK: path.join(this.dir, 'relay.sock'),
+  /**
+   * Starts a relay in the hub namespace. Without options: the shared relay-1
+   * (token from bootstrap, UDP 41642, process key "relay"). `key` names another
+   * relay process (its socket, state dir and log key), with its own token and port.
+   */
+  startRelay(opts: { key?: string; token?: string; port?: number } = {}): Promise<void> {
+    const key = opts.key ?? 'relay';
+    const p = this.spawnIn('hub', key, [process.execPath, LARKTUND, '--relay', '--server', 'http://127.0.0.1:8080', '--relay-token', opts.token ?? this.relayToken, '--listen', String(opts.port ?? 41642), '--state-dir', this.relayStateDir(key)], {
+      LARKTUN_SOCK: this.relaySock(key),
     });
     return this.waitFor(() => p.log.includes('running as a relay') || p.child.exitCode !== null, 15_000).then(() => {
       if (p.child.exitCode !== null) throw new Error(`relay exited:\n${p.log}`);
@@ -288,9 +320,19 @@ export class World {
     return sh(`${process.execPath} ${LARKTUN} ${args}`, { allowFail, timeoutMs: 60_000, env: { LARKTUN_SOCK: this.sock(name) } });
   }
 
-  /** The shared relay's status (per tenant namespace counters). */
-  relayStatus(): any {
-    return JSON.parse(sh(`${process.execPath} ${LARKTUN} status --json`, { env: { LARKTUN_SOCK: path.join(this.dir, 'relay.sock') } }).out);
+  /** Control socket of the relay started under `key` (default: the shared relay). */
+  relaySock(key = 'relay'): string {
+    return path.join(this.dir, `${key}.sock`);
+  }
+
+  /** State dir (relay-view.json) of the relay started under `key`. */
+  relayStateDir(key = 'relay'): string {
+    return path.join(this.dir, `${key}-state`);
+  }
+
+  /** A relay's status (per tenant namespace counters); default: the shared relay. */
+  relayStatus(key = 'relay'): any {
+    return JSON.parse(sh(`${process.execPath} ${LARKTUN} status --json`, { env: { LARKTUN_SOCK: this.relaySock(key) } }).out);
   }
 
   status(name: NodeName): any {
