@@ -240,6 +240,39 @@ test('tenant isolation: beta, with the same overlay addresses, cannot reach acme
   assert.ok(acme, 'acme namespace exists on the same relay');
 });
 
+test('larktun ping over IPv4 and IPv6; latency to the relay in status and the Admin API', { skip: skip ?? false }, async () => {
+  // beta allows everything, so ICMP and ICMPv6 both pass b2's filter.
+  const r4 = JSON.parse(w.cli('b1', 'ping -4 -c 3 --json b2').out);
+  assert.equal(r4.family, 4);
+  assert.equal(r4.received, 3, JSON.stringify(r4));
+  const r6 = JSON.parse(w.cli('b1', 'ping -6 -c 3 --json b2').out);
+  assert.equal(r6.family, 6);
+  assert.ok(r6.address.includes(':'), r6.address);
+  assert.equal(r6.received, 3, JSON.stringify(r6));
+  assert.match(r6.path, /^via relay /);
+  figure('ping6_rtt_ms', Math.max(...r6.results.map((x: { rtt_ms: number }) => x.rtt_ms)));
+  const text = w.cli('b1', 'ping -6 -c 1 b2').out;
+  assert.match(text, /^pong from b2 \(fd7a:[0-9a-f:]+\) via relay \S+ .* seq=1 in [\d.]+ ms$/m);
+  // An IPv6 target picks IPv6 by itself; -4 and -6 together are refused.
+  assert.equal(JSON.parse(w.cli('b1', `ping -c 1 --json ${r6.address}`).out).family, 6);
+  const both = w.cli('b1', 'ping -4 -6 b2', true);
+  assert.equal(both.status, 2);
+  assert.match(both.err, /-4 and -6 exclude each other/);
+  // The relay echoes keepalives: the node knows its round-trip time to it…
+  assert.ok(await w.waitFor(() => typeof w.status('b1').relay?.rtt_ms === 'number', 5000, 200), 'status shows relay.rtt_ms');
+  const rtt = w.status('b1').relay.rtt_ms as number;
+  assert.ok(rtt >= 0 && rtt < 200, `rtt ${rtt} ms`);
+  figure('relay_rtt_ms_b1', rtt);
+  assert.match(w.cli('b1', 'status').out, /^relay: \S+ \S+ \(online, rtt [\d.]+ ms, last packet from it/m);
+  // …and reports it: the Admin API shows it on the node.
+  const id = await nodeId('beta', 'b1');
+  const seen = await w.waitFor(async () => {
+    const r = await w.api('GET', `/api/v1/tenants/beta/nodes/${id}`, undefined, w.adminKey['beta']);
+    return typeof r.body.relay_rtt_ms === 'number';
+  }, 12_000, 500);
+  assert.ok(seen, 'relay_rtt_ms reported to the server');
+});
+
 test('server stopped: paths keep working; restarted: nodes reconnect by themselves', { skip: skip ?? false }, async () => {
   await w.stop('server');
   await sleep(500);
