@@ -42,6 +42,8 @@ export interface ServerOptions {
   pskRotateMs?: number;
   /** How long a replaced link key stays valid, ms (default 10 min; env LARKTUN_PSK_GRACE_MS). */
   pskGraceMs?: number;
+  /** How long a relay stays live without reporting, ms (default 5 s or the health TTL if shorter; env LARKTUN_RELAY_LIVE_TTL_MS). */
+  relayLiveTtlMs?: number;
   /** How long a relay's health verdicts count after its last report, ms (default 10 s; env LARKTUN_RELAY_HEALTH_TTL_MS). */
   relayHealthTtlMs?: number;
 }
@@ -86,6 +88,9 @@ function isUniqueViolation(err: unknown): boolean {
   return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
 }
 
+/** Default: a relay silent for 5 s (five missed reports) is not live. */
+const DEFAULT_LIVE_TTL_MS = 5000;
+
 export async function startServer(opts: ServerOptions = {}): Promise<RunningServer> {
   const log = opts.logger ?? pino({ level: opts.logLevel ?? 'info', base: { svc: 'larktun-server' } });
   const dataDir = resolve(opts.dataDir ?? './larktun-data');
@@ -129,6 +134,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     graceMs: opts.pskGraceMs ?? envMs('LARKTUN_PSK_GRACE_MS') ?? 10 * 60_000,
   };
   const healthTtlMs = opts.relayHealthTtlMs ?? envMs('LARKTUN_RELAY_HEALTH_TTL_MS') ?? DEFAULT_HEALTH_TTL_MS;
+  // A relay that misses this many ms of its (1 s) reports is not live: nodes home elsewhere.
+  const liveTtlMs = opts.relayLiveTtlMs ?? envMs('LARKTUN_RELAY_LIVE_TTL_MS') ?? Math.min(DEFAULT_LIVE_TTL_MS, healthTtlMs);
   let bus: ChangeBus = nullBus;
   if (handle.backend === 'postgres' && handle.pgUrl) {
     // This server's own notifications come back to its listener: skip them
@@ -281,18 +288,18 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
           log.info(r, 'relay health verdicts lapsed');
         }
         // Relays that stopped reporting are no longer live: nodes home elsewhere.
-        const cutoff = new Date(Date.now() - healthTtlMs).toISOString();
+        const cutoff = new Date(Date.now() - liveTtlMs).toISOString();
         for (const id of await store.relaysGoneQuiet(cutoff)) {
           if (await store.setRelayLive(id, false, cutoff)) {
             metrics.liveness.inc({ event: 'relay_quiet' });
-            log.warn({ relay: id, ttl_ms: healthTtlMs }, 'relay stopped reporting: marked not live, its nodes move to another relay');
+            log.warn({ relay: id, live_ttl_ms: liveTtlMs }, 'relay stopped reporting: marked not live, its nodes move to another relay');
           }
         }
       })
       .catch((err: unknown) => log.warn({ err }, 'relay health sweep failed'))
       .finally(() => { sweeping = null; });
   };
-  const sweepTimer = setInterval(sweep, Math.max(250, Math.min(5000, Math.floor(healthTtlMs / 4))));
+  const sweepTimer = setInterval(sweep, Math.max(250, Math.min(5000, Math.floor(Math.min(healthTtlMs, liveTtlMs) / 4))));
   sweepTimer.unref();
 
   await app.listen({ host, port });
