@@ -19,6 +19,15 @@ export interface RouteStats {
 /** At most this many larktun_route_primary series (one per primary prefix) are exported. */
 export const MAX_PRIMARY_SERIES = 1000;
 
+/** Per-node monitoring, read at scrape time: the first `limit` nodes (by tenant, name) and how many more exist. */
+export interface NodeStats {
+  nodes: { tenant: string; node: string; online: boolean; lastSeen: string | null; relayRttMs: number | null }[];
+  omitted: number;
+}
+
+/** At most this many nodes get per-node series (larktun_node_*{tenant,node}). */
+export const MAX_NODE_SERIES = 1000;
+
 export class ControlMetrics {
   readonly registry = new Registry();
   readonly apiLatency: Histogram<'method' | 'route' | 'status'>;
@@ -30,7 +39,7 @@ export class ControlMetrics {
   /** Liveness transitions: relay reports (unseen/seen again) and stalled streams cut. */
   readonly liveness: Counter<'event'>;
 
-  constructor(onlineCounter: OnlineCounter, routeStats?: () => Promise<RouteStats>) {
+  constructor(onlineCounter: OnlineCounter, routeStats?: () => Promise<RouteStats>, nodeStats?: (limit: number) => Promise<NodeStats>) {
     collectDefaultMetrics({ register: this.registry, prefix: 'larktun_server_' });
     this.apiLatency = new Histogram({
       name: 'larktun_api_request_duration_seconds',
@@ -121,6 +130,42 @@ export class ControlMetrics {
         async collect() {
           this.reset();
           for (const u of (await stats()).unserved) this.set({ tenant: u.tenant }, u.n);
+        },
+      });
+    }
+    if (nodeStats) {
+      // One scrape reads the nodes once for the gauges below.
+      let pending: Promise<NodeStats> | null = null;
+      const stats = (): Promise<NodeStats> => {
+        pending ??= nodeStats(MAX_NODE_SERIES).finally(() => setTimeout(() => { pending = null; }, 0));
+        return pending;
+      };
+      const perNode = (name: string, help: string, value: (n: NodeStats['nodes'][number]) => number | null): void => {
+        new Gauge({
+          name,
+          help: `${help} (at most ${MAX_NODE_SERIES} nodes; see larktun_node_series_omitted)`,
+          labelNames: ['tenant', 'node'],
+          registers: [this.registry],
+          async collect() {
+            this.reset();
+            for (const n of (await stats()).nodes) {
+              const v = value(n);
+              if (v !== null) this.set({ tenant: n.tenant, node: n.node }, v);
+            }
+          },
+        });
+      };
+      perNode('larktun_node_online', 'Node online (1) or not (0): stream open and seen by its relays', (n) => (n.online ? 1 : 0));
+      perNode('larktun_node_last_seen_timestamp_seconds', 'Latest sign of life of the node (its stream or a relay seeing it), Unix time', (n) =>
+        n.lastSeen === null ? null : Date.parse(n.lastSeen) / 1000);
+      perNode('larktun_node_relay_rtt_seconds', 'Round-trip time between the node and its relay (the node\'s keepalive-echo measurement)', (n) =>
+        n.relayRttMs === null ? null : n.relayRttMs / 1000);
+      new Gauge({
+        name: 'larktun_node_series_omitted',
+        help: `Nodes left out of the per-node series (beyond the first ${MAX_NODE_SERIES})`,
+        registers: [this.registry],
+        async collect() {
+          this.set((await stats()).omitted);
         },
       });
     }

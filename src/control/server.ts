@@ -18,7 +18,7 @@ import { registerNodeRoutes } from './http/node.js';
 import { ENGINE_NAME } from './policy-engine.js';
 import { RelayHub } from './relay-hub.js';
 import { reconcileRelays } from './relays.js';
-import { routeStats } from './service.js';
+import { nodeStats, routeStats } from './service.js';
 import { DEFAULT_HEALTH_TTL_MS, registerRelayAdminRoutes, registerRelayProtocolRoutes } from './http/relays.js';
 
 export const SERVER_VERSION = '0.1.0';
@@ -126,7 +126,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       .groupBy('tenants.name')
       .execute();
     return rows.map((r) => ({ tenant: r.tenant, total: Number(r.total), online: Number(r.online ?? 0) }));
-  }, () => routeStats(store));
+  }, () => routeStats(store), (limit) => nodeStats(store, limit));
   const hub = new MapHub(store, metrics, log.isLevelEnabled('debug') ? (f, m) => log.debug(f, m) : undefined);
   const relayHub = new RelayHub(store);
   const timers = {

@@ -6,7 +6,7 @@ import {
 } from '../net/addr.js';
 import type { AuthKeyRow, NodeRow, TenantRow, UserRow, ApiKeyRow } from './store/schema.js';
 import type { Store, TenantRepo, TenantTx } from './store/repo.js';
-import type { RouteStats } from './metrics.js';
+import type { NodeStats, RouteStats } from './metrics.js';
 import { nowIso } from './store/repo.js';
 import { ApiError, badRequest } from './errors.js';
 import { aclNetwork, isOnline, jsonList, jsonObject } from './netmap.js';
@@ -116,6 +116,15 @@ export function nodeAuditView(n: NodeRow) {
 }
 
 // ---- route metrics ---------------------------------------------------------------
+
+/** The per-node gauges' values (larktun_node_online, _last_seen_timestamp_seconds, _relay_rtt_seconds). */
+export async function nodeStats(store: Store, limit: number): Promise<NodeStats> {
+  const { total, nodes } = await store.nodeSummary(limit);
+  return {
+    nodes: nodes.map((n) => ({ tenant: n.tenant, node: n.name, online: n.online, lastSeen: latest(n.last_seen, n.relay_last_seen), relayRttMs: n.rtt_ms })),
+    omitted: Math.max(0, total - nodes.length),
+  };
+}
 
 /** The route gauges' values (larktun_routes, larktun_route_primary, larktun_routes_unserved). */
 export async function routeStats(store: Store): Promise<RouteStats> {

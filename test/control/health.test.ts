@@ -200,6 +200,13 @@ function healthSuite(name: string, setup: () => Promise<string>, teardown: () =>
       // another node's token writes only its own link
       await op.as(node['client']!.token).post('/node/v1/latency', { relays: [{ relay_id: relayId['A'], rtt_ms: 40 }] });
       assert.equal((await nodeOf('r2')).relay_rtt_ms, 3);
+      // per node in /metrics: online, last sign of life, relay RTT (capped series)
+      const pm = await (await fetch(`${srv.url}/metrics`)).text();
+      assert.match(pm, /larktun_node_relay_rtt_seconds\{tenant="ha",node="r2"\} 0\.003\n/);
+      assert.match(pm, /larktun_node_online\{tenant="ha",node="r1"\} 1\n/);
+      const seenAt = Number(/larktun_node_last_seen_timestamp_seconds\{tenant="ha",node="r2"\} ([\d.e+]+)/.exec(pm)?.[1]);
+      assert.ok(Math.abs(seenAt - Date.now() / 1000) < 120, `last seen ${seenAt}`);
+      assert.match(pm, /larktun_node_series_omitted 0\n/);
       const metrics = await (await fetch(`${srv.url}/metrics`)).text();
       assert.match(metrics, /larktun_routes\{tenant="ha",state="approved"\} 2/);
       assert.match(metrics, /larktun_routes\{tenant="ha",state="announced"\} 0/);

@@ -735,6 +735,41 @@ export class Store {
       .where((eb) => eb.or([eb('reported_at', 'is', null), eb('reported_at', '<=', cutoff)])).execute()).map((r) => r.id);
   }
 
+  /**
+   * The first `limit` nodes of all tenants (by tenant and node name) with what
+   * the per-node metrics show: online, the latest sign of life, and the RTT of
+   * the link a relay saw most recently; `total` counts every node.
+   */
+  async nodeSummary(limit: number): Promise<{
+    total: number;
+    nodes: { tenant: string; id: number; name: string; online: boolean; last_seen: string | null; relay_last_seen: string | null; rtt_ms: number | null }[];
+  }> {
+    const total = Number((await this.db.selectFrom('nodes').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirst())?.n ?? 0);
+    const rows = await this.db.selectFrom('nodes').innerJoin('tenants', 'tenants.id', 'nodes.tenant_id')
+      .select(['tenants.name as tenant', 'nodes.id as id', 'nodes.name as name', 'nodes.online as online', 'nodes.unseen as unseen', 'nodes.last_seen as last_seen'])
+      .orderBy('tenants.name').orderBy('nodes.name').limit(limit).execute();
+    const latest = new Map<number, { at: string; rtt: number | null }>();
+    const ids = rows.map((r) => r.id);
+    for (let i = 0; i < ids.length; i += 500) {
+      const links = await this.db.selectFrom('relay_links').select(['node_id', 'last_seen_at', 'rtt_ms'])
+        .where('node_id', 'in', ids.slice(i, i + 500)).where('last_seen_at', 'is not', null).execute();
+      for (const l of links) {
+        const cur = latest.get(l.node_id);
+        if (!cur || l.last_seen_at! > cur.at) latest.set(l.node_id, { at: l.last_seen_at!, rtt: l.rtt_ms });
+      }
+    }
+    return {
+      total,
+      nodes: rows.map((r) => {
+        const h = latest.get(r.id);
+        return {
+          tenant: r.tenant, id: r.id, name: r.name, online: r.online === 1 && r.unseen === 0,
+          last_seen: r.last_seen, relay_last_seen: h?.at ?? null, rtt_ms: h?.rtt ?? null,
+        };
+      }),
+    };
+  }
+
   /** Every tenant's routers (nodes announcing or approved for routes) and stored primaries, for the metrics. */
   async routeSummary(): Promise<{
     routers: { tenant: string; id: number; name: string; announced_routes: string; approved_routes: string }[];
