@@ -21,6 +21,13 @@ import { ReplayWindow } from './replay.js';
 import { assertEpoch, assertPsk } from './validate.js';
 import { ViewCache } from './views.js';
 
+// Shared by every instance: the views are of the caller's buffers (an engine's
+// one plaintext buffer serves all its links), so one cache serves them all and a
+// link costs no view tables of its own. get() hands out a view used at once,
+// and JavaScript runs one call at a time, so sharing is safe.
+const RX_BODY_VIEWS = new ViewCache(MAX_PLAINTEXT + TAG_LEN);
+const RX_OUT_VIEWS = new ViewCache(MAX_PLAINTEXT);
+
 /** Outcome of WireRx#open. Everything but Accept is a silent, counted drop. */
 export const RxCode = {
   /** Authenticated, fresh; the plaintext is in `out`. */
@@ -82,8 +89,8 @@ export class WireRx {
   private readonly hdr = Buffer.alloc(HEADER_LEN);
   private readonly pad = Buffer.alloc(32);
   private readonly padInput = newObfsInput();
-  private readonly bodyViews = new ViewCache(MAX_PLAINTEXT + TAG_LEN);
-  private readonly outViews = new ViewCache(MAX_PLAINTEXT);
+  private readonly bodyViews = RX_BODY_VIEWS;
+  private readonly outViews = RX_OUT_VIEWS;
   private readonly candHiLo = new Uint32Array(2);
 
   constructor(opts: WireRxOptions) {

@@ -14,6 +14,13 @@ import { linkKey, newObfsInput, newSessionInput, obfsPadInto, sessionKeyInto } f
 import { assertEpoch, assertPsk, wallClockEpoch } from './validate.js';
 import { ViewCache } from './views.js';
 
+// Shared by every instance: the views are of the caller's buffers (an engine's
+// one plaintext buffer serves all its links), so one cache serves them all and a
+// link costs no view tables of its own. get() hands out a view used at once,
+// and JavaScript runs one call at a time, so sharing is safe.
+const TX_MSG_VIEWS = new ViewCache(MAX_PLAINTEXT);
+const TX_OUT_VIEWS = new ViewCache(MAX_PLAINTEXT + TAG_LEN);
+
 const TWO_32 = 4294967296;
 const EMPTY = Buffer.alloc(0);
 
@@ -51,8 +58,8 @@ export class WireTx {
   private readonly nonce = Buffer.alloc(12);
   private readonly pad = Buffer.alloc(32);
   private readonly padInput = newObfsInput();
-  private readonly msgViews = new ViewCache(MAX_PLAINTEXT);
-  private readonly outViews = new ViewCache(MAX_PLAINTEXT + TAG_LEN);
+  private readonly msgViews = TX_MSG_VIEWS;
+  private readonly outViews = TX_OUT_VIEWS;
   private seq = 1;
 
   constructor(opts: WireTxOptions) {
