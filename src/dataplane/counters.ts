@@ -15,6 +15,7 @@ export const COUNTER_HELP = {
   keepalive_tx: 'keepalives sent',
   endpoint_changes: 'times a peer was relearned at a new address or port',
   drop_unknown_peer: 'datagrams no configured peer could authenticate (unknown sender or junk)',
+  drop_scan_limited: 'datagrams from an unlearned endpoint dropped untried: the budget for trying every key was spent (junk flood)',
   drop_malformed: 'datagrams too short, too long or with a bad header',
   drop_auth: 'datagrams that failed authentication',
   drop_replay: 'datagrams replayed or too old for the replay window',
@@ -45,6 +46,7 @@ export class Counters {
   keepalive_tx = 0;
   endpoint_changes = 0;
   drop_unknown_peer = 0;
+  drop_scan_limited = 0;
   drop_malformed = 0;
   drop_auth = 0;
   drop_replay = 0;

@@ -14,6 +14,7 @@ import { WireRx, WireTx, RxCode, HEADER_LEN, MAX_PLAINTEXT, OVERHEAD } from '../
 import { Counters } from './counters.js';
 import type { FilterState } from './filter.js';
 import { BUF_SIZE, UdpPorts, type UdpSock } from './udp.js';
+import { ScanLimiter } from './scanlimit.js';
 
 export { BindError } from './udp.js';
 
@@ -53,6 +54,9 @@ export interface EngineOptions {
   tun: TunSink | null;
   log?: (msg: string) => void;
 }
+
+/** Engines with at most this many peers try them all without a scan budget (a scan is cheap). */
+const SCAN_FREE_PEERS = 64;
 
 /** How long a replaced link key still opens datagrams (the far end may not have switched yet). */
 export const PREVIOUS_KEY_GRACE_MS = 120_000;
@@ -128,6 +132,7 @@ export type TunInterceptor = (pkt: Buffer, len: number) => boolean;
 
 export class Engine {
   readonly counters = new Counters();
+  private readonly scan = new ScanLimiter();
   readonly localId: number;
   readonly obfuscate: boolean;
   readonly peers: Peer[];
@@ -245,6 +250,7 @@ export class Engine {
       this.counters.drop_unknown_peer++;
       return;
     }
+    if (peer === null) return; // counted as drop_scan_limited
     // findPeer ran matches(), which already unmasked the header.
     const rx = this.matched!;
     const code = rx.openMatched(msg, len, this.plain);
@@ -302,7 +308,8 @@ export class Engine {
     return false;
   }
 
-  private findPeer(msg: Buffer, len: number, addr: string, port: number): Peer | undefined {
+  /** The peer that sent `msg`; undefined: none; null: not tried (scan budget spent, counted here). */
+  private findPeer(msg: Buffer, len: number, addr: string, port: number): Peer | undefined | null {
     if (!this.obfuscate) {
       if (len < HEADER_LEN) return undefined;
       const p = this.byId[msg.readUInt16LE(2)];
@@ -317,6 +324,10 @@ export class Engine {
       }
     }
     const all = this.peers;
+    if (all.length > SCAN_FREE_PEERS && !this.scan.allow(addr, all.length, Date.now())) {
+      this.counters.drop_scan_limited++;
+      return null;
+    }
     for (let i = 0; i < all.length; i++) {
       if (this.peerMatches(all[i]!, msg, len)) return all[i];
     }

@@ -38,6 +38,7 @@ import { FilterState, PacketFilter } from './filter.js';
 import { BUF_SIZE, UdpPorts, type UdpSock } from './udp.js';
 
 export { BindError } from './udp.js';
+import { DEFAULT_SCAN_LIMITS, ScanLimiter, type ScanLimitOptions } from './scanlimit.js';
 
 /** The relay's own id on every link (the server's RELAY_SELF_ID). */
 export const RELAY_LINK_ID = 65535;
@@ -321,6 +322,7 @@ export const RELAY_COUNTER_NAMES: readonly CounterName[] = [
   'keepalive_tx',
   'endpoint_changes',
   'drop_unknown_peer',
+  'drop_scan_limited',
   'drop_malformed',
   'drop_auth',
   'drop_replay',
@@ -434,6 +436,8 @@ export interface RelayEngineOptions {
   log?: (msg: string) => void;
   /** Window for "online" in status() (default RELAY_ONLINE_MS). */
   onlineMs?: number;
+  /** Budget for trying every link's key on datagrams from unlearned endpoints (default DEFAULT_SCAN_LIMITS). */
+  scanLimits?: ScanLimitOptions;
 }
 
 export interface SetViewResult {
@@ -479,9 +483,12 @@ export class RelayEngine {
   private readonly log: (msg: string) => void;
   private readonly onlineMs: number;
 
+  private readonly scan: ScanLimiter;
+
   constructor(opts: RelayEngineOptions) {
     this.log = opts.log ?? (() => {});
     this.onlineMs = opts.onlineMs ?? RELAY_ONLINE_MS;
+    this.scan = new ScanLimiter(opts.scanLimits ?? DEFAULT_SCAN_LIMITS);
     this.udp = new UdpPorts({
       ports: opts.listenPorts,
       bindHost4: opts.bindHost4,
@@ -689,6 +696,10 @@ export class RelayEngine {
       c.drop_unknown_peer++;
       return;
     }
+    if (link === undefined) {
+      c.drop_scan_limited++;
+      return;
+    }
     const ns = link.ns;
     const tc = ns.counters;
     const lc = link.counters;
@@ -851,7 +862,8 @@ export class RelayEngine {
     return false;
   }
 
-  private findLink(st: RelayState, msg: Buffer, len: number, addr: string, port: number, now: number): RelayLink | null {
+  /** The link that sent `msg`; null: none; undefined: not tried (scan budget spent, see ScanLimiter). */
+  private findLink(st: RelayState, msg: Buffer, len: number, addr: string, port: number, now: number): RelayLink | null | undefined {
     // Obfuscated headers: the links last seen at this address first, then everyone.
     const near = st.byAddr.get(addr);
     if (near !== undefined) {
@@ -861,6 +873,7 @@ export class RelayEngine {
       }
     }
     const all = st.links;
+    if (!this.scan.allow(addr, all.length, now)) return undefined;
     for (let i = 0; i < all.length; i++) {
       if (this.linkMatches(all[i]!, msg, len, now)) return all[i]!;
     }
