@@ -346,6 +346,8 @@ export function relayCounters(c: Counters): Record<string, number> {
 /** One tenant's forwarding domain on the relay. */
 export class Namespace {
   links: RelayLink[] = [];
+  /** The tenant's view section as JSON: an identical section next time reuses this namespace whole. */
+  sig = '';
   constructor(
     readonly tenantId: number,
     readonly name: string,
@@ -562,6 +564,23 @@ export class RelayEngine {
     let kept = 0;
     for (const t of v.tenants) {
       const prevNs = old.namespaces.get(t.tenant_id);
+      // An unchanged tenant section (the usual case: one tenant changed) keeps
+      // its namespace and links as they are: no table, filter or link rebuild.
+      const sig = JSON.stringify(t);
+      if (prevNs !== undefined && prevNs.sig === sig && old.selfId === selfId) {
+        next.namespaces.set(t.tenant_id, prevNs);
+        for (const link of prevNs.links) {
+          kept++;
+          next.links.push(link);
+          next.byId[link.id] = link;
+          if (link.addr !== null) {
+            const list = next.byAddr.get(link.addr);
+            if (list) list.push(link);
+            else next.byAddr.set(link.addr, [link]);
+          }
+        }
+        continue;
+      }
       const rules: FwdRule[] = [];
       for (const l of t.links) {
         for (const s of [...l.allowed_src, ...l.routes]) {
@@ -594,6 +613,7 @@ export class RelayEngine {
         prevNs?.counters ?? new Counters(),
         t.online,
       );
+      ns.sig = sig;
       next.namespaces.set(t.tenant_id, ns);
       for (const spec of t.links) {
         const link = this.buildLink(spec, ns, selfId, old, now);
