@@ -25,6 +25,18 @@ export interface NodeStats {
   omitted: number;
 }
 
+/** Relays as the server sees them, read at scrape time. */
+export interface RelayStats {
+  relays: { relay: string; tenant: string | null; live: boolean; lastReport: string | null }[];
+}
+
+/** What the scrape-time gauges read (each optional). */
+export interface MetricSources {
+  routeStats?: () => Promise<RouteStats>;
+  nodeStats?: (limit: number) => Promise<NodeStats>;
+  relayStats?: () => Promise<RelayStats>;
+}
+
 /** At most this many nodes get per-node series (larktun_node_*{tenant,node}). */
 export const MAX_NODE_SERIES = 1000;
 
@@ -39,7 +51,8 @@ export class ControlMetrics {
   /** Liveness transitions: relay reports (unseen/seen again) and stalled streams cut. */
   readonly liveness: Counter<'event'>;
 
-  constructor(onlineCounter: OnlineCounter, routeStats?: () => Promise<RouteStats>, nodeStats?: (limit: number) => Promise<NodeStats>) {
+  constructor(onlineCounter: OnlineCounter, sources: MetricSources = {}) {
+    const { routeStats, nodeStats, relayStats } = sources;
     collectDefaultMetrics({ register: this.registry, prefix: 'larktun_server_' });
     this.apiLatency = new Histogram({
       name: 'larktun_api_request_duration_seconds',
@@ -166,6 +179,33 @@ export class ControlMetrics {
         registers: [this.registry],
         async collect() {
           this.set((await stats()).omitted);
+        },
+      });
+    }
+    if (relayStats) {
+      let pending: Promise<RelayStats> | null = null;
+      const stats = (): Promise<RelayStats> => {
+        pending ??= relayStats().finally(() => setTimeout(() => { pending = null; }, 0));
+        return pending;
+      };
+      new Gauge({
+        name: 'larktun_relay_live',
+        help: 'Relay reporting health within its live timeout (1) or not (0); nodes home on live relays',
+        labelNames: ['relay', 'tenant'],
+        registers: [this.registry],
+        async collect() {
+          this.reset();
+          for (const r of (await stats()).relays) this.set({ relay: r.relay, tenant: r.tenant ?? '' }, r.live ? 1 : 0);
+        },
+      });
+      new Gauge({
+        name: 'larktun_relay_last_report_timestamp_seconds',
+        help: 'When the relay last reported health, Unix time (absent: never)',
+        labelNames: ['relay', 'tenant'],
+        registers: [this.registry],
+        async collect() {
+          this.reset();
+          for (const r of (await stats()).relays) if (r.lastReport !== null) this.set({ relay: r.relay, tenant: r.tenant ?? '' }, Date.parse(r.lastReport) / 1000);
         },
       });
     }

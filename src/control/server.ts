@@ -126,7 +126,15 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       .groupBy('tenants.name')
       .execute();
     return rows.map((r) => ({ tenant: r.tenant, total: Number(r.total), online: Number(r.online ?? 0) }));
-  }, () => routeStats(store), (limit) => nodeStats(store, limit));
+  }, {
+    routeStats: () => routeStats(store),
+    nodeStats: (limit) => nodeStats(store, limit),
+    relayStats: async () => {
+      const [relays, tenants] = await Promise.all([store.listRelays(), store.listTenants()]);
+      const names = new Map(tenants.map((t) => [t.id, t.name]));
+      return { relays: relays.map((r) => ({ relay: r.name, tenant: r.tenant_id === null ? null : (names.get(r.tenant_id) ?? null), live: r.live === 1, lastReport: r.reported_at })) };
+    },
+  });
   const hub = new MapHub(store, metrics, log.isLevelEnabled('debug') ? (f, m) => log.debug(f, m) : undefined);
   const relayHub = new RelayHub(store);
   const timers = {

@@ -106,6 +106,11 @@ for (const be of backends()) {
         assert.equal(home(a), 'shared-b');
         const metrics = await (await fetch(`${srv.url}/metrics`)).text();
         assert.match(metrics, /larktun_node_liveness_events_total\{event="relay_quiet"\} 1/);
+        assert.match(metrics, /larktun_relay_live\{relay="acme-own",tenant="acme"\} 0\n/);
+        assert.match(metrics, /larktun_relay_live\{relay="shared-b",tenant=""\} 1\n/);
+        assert.match(metrics, /larktun_relay_live\{relay="shared-a",tenant=""\} 0\n/);
+        assert.match(metrics, /larktun_relay_last_report_timestamp_seconds\{relay="shared-b",tenant=""\} \d/);
+        assert.doesNotMatch(metrics, /larktun_relay_last_report_timestamp_seconds\{relay="shared-a"/, 'never reported: no timestamp');
         await report('acme-own');
         const back = await node['acme']!.stream!.waitMap((m) => live(m)['acme-own'] === true, 3000);
         assert.equal(home(back), 'acme-own');
