@@ -100,6 +100,8 @@ export interface DataplanePlan {
 
 const ALL4 = parsePrefix('0.0.0.0/0');
 const ALL6 = parsePrefix('::/0');
+/** Destinations that never leave the machine through the overlay. */
+const LOCAL_ONLY = ['224.0.0.0/4', '255.255.255.255/32', '169.254.0.0/16', 'ff00::/8', 'fe80::/10'].map((s) => parsePrefix(s));
 const isDefault = (s: string): boolean => s === '0.0.0.0/0' || s === '::/0';
 
 function prefixOrNull(s: string): Prefix | null {
@@ -178,6 +180,11 @@ export function planFromMap(map: NodeMap, prefs: Prefs): DataplanePlan {
           : `exit node "${named.name}" is being set up`;
     }
   }
+  // Never into the tunnel: multicast, broadcast and link-local destinations. The
+  // kernel's own chatter on the TUN (MLD reports, router solicitations, IGMP)
+  // would otherwise ride an exit node's default route and reach the relay from a
+  // source no link may use. Dropped here, counted as drop_policy.
+  for (const p of LOCAL_ONLY) rules.push({ src: p.family === 4 ? ALL4 : ALL6, dst: p, action: 'drop', target: 0 });
   // Longest destination first is the table's job; duplicates (a peer address that
   // is also a route) keep the first, i.e. the TUN for our own.
   const seen = new Set<string>();
