@@ -36,9 +36,9 @@ import { WireRx, WireTx, RxCode, MAX_PLAINTEXT, OVERHEAD } from '../wire/index.j
 import { Counters, type CounterName } from './counters.js';
 import { FilterState, PacketFilter } from './filter.js';
 import { BUF_SIZE, UdpPorts, type UdpSock } from './udp.js';
+import { DEFAULT_SCAN_LIMITS, ScanLimiter, type ScanLimitOptions } from './scanlimit.js';
 
 export { BindError } from './udp.js';
-import { DEFAULT_SCAN_LIMITS, ScanLimiter, type ScanLimitOptions } from './scanlimit.js';
 
 /** The relay's own id on every link (the server's RELAY_SELF_ID). */
 export const RELAY_LINK_ID = 65535;
@@ -419,6 +419,21 @@ export class RelayLink {
   }
 }
 
+/** Files a link under its learned address (obfuscated lookups try those first). */
+function indexByAddr(st: RelayState, link: RelayLink): void {
+  if (link.addr === null) return;
+  const list = st.byAddr.get(link.addr);
+  if (list !== undefined) list.push(link);
+  else st.byAddr.set(link.addr, [link]);
+}
+
+/** Puts a link into a state being built: the list, by id, by address. */
+function admit(st: RelayState, link: RelayLink): void {
+  st.links.push(link);
+  st.byId[link.id] = link;
+  indexByAddr(st, link);
+}
+
 /** Everything a packet looks at, swapped as one object. */
 interface RelayState {
   view: RelayView | null;
@@ -569,16 +584,8 @@ export class RelayEngine {
       const sig = JSON.stringify(t);
       if (prevNs !== undefined && prevNs.sig === sig && old.selfId === selfId) {
         next.namespaces.set(t.tenant_id, prevNs);
-        for (const link of prevNs.links) {
-          kept++;
-          next.links.push(link);
-          next.byId[link.id] = link;
-          if (link.addr !== null) {
-            const list = next.byAddr.get(link.addr);
-            if (list) list.push(link);
-            else next.byAddr.set(link.addr, [link]);
-          }
-        }
+        for (const link of prevNs.links) admit(next, link);
+        kept += prevNs.links.length;
         continue;
       }
       const rules: FwdRule[] = [];
@@ -619,13 +626,7 @@ export class RelayEngine {
         const link = this.buildLink(spec, ns, selfId, old, now);
         if (old.byId[spec.link_id]?.counters === link.counters) kept++;
         ns.links.push(link);
-        next.links.push(link);
-        next.byId[link.id] = link;
-        if (link.addr !== null) {
-          const list = next.byAddr.get(link.addr);
-          if (list) list.push(link);
-          else next.byAddr.set(link.addr, [link]);
-        }
+        admit(next, link);
       }
     }
     for (const t of v.tenants) {
@@ -750,18 +751,9 @@ export class RelayEngine {
       // peer takes it as an ordinary keepalive.
       if (now - link.lastEchoMs >= ECHO_MIN_INTERVAL_MS) {
         link.lastEchoMs = now;
-        const tx = rx === link.rx ? link.tx : link.txPrev ?? link.tx;
-        const out = this.udp.nextBuffer();
-        const n = tx.seal(this.plain, 0, 0, out, true);
-        sock.s.send(out, 0, n, port, addr);
+        this.sendOn(link, this.plain, 0, true, now);
         c.keepalive_tx++;
-        c.udp_tx_packets++;
-        c.udp_tx_bytes += n;
         tc.keepalive_tx++;
-        tc.udp_tx_packets++;
-        tc.udp_tx_bytes += n;
-        lc.tx_packets++;
-        lc.tx_bytes += n;
       }
       return;
     }
@@ -818,8 +810,7 @@ export class RelayEngine {
       from.counters.drops++;
       return;
     }
-    const sock = to.sock;
-    if (to.addr === null || sock === null) {
+    if (to.addr === null || to.sock === null) {
       c.drop_no_endpoint++;
       tc.drop_no_endpoint++;
       from.counters.drops++;
@@ -831,17 +822,27 @@ export class RelayEngine {
       from.counters.drops++;
       return;
     }
-    // Answer with the key the node last used: one still on the previous key can read it.
+    this.sendOn(to, pkt, len, false, now);
+    c.relay_packets++;
+    tc.relay_packets++;
+  }
+
+  /**
+   * Seals `pkt[0 .. len]` for `to` and sends it to its learned endpoint (known
+   * to be set), counting the datagram globally, for the tenant and the link.
+   * Uses the key the node last used: one still on the previous key can read it.
+   */
+  private sendOn(to: RelayLink, pkt: Buffer, len: number, keepalive: boolean, now: number): void {
     const tx = to.heard === HEARD_PREVIOUS && to.txPrev !== null && now < to.prevUntilMs ? to.txPrev : to.tx;
     const out = this.udp.nextBuffer();
-    const n = tx.seal(pkt, 0, len, out, false);
-    sock.s.send(out, 0, n, to.port, to.addr);
+    const n = tx.seal(pkt, 0, len, out, keepalive);
+    to.sock!.s.send(out, 0, n, to.port, to.addr!);
+    const c = this.counters;
+    const tc = to.ns.counters;
     c.udp_tx_packets++;
     c.udp_tx_bytes += n;
-    c.relay_packets++;
     tc.udp_tx_packets++;
     tc.udp_tx_bytes += n;
-    tc.relay_packets++;
     to.counters.tx_packets++;
     to.counters.tx_bytes += n;
   }
@@ -863,9 +864,7 @@ export class RelayEngine {
     link.port = port;
     link.family = sock.family;
     link.sock = sock;
-    const list = st.byAddr.get(addr);
-    if (list !== undefined) list.push(link);
-    else st.byAddr.set(addr, [link]);
+    indexByAddr(st, link);
   }
 
   /** Current key, then (while valid) the previous one. */
