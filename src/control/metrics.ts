@@ -40,6 +40,19 @@ export interface MetricSources {
 /** At most this many nodes get per-node series (larktun_node_*{tenant,node}). */
 export const MAX_NODE_SERIES = 1000;
 
+/**
+ * One read per scrape for several gauges: the gauges' collects share the
+ * pending read, which is dropped once it has settled and the scrape's other
+ * collects (queued behind it) have taken it.
+ */
+function oncePerScrape<T>(read: () => Promise<T>): () => Promise<T> {
+  let pending: Promise<T> | null = null;
+  return () => {
+    pending ??= read().finally(() => setTimeout(() => { pending = null; }, 0));
+    return pending;
+  };
+}
+
 export class ControlMetrics {
   readonly registry = new Registry();
   readonly apiLatency: Histogram<'method' | 'route' | 'status'>;
@@ -109,12 +122,7 @@ export class ControlMetrics {
     });
     void onlineG;
     if (routeStats) {
-      // One scrape reads the routes once for the three gauges below.
-      let pending: Promise<RouteStats> | null = null;
-      const stats = (): Promise<RouteStats> => {
-        pending ??= routeStats().finally(() => setTimeout(() => { pending = null; }, 0));
-        return pending;
-      };
+      const stats = oncePerScrape(routeStats);
       new Gauge({
         name: 'larktun_routes',
         help: 'Routes per tenant by state: approved, or announced and not approved (one per node and prefix)',
@@ -147,12 +155,7 @@ export class ControlMetrics {
       });
     }
     if (nodeStats) {
-      // One scrape reads the nodes once for the gauges below.
-      let pending: Promise<NodeStats> | null = null;
-      const stats = (): Promise<NodeStats> => {
-        pending ??= nodeStats(MAX_NODE_SERIES).finally(() => setTimeout(() => { pending = null; }, 0));
-        return pending;
-      };
+      const stats = oncePerScrape(() => nodeStats(MAX_NODE_SERIES));
       const perNode = (name: string, help: string, value: (n: NodeStats['nodes'][number]) => number | null): void => {
         new Gauge({
           name,
@@ -183,11 +186,7 @@ export class ControlMetrics {
       });
     }
     if (relayStats) {
-      let pending: Promise<RelayStats> | null = null;
-      const stats = (): Promise<RelayStats> => {
-        pending ??= relayStats().finally(() => setTimeout(() => { pending = null; }, 0));
-        return pending;
-      };
+      const stats = oncePerScrape(relayStats);
       new Gauge({
         name: 'larktun_relay_live',
         help: 'Relay reporting health within its live timeout (1) or not (0); nodes home on live relays',

@@ -5,7 +5,7 @@ import {
   formatIP, formatPrefix, parsePrefix, prefixLast, AddrError, type Prefix,
 } from '../net/addr.js';
 import type { AuthKeyRow, NodeRow, TenantRow, UserRow, ApiKeyRow } from './store/schema.js';
-import type { Store, TenantRepo, TenantTx } from './store/repo.js';
+import type { LinkHealth, Store, TenantRepo, TenantTx } from './store/repo.js';
 import type { NodeStats, RouteStats } from './metrics.js';
 import { nowIso } from './store/repo.js';
 import { ApiError, badRequest } from './errors.js';
@@ -60,7 +60,7 @@ export function authKeyView(k: AuthKeyRow, users: Map<number, UserRow>) {
 }
 
 /** Per node: what its relays last reported (the most recently seen link), as stored (coarsely, see applyRelayHealth). */
-export type RelayHealthByNode = Map<number, { lastSeenAt: string; rttMs: number | null }>;
+export type RelayHealthByNode = Map<number, LinkHealth>;
 
 export function nodeView(n: NodeRow, users: Map<number, UserRow>, primaries: Map<string, number>, health?: RelayHealthByNode) {
   const tags = jsonList(n.tags);

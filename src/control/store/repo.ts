@@ -26,6 +26,26 @@ export const nowIso = (): string => new Date().toISOString();
 /** Who made a change: "operator", "apikey:<prefix>", "node:<id>", "system". */
 export type Actor = string;
 
+/** What a relay last reported of a node: when it saw it, and the round-trip time then. */
+export interface LinkHealth {
+  lastSeenAt: string;
+  rttMs: number | null;
+}
+
+/** Per node, the link a relay saw it on most recently (rows with last_seen_at set), added to `into`. */
+function latestLinkByNode(
+  rows: { node_id: number; last_seen_at: string | null; rtt_ms: number | null }[],
+  into: Map<number, LinkHealth> = new Map(),
+): Map<number, LinkHealth> {
+  for (const r of rows) {
+    const at = r.last_seen_at;
+    if (at === null) continue;
+    const cur = into.get(r.node_id);
+    if (!cur || at > cur.lastSeenAt) into.set(r.node_id, { lastSeenAt: at, rttMs: r.rtt_ms });
+  }
+  return into;
+}
+
 export class TenantRepo {
   constructor(
     protected readonly db: Conn,
@@ -168,15 +188,9 @@ export class TenantRepo {
     return this.sel('relay_links').selectAll().where('node_id', '=', nodeId).orderBy('id').execute();
   }
   /** Per node: the link a relay saw it on most recently (last_seen_at, rtt_ms). */
-  async relayHealthByNode(): Promise<Map<number, { lastSeenAt: string; rttMs: number | null }>> {
+  async relayHealthByNode(): Promise<Map<number, LinkHealth>> {
     const rows = await this.sel('relay_links').select(['node_id', 'last_seen_at', 'rtt_ms']).where('last_seen_at', 'is not', null).execute();
-    const out = new Map<number, { lastSeenAt: string; rttMs: number | null }>();
-    for (const r of rows) {
-      const at = r.last_seen_at as string;
-      const cur = out.get(r.node_id);
-      if (!cur || at > cur.lastSeenAt) out.set(r.node_id, { lastSeenAt: at, rttMs: r.rtt_ms });
-    }
-    return out;
+    return latestLinkByNode(rows);
   }
   /** Relays this tenant's nodes link to: shared ones and the tenant's own. */
   relaysServing(): Promise<RelayRow[]> {
@@ -748,15 +762,12 @@ export class Store {
     const rows = await this.db.selectFrom('nodes').innerJoin('tenants', 'tenants.id', 'nodes.tenant_id')
       .select(['tenants.name as tenant', 'nodes.id as id', 'nodes.name as name', 'nodes.online as online', 'nodes.unseen as unseen', 'nodes.last_seen as last_seen'])
       .orderBy('tenants.name').orderBy('nodes.name').limit(limit).execute();
-    const latest = new Map<number, { at: string; rtt: number | null }>();
+    const latest = new Map<number, LinkHealth>();
     const ids = rows.map((r) => r.id);
     for (let i = 0; i < ids.length; i += 500) {
       const links = await this.db.selectFrom('relay_links').select(['node_id', 'last_seen_at', 'rtt_ms'])
         .where('node_id', 'in', ids.slice(i, i + 500)).where('last_seen_at', 'is not', null).execute();
-      for (const l of links) {
-        const cur = latest.get(l.node_id);
-        if (!cur || l.last_seen_at! > cur.at) latest.set(l.node_id, { at: l.last_seen_at!, rtt: l.rtt_ms });
-      }
+      latestLinkByNode(links, latest);
     }
     return {
       total,
@@ -764,7 +775,7 @@ export class Store {
         const h = latest.get(r.id);
         return {
           tenant: r.tenant, id: r.id, name: r.name, online: r.online === 1 && r.unseen === 0,
-          last_seen: r.last_seen, relay_last_seen: h?.at ?? null, rtt_ms: h?.rtt ?? null,
+          last_seen: r.last_seen, relay_last_seen: h?.lastSeenAt ?? null, rtt_ms: h?.rttMs ?? null,
         };
       }),
     };
