@@ -60,6 +60,9 @@ interface Persisted {
   last_event_id: string | null;
 }
 
+/** Milliseconds as shown and reported: two decimals. */
+const round2 = (ms: number): number => Math.round(ms * 100) / 100;
+
 /** The relay RTT is re-reported at least this often while it is being measured. */
 const LATENCY_REFRESH_MS = 60_000;
 
@@ -265,10 +268,10 @@ export class ManagedNode {
     const relay = this.plan?.relay;
     if (!this.st.token || !relay || !this.engine || !this.serverState.connected) return;
     const rp = this.engine.peer(relay.relay_link_id);
-    if (!rp || rp.rttSmoothMs < 0 || Date.now() - rp.rttAtMs > 30_000) return;
-    const rtt = Math.round(rp.rttSmoothMs * 100) / 100;
-    const last = this.latencySent;
     const now = Date.now();
+    if (!rp || rp.rttSmoothMs < 0 || now - rp.rttAtMs > 30_000) return;
+    const rtt = round2(rp.rttSmoothMs);
+    const last = this.latencySent;
     if (last && last.relayId === relay.id && now - last.at < LATENCY_REFRESH_MS && Math.abs(rtt - last.rttMs) <= Math.max(2, last.rttMs * 0.2)) return;
     this.latencySent = { relayId: relay.id, rttMs: rtt, at: now };
     await this.api('/node/v1/latency', { relays: [{ relay_id: relay.id, rtt_ms: rtt }] }, this.st.token);
@@ -655,8 +658,9 @@ export class ManagedNode {
     for (let i = 0; i < count; i++) {
       if (i > 0) await new Promise((r) => setTimeout(r, intervalMs));
       const rtt = await this.pingOnce(src, dst, i + 1, timeoutMs);
-      results.push({ seq: i + 1, rtt_ms: rtt === null ? null : Number(rtt.toFixed(2)) });
-      this.lastPing.set(peer.id, { rtt_ms: rtt === null ? null : Number(rtt.toFixed(2)), at: Date.now() });
+      const rttMs = rtt === null ? null : round2(rtt);
+      results.push({ seq: i + 1, rtt_ms: rttMs });
+      this.lastPing.set(peer.id, { rtt_ms: rttMs, at: Date.now() });
     }
     const relay = this.plan?.relay;
     const relayPeer = relay ? this.engine.peer(relay.relay_link_id) : undefined;
@@ -714,8 +718,8 @@ export class ManagedNode {
             online: rp ? rp.online(now) : false,
             last_seen_age_seconds: rp && rp.lastSeenMs > 0 ? Math.round((now - rp.lastSeenMs) / 100) / 10 : null,
             /** Round-trip time to the relay from keepalive echoes: smoothed and last sample, ms. */
-            rtt_ms: rp && rp.rttSmoothMs >= 0 ? Math.round(rp.rttSmoothMs * 100) / 100 : null,
-            rtt_last_ms: rp && rp.rttLastMs >= 0 ? Math.round(rp.rttLastMs * 100) / 100 : null,
+            rtt_ms: rp && rp.rttSmoothMs >= 0 ? round2(rp.rttSmoothMs) : null,
+            rtt_last_ms: rp && rp.rttLastMs >= 0 ? round2(rp.rttLastMs) : null,
           }
         : null,
       peers: (map?.peers ?? []).map((p) => ({
