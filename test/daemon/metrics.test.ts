@@ -23,8 +23,9 @@ import { buildManagedRegistry, buildRelayRegistry, type ManagedMetricsSource } f
 import { ManagedNode } from '../../src/daemon/managed.js';
 import { DEFAULT_PREFS } from '../../src/daemon/prefs.js';
 import { RELAY_VIEW_FILE, runRelay, type RelayHandle } from '../../src/daemon/relaymode.js';
-import { parseIPv4, parsePrefix } from '../../src/net/addr.js';
+import { parsePrefix } from '../../src/net/addr.js';
 import { RxCode, WireRx, WireTx } from '../../src/wire/index.js';
+import { udp } from '../dataplane/packets.js';
 
 const MAIN_TS = fileURLToPath(new URL('../../src/daemon/main.ts', import.meta.url));
 const RELAY_ID = 65535;
@@ -95,25 +96,6 @@ async function waitFor<T>(what: string, fn: () => T | Promise<T>, ms = 5000): Pr
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(30);
   }
-}
-
-function udp4(src: string, dst: string, body: string): Buffer {
-  const b = Buffer.alloc(28 + body.length);
-  b[0] = 0x45;
-  b.writeUInt16BE(b.length, 2);
-  b[8] = 64;
-  b[9] = 17;
-  b.writeUInt32BE(Number(parseIPv4(src)), 12);
-  b.writeUInt32BE(Number(parseIPv4(dst)), 16);
-  let s = 0;
-  for (let i = 0; i < 20; i += 2) s += b.readUInt16BE(i);
-  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
-  b.writeUInt16BE(~s & 0xffff, 10);
-  b.writeUInt16BE(40000, 20);
-  b.writeUInt16BE(9999, 22);
-  b.writeUInt16BE(8 + body.length, 24);
-  b.write(body, 28);
-  return b;
 }
 
 function seal(tx: WireTx, pkt: Buffer, keepalive: boolean): Buffer {
@@ -403,8 +385,8 @@ test('relay: global and per-tenant counters, links online, and the control side'
   });
   nodes.forEach((n, i) => n.send(seal(tx[i]!, Buffer.alloc(0), true), relayPort, '127.0.0.1'));
   await waitFor('keepalives', () => handle.engine.counters.keepalive_rx === 2);
-  nodes[0]!.send(seal(tx[0]!, udp4('100.64.0.1', '100.64.0.2', 'hi a2'), false), relayPort, '127.0.0.1');
-  nodes[0]!.send(seal(tx[0]!, udp4('100.64.0.9', '100.64.0.2', 'forged'), false), relayPort, '127.0.0.1');
+  nodes[0]!.send(seal(tx[0]!, udp('100.64.0.1', '100.64.0.2', 40000, 9999, 'hi a2'), false), relayPort, '127.0.0.1');
+  nodes[0]!.send(seal(tx[0]!, udp('100.64.0.9', '100.64.0.2', 40000, 9999, 'forged'), false), relayPort, '127.0.0.1');
   nodes[0]!.send(Buffer.alloc(3), relayPort, '127.0.0.1');
   await waitFor('a2 got the packet', () => got.length === 1);
   assert.deepEqual(got, ['hi a2']);

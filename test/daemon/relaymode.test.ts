@@ -10,29 +10,10 @@ import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Client, SseReader, cleanup, nodeKey, sleep, spawnServer, tempDir, type Json, type ServerProc } from '../control/harness.js';
 import { runRelay } from '../../src/daemon/relaymode.js';
-import { parseIPv4 } from '../../src/net/addr.js';
+import { udp } from '../dataplane/packets.js';
 import { WireRx, WireTx, RxCode } from '../../src/wire/index.js';
 
 const RELAY_ID = 65535;
-
-function udp4(src: string, dst: string, body: string): Buffer {
-  const b = Buffer.alloc(28 + body.length);
-  b[0] = 0x45;
-  b.writeUInt16BE(b.length, 2);
-  b[8] = 64;
-  b[9] = 17;
-  b.writeUInt32BE(Number(parseIPv4(src)), 12);
-  b.writeUInt32BE(Number(parseIPv4(dst)), 16);
-  let s = 0;
-  for (let i = 0; i < 20; i += 2) s += b.readUInt16BE(i);
-  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
-  b.writeUInt16BE(~s & 0xffff, 10);
-  b.writeUInt16BE(40000, 20);
-  b.writeUInt16BE(9999, 22);
-  b.writeUInt16BE(8 + body.length, 24); // UDP checksum 0: none (IPv4)
-  b.write(body, 28);
-  return b;
-}
 
 class SimNode {
   readonly sock = dgram.createSocket('udp4');
@@ -63,7 +44,7 @@ class SimNode {
     this.sock.send(this.seal(Buffer.alloc(0), true), this.relayPort, '127.0.0.1');
   }
   send(to: SimNode, body: string): void {
-    this.sock.send(this.seal(udp4(this.addr, to.addr, body), false), this.relayPort, '127.0.0.1');
+    this.sock.send(this.seal(udp(this.addr, to.addr, 40000, 9999, body), false), this.relayPort, '127.0.0.1');
   }
 }
 

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { ScanLimiter } from '../../src/dataplane/scanlimit.js';
 import { RelayEngine, type RelayView } from '../../src/dataplane/relay.js';
 import { WireRx, WireTx, RxCode } from '../../src/wire/index.js';
+import { udp } from './packets.js';
 
 test('ScanLimiter: global trial budget and per-source scans, refilled over time', () => {
   const l = new ScanLimiter({ trialsPerSec: 1000, scansPerSecPerSource: 5 });
@@ -69,18 +70,6 @@ test('relay under a junk flood: scans are bounded, drops are counted, learned li
     const out = Buffer.alloc(2048);
     return out.subarray(0, tx.seal(pkt, 0, pkt.length, out, keepalive));
   };
-  const ip4udp = (src: number, dst: number) => {
-    const p = Buffer.alloc(28);
-    p[0] = 0x45;
-    p.writeUInt16BE(28, 2);
-    p[8] = 64;
-    p[9] = 17;
-    p.writeUInt32BE(0x64400000 + src, 12);
-    p.writeUInt32BE(0x64400000 + dst, 16);
-    p.writeUInt16BE(9, 22);
-    p.writeUInt16BE(8, 24);
-    return p;
-  };
   const settle = (ms: number) => new Promise((r) => setTimeout(r, ms));
   try {
     // a and b make themselves known (each needs one scan)
@@ -91,7 +80,7 @@ test('relay under a junk flood: scans are bounded, drops are counted, learned li
     // 2000 junk datagrams from one endpoint, interleaved with a → b traffic
     for (let i = 0; i < 2000; i++) {
       junk.send(randomBytes(100), port, '127.0.0.1');
-      if (i % 100 === 0) a.send(seal(txA, ip4udp(1, 2)), port, '127.0.0.1');
+      if (i % 100 === 0) a.send(seal(txA, udp('100.64.0.1', '100.64.0.2', 9, 8, '')), port, '127.0.0.1');
       if (i % 200 === 0) await settle(5);
     }
     await settle(300);
