@@ -14,7 +14,7 @@ import { WireRx, WireTx, RxCode, HEADER_LEN, MAX_PLAINTEXT, OVERHEAD } from '../
 import { Counters } from './counters.js';
 import type { FilterState } from './filter.js';
 import { BUF_SIZE, UdpPorts, type UdpSock } from './udp.js';
-import { ScanLimiter } from './scanlimit.js';
+import { ScanLimiter, UNTRIED } from './scanlimit.js';
 
 export { BindError } from './udp.js';
 
@@ -250,7 +250,10 @@ export class Engine {
       this.counters.drop_unknown_peer++;
       return;
     }
-    if (peer === null) return; // counted as drop_scan_limited
+    if (peer === UNTRIED) {
+      this.counters.drop_scan_limited++;
+      return;
+    }
     // findPeer ran matches(), which already unmasked the header.
     const rx = this.matched!;
     const code = rx.openMatched(msg, len, this.plain);
@@ -308,8 +311,8 @@ export class Engine {
     return false;
   }
 
-  /** The peer that sent `msg`; undefined: none; null: not tried (scan budget spent, counted here). */
-  private findPeer(msg: Buffer, len: number, addr: string, port: number): Peer | undefined | null {
+  /** The peer that sent `msg`; undefined: none; UNTRIED: not tried (scan budget spent, see ScanLimiter). */
+  private findPeer(msg: Buffer, len: number, addr: string, port: number): Peer | undefined | typeof UNTRIED {
     if (!this.obfuscate) {
       if (len < HEADER_LEN) return undefined;
       const p = this.byId[msg.readUInt16LE(2)];
@@ -324,10 +327,7 @@ export class Engine {
       }
     }
     const all = this.peers;
-    if (all.length > SCAN_FREE_PEERS && !this.scan.allow(addr, all.length, Date.now())) {
-      this.counters.drop_scan_limited++;
-      return null;
-    }
+    if (all.length > SCAN_FREE_PEERS && !this.scan.allow(addr, all.length, Date.now())) return UNTRIED;
     for (let i = 0; i < all.length; i++) {
       if (this.peerMatches(all[i]!, msg, len)) return all[i];
     }

@@ -36,7 +36,7 @@ import { WireRx, WireTx, RxCode, MAX_PLAINTEXT, OVERHEAD } from '../wire/index.j
 import { Counters, type CounterName } from './counters.js';
 import { FilterState, PacketFilter } from './filter.js';
 import { BUF_SIZE, UdpPorts, type UdpSock } from './udp.js';
-import { DEFAULT_SCAN_LIMITS, ScanLimiter, type ScanLimitOptions } from './scanlimit.js';
+import { DEFAULT_SCAN_LIMITS, ScanLimiter, UNTRIED, type ScanLimitOptions } from './scanlimit.js';
 
 export { BindError } from './udp.js';
 
@@ -717,7 +717,7 @@ export class RelayEngine {
       c.drop_unknown_peer++;
       return;
     }
-    if (link === undefined) {
+    if (link === UNTRIED) {
       c.drop_scan_limited++;
       return;
     }
@@ -881,8 +881,8 @@ export class RelayEngine {
     return false;
   }
 
-  /** The link that sent `msg`; null: none; undefined: not tried (scan budget spent, see ScanLimiter). */
-  private findLink(st: RelayState, msg: Buffer, len: number, addr: string, port: number, now: number): RelayLink | null | undefined {
+  /** The link that sent `msg`; null: none; UNTRIED: not tried (scan budget spent, see ScanLimiter). */
+  private findLink(st: RelayState, msg: Buffer, len: number, addr: string, port: number, now: number): RelayLink | null | typeof UNTRIED {
     // Obfuscated headers: the links last seen at this address first, then everyone.
     const near = st.byAddr.get(addr);
     if (near !== undefined) {
@@ -892,7 +892,7 @@ export class RelayEngine {
       }
     }
     const all = st.links;
-    if (!this.scan.allow(addr, all.length, now)) return undefined;
+    if (!this.scan.allow(addr, all.length, now)) return UNTRIED;
     for (let i = 0; i < all.length; i++) {
       if (this.linkMatches(all[i]!, msg, len, now)) return all[i]!;
     }

@@ -18,6 +18,9 @@ export interface ScanLimitOptions {
   maxSources?: number;
 }
 
+/** What a peer/link lookup returns when the budget said no: the datagram was not tried. */
+export const UNTRIED: unique symbol = Symbol('untried');
+
 export const DEFAULT_SCAN_LIMITS: ScanLimitOptions = { trialsPerSec: 200_000, scansPerSecPerSource: 50, maxSources: 10_000 };
 
 interface Bucket {
