@@ -127,6 +127,8 @@ function baseView(hash = 'v1'): RelayView {
 }
 
 let engine: RelayEngine;
+/** Just before and just after the first setView (the links' "known since"). */
+const viewAt: number[] = [0, 0];
 let relayPort = 0;
 const logs: string[] = [];
 const settle = (ms = 120) => new Promise((r) => setTimeout(r, ms));
@@ -141,7 +143,9 @@ before(async () => {
   engine = new RelayEngine({ listenPorts: [0], bindHost4: '127.0.0.1', bindHost6: null, log: (m) => logs.push(m) });
   await engine.start();
   relayPort = engine.boundAddresses()[0]!.port;
+  viewAt[0] = Date.now();
   engine.setView(baseView());
+  viewAt[1] = Date.now();
 });
 
 after(async () => {
@@ -173,11 +177,14 @@ test('keepalives teach endpoints and are echoed (rate-limited, same key); health
   assert.equal(A().keepalive_rx, 4);
   assert.equal(B().keepalive_rx, 2);
   assert.equal(engine.link(1)!.endpointText(), `127.0.0.1:${a1.sock.address().port}`);
-  const h = engine.healthReport();
+  const reportAt = Date.now();
+  const h = engine.healthReport(reportAt);
   assert.deepEqual(h.links.map((l) => l.link_id), [1, 2, 3, 4, 5, 6, 7]);
   for (const l of h.links.slice(0, 6)) assert.ok(typeof l.last_seen_ms_ago === 'number' && l.last_seen_ms_ago < 2000, JSON.stringify(l));
   assert.equal(h.links[6]!.last_seen_ms_ago, null, 'b3 never spoke');
-  assert.ok(typeof h.links[6]!.known_ms === 'number' && h.links[6]!.known_ms >= 500 && h.links[6]!.known_ms < 60_000, `known for ${h.links[6]!.known_ms} ms`);
+  // known since the view was applied (between viewAt[0] and viewAt[1])
+  const known = h.links[6]!.known_ms;
+  assert.ok(typeof known === 'number' && known >= reportAt - viewAt[1]! && known <= reportAt - viewAt[0]! && known >= 400, `known for ${known} ms`);
   assert.equal(h.links[0]!.known_ms, undefined, 'only never-heard links say how long they were known');
   const s = engine.status();
   const beta = s.tenants.find((t) => t.tenant === 'beta')!;
