@@ -237,21 +237,12 @@ export class Interner {
 
 const protoKey = (p: number[] | undefined): string => (p ? p.join(',') : '*');
 
-/** Per-engine compile state: stable sequence slots for per-user autogroup:self rules, small rule ids per seq, merge keys. */
+/** Per-engine compile state: small rule ids per seq, and the interned source lists. */
 export class SelfSlots {
   readonly interner = new Interner();
-  private readonly slots = new Map<number, number>();
-  /** Per template: position within the template (seq - template base, a small integer) → rule id. */
+  /** Per template: position within the template (seq - template base) → rule id. */
   private readonly ids: Array<Map<number, number>> = [];
   private next = 0;
-  slot(uid: number): number {
-    let s = this.slots.get(uid);
-    if (s === undefined) {
-      s = this.slots.size;
-      this.slots.set(uid, s);
-    }
-    return s;
-  }
   ruleId(tplIdx: number, local: number): number {
     let m = this.ids[tplIdx];
     if (!m) this.ids[tplIdx] = m = new Map();
@@ -264,9 +255,15 @@ export class SelfSlots {
   }
 }
 
-const SEQ_STRIDE = 1 << 22;
-const SELF_BASE = 1 << 16;
-const SELF_CALL = 1 << 20;
+// A rule's seq orders it in the filter: template, then (plain rules) its place
+// in the template, or (autogroup:self rules) the self expansion and the user's
+// id. The user id, not the order users were first seen in, so an engine that
+// saw users arrive in any order and a fresh compile agree. Seqs stay exact
+// integers (< 2^53) for up to 2^18 templates, 8 self expansions per template
+// and user ids below 2^31.
+const SELF_BASE = 2 ** 16;
+const SELF_CALL = 2 ** 31;
+const SEQ_STRIDE = 2 ** 35;
 
 export function sameHits(a: ReadonlyArray<readonly [number, string]>, b: ReadonlyArray<readonly [number, string]>): boolean {
   return a === b || (a.length === b.length && a.every((x, i) => x[0] === b[i]![0] && x[1] === b[i]![1]));
@@ -314,7 +311,7 @@ export function compileUnit(
     srcHits = srcRouteHits(model, src.set);
     if (prev && sameHits(srcHits, prev.srcHits)) srcHits = prev.srcHits;
   }
-  // Keyed by position within the template (small integers; seqs themselves exceed the small-integer range).
+  // Keyed by position within the template (seq minus the template's base).
   const base = tplIdx * SEQ_STRIDE;
   const prevBySeq = new Map<number, URule>();
   /** Per self call: the previous rules, in their order (one per user). */
@@ -438,7 +435,7 @@ export function compileUnit(
         }
       }
       const inSrc = all ? own : own.filter(isSrc);
-      const seq = tplIdx * SEQ_STRIDE + SELF_BASE + call * SELF_CALL + slots.slot(uid);
+      const seq = tplIdx * SEQ_STRIDE + SELF_BASE + call * SELF_CALL + uid;
       if (
         pr &&
         pr.seq === seq &&
