@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 const ENTRY = fileURLToPath(new URL('./cli-entry.ts', import.meta.url));
-const CASES = JSON.parse(readFileSync(new URL('../../../shared/conformance/tailscale-policy-cases.json', import.meta.url), 'utf8'));
+const CASES = JSON.parse(readFileSync(new URL('../fixtures/conformance/tailscale-policy-cases.json', import.meta.url), 'utf8'));
 const dir = mkdtempSync(path.join(tmpdir(), 'larktun-acl-'));
 
 function run(...args: string[]): { code: number | null; stdout: string; stderr: string } {

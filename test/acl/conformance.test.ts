@@ -1,4 +1,4 @@
-// Every case of ../shared/conformance/tailscale-policy-cases.json, loaded
+// Every case of test/fixtures/conformance/tailscale-policy-cases.json, loaded
 // directly and compared the way each case says.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -16,7 +16,7 @@ import {
   setApprovedRoutes,
 } from '../../src/acl/index.js';
 
-const CASES_URL = new URL('../../../shared/conformance/tailscale-policy-cases.json', import.meta.url);
+const CASES_URL = new URL('../fixtures/conformance/tailscale-policy-cases.json', import.meta.url);
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Json = any;

@@ -1,4 +1,4 @@
-// Loads the shared subnetra conformance vectors. Epochs exceed 2^53, so large
+// Loads the subnetra conformance vectors (test/fixtures/conformance). Epochs exceed 2^53, so large
 // integer literals are turned into strings before JSON.parse to keep them exact.
 import { readFileSync } from 'node:fs';
 
@@ -34,7 +34,7 @@ export interface VectorFile {
   obfuscated_vectors: ObfuscatedVector[];
 }
 
-export const VECTORS_URL = new URL('../../../shared/conformance/subnetra-protocol-vectors.json', import.meta.url);
+export const VECTORS_URL = new URL('../fixtures/conformance/subnetra-protocol-vectors.json', import.meta.url);
 
 export function loadVectors(): VectorFile {
   const text = readFileSync(VECTORS_URL, 'utf8');
