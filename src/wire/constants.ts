@@ -31,11 +31,10 @@ export const MIN_NODE_ID = 1;
 export const MAX_NODE_ID = 0xffff;
 
 /**
- * Largest sequence number this implementation handles. Sequence numbers are
- * kept as JS numbers on the hot path; a sender starting at 1 would need
- * centuries at line rate to get here, so anything above is treated as malformed.
+ * Largest sequence number: seq is a full unsigned 64-bit value. The hot path
+ * keeps it as two 32-bit halves (no BigInt per packet).
  */
-export const MAX_SEQ = Number.MAX_SAFE_INTEGER;
+export const MAX_SEQ = 0xffffffffffffffffn;
 
 /** Length of the keys produced by the KDF and used by the AEAD. */
 export const KEY_LEN = 32;

@@ -4,62 +4,98 @@
 // REPLAY_WINDOW sequence numbers below the highest one accepted, so heavy
 // reordering on multi-path underlays does not turn into loss. The bitmap is a
 // ring of 32-bit words indexed by seq/32 (the RFC 6479 layout): moving the
-// window forward clears whole words instead of shifting bits. One spare word
-// lets the window cover exactly REPLAY_WINDOW values whatever the alignment.
+// window forward clears whole words instead of shifting bits. The ring has a
+// power-of-two number of words, more than REPLAY_WINDOW/32, so the window
+// covers exactly REPLAY_WINDOW values whatever the alignment, and a word's
+// slot depends only on the low half of the sequence number.
 //
-// Sequence numbers are plain JS numbers (exact up to 2^53); no BigInt here.
+// Sequence numbers are full unsigned 64-bit values taken as two 32-bit halves
+// (hi, lo), the way they sit in the header. Distances are only computed when
+// the high halves differ by at most one, where hi * 2^32 + lo differences stay
+// below 2^33 and are exact as JS numbers. No BigInt, no allocation.
 
 /** How many sequence numbers at or below the highest one are tracked. */
 export const REPLAY_WINDOW = 1024;
 
 const WORD_BITS = 32;
-const RING_WORDS = REPLAY_WINDOW / WORD_BITS + 1;
+/** Ring size in words: a power of two above REPLAY_WINDOW / WORD_BITS. */
+const RING_WORDS = 64;
+const RING_MASK = RING_WORDS - 1;
+const TWO_32 = 4294967296;
+/** Words per 2^32 sequence numbers (one step of the high half). */
+const WORDS_PER_HI = TWO_32 / WORD_BITS;
 
 export class ReplayWindow {
   private readonly ring = new Uint32Array(RING_WORDS);
-  private top = 0;
+  private topHi = 0;
+  private topLo = 0;
   private empty = true;
 
   /** Forgets everything (a new session epoch starts). */
   reset(): void {
     this.ring.fill(0);
-    this.top = 0;
+    this.topHi = 0;
+    this.topLo = 0;
     this.empty = true;
   }
 
   /**
-   * Returns true and records `seq` when it was not seen before and is not too
-   * far behind the highest accepted number; returns false for a duplicate or
+   * The hot-path form of accept(): the sequence number as its high and low
+   * unsigned 32-bit halves (each an integer in 0..2^32-1, as read from the
+   * header). Returns true and records it when it was not seen before and is
+   * not too far behind the highest accepted number; false for a duplicate or
    * a number that fell out of the window. Never allocates.
    */
-  accept(seq: number): boolean {
+  acceptHiLo(hi: number, lo: number): boolean {
     const ring = this.ring;
     if (this.empty) {
       this.empty = false;
-      this.top = seq;
-    } else if (seq > this.top) {
-      const fromWord = Math.floor(this.top / WORD_BITS);
-      const toWord = Math.floor(seq / WORD_BITS);
-      if (toWord - fromWord >= RING_WORDS) {
-        ring.fill(0);
+      this.topHi = hi;
+      this.topLo = lo;
+    } else {
+      const dHi = hi - this.topHi;
+      if (dHi > 0 || (dHi === 0 && lo > this.topLo)) {
+        // Newer: clear the words between the old top's word and the new one.
+        if (dHi > 1) ring.fill(0);
+        else {
+          const words = dHi * WORDS_PER_HI + (lo >>> 5) - (this.topLo >>> 5);
+          if (words >= RING_WORDS) ring.fill(0);
+          else for (let w = 1, i = this.topLo >>> 5; w <= words; w++) ring[(i + w) & RING_MASK] = 0;
+        }
+        this.topHi = hi;
+        this.topLo = lo;
       } else {
-        for (let w = fromWord + 1; w <= toWord; w++) ring[w % RING_WORDS] = 0;
+        // Not newer: how far behind the top (dHi is 0 or negative here).
+        if (dHi < -1) return false;
+        const behind = -dHi * TWO_32 + this.topLo - lo;
+        if (behind >= REPLAY_WINDOW) return false;
       }
-      this.top = seq;
-    } else if (this.top - seq >= REPLAY_WINDOW) {
-      return false;
     }
-    const idx = Math.floor(seq / WORD_BITS) % RING_WORDS;
-    const bit = 1 << (seq % WORD_BITS);
+    const idx = (lo >>> 5) & RING_MASK;
+    const bit = 1 << (lo & 31);
     const word = ring[idx]!;
     if ((word & bit) !== 0) return false;
     ring[idx] = word | bit;
     return true;
   }
 
-  /** Highest sequence number accepted so far (0 when none). */
-  get highest(): number {
-    return this.top;
+  /**
+   * accept() for a sequence number given as a JS number (an integer in
+   * 0..2^53) or a bigint (0..2^64-1). Convenience for tests and tools; the
+   * receive path uses acceptHiLo.
+   */
+  accept(seq: number | bigint): boolean {
+    if (typeof seq === 'bigint') {
+      if (seq < 0n || seq > 0xffffffffffffffffn) throw new RangeError(`seq must be an unsigned 64-bit integer, got ${seq}`);
+      return this.acceptHiLo(Number(seq >> 32n), Number(seq & 0xffffffffn));
+    }
+    if (!Number.isSafeInteger(seq) || seq < 0) throw new RangeError(`seq must be a non-negative safe integer, got ${seq}`);
+    return this.acceptHiLo(Math.floor(seq / TWO_32), seq >>> 0);
+  }
+
+  /** Highest sequence number accepted so far (0n when none). Allocates: not for the hot path. */
+  get highest(): bigint {
+    return (BigInt(this.topHi) << 32n) | BigInt(this.topLo);
   }
 
   /** True when nothing was accepted since construction or the last reset. */

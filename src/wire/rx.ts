@@ -32,7 +32,7 @@ const RX_OUT_VIEWS = new ViewCache(MAX_PLAINTEXT);
 export const RxCode = {
   /** Authenticated, fresh; the plaintext is in `out`. */
   Accept: 0,
-  /** Too short, too long, wrong version, reserved flag bits, key_id of another peer, zero epoch, or seq beyond 2^53. */
+  /** Too short, too long, wrong version, reserved flag bits, key_id of another peer, or zero epoch. */
   Malformed: 1,
   /** Epoch older than the session already accepted on this link; dropped before decrypting. */
   OldEpoch: 2,
@@ -62,10 +62,6 @@ export interface WireRxOptions {
   readonly epoch?: bigint;
 }
 
-const TWO_32 = 4294967296;
-/** seq high word above this means seq >= 2^53 (not exactly representable). */
-const SEQ_HI_MAX = 0x1fffff;
-
 export class WireRx {
   readonly from: number;
   readonly to: number;
@@ -75,8 +71,9 @@ export class WireRx {
   plaintextLen = 0;
   /** After Accept: the datagram was a keepalive (flags bit 0). */
   keepalive = false;
-  /** After Accept: its sequence number. */
-  lastSeq = 0;
+  /** After Accept: high and low unsigned 32-bit halves of its sequence number (a full u64). */
+  lastSeqHi = 0;
+  lastSeqLo = 0;
 
   private readonly link: Buffer;
   private key = Buffer.alloc(KEY_LEN);
@@ -107,6 +104,11 @@ export class WireRx {
     }
   }
 
+  /** After Accept: the datagram's sequence number. Allocates a bigint: not for the hot path. */
+  get lastSeq(): bigint {
+    return (BigInt(this.lastSeqHi) << 32n) | BigInt(this.lastSeqLo);
+  }
+
   /** Epoch of the current receive session; 0n before the first accepted datagram. */
   get epoch(): bigint {
     return (BigInt(this.curHi) << 32n) | BigInt(this.curLo);
@@ -129,7 +131,7 @@ export class WireRx {
    * Authenticates and decrypts `dgram[0 .. len]`, writing the plaintext to
    * `out[0 .. plaintextLen]` (`out` must not overlap `dgram` and must hold the
    * plaintext; MAX_PLAINTEXT bytes always suffice). Returns an RxCode; on
-   * Accept the fields plaintextLen, keepalive, lastSeq and epoch describe the
+   * Accept the fields plaintextLen, keepalive, lastSeqHi/lastSeqLo and epoch describe the
    * datagram. Never throws for any datagram content and allocates nothing
    * unless the epoch changes.
    */
@@ -170,7 +172,6 @@ export class WireRx {
     if (eLo === 0 && eHi === 0) return RxCode.Malformed;
     const sLo = h.readUInt32LE(12);
     const sHi = h.readUInt32LE(16);
-    if (sHi > SEQ_HI_MAX) return RxCode.Malformed;
 
     // Forward-only epochs, compared as two unsigned 32-bit halves.
     const curHi = this.curHi;
@@ -218,12 +219,12 @@ export class WireRx {
       this.curLo = eLo;
       this.window.reset();
     }
-    const seq = sHi * TWO_32 + sLo;
-    if (!this.window.accept(seq)) return RxCode.Replay;
+    if (!this.window.acceptHiLo(sHi, sLo)) return RxCode.Replay;
 
     this.plaintextLen = ptLen;
     this.keepalive = (flags & FLAG_KEEPALIVE) !== 0;
-    this.lastSeq = seq;
+    this.lastSeqHi = sHi;
+    this.lastSeqLo = sLo;
     return RxCode.Accept;
   }
 }

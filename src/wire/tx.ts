@@ -5,7 +5,6 @@ import {
   HEADER_LEN,
   KEY_LEN,
   MAX_PLAINTEXT,
-  MAX_SEQ,
   OVERHEAD,
   TAG_LEN,
   WIRE_VERSION,
@@ -21,7 +20,6 @@ import { ViewCache } from './views.js';
 const TX_MSG_VIEWS = new ViewCache(MAX_PLAINTEXT);
 const TX_OUT_VIEWS = new ViewCache(MAX_PLAINTEXT + TAG_LEN);
 
-const TWO_32 = 4294967296;
 const EMPTY = Buffer.alloc(0);
 
 export interface WireTxOptions {
@@ -60,7 +58,10 @@ export class WireTx {
   private readonly padInput = newObfsInput();
   private readonly msgViews = TX_MSG_VIEWS;
   private readonly outViews = TX_OUT_VIEWS;
-  private seq = 1;
+  /** Next sequence number as two unsigned 32-bit halves (a full u64); starts at 1. */
+  private seqHi = 0;
+  private seqLo = 1;
+  private exhausted = false;
 
   constructor(opts: WireTxOptions) {
     assertPsk(opts.psk);
@@ -76,9 +77,9 @@ export class WireTx {
     sessionKeyInto(this.key, newSessionInput(), this.link, this.epochHi, this.epochLo);
   }
 
-  /** The sequence number the next seal() will use (starts at 1). */
-  get nextSeq(): number {
-    return this.seq;
+  /** The sequence number the next seal() will use (starts at 1). Allocates: not for the hot path. */
+  get nextSeq(): bigint {
+    return (BigInt(this.seqHi) << 32n) | BigInt(this.seqLo);
   }
 
   /**
@@ -90,10 +91,13 @@ export class WireTx {
    * large, out too small); never for any payload content.
    */
   seal(payload: Buffer, payloadOff: number, payloadLen: number, out: Buffer, keepalive = false): number {
-    const seq = this.seq;
-    if (seq > MAX_SEQ) throw new RangeError('sequence space exhausted; start a new epoch');
-    const n = this.write(seq % TWO_32, Math.floor(seq / TWO_32), payload, payloadOff, payloadLen, out, keepalive);
-    this.seq = seq + 1;
+    if (this.exhausted) throw new RangeError('sequence space exhausted; start a new epoch');
+    const n = this.write(this.seqLo, this.seqHi, payload, payloadOff, payloadLen, out, keepalive);
+    if (this.seqLo !== 0xffffffff) this.seqLo++;
+    else if (this.seqHi !== 0xffffffff) {
+      this.seqLo = 0;
+      this.seqHi++;
+    } else this.exhausted = true;
     return n;
   }
 

@@ -23,7 +23,7 @@ test('first number is accepted, duplicates are not', () => {
   assert.equal(w.isEmpty, true);
   assert.equal(w.accept(5), true);
   assert.equal(w.accept(5), false);
-  assert.equal(w.highest, 5);
+  assert.equal(w.highest, 5n);
   assert.equal(w.isEmpty, false);
   // Lower unseen numbers inside the window are fine, once.
   assert.equal(w.accept(1), true);
@@ -58,7 +58,7 @@ test('far-ahead jump forgets the old range and rejects it as too old', () => {
   for (let s = 1; s <= 100; s++) w.accept(s);
   const far = 100 + 10 * REPLAY_WINDOW + 7;
   assert.equal(w.accept(far), true);
-  assert.equal(w.highest, far);
+  assert.equal(w.highest, BigInt(far));
   for (let s = 1; s <= 100; s++) assert.equal(w.accept(s), false);
   // Numbers between the old top and the new one that are still in the window
   // were never seen, so they are accepted — stale bits must not leak through.
@@ -179,7 +179,7 @@ for (const obfuscate of [false, true]) {
     // Restarted sender: new epoch, seq from 1 again.
     assert.equal(open(s2(1)), RxCode.Accept);
     assert.equal(rx.epoch, E2);
-    assert.equal(rx.lastSeq, 1);
+    assert.equal(rx.lastSeq, 1n);
     assert.equal(open(s2(1)), RxCode.Replay);
     assert.equal(open(s2(2)), RxCode.Accept);
     // Anything from E1, even never-seen seqs, is an old epoch now.
@@ -239,20 +239,20 @@ test('preloaded epoch: older dropped, same accepted, newer adopted', () => {
 test('WireTx counter starts at 1 and the receiver sees the same numbers', () => {
   const tx = new WireTx({ psk, from: 3, to: 9, epoch: E1, obfuscate: true });
   const rx = new WireRx({ psk, from: 3, to: 9, obfuscate: true });
-  assert.equal(tx.nextSeq, 1);
+  assert.equal(tx.nextSeq, 1n);
   const out = Buffer.alloc(MAX_DATAGRAM);
   const pt = Buffer.alloc(MAX_PLAINTEXT);
   const body = Buffer.from('inner packet');
   for (let s = 1; s <= 5; s++) {
     const n = tx.seal(body, 0, body.length, out);
     assert.equal(rx.open(out, n, pt), RxCode.Accept);
-    assert.equal(rx.lastSeq, s);
+    assert.equal(rx.lastSeq, BigInt(s));
     assert.equal(pt.subarray(0, rx.plaintextLen).toString(), 'inner packet');
   }
   const k = tx.sealKeepalive(out);
   assert.equal(rx.open(out, k, pt), RxCode.Accept);
   assert.equal(rx.keepalive, true);
   assert.equal(rx.plaintextLen, 0);
-  assert.equal(rx.lastSeq, 6);
-  assert.equal(tx.nextSeq, 7);
+  assert.equal(rx.lastSeq, 6n);
+  assert.equal(tx.nextSeq, 7n);
 });
