@@ -1,6 +1,6 @@
 // The control-socket command grammar (subnetra's, one command per line):
 //   status [--json]
-//   policy add --src CIDR --dst CIDR --action forward|drop [--target N]
+//   policy add --src CIDR --dst CIDR --action forward|drop [--target N]  (drop ignores the target)
 //   policy del --dst CIDR
 //   policy show
 //   save
@@ -79,19 +79,18 @@ export function parseCommand(line: string): Command {
       if (action !== 'forward' && action !== 'drop') {
         throw new CommandError(`--action must be forward or drop, got "${String(action)}"`);
       }
+      // As in subnetra, --target is parsed whatever the action and ignored
+      // for drop, so its scripts and saved tables replay unchanged.
       let target = 0;
       const t = f.get('target');
-      if (action === 'forward') {
-        if (t === undefined || t === true) {
-          throw new CommandError('--action forward needs --target N (a peer id, or 0 for the local TUN)');
-        }
-        if (!/^[0-9]{1,5}$/.test(t) || Number(t) > 65535) {
-          throw new CommandError(`--target must be 0 (local TUN) or a peer id 1..65535, got "${t}"`);
-        }
-        target = Number(t);
-      } else if (t !== undefined) {
-        throw new CommandError('--target is only meaningful with --action forward');
+      if (action === 'forward' && t === undefined) {
+        throw new CommandError('--action forward needs --target N (a peer id, or 0 for the local TUN)');
       }
+      if (t === true) throw new CommandError('--target needs a value: 0 (local TUN) or a peer id 1..65535');
+      if (t !== undefined && (!/^[0-9]{1,5}$/.test(t) || Number(t) > 65535)) {
+        throw new CommandError(`--target must be 0 (local TUN) or a peer id 1..65535, got "${t}"`);
+      }
+      if (action === 'forward') target = Number(t);
       return { kind: 'policy-add', rule: { src, dst, action, target } };
     }
     throw new CommandError(`unknown policy command "${sub ?? ''}"; expected add, del or show`);
