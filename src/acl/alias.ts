@@ -24,6 +24,9 @@ export function parseAlias(text: string): Parsed<Alias> {
   const p = tryParsePrefix(text);
   if (p) return { ok: true, value: { kind: 'prefix', prefix: p, text } };
   if (text === '') return { ok: false, error: 'alias must not be empty' };
+  // A host name never holds a "/": this is a prefix that does not parse
+  // (10.0.0.0/33), not the name of an undefined host.
+  if (text.includes('/')) return { ok: false, error: `invalid prefix ${JSON.stringify(text)}` };
   return { ok: true, value: { kind: 'host', name: text } };
 }
 
@@ -53,7 +56,7 @@ export function parsePorts(spec: string): Parsed<PortRange[]> {
     }
     const first = Number(firstText);
     const last = Number(lastText);
-    if (first === 0) return { ok: false, error: "first port must be >0, or use '*' for wildcard" };
+    if (first === 0) return { ok: false, error: `port range ${JSON.stringify(part)}: first port must be >0, or use '*' for wildcard` };
     if (last < first) {
       return { ok: false, error: `port range ${JSON.stringify(part)}: last port must not be below the first` };
     }
@@ -131,25 +134,70 @@ export function splitHostPort(text: string): { host: string; ports: string } | n
   return { host: text.slice(0, colon), ports: text.slice(colon + 1) };
 }
 
-/** Go time.Duration text ("200h0m0s", "1h30m0s", "45s"). */
-export function formatGoDuration(seconds: number): string {
-  if (seconds === 0) return '0s';
-  const h = Math.floor(seconds / 3600);
-  const m = Math.floor((seconds % 3600) / 60);
-  const s = seconds % 60;
-  if (h > 0) return `${h}h${m}m${s}s`;
-  if (m > 0) return `${m}m${s}s`;
-  return `${s}s`;
+const NS_PER: Record<string, bigint> = {
+  ns: 1n,
+  us: 1_000n,
+  '\u00b5s': 1_000n,
+  '\u03bcs': 1_000n,
+  ms: 1_000_000n,
+  s: 1_000_000_000n,
+  m: 60_000_000_000n,
+  h: 3_600_000_000_000n,
+};
+const MAX_DURATION = (1n << 63n) - 1n;
+
+/**
+ * A Go time.Duration string ("12h", "1h30m", "1.5s", "-2m", "0") in
+ * nanoseconds, with the errors time.ParseDuration gives (Tailscale reports
+ * them as they are).
+ */
+export function parseGoDuration(text: string): Parsed<bigint> {
+  const invalid = { ok: false as const, error: `time: invalid duration ${JSON.stringify(text)}` };
+  let s = text;
+  let neg = false;
+  if (s.startsWith('-') || s.startsWith('+')) {
+    neg = s[0] === '-';
+    s = s.slice(1);
+  }
+  if (s === '0') return { ok: true, value: 0n };
+  if (s === '') return invalid;
+  let total = 0n;
+  while (s !== '') {
+    const m = /^([0-9]*)(?:\.([0-9]*))?/.exec(s)!;
+    const intPart = m[1]!;
+    const frac = m[2];
+    if (intPart === '' && (frac === undefined || frac === '')) return invalid;
+    s = s.slice(m[0].length);
+    const u = /^[^0-9.]*/.exec(s)![0];
+    if (u === '') return { ok: false, error: `time: missing unit in duration ${JSON.stringify(text)}` };
+    const unit = NS_PER[u];
+    if (unit === undefined) return { ok: false, error: `time: unknown unit ${JSON.stringify(u)} in duration ${JSON.stringify(text)}` };
+    s = s.slice(u.length);
+    let v = BigInt(intPart === '' ? '0' : intPart) * unit;
+    if (frac) v += (BigInt(frac) * unit) / 10n ** BigInt(frac.length);
+    total += v;
+    if (total > MAX_DURATION + (neg ? 1n : 0n)) return invalid;
+  }
+  return { ok: true, value: neg ? -total : total };
 }
 
-/** Parses Go-style durations ("12h", "1h30m", "90s"); whole seconds. */
-export function parseGoDuration(text: string): number | null {
-  if (!/^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$/.test(text)) return null;
-  let total = 0;
-  for (const m of text.matchAll(/([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)/g)) {
-    const n = Number(m[1]);
-    const unit = m[2];
-    total += unit === 'h' ? n * 3600 : unit === 'm' ? n * 60 : unit === 's' ? n : n / 1000;
-  }
-  return Math.round(total);
+function fracText(v: bigint, digits: number): string {
+  const t = v.toString().padStart(digits, '0').replace(/0+$/, '');
+  return t === '' ? '' : `.${t}`;
+}
+
+/** Go's Duration.String(): "200h0m0s", "1h30m0s", "1m30s", "1.5s", "500ms", "0s", "-1h0m0s". */
+export function formatGoDuration(ns: bigint): string {
+  if (ns === 0n) return '0s';
+  const sign = ns < 0n ? '-' : '';
+  const u = ns < 0n ? -ns : ns;
+  if (u < 1_000n) return `${sign}${u}ns`;
+  if (u < 1_000_000n) return `${sign}${u / 1_000n}${fracText(u % 1_000n, 3)}\u00b5s`;
+  if (u < 1_000_000_000n) return `${sign}${u / 1_000_000n}${fracText(u % 1_000_000n, 6)}ms`;
+  const h = u / 3_600_000_000_000n;
+  const m = (u / 60_000_000_000n) % 60n;
+  const sec = `${(u / 1_000_000_000n) % 60n}${fracText(u % 1_000_000_000n, 9)}s`;
+  if (h > 0n) return `${sign}${h}h${m}m${sec}`;
+  if (m > 0n) return `${sign}${m}m${sec}`;
+  return `${sign}${sec}`;
 }

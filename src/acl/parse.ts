@@ -48,8 +48,7 @@ const TOP_KEYS = [
 /** Tailscale settings that carry no meaning for Larktun; accepted and ignored. */
 const IGNORED_TOP_KEYS = ['derpMap', 'disableIPv4', 'OneCGNATRoute', 'randomizeClientPort'];
 
-const MAX_CHECK_PERIOD = 168 * 3600;
-const MIN_CHECK_PERIOD = 60;
+const MAX_CHECK_PERIOD_NS = 168n * 3_600_000_000_000n;
 
 class Ctx {
   readonly errors: string[] = [];
@@ -184,9 +183,10 @@ function dstAliasError(env: Env, a: Alias, text: string, isGrant: boolean): stri
   return refError(env, a, text);
 }
 
-function checkSelf(ctx: Ctx, pos: Pos, src: AliasRef[], dst: AliasRef[]): void {
+/** autogroup:self needs user sources; grants (unlike ACLs) also refuse a `*` source. */
+function checkSelf(ctx: Ctx, pos: Pos, src: AliasRef[], dst: AliasRef[], wildcardOk = true): void {
   if (!dst.some((d) => d.alias.kind === 'autogroup' && d.alias.name === 'self')) return;
-  if (src.every((s) => isUserish(s.alias))) return;
+  if (src.every((s) => isUserish(s.alias) && (wildcardOk || s.alias.kind !== 'wildcard'))) return;
   ctx.err(pos, 'autogroup:self can only be used with users, groups, or supported autogroups');
 }
 
@@ -268,7 +268,24 @@ function parseIpSpec(ctx: Ctx, s: Str): IpSpec | null {
   return { proto, ports: ports.value };
 }
 
-function parseApp(ctx: Ctx, v: JVal | undefined, what: string): Record<string, unknown[]> | null {
+/** Capabilities of the tailscale.com domain that a policy may grant (Tailscale's documented list). */
+const TAILSCALE_CAPS = new Set([
+  'tailscale.com/cap/drive',
+  'tailscale.com/cap/relay',
+  'tailscale.com/cap/webui',
+  'tailscale.com/cap/kubernetes',
+  'tailscale.com/cap/tsidp',
+]);
+
+function capNameError(name: string): string | null {
+  if (name.includes('://') || !/^[^/]+\/./.test(name)) return 'capability name must have the form {domain}/{path}';
+  if (name.toLowerCase().startsWith('tailscale.com/') && !TAILSCALE_CAPS.has(name)) {
+    return 'capability name must not be in the tailscale.com domain';
+  }
+  return null;
+}
+
+function parseApp(ctx: Ctx, v: JVal | undefined, what: string, checkNames = false): Record<string, unknown[]> | null {
   if (!v || v.t === 'null') return null;
   if (v.t !== 'obj') {
     ctx.err(v.pos, `${what}: expected an object of capability name to values`);
@@ -276,6 +293,11 @@ function parseApp(ctx: Ctx, v: JVal | undefined, what: string): Record<string, u
   }
   const out: Record<string, unknown[]> = {};
   for (const p of v.props) {
+    const ne = checkNames ? capNameError(p.key) : null;
+    if (ne) {
+      ctx.err(p.keyPos, `${what}[${JSON.stringify(p.key)}]: ${ne}`);
+      continue;
+    }
     if (p.val.t !== 'arr') {
       ctx.err(p.val.pos, `${what}[${JSON.stringify(p.key)}]: expected an array`);
       continue;
@@ -285,13 +307,19 @@ function parseApp(ctx: Ctx, v: JVal | undefined, what: string): Record<string, u
   return Object.keys(out).length > 0 ? out : null;
 }
 
+/** True when `app` is an object with at least one key (valid or not: its errors are reported on their own). */
+function hasAppKeys(v: JVal | undefined): boolean {
+  return v !== undefined && v.t === 'obj' && v.props.length > 0;
+}
+
 function parseGrant(ctx: Ctx, env: Env, v: JVal, i: number): GrantRule | null {
   if (!expectObj(ctx, v, `grants[${i}]`)) return null;
   const f = fields(ctx, v, ['src', 'dst', 'ip', 'app', 'via', 'srcPosture'], [], true);
   const srcItems = strList(ctx, f.get('src')?.val, 'src');
   const dstItems = strList(ctx, f.get('dst')?.val, 'dst');
-  if (srcItems.length === 0) ctx.err(v.pos, `grants[${i}]: src must be specified`);
-  if (dstItems.length === 0) ctx.err(v.pos, `grants[${i}]: dst must be specified`);
+  // An empty list is accepted (the grant yields nothing); a missing key is not.
+  if (!f.has('src')) ctx.err(v.pos, `grants[${i}]: src must be specified`);
+  if (!f.has('dst')) ctx.err(v.pos, `grants[${i}]: dst must be specified`);
   const src = parseSrcList(ctx, env, srcItems, 'grant');
   const dst: AliasRef[] = [];
   for (const d of dstItems) {
@@ -308,8 +336,15 @@ function parseGrant(ctx: Ctx, env: Env, v: JVal, i: number): GrantRule | null {
     dst.push({ text: d.v, alias: r.value, pos: d.pos });
   }
   const ipItems = strList(ctx, f.get('ip')?.val, 'ip');
-  const app = parseApp(ctx, f.get('app')?.val, 'app');
-  if (ipItems.length === 0 && !app) ctx.err(v.pos, 'ip and app can not both be empty');
+  const app = parseApp(ctx, f.get('app')?.val, 'app', true);
+  if (ipItems.length === 0 && !app && !hasAppKeys(f.get('app')?.val)) ctx.err(v.pos, 'ip and app can not both be empty');
+  if (app) {
+    for (const d of dst) {
+      if (d.alias.kind === 'autogroup' && d.alias.name === 'internet') {
+        ctx.err(d.pos, `dst=${JSON.stringify(d.text)}: cannot use app grants with autogroup:internet`);
+      }
+    }
+  }
   const ip: IpSpec[] = [];
   for (const s of ipItems) {
     const spec = parseIpSpec(ctx, s);
@@ -330,28 +365,33 @@ function parseGrant(ctx: Ctx, env: Env, v: JVal, i: number): GrantRule | null {
   if (f.has('srcPosture')) {
     ctx.err(f.get('srcPosture')!.keyPos, 'srcPosture is not supported: device posture is not collected by Larktun');
   }
-  checkSelf(ctx, v.pos, src, dst);
+  checkSelf(ctx, v.pos, src, dst, false);
   return { pos: v.pos, src, dst, ip, app, via };
+}
+
+/** `str` with the value trimmed (Tailscale trims SSH action, src, dst and users values). */
+function trimmed(x: Str): Str {
+  return x.v === x.v.trim() ? x : { v: x.v.trim(), pos: x.pos };
 }
 
 function parseSsh(ctx: Ctx, env: Env, v: JVal, i: number): SshPolicyRule | null {
   if (!expectObj(ctx, v, `ssh[${i}]`)) return null;
   const f = fields(ctx, v, ['action', 'src', 'dst', 'users', 'checkPeriod', 'acceptEnv'], [], true);
-  const action = str(ctx, f.get('action')?.val, 'action');
+  const rawAction = str(ctx, f.get('action')?.val, 'action');
+  const action = rawAction && trimmed(rawAction);
   let act: 'accept' | 'check' = 'accept';
-  if (!action || (action.v !== 'accept' && action.v !== 'check')) {
-    ctx.err(action?.pos ?? v.pos, `${JSON.stringify(action?.v ?? '')} is not a valid action`);
-  } else act = action.v;
-  const users = strList(ctx, f.get('users')?.val, 'users');
+  if (!action || action.v === '') ctx.err(action?.pos ?? v.pos, 'action must be specified');
+  else if (action.v !== 'accept' && action.v !== 'check') ctx.err(action.pos, `${JSON.stringify(action.v)} is not a valid action`);
+  else act = action.v;
+  // Any value but "" and "*" is a login name (even "autogroup:member");
+  // autogroup:nonroot and localpart:*@domain are interpreted when compiling.
+  const users = strList(ctx, f.get('users')?.val, 'users').map(trimmed);
   if (users.length === 0) ctx.err(v.pos, 'users must be specified');
   for (const u of users) {
     if (u.v === '*' || u.v === '') ctx.err(u.pos, `user ${JSON.stringify(u.v)} is not valid`);
-    else if (u.v.startsWith('autogroup:') && u.v !== 'autogroup:nonroot') {
-      ctx.err(u.pos, `user ${JSON.stringify(u.v)} is not valid`);
-    }
   }
   const src: AliasRef[] = [];
-  for (const s of strList(ctx, f.get('src')?.val, 'src')) {
+  for (const s of strList(ctx, f.get('src')?.val, 'src').map(trimmed)) {
     const r = parseAlias(s.v);
     if (!r.ok) {
       ctx.err(s.pos, `src=${r.error}`);
@@ -376,7 +416,7 @@ function parseSsh(ctx: Ctx, env: Env, v: JVal, i: number): SshPolicyRule | null 
     src.push({ text: s.v, alias: a, pos: s.pos });
   }
   const dst: AliasRef[] = [];
-  for (const s of strList(ctx, f.get('dst')?.val, 'dst')) {
+  for (const s of strList(ctx, f.get('dst')?.val, 'dst').map(trimmed)) {
     const r = parseAlias(s.v);
     if (!r.ok) {
       ctx.err(s.pos, `dst=${r.error}`);
@@ -402,68 +442,153 @@ function parseSsh(ctx: Ctx, env: Env, v: JVal, i: number): SshPolicyRule | null 
     }
     dst.push({ text: s.v, alias: a, pos: s.pos });
   }
-  if (!f.has('src')) ctx.err(v.pos, `ssh[${i}]: src must be specified`);
-  if (!f.has('dst')) ctx.err(v.pos, `ssh[${i}]: dst must be specified`);
+  // A rule without src or dst is accepted and matches nothing (as in Tailscale).
   const srcTagged = src.some((s) => s.alias.kind === 'tag' || (s.alias.kind === 'autogroup' && s.alias.name === 'tagged'));
   const dstUserOwned = dst.some(
     (d) => d.alias.kind === 'user' || (d.alias.kind === 'autogroup' && (d.alias.name === 'member' || d.alias.name === 'self')),
   );
   if (srcTagged && dstUserOwned) ctx.err(v.pos, 'tags in SSH source cannot access user-owned devices');
-  checkSelf(ctx, v.pos, src.filter((s) => s.alias.kind !== 'wildcard' || true), dst);
+  checkSelf(ctx, v.pos, src, dst);
   let checkPeriod: number | undefined;
   const cp = str(ctx, f.get('checkPeriod')?.val, 'checkPeriod');
   if (cp) {
     if (act !== 'check') ctx.err(cp.pos, 'checkPeriod is only valid with action "check"');
     else if (cp.v !== 'always') {
-      const secs = parseGoDuration(cp.v);
-      if (secs === null) ctx.err(cp.pos, `checkPeriod ${JSON.stringify(cp.v)} is not a valid duration`);
-      else if (secs > MAX_CHECK_PERIOD) ctx.err(cp.pos, `checkPeriod ${formatGoDuration(secs)} is above the max (168h)`);
-      else if (secs < MIN_CHECK_PERIOD) ctx.err(cp.pos, `checkPeriod ${formatGoDuration(secs)} is below the min (1m)`);
-      else checkPeriod = secs;
+      // No minimum (Tailscale accepts 0s and sub-minute periods).
+      const d = parseGoDuration(cp.v);
+      if (!d.ok) ctx.err(cp.pos, d.error);
+      else if (d.value < 0n) ctx.err(cp.pos, `checkPeriod ${formatGoDuration(d.value)} must be a positive duration`);
+      else if (d.value > MAX_CHECK_PERIOD_NS) ctx.err(cp.pos, `checkPeriod ${formatGoDuration(d.value)} is above the max (168h)`);
+      else checkPeriod = Number(d.value) / 1e9;
     } else checkPeriod = 0;
   }
-  const acceptEnv = f.has('acceptEnv') ? strList(ctx, f.get('acceptEnv')!.val, 'acceptEnv').map((s) => s.v) : undefined;
+  let acceptEnv: string[] | undefined;
+  if (f.has('acceptEnv')) {
+    acceptEnv = [];
+    for (const e of strList(ctx, f.get('acceptEnv')!.val, 'acceptEnv')) {
+      if (e.v === '') ctx.err(e.pos, 'acceptEnv values cannot be empty');
+      else acceptEnv.push(e.v);
+    }
+  }
   return { pos: v.pos, action: act, src, dst, users: users.map((u) => u.v), checkPeriod, acceptEnv };
 }
 
-function parseTest(ctx: Ctx, v: JVal, i: number): PolicyTest | null {
+/** Tailscale reports every problem inside a tests/sshTests entry as a failed test. */
+const TESTS_FAILED = 'test(s) failed: ';
+
+/** Validates an alias used in tests or sshTests like the rest of the policy; returns the message when bad. */
+function testAliasError(env: Env, text: string): string | null {
+  const r = parseAlias(text);
+  if (!r.ok) return r.error;
+  return refError(env, r.value, text);
+}
+
+const TEST_PROTOS = new Set([6, 17, 132]);
+
+function parseTest(ctx: Ctx, env: Env, v: JVal, i: number): PolicyTest | null {
   if (!expectObj(ctx, v, `tests[${i}]`)) return null;
+  const err = (pos: Pos, msg: string): void => ctx.err(pos, TESTS_FAILED + msg);
   const f = fields(ctx, v, ['src', 'proto', 'accept', 'deny'], [], true);
   const src = str(ctx, f.get('src')?.val, 'src');
   if (!src || src.v.trim() === '') {
-    ctx.err(v.pos, `tests[${i}]: src must be specified`);
+    err(v.pos, `tests[${i}]: src must be specified`);
     return null;
   }
-  const r = parseAlias(src.v);
-  if (!r.ok) ctx.err(src.pos, `src=${r.error}`);
+  let ok = true;
+  const se = testAliasError(env, src.v);
+  if (se) {
+    err(src.pos, `src=${se}`);
+    ok = false;
+  }
   const proto = str(ctx, f.get('proto')?.val, 'proto');
   if (proto && proto.v !== '') {
     const p = parseProto(proto.v);
-    if (!p.ok) ctx.err(proto.pos, p.error);
+    if (!p.ok) {
+      err(proto.pos, p.error);
+      ok = false;
+    } else if (!p.value.every((n) => TEST_PROTOS.has(n))) {
+      err(proto.pos, `proto=${JSON.stringify(proto.v)}: test protocol must be tcp, udp, sctp, or empty`);
+      ok = false;
+    }
   }
-  return {
-    pos: v.pos,
-    src: src.v,
-    proto: proto?.v || undefined,
-    accept: strList(ctx, f.get('accept')?.val, 'accept'),
-    deny: strList(ctx, f.get('deny')?.val, 'deny'),
-  };
+  const accept = strList(ctx, f.get('accept')?.val, 'accept');
+  const deny = strList(ctx, f.get('deny')?.val, 'deny');
+  if (accept.length === 0 && deny.length === 0) {
+    err(v.pos, 'test entry must have at least one of "accept" or "deny"');
+    ok = false;
+  }
+  for (const d of [...accept, ...deny]) {
+    const e = testDstError(env, d.v);
+    if (e) {
+      err(d.pos, `${JSON.stringify(d.v)}: ${e}`);
+      ok = false;
+    }
+  }
+  if (!ok) return null;
+  return { pos: v.pos, src: src.v, proto: proto?.v || undefined, accept, deny };
 }
 
-function parseSshTest(ctx: Ctx, v: JVal, i: number): SshPolicyTest | null {
+/** A test destination is one host (an address, a single-address host alias, or an identity) and one port. */
+function testDstError(env: Env, text: string): string | null {
+  const hp = splitHostPort(text);
+  if (!hp) return 'hostport must contain a colon';
+  const ports = parsePorts(hp.ports);
+  if (!ports.ok) return `port range ${JSON.stringify(hp.ports)}: ${ports.error}`;
+  if (ports.value.length !== 1 || ports.value[0]!.First !== ports.value[0]!.Last) {
+    return 'test destination port must be a single port';
+  }
+  const r = parseAlias(hp.host);
+  if (!r.ok) return r.error;
+  const a = r.value;
+  if (a.kind === 'wildcard' || (a.kind === 'prefix' && hp.host.includes('/'))) {
+    return 'test destination must be a single host, not a CIDR range';
+  }
+  if (a.kind === 'autogroup') {
+    if (a.name === 'internet') return 'autogroup:internet not valid as a test destination';
+    if (a.name !== 'member' && a.name !== 'tagged') return `${JSON.stringify(hp.host)} not valid as a test destination`;
+  }
+  const re = refError(env, a, hp.host);
+  if (re) return re;
+  if (a.kind === 'host') {
+    const spans = [...env.hosts.get(a.name)!.set.v4, ...env.hosts.get(a.name)!.set.v6];
+    if (spans.length !== 1 || spans[0]![0] !== spans[0]![1]) return 'test destination must be a single host, not a CIDR range';
+  }
+  return null;
+}
+
+function parseSshTest(ctx: Ctx, env: Env, v: JVal, i: number): SshPolicyTest | null {
   if (!expectObj(ctx, v, `sshTests[${i}]`)) return null;
+  const err = (pos: Pos, msg: string): void => ctx.err(pos, TESTS_FAILED + msg);
   const f = fields(ctx, v, ['src', 'dst', 'accept', 'deny', 'check'], [], true);
   const src = str(ctx, f.get('src')?.val, 'src');
   if (!src || src.v.trim() === '') {
-    ctx.err(v.pos, `sshTests[${i}]: src must be specified`);
+    err(v.pos, `sshTests[${i}]: SSH tests entry must have a non-empty src`);
     return null;
   }
+  let ok = true;
+  const se = testAliasError(env, src.v);
+  if (se) {
+    err(src.pos, `src=${se}`);
+    ok = false;
+  }
   const dst = strList(ctx, f.get('dst')?.val, 'dst');
+  if (dst.length === 0) {
+    err(v.pos, `sshTests[${i}]: SSH tests entry must have at least one dst`);
+    ok = false;
+  }
   for (const d of dst) {
     if (d.v.includes(':') && !d.v.startsWith('tag:') && !d.v.startsWith('autogroup:')) {
-      ctx.err(d.pos, `invalid dst ${JSON.stringify(d.v)}: sshTests destinations take no port`);
+      err(d.pos, `invalid dst ${JSON.stringify(d.v)}: sshTests destinations take no port`);
+      ok = false;
+      continue;
+    }
+    const de = testAliasError(env, d.v);
+    if (de) {
+      err(d.pos, `dst=${de}`);
+      ok = false;
     }
   }
+  if (!ok) return null;
   return {
     pos: v.pos,
     src: src.v,
@@ -649,12 +774,12 @@ export function parsePolicy(text: string, file = 'policy.hujson'): ParseResult {
   });
   const tests: PolicyTest[] = [];
   arrayItems(ctx, top.get('tests'), 'tests').forEach((v, i) => {
-    const r = parseTest(ctx, v, i);
+    const r = parseTest(ctx, env, v, i);
     if (r) tests.push(r);
   });
   const sshTests: SshPolicyTest[] = [];
   arrayItems(ctx, top.get('sshTests'), 'sshTests').forEach((v, i) => {
-    const r = parseSshTest(ctx, v, i);
+    const r = parseSshTest(ctx, env, v, i);
     if (r) sshTests.push(r);
   });
   const nodeAttrs: NodeAttrRule[] = [];

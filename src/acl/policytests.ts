@@ -25,8 +25,13 @@ function resolveAddrs(engine: Engine, a: Alias, text: string): Addrs {
   switch (a.kind) {
     case 'prefix':
       return { ok: true, addrs: [IPSet.fromPrefix(a.prefix)] };
-    case 'host':
-      return { ok: true, addrs: [engine.policy.hosts.get(a.name)!.set] };
+    case 'host': {
+      // The parser rejects undefined hosts in tests; a policy object built
+      // elsewhere still gets a message, never a crash.
+      const h = engine.policy.hosts.get(a.name);
+      if (!h) return { ok: false, error: `host not defined in policy: ${JSON.stringify(text)}` };
+      return { ok: true, addrs: [h.set] };
+    }
     case 'wildcard':
       return { ok: true, addrs: [engine.resolver.wildcardSet()] };
     case 'autogroup':
@@ -137,10 +142,11 @@ export function runSshTests(engine: Engine): TestFailure[] {
     for (const d of t.dst) {
       const da = parseAlias(d);
       const ids = da.ok ? engine.resolver.identityNodes(da.value, new Set()) : null;
-      const dstIds =
-        ids ?? (da.ok && da.value.kind === 'host'
-          ? [...model.nodes.values()].filter((n) => engine.policy.hosts.get((da.value as { name: string }).name)!.set.overlaps(n.ipSet)).map((n) => n.id)
-          : []);
+      let dstIds: readonly number[] = ids ?? [];
+      if (!ids && da.ok && da.value.kind === 'host') {
+        const h = engine.policy.hosts.get(da.value.name);
+        dstIds = h ? [...model.nodes.values()].filter((n) => h.set.overlaps(n.ipSet)).map((n) => n.id) : [];
+      }
       if (dstIds.length === 0) {
         out.push({ pos: t.pos, message: `${t.src} -> ${d}: destination resolved to no nodes` });
         continue;

@@ -63,4 +63,18 @@ describe('larktun acl', () => {
     assert.equal(out.valid, false);
     assert.ok(out.errors.some((e: string) => e.includes('ip and app can not both be empty')));
   });
+
+  it('a test naming an undefined host is a failed test, not a crash (check and compile)', () => {
+    const crash = write('nohost.hujson', '{"tests":[{"src":"nohost","accept":["1.2.3.4:80"]}]}');
+    const c = run('check', crash, '--network', net);
+    assert.equal(c.code, 1, c.stderr);
+    assert.doesNotMatch(c.stderr, /Cannot read properties|TypeError|at /);
+    assert.match(c.stderr, /nohost\.hujson:1:\d+: test\(s\) failed: src=host not defined in policy: "nohost"/);
+    const k = run('compile', crash, '--network', net);
+    assert.equal(k.code, 1, k.stderr);
+    assert.equal(k.stderr, '');
+    const out = JSON.parse(k.stdout);
+    assert.equal(out.valid, false);
+    assert.ok(out.errors.some((e: string) => e.includes('test(s) failed')));
+  });
 });
