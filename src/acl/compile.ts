@@ -42,7 +42,7 @@ import { INTERNET, type Model, type NodeInfo, sortUnique } from './model.js';
 import { PeerList } from './peerlist.js';
 import { type Change, Resolver } from './resolve.js';
 import { prefixSet, sortRoutes } from './routes.js';
-import { type SshUnit, compileSsh, sshDiff, sshGrant } from './ssh.js';
+import { type SshUnit, compileSsh, sshDiff, sshRules } from './ssh.js';
 import type { FilterRule, NetPortRange, Policy, SSHPolicy, SSHRule } from './types.js';
 import {
   type Template,
@@ -660,20 +660,7 @@ export class Engine {
     const rules: SSHRule[] = [];
     const n = this.model.nodes.get(id);
     if (!n) return { rules };
-    for (const u of this.ssh) {
-      const g = sshGrant(u, n);
-      if (!g) continue;
-      if (!g.rule) {
-        const rule: SSHRule = {
-          principals: g.principals.map((nodeIP) => ({ nodeIP })),
-          sshUsers: { ...u.sshUsers },
-          action: { ...u.action },
-        };
-        if (u.acceptEnv) rule.acceptEnv = u.acceptEnv.slice();
-        g.rule = rule;
-      }
-      rules.push(g.rule);
-    }
+    for (const u of this.ssh) for (const rule of sshRules(u, n)) rules.push(rule);
     return { rules };
   }
 
