@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { type AclNetwork, checkPolicy, compileToJson, parsePolicy } from '../../src/acl/index.js';
+import { checkPolicyText } from '../../src/control/policy-engine.js';
 
 const net: AclNetwork = {
   users: [
@@ -186,6 +187,10 @@ describe('aliases in tests and sshTests are validated (item 16: no crash)', () =
     // And without a network (parse only).
     const r = checkPolicy(JSON.stringify({ tests: [{ src: 'nohost', accept: ['1.2.3.4:80'] }] }));
     assert.equal(r.valid, false);
+    // The server's check (what a policy PUT runs) answers instead of throwing.
+    const s = checkPolicyText('{"tests":[{"src":"nohost","accept":["1.2.3.4:80"]}]}', net);
+    assert.equal(s.valid, false);
+    assert.ok(s.errors.some((e) => e.includes('test(s) failed')), s.errors.join('\n'));
   });
 
   it('an undefined host as a test destination, an sshTests source or destination', () => {
