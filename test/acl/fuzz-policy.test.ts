@@ -2,7 +2,7 @@
 // property test that mutates a rich valid policy (values swapped for tricky
 // tokens, keys dropped, elements duplicated, characters changed) and checks
 // that checkPolicy, compileToJson and the incremental compiler only ever
-// answer with a verdict.
+// answer with a verdict; deep nesting included.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
@@ -166,6 +166,23 @@ describe('no policy text throws out of check or compile', () => {
       ),
       { numRuns: 600 },
     );
+  });
+
+  it('deep nesting is an error with a position, not a stack overflow', () => {
+    for (const n of [150, 10_000, 200_000]) {
+      for (const t of ['{"acls":' + '['.repeat(n) + ']'.repeat(n) + '}', '{"x":'.repeat(n) + '1' + '}'.repeat(n)]) {
+        const r = checkPolicy(t, net);
+        assert.equal(r.valid, false);
+        assert.match(r.errors[0]!, /^policy\.hujson:1:\d+: invalid HuJSON: nested deeper than 100 levels$/);
+      }
+    }
+    // Brackets inside strings and comments do not count; 100 levels are fine.
+    const deepApp = '{"x":'.repeat(90) + '1' + '}'.repeat(90);
+    const ok = checkPolicy(
+      `{"grants": [{"src": ["*"], "dst": ["*"], "app": {"example.com/cap/x": [${deepApp}]}}], // ${'['.repeat(500)}\n "hosts": {"a": "1.2.3.4"}, /* ${'{'.repeat(500)} */ "groups": {"group:${'['.repeat(300)}": []}}`,
+      net,
+    );
+    assert.deepEqual(ok.errors, []);
   });
 
   it('known sharp inputs', () => {
