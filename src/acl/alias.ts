@@ -92,7 +92,7 @@ export function parseProto(text: string): Parsed<number[]> {
     const n = Number(text);
     if (n <= 255) return { ok: true, value: [n] };
   }
-  const known = PROTOCOLS[lower];
+  const known = Object.hasOwn(PROTOCOLS, lower) ? PROTOCOLS[lower] : undefined;
   if (known) return { ok: true, value: known };
   return {
     ok: false,
@@ -170,7 +170,7 @@ export function parseGoDuration(text: string): Parsed<bigint> {
     s = s.slice(m[0].length);
     const u = /^[^0-9.]*/.exec(s)![0];
     if (u === '') return { ok: false, error: `time: missing unit in duration ${JSON.stringify(text)}` };
-    const unit = NS_PER[u];
+    const unit = Object.hasOwn(NS_PER, u) ? NS_PER[u] : undefined;
     if (unit === undefined) return { ok: false, error: `time: unknown unit ${JSON.stringify(u)} in duration ${JSON.stringify(text)}` };
     s = s.slice(u.length);
     let v = BigInt(intPart === '' ? '0' : intPart) * unit;

@@ -42,6 +42,7 @@ import { INTERNET, type Model, type NodeInfo, sortUnique } from './model.js';
 import { PeerList } from './peerlist.js';
 import { type Change, Resolver } from './resolve.js';
 import { prefixSet, sortRoutes } from './routes.js';
+import { getOwn, setOwn } from './hujson.js';
 import { type SshUnit, compileSsh, sshDiff, sshRules } from './ssh.js';
 import type { FilterRule, NetPortRange, Policy, SSHPolicy, SSHRule } from './types.js';
 import {
@@ -680,8 +681,8 @@ export class Engine {
         if (hit) break;
       }
       if (!hit) continue;
-      for (const a of na.attr) caps[a] ??= [];
-      if (na.app) for (const [k, v] of Object.entries(na.app)) caps[k] = [...(caps[k] ?? []), ...v];
+      for (const a of na.attr) if (!Object.hasOwn(caps, a)) setOwn(caps, a, []);
+      if (na.app) for (const [k, v] of Object.entries(na.app)) setOwn(caps, k, [...(getOwn(caps, k) ?? []), ...v]);
     }
     return caps;
   }

@@ -142,12 +142,25 @@ export function parseHuJSON(text: string): HuParseResult {
   return { value: conv(tree), errors };
 }
 
+/**
+ * Sets an own, enumerable property, whatever the key: a plain assignment of
+ * "__proto__" would change the prototype instead, and policy keys are user text.
+ */
+export function setOwn<T>(o: Record<string, T>, key: string, value: T): void {
+  Object.defineProperty(o, key, { value, enumerable: true, writable: true, configurable: true });
+}
+
+/** o[key] when it is o's own property (never something inherited such as "constructor"). */
+export function getOwn<T>(o: Record<string, T>, key: string): T | undefined {
+  return Object.hasOwn(o, key) ? o[key] : undefined;
+}
+
 /** Plain JS value of a tree (for opaque sections such as grant `app`). */
 export function plain(v: JVal): unknown {
   switch (v.t) {
     case 'obj': {
       const o: Record<string, unknown> = {};
-      for (const p of v.props) o[p.key] = plain(p.val);
+      for (const p of v.props) setOwn(o, p.key, plain(p.val));
       return o;
     }
     case 'arr':

@@ -14,7 +14,7 @@ import {
   tagNameError,
   ALL_PORTS,
 } from './alias.js';
-import { type JProp, type JVal, type Pos, parseHuJSON, plain } from './hujson.js';
+import { type JProp, type JVal, type Pos, parseHuJSON, plain, setOwn } from './hujson.js';
 import type {
   AclRule,
   Alias,
@@ -302,7 +302,7 @@ function parseApp(ctx: Ctx, v: JVal | undefined, what: string, checkNames = fals
       ctx.err(p.val.pos, `${what}[${JSON.stringify(p.key)}]: expected an array`);
       continue;
     }
-    out[p.key] = p.val.items.map(plain);
+    setOwn(out, p.key, p.val.items.map(plain));
   }
   return Object.keys(out).length > 0 ? out : null;
 }

@@ -3,6 +3,7 @@
 import { IPSet } from '../net/ipset.js';
 import { parseAlias, parsePorts, parseProto, splitHostPort } from './alias.js';
 import type { Engine } from './compile.js';
+import { getOwn } from './hujson.js';
 import { INTERNET } from './model.js';
 import type { Alias, Pos } from './types.js';
 
@@ -155,7 +156,7 @@ export function runSshTests(engine: Engine): TestFailure[] {
         for (const r of engine.sshPolicy(id).rules) {
           const principals = new Set(r.principals.map((p) => p.nodeIP));
           if (!srcIps.every((ip) => principals.has(ip))) continue;
-          const mapped = r.sshUsers[user] ?? (user !== 'root' ? r.sshUsers['*'] : undefined);
+          const mapped = getOwn(r.sshUsers, user) ?? (user !== 'root' ? getOwn(r.sshUsers, '*') : undefined);
           if (!mapped) continue;
           return r.action.holdAndDelegate ? 'check' : 'accept';
         }

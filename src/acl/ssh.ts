@@ -8,6 +8,7 @@ import { NONE, diffSorted, membership, sameNums, sameStrings, unionOf } from './
 import type { NodeInfo } from './model.js';
 import type { Change, OwnNodes, Resolver } from './resolve.js';
 import { touchedUsers } from './units.js';
+import { setOwn } from './hujson.js';
 import type { SSHRule } from './types.js';
 
 interface SelfPrincipals {
@@ -163,9 +164,9 @@ export function compileSsh(r: Resolver, only?: (i: number) => boolean, prev?: Ss
     const sshUsers: Record<string, string> = {};
     for (const u of rule.users) {
       if (u === 'autogroup:nonroot') sshUsers['*'] = '=';
-      else if (!localpartDomain(u)) sshUsers[u] = u;
+      else if (!localpartDomain(u)) setOwn(sshUsers, u, u);
     }
-    if (!('root' in sshUsers)) sshUsers['root'] = '';
+    if (!Object.hasOwn(sshUsers, 'root')) sshUsers['root'] = '';
     const action: SSHRule['action'] =
       rule.action === 'accept'
         ? { accept: true, allowAgentForwarding: true, allowLocalPortForwarding: true, allowRemotePortForwarding: true }

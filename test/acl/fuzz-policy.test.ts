@@ -185,6 +185,31 @@ describe('no policy text throws out of check or compile', () => {
     assert.deepEqual(ok.errors, []);
   });
 
+  it('names of Object.prototype members are plain names, never inherited values', () => {
+    for (const t of [
+      '{"nodeAttrs":[{"target":["*"],"app":{"constructor":[1]},"attr":["toString","__proto__"]}]}',
+      '{"acls":[{"action":"accept","src":["*"],"proto":"constructor","dst":["*:*"]}]}',
+      '{"grants":[{"src":["*"],"dst":["*"],"ip":["hasOwnProperty:*"]}]}',
+      '{"tagOwners":{"tag:t0":["u0@"]},"ssh":[{"action":"check","src":["autogroup:member"],"dst":["tag:t0"],"users":["root"],"checkPeriod":"1constructor"}]}',
+    ]) {
+      survive(t);
+    }
+    const inc = new IncrementalCompiler(
+      checkPolicy('{"nodeAttrs":[{"target":["*"],"app":{"constructor":[2]},"attr":["__proto__","toString"]}]}', net).policy!,
+      net,
+    );
+    const c = inc.result(1)!.capabilities;
+    assert.deepEqual(Object.keys(c).sort(), ['__proto__', 'constructor', 'toString']);
+    assert.deepEqual(Object.getOwnPropertyDescriptor(c, 'constructor')?.value, [2]);
+    // sshUsers keep such names, and sshTests do not match inherited members.
+    const p = '{"tagOwners":{"tag:t0":["u0@"]},"ssh":[{"action":"accept","src":["autogroup:member"],"dst":["tag:t0"],"users":["__proto__","constructor"]}],' +
+      '"sshTests":[{"src":"u0@example.com","dst":["tag:t0"],"accept":["constructor","__proto__"],"deny":["toString","valueOf"]}]}';
+    const r = checkPolicy(p, net);
+    assert.deepEqual(r.errors, []);
+    const users = compileToJson(r.policy!, net).ssh_policy['n3']!.rules[0]!.sshUsers;
+    assert.deepEqual(JSON.parse(JSON.stringify(users)), JSON.parse('{"__proto__":"__proto__","constructor":"constructor","root":""}'));
+  });
+
   it('known sharp inputs', () => {
     for (const p of [
       { tests: [{ src: 'nohost', accept: ['1.2.3.4:80'] }] },
