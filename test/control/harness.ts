@@ -7,6 +7,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
+import BetterSqlite3 from 'better-sqlite3';
 import { generateNodeKey, signRegistration, type NodeKeyPair } from '../../src/control/nodekey.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -320,4 +321,29 @@ export async function registerNode(client: Client, body: Record<string, unknown>
   const proof = await registerProof(client, String(body['auth_key']), id);
   if ('status' in proof) return proof;
   return client.post('/node/v1/register', { ...body, node_key: id.nodeKey, ...proof });
+}
+
+/**
+ * Runs one statement straight on a server's database (`db` as given to
+ * spawnServer; SQLite: the file in `dataDir`), e.g. to make rows look as an
+ * older version left them. Parameters as $1, $2, …
+ */
+export async function dbExec(db: string, dataDir: string, q: string, params: unknown[]): Promise<void> {
+  if (db === 'sqlite') {
+    const d = new BetterSqlite3(join(dataDir, 'larktun.db'));
+    try {
+      d.pragma('busy_timeout = 5000');
+      d.prepare(q.replace(/\$\d+/g, '?')).run(...params);
+    } finally {
+      d.close();
+    }
+    return;
+  }
+  const c = new pg.Client({ connectionString: db });
+  await c.connect();
+  try {
+    await c.query(q, params);
+  } finally {
+    await c.end();
+  }
 }

@@ -4,11 +4,8 @@
 // and PostgreSQL, against a real server process.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import BetterSqlite3 from 'better-sqlite3';
-import pg from 'pg';
 import {
-  Client, backends, cleanup, nodeIdentity, registerNode, registerProof, sleep, spawnServer, tempDir, type Json, type ServerProc,
+  Client, backends, cleanup, dbExec, nodeIdentity, registerNode, registerProof, sleep, spawnServer, tempDir, type Json, type ServerProc,
 } from './harness.js';
 import { assertError } from './api-suite.js';
 import { signRegistration } from '../../src/control/nodekey.js';
@@ -18,27 +15,6 @@ const POLICY = `{
   "tagOwners": { "tag:server": ["alice@acme.test"], "tag:db": [] },
   "acls": [ { "action": "accept", "src": ["*"], "dst": ["*:*"] } ],
 }`;
-
-/** Runs one statement straight on the server's database (to make a node look as it did before 0007). */
-async function dbExec(dbSpec: string, dir: string, q: string, params: unknown[]): Promise<void> {
-  if (dbSpec === 'sqlite') {
-    const db = new BetterSqlite3(join(dir, 'larktun.db'));
-    try {
-      db.pragma('busy_timeout = 5000');
-      db.prepare(q.replace(/\$\d+/g, '?')).run(...params);
-    } finally {
-      db.close();
-    }
-    return;
-  }
-  const c = new pg.Client({ connectionString: dbSpec });
-  await c.connect();
-  try {
-    await c.query(q, params);
-  } finally {
-    await c.end();
-  }
-}
 
 function proofOf(p: Awaited<ReturnType<typeof registerProof>>): { nonce: string; signature: string } {
   assert.ok(!('status' in p), `challenge refused: ${'text' in p ? p.text : ''}`);
