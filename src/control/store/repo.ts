@@ -562,24 +562,25 @@ export class Store {
   // ---- registration nonces (node identity proofs) -------------------------------------
   /**
    * Stores a registration nonce for an auth key. Bounded: expired nonces are
-   * dropped first; an auth key keeps at most `perKey` pending nonces (its
-   * oldest goes); false when `total` nonces are pending (the caller refuses).
+   * dropped first; an auth key keeps about `perKey` pending nonces (its
+   * oldest go); false when `total` nonces are pending (the caller refuses).
    */
   async issueRegisterNonce(v: { nonce: string; tenantId: number; authKeyId: number; ttlMs: number }, limits: { perKey: number; total: number }): Promise<boolean> {
+    // Single statements, no transaction: nothing here needs to be atomic (the
+    // bounds are soft by the few challenges in flight at once), and no lock is
+    // held while waiting for another.
     const now = new Date();
-    return this.db.transaction().execute(async (trx) => {
-      await trx.deleteFrom('register_nonces').where('expires_at', '<=', now.toISOString()).execute();
-      const total = Number((await trx.selectFrom('register_nonces').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow()).n);
-      if (total >= limits.total) return false;
-      const mine = await trx.selectFrom('register_nonces').select('nonce').where('auth_key_id', '=', v.authKeyId)
-        .orderBy('created_at', 'desc').orderBy('nonce').offset(limits.perKey - 1).limit(1000).execute();
-      if (mine.length) await trx.deleteFrom('register_nonces').where('nonce', 'in', mine.map((m) => m.nonce)).execute();
-      await trx.insertInto('register_nonces').values({
-        nonce: v.nonce, tenant_id: v.tenantId, auth_key_id: v.authKeyId,
-        expires_at: new Date(now.getTime() + v.ttlMs).toISOString(), created_at: now.toISOString(),
-      }).execute();
-      return true;
-    });
+    await this.db.deleteFrom('register_nonces').where('expires_at', '<=', now.toISOString()).execute();
+    const total = Number((await this.db.selectFrom('register_nonces').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow()).n);
+    if (total >= limits.total) return false;
+    const mine = await this.db.selectFrom('register_nonces').select('nonce').where('auth_key_id', '=', v.authKeyId)
+      .orderBy('created_at', 'desc').orderBy('nonce').offset(limits.perKey - 1).limit(1000).execute();
+    if (mine.length) await this.db.deleteFrom('register_nonces').where('nonce', 'in', mine.map((m) => m.nonce)).execute();
+    await this.db.insertInto('register_nonces').values({
+      nonce: v.nonce, tenant_id: v.tenantId, auth_key_id: v.authKeyId,
+      expires_at: new Date(now.getTime() + v.ttlMs).toISOString(), created_at: now.toISOString(),
+    }).execute();
+    return true;
   }
 
   /** Takes a nonce (single-use: one DELETE … RETURNING, so of two concurrent takers one gets it); undefined when unknown, used or expired. */
