@@ -215,6 +215,22 @@ export class ManagedNode {
     }, priorToken);
   }
 
+  /**
+   * A node registered before node keys were proven (its state's node_key is not
+   * its private key's) moves to its own key with its token: no auth key needed,
+   * same node and token. Nothing to do for a proven node.
+   */
+  private async proveKey(server: string): Promise<void> {
+    const pair = this.identity();
+    if (!this.st.token || this.st.node_key === pair.nodeKey) return;
+    const ch = await this.apiAt(server, '/node/v1/key/challenge', {}, this.st.token);
+    const nonce = String(ch['nonce']);
+    await this.apiAt(server, '/node/v1/key', { node_key: pair.nodeKey, nonce, signature: signRegistration(pair.privateKey, nonce, pair.nodeKey, String(ch['tenant'])) }, this.st.token);
+    this.st.node_key = pair.nodeKey;
+    this.save();
+    this.opts.log(`node key proven: ${pair.nodeKey}`);
+  }
+
   private save(): void {
     writeAtomic(this.stateFile, `${JSON.stringify(this.st, null, 2)}\n`);
   }
@@ -558,6 +574,9 @@ export class ManagedNode {
       this.st.node_private_key = pair.privateKey;
       this.st.token = String(r['token']);
       this.st.node = { id: node.id, name: node.name, tenant: String(r['tenant']) };
+    }
+    if (authKey === null && !serverChanged) {
+      await this.proveKey(prefs.loginServer).catch((err: unknown) => this.opts.log(`proving the node key (the node keeps working with its token): ${(err as Error).message}`));
     }
     this.st.prefs = prefs;
     this.st.want_running = true;

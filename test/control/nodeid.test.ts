@@ -284,5 +284,44 @@ for (const backend of backends()) {
       assert.notEqual(n2.body.node.id, nid);
       assert.equal((await nodeById(nid)).node_key, fresh.nodeKey);
     });
+
+    t('a node from before 0007 proves a new key with its token alone (no auth key): same node, same token', async () => {
+      const r = await registerNode(anon, { auth_key: aliceKey, hostname: 'older-node' });
+      assert.equal(r.status, 201, r.text);
+      const nid = r.body.node.id as number;
+      const token = r.body.token as string;
+      const legacyKey = `nodekey:${'ef'.repeat(32)}`;
+      await dbExec(dbSpec, dir, 'update nodes set node_key = $1, key_proven_at = null where id = $2', [legacyKey, nid]);
+      const node = anon.as(token);
+      const fresh = nodeIdentity();
+      // A proven node gets no such nonce.
+      const proven = await registerNode(anon, { auth_key: aliceKey, hostname: 'proven' });
+      assertError(await anon.as(proven.body.token).post('/node/v1/key/challenge', {}), 409, 'key_already_proven');
+      assertError(await anon.post('/node/v1/key/challenge', {}), 401, 'unauthorized');
+      // Nonces do not cross over: the node's nonce does not register, an auth key's nonce does not prove.
+      const c1 = (await node.post('/node/v1/key/challenge', {})).body;
+      assert.equal(c1.tenant, 'acme');
+      assertError(await anon.post('/node/v1/register', { auth_key: aliceKey, node_key: fresh.nodeKey, hostname: 'x', nonce: c1.nonce, signature: signRegistration(fresh.privateKey, c1.nonce, fresh.nodeKey, 'acme') }), 401, 'proof_nonce_invalid');
+      const ak = proofOf(await registerProof(anon, aliceKey, fresh));
+      assertError(await node.post('/node/v1/key', { node_key: fresh.nodeKey, ...ak }), 401, 'proof_nonce_invalid');
+      // A wrong signature, then the right one.
+      const c2 = (await node.post('/node/v1/key/challenge', {})).body;
+      assertError(await node.post('/node/v1/key', { node_key: fresh.nodeKey, nonce: c2.nonce, signature: signRegistration(nodeIdentity().privateKey, c2.nonce, fresh.nodeKey, 'acme') }), 401, 'proof_invalid');
+      const c3 = (await node.post('/node/v1/key/challenge', {})).body;
+      const proof = { node_key: fresh.nodeKey, nonce: c3.nonce, signature: signRegistration(fresh.privateKey, c3.nonce, fresh.nodeKey, 'acme') };
+      const ok = await node.post('/node/v1/key', proof);
+      assert.equal(ok.status, 200, ok.text);
+      assert.deepEqual(ok.body, { node_key: fresh.nodeKey, key_proven: true });
+      assertError(await node.post('/node/v1/key', proof), 401, 'proof_nonce_invalid');
+      const after = await nodeById(nid);
+      assert.equal(after.key_proven, true);
+      assert.equal(after.node_key, fresh.nodeKey);
+      assert.equal(after.ipv4, r.body.node.ipv4);
+      assert.equal((await node.get('/node/v1/map')).status, 200, 'the same token');
+      assertError(await node.post('/node/v1/key/challenge', {}), 409, 'key_already_proven');
+      const moved = (await admin.get('/api/v1/tenants/acme/audit?action=node.key.prove')).body.entries as Json[];
+      const mine = moved.filter((e) => e.object_id === String(nid));
+      assert.deepEqual(mine.map((e) => [e.actor, e.before.node_key, e.after.node_key]), [[`node:${nid}`, legacyKey, fresh.nodeKey]]);
+    });
   });
 }

@@ -136,3 +136,30 @@ test('a state file from before node keys were proven loads, keeps its token, and
   assert.equal(sn.node_key, now.node_key);
   assert.equal(sn.ipv4, reg.body.node.ipv4);
 });
+
+test('a node from before node keys were proven proves its new key on a plain larktun up (no auth key), keeping its token', async () => {
+  const legacyKey = `nodekey:${'ce'.repeat(32)}`;
+  const reg = await registerNode(admin.as(null), { auth_key: aliceKey, hostname: 'older' });
+  assert.equal(reg.status, 201, reg.text);
+  const id = reg.body.node.id as number;
+  await dbExec('sqlite', path.join(dir, 'server'), 'update nodes set node_key = $1, key_proven_at = null where id = $2', [legacyKey, id]);
+  const stateDir = path.join(dir, 'older');
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  writeFileSync(path.join(stateDir, 'state.json'), JSON.stringify({
+    schema: 1, prefs: { ...DEFAULT_PREFS, loginServer: srv.url, hostname: 'older' }, node_key: legacyKey, token: reg.body.token,
+    node: { id, name: 'older', tenant: 'acme' }, want_running: true, last_event_id: null,
+  }), { mode: 0o600 });
+  const n = managed(stateDir);
+  await n.init();
+  const r = await n.up({}, null, false);
+  assert.equal((r['node'] as { id: number }).id, id);
+  const st = readState(stateDir);
+  assert.equal(st.token, reg.body.token, 'no new login: the same token');
+  assert.equal(st.node_key, nodeKeyOf(st.node_private_key as string));
+  const sn = await serverNode(id);
+  assert.equal(sn.key_proven, true);
+  assert.equal(sn.node_key, st.node_key);
+  // Nothing more to prove afterwards: another up changes nothing.
+  await n.up({}, null, false);
+  assert.equal(readState(stateDir).node_key, st.node_key);
+});

@@ -302,6 +302,65 @@ export function registerNodeRoutes(app: FastifyInstance, deps: NodeDeps): void {
     },
   );
 
+  // A node registered before node keys were proven (key_proven: false) proves a
+  // new key with its token, without an auth key: the same node, same token.
+  app.post('/key/challenge', { schema: doc('A nonce for a node whose key was never proven (registered before 0007) to prove a new key with its token: POST it to /key') }, async (req) => {
+    const node = await authenticateNode(store, req);
+    if (node.key_proven_at !== null) throw new ApiError(409, 'key_already_proven', 'this node\'s key is proven: a node moves to another key only by registering as a new node');
+    const tenant = await store.getTenant(node.tenant_id);
+    if (!tenant) throw unauthorized('missing or invalid node token');
+    const nonce = randomBytes(NONCE_BYTES).toString('base64url');
+    const expires = new Date(Date.now() + NONCE_TTL_MS).toISOString();
+    if (!(await store.issueRegisterNonce({ nonce, tenantId: node.tenant_id, nodeId: node.id, ttlMs: NONCE_TTL_MS }, { perKey: NONCES_PER_KEY, total: NONCES_TOTAL }))) {
+      metrics.rejections.inc({ reason: 'register_nonces_full' });
+      throw new ApiError(429, 'too_many_challenges', `${NONCES_TOTAL} registrations are pending on this server: retry in a minute`);
+    }
+    return { nonce, tenant: tenant.name, expires_at: expires, label: REGISTER_PROOF_LABEL };
+  });
+
+  app.post<{ Body: { node_key: string; nonce: string; signature: string } }>(
+    '/key',
+    {
+      schema: {
+        ...doc('Prove a new node key with the node token (only a node whose key was never proven): the node keeps its id, addresses and token'),
+        body: {
+          type: 'object', additionalProperties: false, required: ['node_key', 'nonce', 'signature'],
+          properties: {
+            node_key: NODE_KEY,
+            nonce: { type: 'string', pattern: '^[A-Za-z0-9_-]{43}$' },
+            signature: { type: 'string', pattern: '^[A-Za-z0-9_-]{86}$' },
+          },
+        },
+      },
+    },
+    async (req) => {
+      const node = await authenticateNode(store, req);
+      const b = req.body;
+      const tenant = await store.getTenant(node.tenant_id);
+      if (!tenant) throw unauthorized('missing or invalid node token');
+      const taken = await store.takeRegisterNonce(b.nonce);
+      if (!taken || taken.node_id !== node.id) {
+        metrics.identityRefusals.inc({ reason: 'proof_nonce_invalid' });
+        throw new ApiError(401, 'proof_nonce_invalid', 'the nonce is unknown, expired, already used or was issued for another node: get a new one from POST /node/v1/key/challenge');
+      }
+      if (!verifyRegistration(b.node_key, Buffer.from(b.nonce, 'base64url'), tenant.name, b.signature)) {
+        metrics.identityRefusals.inc({ reason: 'proof_invalid' });
+        throw new ApiError(401, 'proof_invalid', `the signature does not prove possession of node key "${b.node_key}"`);
+      }
+      const { result } = await store.write(node.tenant_id, `node:${node.id}`, async (tx) => {
+        const cur = await tx.getNode(node.id);
+        if (!cur) throw unauthorized('missing or invalid node token');
+        if (cur.key_proven_at !== null) throw new ApiError(409, 'key_already_proven', 'this node\'s key is proven: a node moves to another key only by registering as a new node');
+        if (await tx.getNodeByKey(b.node_key)) throw new ApiError(409, 'conflict', 'another node of this tenant has this node key');
+        const updated = await tx.updateNode(cur.id, { node_key: b.node_key, key_proven_at: nowIso() });
+        if (!updated) throw unauthorized('missing or invalid node token');
+        await tx.audit('node.key.prove', 'node', cur.id, { node_key: cur.node_key, key_proven: false }, { node_key: updated.node_key, key_proven: true });
+        return updated;
+      });
+      return { node_key: result.node_key, key_proven: true };
+    },
+  );
+
   app.post<{ Body: HostinfoBody }>(
     '/hostinfo',
     { schema: { ...doc('Announce hostinfo: hostname, routes, exit-node wish, endpoints'), body: { type: 'object', additionalProperties: false, properties: hostinfoProps } } },

@@ -229,12 +229,15 @@ function migrations(backend: Backend): Record<string, Migration> {
         await db.schema.createTable('register_nonces')
           .addColumn('nonce', 'text', (c) => c.primaryKey())
           .addColumn('tenant_id', 'integer', (c) => c.notNull().references('tenants.id').onDelete('cascade'))
-          .addColumn('auth_key_id', 'integer', (c) => c.notNull().references('auth_keys.id').onDelete('cascade'))
+          // issued for a registration with this auth key, or (node_id) for a node proving a new key with its token
+          .addColumn('auth_key_id', 'integer', (c) => c.references('auth_keys.id').onDelete('cascade'))
+          .addColumn('node_id', 'integer', (c) => c.references('nodes.id').onDelete('cascade'))
           .addColumn('expires_at', 'text', (c) => c.notNull())
           .addColumn('created_at', 'text', (c) => c.notNull())
           .execute();
         await db.schema.createIndex('register_nonces_expiry').on('register_nonces').column('expires_at').execute();
         await db.schema.createIndex('register_nonces_key').on('register_nonces').columns(['auth_key_id', 'created_at']).execute();
+        await db.schema.createIndex('register_nonces_node').on('register_nonces').columns(['node_id', 'created_at']).execute();
       },
       async down(db: Db): Promise<void> {
         await db.schema.dropTable('register_nonces').ifExists().execute();

@@ -565,7 +565,7 @@ export class Store {
    * dropped first; an auth key keeps about `perKey` pending nonces (its
    * oldest go); false when `total` nonces are pending (the caller refuses).
    */
-  async issueRegisterNonce(v: { nonce: string; tenantId: number; authKeyId: number; ttlMs: number }, limits: { perKey: number; total: number }): Promise<boolean> {
+  async issueRegisterNonce(v: { nonce: string; tenantId: number; ttlMs: number } & ({ authKeyId: number } | { nodeId: number }), limits: { perKey: number; total: number }): Promise<boolean> {
     // Single statements, no transaction: nothing here needs to be atomic (the
     // bounds are soft by the few challenges in flight at once), and no lock is
     // held while waiting for another.
@@ -573,20 +573,23 @@ export class Store {
     await this.db.deleteFrom('register_nonces').where('expires_at', '<=', now.toISOString()).execute();
     const total = Number((await this.db.selectFrom('register_nonces').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow()).n);
     if (total >= limits.total) return false;
-    const mine = await this.db.selectFrom('register_nonces').select('nonce').where('auth_key_id', '=', v.authKeyId)
+    const owner = 'authKeyId' in v ? { auth_key_id: v.authKeyId, node_id: null } : { auth_key_id: null, node_id: v.nodeId };
+    const mine = await (owner.auth_key_id !== null
+      ? this.db.selectFrom('register_nonces').select('nonce').where('auth_key_id', '=', owner.auth_key_id)
+      : this.db.selectFrom('register_nonces').select('nonce').where('node_id', '=', owner.node_id))
       .orderBy('created_at', 'desc').orderBy('nonce').offset(limits.perKey - 1).limit(1000).execute();
     if (mine.length) await this.db.deleteFrom('register_nonces').where('nonce', 'in', mine.map((m) => m.nonce)).execute();
     await this.db.insertInto('register_nonces').values({
-      nonce: v.nonce, tenant_id: v.tenantId, auth_key_id: v.authKeyId,
+      nonce: v.nonce, tenant_id: v.tenantId, ...owner,
       expires_at: new Date(now.getTime() + v.ttlMs).toISOString(), created_at: now.toISOString(),
     }).execute();
     return true;
   }
 
   /** Takes a nonce (single-use: one DELETE … RETURNING, so of two concurrent takers one gets it); undefined when unknown, used or expired. */
-  async takeRegisterNonce(nonce: string): Promise<{ tenant_id: number; auth_key_id: number } | undefined> {
+  async takeRegisterNonce(nonce: string): Promise<{ tenant_id: number; auth_key_id: number | null; node_id: number | null } | undefined> {
     return this.db.deleteFrom('register_nonces').where('nonce', '=', nonce).where('expires_at', '>', nowIso())
-      .returning(['tenant_id', 'auth_key_id']).executeTakeFirst();
+      .returning(['tenant_id', 'auth_key_id', 'node_id']).executeTakeFirst();
   }
 
   /**

@@ -95,12 +95,13 @@ export interface NodesTable {
   key_proven_at: Generated<string | null>;
 }
 
-/** A registration nonce (POST /node/v1/register/challenge): single-use, short-lived, bound to one auth key. */
+/** A nonce for a node-key proof: single-use, short-lived, bound to one auth key (registration) or one node (a new key proven with the node's token). */
 export interface RegisterNoncesTable {
   /** 32 random bytes, base64url */
   nonce: string;
   tenant_id: number;
-  auth_key_id: number;
+  auth_key_id: number | null;
+  node_id: number | null;
   expires_at: string;
   created_at: string;
 }
