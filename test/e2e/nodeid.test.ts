@@ -1,14 +1,17 @@
 // Node identity end to end (issue 11), in network namespaces: a real
 // `larktun up` joins (proving its node key), traffic flows through the relay,
 // and after a daemon restart the node comes back by itself and rejoins with
-// `larktun up --authkey` as the same node. Everything runs inside namespaces
-// made here: "hub" (control server and relay on 10.231.255.1), "n1" and "n2".
+// `larktun up --authkey` as the same node; a node left as an older larktund
+// left it (no private key, key never proven) runs on with its token and a plain
+// `larktun up` proves its key. Everything runs inside namespaces made here:
+// "hub" (control server and relay on 10.231.255.1), "n1" and "n2".
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Lab, BIN_LARKTUN, BIN_LARKTUND, netnsSkipReason, nsExec, ping, sh, sleep } from './netns.js';
+import { dbExec } from '../control/harness.js';
 
 const skip = netnsSkipReason(['curl', 'ping']);
 const lab = new Lab();
@@ -147,4 +150,34 @@ test('larktun up joins with a proven key; after a daemon restart the node is bac
   // The proofs were audited as registrations of one node.
   const audit = must('GET', '/api/v1/tenants/acme/audit?action=node.reregister').entries as any[];
   assert.ok(audit.some((e) => e.object_id === String(n1.self.id)));
+});
+
+test('a node as an older larktund left it (state without a private key, key never proven) restarts, runs, and a plain larktun up proves its key', { skip: skip ?? false }, async () => {
+  const before = status('n2');
+  const n2addr = before.self.addresses[0].split('/')[0] as string;
+  // Make n2 look as it did before node keys were proven: an X25519-era key on both sides, no private key kept.
+  await stop('node:n2');
+  const legacyKey = `nodekey:${'5a'.repeat(32)}`;
+  await dbExec('sqlite', path.join(lab.dir, 'server-data'), 'update nodes set node_key = $1, key_proven_at = null where id = $2', [legacyKey, before.self.id]);
+  const file = path.join(stateDir('n2'), 'state.json');
+  const old = JSON.parse(readFileSync(file, 'utf8'));
+  delete old.node_private_key;
+  old.node_key = legacyKey;
+  writeFileSync(file, JSON.stringify(old, null, 2), { mode: 0o600 });
+  await startNode('n2');
+  assert.ok(await running('n2'), 'the old state loads and the node runs with its token');
+  assert.ok(await waitFor(() => ping(ns['n1']!, n2addr, 1) === 1, 10_000, 200), 'and carries traffic');
+  const unproven = must('GET', `/api/v1/tenants/acme/nodes/${before.self.id}`);
+  assert.equal(unproven.key_proven, false);
+  // The user runs larktun up as always (no auth key): the node proves a key of its own.
+  up('n2');
+  const st = JSON.parse(readFileSync(file, 'utf8'));
+  assert.match(st.node_key, /^nodekey:[0-9a-f]{64}$/);
+  assert.notEqual(st.node_key, legacyKey);
+  assert.equal(st.token, old.token, 'same token');
+  const proven = must('GET', `/api/v1/tenants/acme/nodes/${before.self.id}`);
+  assert.equal(proven.key_proven, true);
+  assert.equal(proven.node_key, st.node_key);
+  assert.deepEqual(status('n2').self.addresses, before.self.addresses);
+  assert.ok(await waitFor(() => ping(ns['n1']!, n2addr, 1) === 1, 10_000, 200), 'traffic after the key moved');
 });
