@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { request } from 'node:http';
 import pg from 'pg';
+import { generateNodeKey, signRegistration } from '../src/control/nodekey.js';
 
 const SELF = fileURLToPath(import.meta.url);
 
@@ -137,7 +138,11 @@ async function scenario(db: string, tenants: number, perTenant: number): Promise
     for (const k of authKeys) for (let i = 0; i < perTenant; i++) jobs.push({ tenant: k.tenant, key: i % 100 === 0 ? k.server : k.client, i });
     const t0 = performance.now();
     await pool(jobs, 64, async (j) => {
-      const r = await call(srv.url, null, 'POST', '/node/v1/register', { auth_key: j.key, node_key: randomBytes(32).toString('base64'), hostname: `n${j.i}` });
+      const id = generateNodeKey();
+      const ch = await call(srv.url, null, 'POST', '/node/v1/register/challenge', { auth_key: j.key });
+      const nonce = ch['nonce'] as string;
+      const signature = signRegistration(id.privateKey, nonce, id.nodeKey, ch['tenant'] as string);
+      const r = await call(srv.url, null, 'POST', '/node/v1/register', { auth_key: j.key, node_key: id.nodeKey, nonce, signature, hostname: `n${j.i}` });
       tokens.push({ tenant: j.tenant, token: r['token'] as string });
     });
     const regSeconds = (performance.now() - t0) / 1000;

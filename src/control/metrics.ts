@@ -63,6 +63,8 @@ export class ControlMetrics {
   readonly notifications: Counter<'direction'>;
   /** Liveness transitions: relay reports (unseen/seen again) and stalled streams cut. */
   readonly liveness: Counter<'event'>;
+  /** Registrations refused for node identity: missing/invalid/replayed proofs, takeover attempts. */
+  readonly identityRefusals: Counter<'reason'>;
 
   constructor(onlineCounter: OnlineCounter, sources: MetricSources = {}) {
     const { routeStats, nodeStats, relayStats } = sources;
@@ -102,6 +104,12 @@ export class ControlMetrics {
       name: 'larktun_node_liveness_events_total',
       help: 'Nodes marked offline/online again by relay health reports (relay_unseen, relay_seen_again), back online because their relay went quiet (relay_verdict_lapsed), and node streams cut because the node stopped reading',
       labelNames: ['event'],
+      registers: [this.registry],
+    });
+    this.identityRefusals = new Counter({
+      name: 'larktun_node_identity_refusals_total',
+      help: 'Node registrations refused for identity: proof_required, proof_nonce_invalid (unknown, expired, replayed or another key\'s nonce), proof_invalid (bad signature), takeover (an existing node\'s key without its proof, or another user\'s auth key)',
+      labelNames: ['reason'],
       registers: [this.registry],
     });
     this.notifications = new Counter({

@@ -73,6 +73,8 @@ export function nodeView(n: NodeRow, users: Map<number, UserRow>, primaries: Map
     name: n.name,
     hostname: n.hostname,
     node_key: n.node_key,
+    /** false: registered before node keys were proven (0007); its next registration proves a key with its token. */
+    key_proven: n.key_proven_at !== null,
     user: n.user_id !== null ? (users.get(n.user_id)?.name ?? null) : null,
     tags,
     ipv4: n.ipv4,

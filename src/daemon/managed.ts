@@ -1,18 +1,20 @@
 // larktund in managed mode: a node joined to a control server by `larktun up`.
 //
 // State (in the state dir, 0600, written atomically): state.json holds the
-// preferences, the node key, the server-issued node token and whether the node
-// should be running; netmap.json holds the last network map, so after a restart
-// the node forwards with it at once, even while the server is unreachable.
+// preferences, the node key and its Ed25519 private key (the node's identity:
+// registration proves possession of it, src/control/nodekey.ts), the
+// server-issued node token and whether the node should be running; netmap.json
+// holds the last network map, so after a restart the node forwards with it at
+// once, even while the server is unreachable.
 //
 // A session is the map stream (SSE, resumed with Last-Event-ID, reconnecting by
 // itself) plus the data plane built from each map: one engine peer (the relay),
 // the forwarding table, the packet filter (inbound, with flow tracking), and the
 // OS side (TUN addresses, routes in their own table, forwarding and masquerade
 // on routers and exit nodes).
-import { generateKeyPairSync, randomInt } from 'node:crypto';
+import { randomInt } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync, openSync, fsyncSync, closeSync, unlinkSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import path from 'node:path';
@@ -24,6 +26,7 @@ import { SseClient } from './sse.js';
 import { DEFAULT_PREFS, PrefsError, prefsForSet, prefsForUp, type PrefFlags, type Prefs } from './prefs.js';
 import { applyPatch, applyPresence, checkMap, findPeer, planFromMap, type DataplanePlan, type NodeMap } from './mapplan.js';
 import { VERSION } from './control.js';
+import { generateNodeKey, nodeKeyOf, signRegistration, type NodeKeyPair } from '../control/nodekey.js';
 import type { OsNetDesired } from './osnet.js';
 
 /** What the daemon needs from the OS side (OsNet implements it; tests may pass another). */
@@ -52,8 +55,14 @@ export interface ManagedOptions {
 interface Persisted {
   schema: 1;
   prefs: Prefs;
-  /** Public node key (sent at registration); the identity across restarts. */
+  /**
+   * The node key the server knows this node by (its registration); the identity
+   * across restarts. State files written before keys were proven hold an
+   * unprovable key here until the next login moves the node to its proven key.
+   */
   node_key: string;
+  /** Ed25519 private key (PKCS#8 DER, base64) whose public key the node registers with; made at start when absent (older state files). */
+  node_private_key?: string;
   token: string | null;
   node: { id: number; name: string; tenant: string } | null;
   want_running: boolean;
@@ -80,10 +89,9 @@ export type BackendState = 'NeedsLogin' | 'Stopped' | 'Starting' | 'Running';
 const TUN_MTU = 1280;
 const FIRST_MAP_WAIT_MS = 20_000;
 
-function newNodeKey(): string {
-  const { publicKey } = generateKeyPairSync('x25519');
-  const raw = publicKey.export({ format: 'der', type: 'spki' }).subarray(-32);
-  return `nodekey:${raw.toString('hex')}`;
+function freshState(): Persisted {
+  const k = generateNodeKey();
+  return { schema: 1, prefs: { ...DEFAULT_PREFS }, node_key: k.nodeKey, node_private_key: k.privateKey, token: null, node: null, want_running: false, last_event_id: null };
 }
 
 function writeAtomic(file: string, text: string): void {
@@ -152,12 +160,75 @@ export class ManagedNode {
     if (existsSync(this.stateFile)) {
       try {
         const v = JSON.parse(readFileSync(this.stateFile, 'utf8')) as Persisted;
-        if (v.schema === 1) return { ...v, prefs: { ...DEFAULT_PREFS, ...v.prefs } };
+        if (v.schema === 1) {
+          const st: Persisted = { ...v, prefs: { ...DEFAULT_PREFS, ...v.prefs } };
+          const mode = statSync(this.stateFile).mode & 0o777;
+          if (mode & 0o077) {
+            chmodSync(this.stateFile, 0o600);
+            this.opts.log(`${this.stateFile} was readable by others (mode ${mode.toString(8)}): now 0600; it holds the node's private key and token`);
+          }
+          let valid = false;
+          try {
+            valid = st.node_private_key !== undefined && nodeKeyOf(st.node_private_key) !== '';
+          } catch {
+            this.opts.log(`${this.stateFile}: the node private key is not usable; a new one is made (the next larktun up proves it)`);
+          }
+          if (!valid) {
+            // A state file from before node keys were proven: its node_key has no
+            // private key here. Make one now; the next login proves it (the node
+            // token shows the server it is the same node) and moves the node to it.
+            st.node_private_key = generateNodeKey().privateKey;
+            this.st = st;
+            this.save();
+          }
+          return st;
+        }
       } catch (err) {
         this.opts.log(`${this.stateFile}: unreadable (${(err as Error).message}); starting logged out`);
       }
     }
-    return { schema: 1, prefs: { ...DEFAULT_PREFS }, node_key: newNodeKey(), token: null, node: null, want_running: false, last_event_id: null };
+    return freshState();
+  }
+
+  /** The key pair the node registers with (its stored private key and that key's public half). */
+  private identity(): NodeKeyPair {
+    const privateKey = this.st.node_private_key as string; // load() guarantees a valid one
+    return { nodeKey: nodeKeyOf(privateKey), privateKey };
+  }
+
+  /**
+   * Registers with the server: a nonce from /register/challenge, signed with the
+   * node key, proves the node holds it. `priorToken`: the node token of a node
+   * whose registered key is not this one (state from before keys were proven).
+   */
+  private async register(server: string, authKey: string, pair: NodeKeyPair, prefs: Prefs, priorToken: string | null): Promise<Record<string, unknown>> {
+    const ch = await this.apiAt(server, '/node/v1/register/challenge', { auth_key: authKey }, null);
+    const nonce = String(ch['nonce']);
+    const tenant = String(ch['tenant']);
+    return this.apiAt(server, '/node/v1/register', {
+      auth_key: authKey,
+      node_key: pair.nodeKey,
+      nonce,
+      signature: signRegistration(pair.privateKey, nonce, pair.nodeKey, tenant),
+      ...this.hostinfoBody(prefs),
+      ...(prefs.advertiseTags.length ? { tags: prefs.advertiseTags } : {}),
+    }, priorToken);
+  }
+
+  /**
+   * A node registered before node keys were proven (its state's node_key is not
+   * its private key's) moves to its own key with its token: no auth key needed,
+   * same node and token. Nothing to do for a proven node.
+   */
+  private async proveKey(server: string): Promise<void> {
+    const pair = this.identity();
+    if (!this.st.token || this.st.node_key === pair.nodeKey) return;
+    const ch = await this.apiAt(server, '/node/v1/key/challenge', {}, this.st.token);
+    const nonce = String(ch['nonce']);
+    await this.apiAt(server, '/node/v1/key', { node_key: pair.nodeKey, nonce, signature: signRegistration(pair.privateKey, nonce, pair.nodeKey, String(ch['tenant'])) }, this.st.token);
+    this.st.node_key = pair.nodeKey;
+    this.save();
+    this.opts.log(`node key proven: ${pair.nodeKey}`);
   }
 
   private save(): void {
@@ -485,24 +556,27 @@ export class ManagedNode {
     if (tagsChanged && authKey === null) throw new ClientError('needs_login', 'changing --advertise-tags needs a new login: give --authkey KEY');
     if (prefs.exitNode !== null && this.map && !serverChanged) this.checkExitNode(prefs.exitNode);
     let login: Record<string, unknown> | null = null;
+    let serverWarning: string | null = null;
     if (authKey !== null) {
-      const nodeKey = serverChanged ? newNodeKey() : this.st.node_key;
-      const r = await this.apiAt(prefs.loginServer, '/node/v1/register', {
-        auth_key: authKey,
-        node_key: nodeKey,
-        ...this.hostinfoBody(prefs),
-        ...(prefs.advertiseTags.length ? { tags: prefs.advertiseTags } : {}),
-      }, null);
+      // A new server gets a new identity (and never this server's token).
+      const pair = serverChanged ? generateNodeKey() : this.identity();
+      const priorToken = !serverChanged && this.st.token !== null && this.st.node_key !== pair.nodeKey ? this.st.token : null;
+      const r = await this.register(prefs.loginServer, authKey, pair, prefs, priorToken);
       login = r;
+      if (typeof r['warning'] === 'string') serverWarning = r['warning'];
       const node = r['node'] as { id: number; name: string };
       if (serverChanged || (this.st.node && this.st.node.id !== node.id)) {
         await this.stopDataplane();
         this.map = null;
         this.st.last_event_id = null;
       }
-      this.st.node_key = nodeKey;
+      this.st.node_key = pair.nodeKey;
+      this.st.node_private_key = pair.privateKey;
       this.st.token = String(r['token']);
       this.st.node = { id: node.id, name: node.name, tenant: String(r['tenant']) };
+    }
+    if (authKey === null && !serverChanged) {
+      await this.proveKey(prefs.loginServer).catch((err: unknown) => this.opts.log(`proving the node key (the node keeps working with its token): ${(err as Error).message}`));
     }
     this.st.prefs = prefs;
     this.st.want_running = true;
@@ -519,7 +593,7 @@ export class ManagedNode {
       node: this.st.node,
       addresses: this.map?.self.addresses ?? [],
       ...(ok ? {} : { note: `no network map yet from ${prefs.loginServer}; the daemon keeps trying (see larktun status)` }),
-      ...(this.plan?.exitProblem && prefs.exitNode !== null ? { warning: this.plan.exitProblem } : {}),
+      ...(this.plan?.exitProblem && prefs.exitNode !== null ? { warning: serverWarning ? `${serverWarning}; ${this.plan.exitProblem}` : this.plan.exitProblem } : serverWarning ? { warning: serverWarning } : {}),
       elapsed_ms: Date.now() - t0,
     };
   }
@@ -574,7 +648,7 @@ export class ManagedNode {
     await this.down();
     this.map = null;
     this.plan = null;
-    this.st = { schema: 1, prefs: { ...DEFAULT_PREFS }, node_key: newNodeKey(), token: null, node: null, want_running: false, last_event_id: null };
+    this.st = freshState();
     this.save();
     if (existsSync(this.mapFile)) unlinkSync(this.mapFile);
     return { state: this.backendState };

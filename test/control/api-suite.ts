@@ -3,7 +3,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
-import { Client, SseReader, cleanup, nodeKey, sleep, spawnServer, tempDir, type Backend, type Json, type ServerProc } from './harness.js';
+import { Client, SseReader, cleanup, registerNode, sleep, spawnServer, tempDir, type Backend, type Json, type ServerProc } from './harness.js';
 
 export function assertError(r: { status: number; body: Json; text: string }, status: number, code?: string): void {
   assert.equal(r.status, status, `expected ${status}, got ${r.status}: ${r.text}`);
@@ -199,39 +199,39 @@ export function apiSuite(backend: Backend): void {
     t('nodes: register, tags, addresses, limits', async () => {
       const key = (await admin.post('/api/v1/tenants/acme/authkeys', { user: 'alice', reusable: true })).body.key as string;
       const node = op.as(null);
-      const r1 = await node.post('/node/v1/register', { auth_key: key, node_key: nodeKey(), hostname: 'Laptop One' });
+      const r1 = await registerNode(node, { auth_key: key, hostname: 'Laptop One' });
       assert.equal(r1.status, 201, r1.text);
       assert.match(r1.body.token, /^lknode_/);
       assert.equal(r1.body.node.name, 'laptop-one');
       assert.equal(r1.body.node.ipv4, '100.64.0.1');
-      const r2 = await node.post('/node/v1/register', { auth_key: key, node_key: nodeKey(), hostname: 'router', tags: ['tag:router'], routes: ['10.1.0.0/16', '192.168.0.0/24'], exit_node: true });
+      const r2 = await registerNode(node, { auth_key: key, hostname: 'router', tags: ['tag:router'], routes: ['10.1.0.0/16', '192.168.0.0/24'], exit_node: true });
       assert.equal(r2.status, 201, r2.text);
       routerToken = r2.body.token;
       routerId = r2.body.node.id;
       assert.deepEqual(r2.body.node.approved_routes, ['0.0.0.0/0', '10.1.0.0/16', '::/0'], 'auto-approved on register');
-      const notOwned = await node.post('/node/v1/register', { auth_key: key, node_key: nodeKey(), hostname: 'x', tags: ['tag:db'] });
+      const notOwned = await registerNode(node, { auth_key: key, hostname: 'x', tags: ['tag:db'] });
       assertError(notOwned, 403, 'tags_not_allowed');
-      assertError(await node.post('/node/v1/register', { auth_key: 'lkauth_bad', node_key: nodeKey(), hostname: 'x' }), 401, 'unauthorized');
+      assertError(await registerNode(node, { auth_key: 'lkauth_bad', hostname: 'x' }), 401, 'unauthorized');
       assertError(await node.post('/node/v1/register', { auth_key: key, node_key: 'short', hostname: 'x' }), 400, 'invalid_request');
 
       const once = (await admin.post('/api/v1/tenants/acme/authkeys', { tags: ['tag:server'] })).body.key as string;
-      const s1 = await node.post('/node/v1/register', { auth_key: once, node_key: nodeKey(), hostname: 'srv' });
+      const s1 = await registerNode(node, { auth_key: once, hostname: 'srv' });
       assert.equal(s1.status, 201, s1.text);
       assert.deepEqual(s1.body.node.tags, ['tag:server']);
-      assertError(await node.post('/node/v1/register', { auth_key: once, node_key: nodeKey(), hostname: 'srv2' }), 401, 'unauthorized');
+      assertError(await registerNode(node, { auth_key: once, hostname: 'srv2' }), 401, 'unauthorized');
 
       // custom pool and node limit
       const sk = (await op.post('/api/v1/tenants/small/apikeys', { role: 'admin' })).body.key as string;
       const sa = op.as(sk);
       await sa.post('/api/v1/tenants/small/users', { name: 'carol' });
       const skey = (await sa.post('/api/v1/tenants/small/authkeys', { user: 'carol', reusable: true })).body.key as string;
-      const a = await node.post('/node/v1/register', { auth_key: skey, node_key: nodeKey(), hostname: 'a' });
+      const a = await registerNode(node, { auth_key: skey, hostname: 'a' });
       assert.equal(a.body.node.ipv4, '192.168.6.1');
       assert.equal(a.body.node.ipv6, null);
-      const b = await node.post('/node/v1/register', { auth_key: skey, node_key: nodeKey(), hostname: 'a' });
+      const b = await registerNode(node, { auth_key: skey, hostname: 'a' });
       assert.equal(b.body.node.ipv4, '192.168.6.2');
       assert.equal(b.body.node.name, 'a-2');
-      assertError(await node.post('/node/v1/register', { auth_key: skey, node_key: nodeKey(), hostname: 'c' }), 409, 'limit_reached');
+      assertError(await registerNode(node, { auth_key: skey, hostname: 'c' }), 409, 'limit_reached');
 
       const list = await admin.get('/api/v1/tenants/acme/nodes');
       assert.equal(list.body.nodes.length, 3);
@@ -275,7 +275,7 @@ export function apiSuite(backend: Backend): void {
 
     t('map stream: first map, pushes on change, presence, resume', async () => {
       const key = (await admin.post('/api/v1/tenants/acme/authkeys', { user: 'alice', reusable: true })).body.key as string;
-      const reg = await op.as(null).post('/node/v1/register', { auth_key: key, node_key: nodeKey(), hostname: 'phone' });
+      const reg = await registerNode(op.as(null), { auth_key: key, hostname: 'phone' });
       const tok = reg.body.token as string;
       const s = await SseReader.open(`${srv.url}/node/v1/stream`, tok);
       assert.equal(s.status, 200);
@@ -345,7 +345,7 @@ export function apiSuite(backend: Backend): void {
 
     t('ephemeral nodes are removed when they go offline', async () => {
       const key = (await admin.post('/api/v1/tenants/acme/authkeys', { user: 'alice', ephemeral: true })).body.key as string;
-      const reg = await op.as(null).post('/node/v1/register', { auth_key: key, node_key: nodeKey(), hostname: 'ci-runner' });
+      const reg = await registerNode(op.as(null), { auth_key: key, hostname: 'ci-runner' });
       assert.equal(reg.status, 201);
       const s = await SseReader.open(`${srv.url}/node/v1/stream`, reg.body.token);
       await s.next();

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT, cleanup, nodeKey, spawnServer, tempDir, type ServerProc } from './harness.js';
+import { Client, ROOT, cleanup, registerNode, spawnServer, tempDir, type ServerProc } from './harness.js';
 import { routeRows } from '../../src/cli/admin.js';
 
 describe('larktun admin CLI', () => {
@@ -66,12 +66,8 @@ describe('larktun admin CLI', () => {
     r = run(['--json', 'authkeys', 'create', '--user', 'alice', '--tags', 'tag:router'], env);
     assert.equal(r.code, 0, r.err);
     const ak = JSON.parse(r.out).key as string;
-    const reg = await fetch(`${srv.url}/node/v1/register`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ auth_key: ak, node_key: nodeKey(), hostname: 'gw', routes: ['10.99.1.0/24', '192.168.1.0/24'] }),
-    });
-    const node = ((await reg.json()) as { node: { id: number } }).node;
+    const reg = await registerNode(new Client(srv.url, null), { auth_key: ak, hostname: 'gw', routes: ['10.99.1.0/24', '192.168.1.0/24'] });
+    const node = (reg.body as { node: { id: number } }).node;
     r = run(['nodes', 'list'], env);
     assert.match(r.out, /gw\s+10\.20\.0\.1/);
     r = run(['nodes', 'list'], env);

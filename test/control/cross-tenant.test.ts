@@ -3,7 +3,7 @@
 // missing object gets — never A's data, never a hint that it exists.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, backends, cleanup, nodeKey, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
+import { Client, backends, cleanup, registerNode, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
 
 function isolationSuite(name: string, setup: () => Promise<string>, teardown: () => Promise<void>): void {
   describe(`cross-tenant isolation on ${name}`, () => {
@@ -32,7 +32,7 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
       ids['apikey'] = (await a.post('/api/v1/tenants/alpha/apikeys', { role: 'auditor' })).body.id;
       const ak = await a.post('/api/v1/tenants/alpha/authkeys', { user: 'secret-user', reusable: true });
       ids['authkey'] = ak.body.id;
-      const reg = await op.as(null).post('/node/v1/register', { auth_key: ak.body.key, node_key: nodeKey(), hostname: 'secret-node', routes: ['10.50.0.0/16'] });
+      const reg = await registerNode(op.as(null), { auth_key: ak.body.key, hostname: 'secret-node', routes: ['10.50.0.0/16'] });
       ids['node'] = reg.body.node.id;
       aNodeToken = reg.body.token;
       // beta has objects with other ids so "own tenant + foreign id" is meaningful
@@ -146,7 +146,7 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
     it("a node token only ever sees its own tenant; beta's nodes do not see alpha's", async (ctx) => {
       if (skip) return ctx.skip(skip);
       const bk = (await b.post('/api/v1/tenants/beta/authkeys', { user: 'bob', reusable: true })).body.key;
-      const reg = await b.as(null).post('/node/v1/register', { auth_key: bk, node_key: nodeKey(), hostname: 'bnode' });
+      const reg = await registerNode(b.as(null), { auth_key: bk, hostname: 'bnode' });
       assert.equal(reg.body.node.ipv4, '10.9.0.1', 'pools of different tenants may overlap');
       const m = await b.as(reg.body.token).get('/node/v1/map');
       assert.equal(m.status, 200);
@@ -157,7 +157,7 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
       assert.ok(!am.text.includes('bnode'));
       // an alpha auth key never registers into beta, whatever the node says
       const akey = (await a.post('/api/v1/tenants/alpha/authkeys', { user: 'secret-user' })).body.key;
-      const r2 = await b.as(null).post('/node/v1/register', { auth_key: akey, node_key: nodeKey(), hostname: 'x', tenant: 'beta' });
+      const r2 = await registerNode(b.as(null), { auth_key: akey, hostname: 'x', tenant: 'beta' });
       assert.equal(r2.status, 400, 'unknown fields are rejected');
     });
   });

@@ -4,7 +4,7 @@
 // streaming nodes within a second.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, SseReader, cleanup, freshPgSchema, nodeKey, pgUnavailable, sleep, spawnServer, tempDir, type Json } from './harness.js';
+import { Client, SseReader, cleanup, freshPgSchema, registerNode, pgUnavailable, sleep, spawnServer, tempDir, type Json } from './harness.js';
 
 async function killDuringWrites(db: string): Promise<void> {
   const dir = tempDir();
@@ -66,7 +66,7 @@ async function killDuringSharedRelayCreate(db: string): Promise<void> {
       keys[t] = (await op.post(`/api/v1/tenants/${t}/apikeys`, { role: 'admin' })).body.key;
       await op.as(keys[t] as string).post(`/api/v1/tenants/${t}/users`, { name: 'u' });
       const ak = (await op.as(keys[t] as string).post(`/api/v1/tenants/${t}/authkeys`, { user: 'u', reusable: true })).body.key;
-      await Promise.all(Array.from({ length: 8 }, (_v, i) => op.as(null).post('/node/v1/register', { auth_key: ak, node_key: nodeKey(), hostname: `n${i}` })));
+      await Promise.all(Array.from({ length: 8 }, (_v, i) => registerNode(op.as(null), { auth_key: ak, hostname: `n${i}` })));
     }
     const pending = op.post('/api/v1/relays', { name: 'shared', endpoints: ['203.0.113.1:1'] }).catch(() => null);
     await sleep(5 + Math.floor(Math.random() * 30));
@@ -140,8 +140,8 @@ describe('two servers on one PostgreSQL', () => {
         const adminB = new Client(b.url, adminA.key);
         await adminA.post('/api/v1/tenants/acme/users', { name: 'alice', email: 'alice@example.com' });
         const ak = (await adminA.post('/api/v1/tenants/acme/authkeys', { user: 'alice', reusable: true })).body.key;
-        const n1 = await opA.as(null).post('/node/v1/register', { auth_key: ak, node_key: nodeKey(), hostname: 'one' });
-        const n2 = await opA.as(null).post('/node/v1/register', { auth_key: ak, node_key: nodeKey(), hostname: 'two' });
+        const n1 = await registerNode(opA.as(null), { auth_key: ak, hostname: 'one' });
+        const n2 = await registerNode(opA.as(null), { auth_key: ak, hostname: 'two' });
         // node one streams from server B
         const st = await SseReader.open(`${b.url}/node/v1/stream`, n1.body.token);
         const first = await st.next();

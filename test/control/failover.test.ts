@@ -4,7 +4,7 @@
 // (anti-flap). Measured: report → every client map updated.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, backends, SseReader, cleanup, nodeKey, sleep, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
+import { Client, backends, SseReader, cleanup, registerNode, sleep, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
 
 const ROUTE = '10.60.0.0/16';
 const viaPeer = (m: Json): number | null => m.peers.find((p: Json) => p.allowed_ips.includes(ROUTE))?.id ?? null;
@@ -39,7 +39,7 @@ function failoverSuite(name: string, setup: () => Promise<string>, teardown: () 
       relay = op.as(rel.body.token);
       const ak = (await adm.post('/api/v1/tenants/ha/authkeys', { tags: ['tag:router'], reusable: true })).body.key;
       for (const [host, routes] of [['r1', [ROUTE]], ['r2', [ROUTE]], ['client', []]] as const) {
-        const r = await op.as(null).post('/node/v1/register', { auth_key: ak, node_key: nodeKey(), hostname: host, routes });
+        const r = await registerNode(op.as(null), { auth_key: ak, hostname: host, routes });
         assert.equal(r.status, 201, r.text);
         const m = (await op.as(r.body.token).get('/node/v1/map')).body;
         node[host] = { id: r.body.node.id, token: r.body.token, link: m.relays[0].link_id };

@@ -7,6 +7,8 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
+import BetterSqlite3 from 'better-sqlite3';
+import { generateNodeKey, signRegistration, type NodeKeyPair } from '../../src/control/nodekey.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const ROOT = join(here, '..', '..');
@@ -297,5 +299,51 @@ export function cleanup(dir: string): void {
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** A random node public key (base64 of 32 bytes). */
+/** A random node public key (base64 of 32 bytes): a key nobody holds the private half of. */
 export const nodeKey = (): string => randomBytes(32).toString('base64');
+
+/** A node identity: an Ed25519 key pair (`nodekey:<hex>` and its private key). */
+export const nodeIdentity = (): NodeKeyPair => generateNodeKey();
+
+/** The registration proof for a key: a fresh nonce from /register/challenge for this auth key, signed. */
+export async function registerProof(client: Client, authKey: string, id: NodeKeyPair): Promise<{ nonce: string; signature: string } | Res<Json>> {
+  const ch = await client.as(null).post('/node/v1/register/challenge', { auth_key: authKey });
+  if (ch.status !== 200) return ch;
+  return { nonce: ch.body.nonce as string, signature: signRegistration(id.privateKey, ch.body.nonce as string, id.nodeKey, ch.body.tenant as string) };
+}
+
+/**
+ * Registers a node as larktun up does: a nonce from /register/challenge, signed
+ * with the node key (`id`, a new one by default; any node_key in `body` is replaced).
+ * A refused challenge is returned as the answer.
+ */
+export async function registerNode(client: Client, body: Record<string, unknown>, id: NodeKeyPair = generateNodeKey()): Promise<Res<Json>> {
+  const proof = await registerProof(client, String(body['auth_key']), id);
+  if ('status' in proof) return proof;
+  return client.post('/node/v1/register', { ...body, node_key: id.nodeKey, ...proof });
+}
+
+/**
+ * Runs one statement straight on a server's database (`db` as given to
+ * spawnServer; SQLite: the file in `dataDir`), e.g. to make rows look as an
+ * older version left them. Parameters as $1, $2, …
+ */
+export async function dbExec(db: string, dataDir: string, q: string, params: unknown[]): Promise<void> {
+  if (db === 'sqlite') {
+    const d = new BetterSqlite3(join(dataDir, 'larktun.db'));
+    try {
+      d.pragma('busy_timeout = 5000');
+      d.prepare(q.replace(/\$\d+/g, '?')).run(...params);
+    } finally {
+      d.close();
+    }
+    return;
+  }
+  const c = new pg.Client({ connectionString: db });
+  await c.connect();
+  try {
+    await c.query(q, params);
+  } finally {
+    await c.end();
+  }
+}

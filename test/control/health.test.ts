@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import pg from 'pg';
 import {
-  Client, backends, SseReader, cleanup, freshPgSchema, nodeKey, pgUnavailable, sleep, spawnServer, tempDir, type Json, type ServerProc,
+  Client, backends, SseReader, cleanup, freshPgSchema, registerNode, pgUnavailable, sleep, spawnServer, tempDir, type Json, type ServerProc,
 } from './harness.js';
 
 const ROUTE = '10.60.0.0/16';
@@ -46,7 +46,7 @@ async function setupTenant(op: Client): Promise<{ adm: Client; relay: Record<str
   const ak = (await adm.post('/api/v1/tenants/ha/authkeys', { tags: ['tag:router'], reusable: true })).body.key;
   const node: Record<string, Node> = {};
   for (const [host, routes] of [['r1', [ROUTE]], ['r2', [ROUTE]], ['client', []]] as const) {
-    const r = await op.as(null).post('/node/v1/register', { auth_key: ak, node_key: nodeKey(), hostname: host, routes });
+    const r = await registerNode(op.as(null), { auth_key: ak, hostname: host, routes });
     assert.equal(r.status, 201, r.text);
     const m = (await op.as(r.body.token).get('/node/v1/map')).body;
     const links: Record<string, number> = {};

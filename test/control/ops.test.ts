@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { get as httpsGet } from 'node:https';
 import { join } from 'node:path';
-import { Client, SseReader, cleanup, nodeKey, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
+import { Client, SseReader, cleanup, registerNode, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
 
 describe('server operations (SQLite)', () => {
   let dir = '';
@@ -38,9 +38,9 @@ describe('server operations (SQLite)', () => {
     const rk = (await admin.post('/api/v1/tenants/acme/authkeys', { tags: ['tag:router'], reusable: true })).body.key;
     const ck = (await admin.post('/api/v1/tenants/acme/authkeys', { user: 'alice', reusable: true })).body.key;
     const node = admin.as(null);
-    const r1 = (await node.post('/node/v1/register', { auth_key: rk, node_key: nodeKey(), hostname: 'r1', routes: ['10.77.0.0/16'] })).body;
-    const r2 = (await node.post('/node/v1/register', { auth_key: rk, node_key: nodeKey(), hostname: 'r2', routes: ['10.77.0.0/16'] })).body;
-    const c = (await node.post('/node/v1/register', { auth_key: ck, node_key: nodeKey(), hostname: 'client' })).body;
+    const r1 = (await registerNode(node, { auth_key: rk, hostname: 'r1', routes: ['10.77.0.0/16'] })).body;
+    const r2 = (await registerNode(node, { auth_key: rk, hostname: 'r2', routes: ['10.77.0.0/16'] })).body;
+    const c = (await registerNode(node, { auth_key: ck, hostname: 'client' })).body;
     assert.deepEqual(r1.node.approved_routes, ['10.77.0.0/16']);
     const s1 = await SseReader.open(`${srv.url}/node/v1/stream`, r1.token);
     await s1.next();
@@ -64,7 +64,7 @@ describe('server operations (SQLite)', () => {
 
   it('exports nodes online per tenant, map pushes, compile time and API latency', async () => {
     const ck = (await admin.post('/api/v1/tenants/acme/authkeys', { user: 'alice' })).body.key;
-    const n = (await admin.as(null).post('/node/v1/register', { auth_key: ck, node_key: nodeKey(), hostname: 'm' })).body;
+    const n = (await registerNode(admin.as(null), { auth_key: ck, hostname: 'm' })).body;
     const s = await SseReader.open(`${srv.url}/node/v1/stream`, n.token);
     await s.next();
     const m = (await admin.as(null).get('/metrics')).text;

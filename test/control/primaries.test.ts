@@ -3,7 +3,7 @@
 // current primary is kept (anti-flap) — also by a replica that starts later.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, SseReader, cleanup, freshPgSchema, nodeKey, pgUnavailable, sleep, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
+import { Client, SseReader, cleanup, freshPgSchema, registerNode, pgUnavailable, sleep, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
 
 const ROUTE = '10.70.0.0/16';
 const viaPeer = (m: Json): number | null => m.peers.find((p: Json) => p.allowed_ips.includes(ROUTE))?.id ?? null;
@@ -19,7 +19,7 @@ async function setupTenant(op: Client): Promise<{ adm: Client; nodes: Record<str
   const ak = (await adm.post('/api/v1/tenants/ha/authkeys', { tags: ['tag:router'], reusable: true })).body.key;
   const nodes: Record<string, { id: number; token: string }> = {};
   for (const [host, routes] of [['r1', [ROUTE]], ['r2', [ROUTE]], ['client', []]] as const) {
-    const r = await op.as(null).post('/node/v1/register', { auth_key: ak, node_key: nodeKey(), hostname: host, routes });
+    const r = await registerNode(op.as(null), { auth_key: ak, hostname: host, routes });
     assert.equal(r.status, 201, r.text);
     nodes[host] = { id: r.body.node.id, token: r.body.token };
   }

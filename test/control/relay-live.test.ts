@@ -5,7 +5,7 @@
 // relay reports again it is live again. Both stores; the flip happens once.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, backends, SseReader, cleanup, nodeKey, sleep, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
+import { Client, backends, SseReader, cleanup, registerNode, sleep, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
 import { homeRelay } from '../../src/daemon/mapplan.js';
 
 const TTL = 1500;
@@ -38,7 +38,7 @@ for (const be of backends()) {
         const adm = op.as((await op.post(`/api/v1/tenants/${t}/apikeys`, { role: 'admin' })).body.key);
         assert.equal((await adm.post(`/api/v1/tenants/${t}/users`, { name: 'alice' })).status, 201);
         const ak = (await adm.post(`/api/v1/tenants/${t}/authkeys`, { user: 'alice', reusable: true })).body.key;
-        const r = await op.as(null).post('/node/v1/register', { auth_key: ak, node_key: nodeKey(), hostname: `${t}-laptop`, routes: [] });
+        const r = await registerNode(op.as(null), { auth_key: ak, hostname: `${t}-laptop`, routes: [] });
         assert.equal(r.status, 201, r.text);
         node[t] = { token: r.body.token, stream: null };
         node[t]!.stream = await SseReader.open(`${srv.url}/node/v1/stream`, r.body.token);

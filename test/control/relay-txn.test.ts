@@ -5,7 +5,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { Client, backends, cleanup, nodeKey, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
+import { Client, backends, cleanup, registerNode, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
 import { openDatabase } from '../../src/control/store/db.js';
 import { Store } from '../../src/control/store/repo.js';
 import { ensureLinks, RELAY_SELF_ID } from '../../src/control/relays.js';
@@ -41,7 +41,7 @@ function txnSuite(name: string, setup: () => Promise<string>, teardown: () => Pr
         const ak = (await admin[t]!.post(`/api/v1/tenants/${t}/authkeys`, { tags: ['tag:n'], reusable: true })).body.key;
         nodes[t] = [];
         for (let i = 0; i < 3; i++) {
-          const r = await op.as(null).post('/node/v1/register', { auth_key: ak, node_key: nodeKey(), hostname: `n${i}` });
+          const r = await registerNode(op.as(null), { auth_key: ak, hostname: `n${i}` });
           assert.equal(r.status, 201, r.text);
           nodes[t]!.push(r.body.node.id);
         }

@@ -3,7 +3,7 @@
 // isolation (a dedicated relay sees only its tenant; other tenants' keys get 404).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, backends, SseReader, cleanup, nodeKey, sleep, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
+import { Client, backends, SseReader, cleanup, registerNode, sleep, spawnServer, tempDir, type Json, type ServerProc } from './harness.js';
 
 const HEX64 = /^[0-9a-f]{64}$/;
 
@@ -24,7 +24,7 @@ function relaySuite(name: string, setup: () => Promise<string>, teardown: () => 
     const register = async (tenant: Client, t: string, host: string, extra: Record<string, unknown> = {}) => {
       const ak = await tenant.post(`/api/v1/tenants/${t}/authkeys`, { tags: ['tag:router'] });
       assert.equal(ak.status, 201, ak.text);
-      const r = await op.as(null).post('/node/v1/register', { auth_key: ak.body.key, node_key: nodeKey(), hostname: host, ...extra });
+      const r = await registerNode(op.as(null), { auth_key: ak.body.key, hostname: host, ...extra });
       assert.equal(r.status, 201, r.text);
       tok[host] = r.body.token;
       nid[host] = r.body.node.id;
@@ -155,7 +155,7 @@ function relaySuite(name: string, setup: () => Promise<string>, teardown: () => 
       const reg = async (host: string, tag: string, extra: Record<string, unknown> = {}) => {
         const ak = await g.post('/api/v1/tenants/gamma/authkeys', { tags: [tag] });
         assert.equal(ak.status, 201, ak.text);
-        const r = await op.as(null).post('/node/v1/register', { auth_key: ak.body.key, node_key: nodeKey(), hostname: host, ...extra });
+        const r = await registerNode(op.as(null), { auth_key: ak.body.key, hostname: host, ...extra });
         assert.equal(r.status, 201, r.text);
         return { id: r.body.node.id as number, token: r.body.token as string, approved: r.body.node.approved_routes as string[] };
       };

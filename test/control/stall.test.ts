@@ -4,7 +4,7 @@
 import { it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
-import { Client, cleanup, nodeKey, sleep, spawnServer, tempDir } from './harness.js';
+import { Client, cleanup, registerNode, sleep, spawnServer, tempDir } from './harness.js';
 
 it('a stream that stopped reading is cut and its node marked offline', async () => {
   const dir = tempDir();
@@ -18,7 +18,7 @@ it('a stream that stopped reading is cut and its node marked offline', async () 
     const ids: number[] = [];
     let token = '';
     for (let i = 0; i < 200; i++) {
-      const r = await op.as(null).post('/node/v1/register', { auth_key: ak, node_key: nodeKey(), hostname: `n${i}`, endpoints: ['198.51.100.1:41641', '198.51.100.2:41641'] });
+      const r = await registerNode(op.as(null), { auth_key: ak, hostname: `n${i}`, endpoints: ['198.51.100.1:41641', '198.51.100.2:41641'] });
       ids.push(r.body.node.id);
       if (i === 0) token = r.body.token;
     }

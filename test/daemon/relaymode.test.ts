@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { Client, SseReader, cleanup, nodeKey, sleep, spawnServer, tempDir, type Json, type ServerProc } from '../control/harness.js';
+import { Client, SseReader, cleanup, registerNode, sleep, spawnServer, tempDir, type Json, type ServerProc } from '../control/harness.js';
 import { runRelay } from '../../src/daemon/relaymode.js';
 import { udp } from '../dataplane/packets.js';
 import { WireRx, WireTx, RxCode } from '../../src/wire/index.js';
@@ -90,7 +90,7 @@ describe('relay mode against a control server (SQLite)', () => {
     assert.equal(akr.status, 201, akr.text);
     const ak = akr.body.key;
     for (const n of [n1, n2]) {
-      const r = await op.as(null).post('/node/v1/register', { auth_key: ak, node_key: nodeKey(), hostname: n.host });
+      const r = await registerNode(op.as(null), { auth_key: ak, hostname: n.host });
       assert.equal(r.status, 201, r.text);
       const m = (await op.as(r.body.token).get('/node/v1/map')).body;
       const link = m.relays[0];

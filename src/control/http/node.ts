@@ -8,7 +8,9 @@ import { nowIso } from '../store/repo.js';
 import { ApiError, badRequest, unauthorized } from '../errors.js';
 import { newSecret, parseSecret, secretMatches } from '../secrets.js';
 import { bearer } from './auth.js';
-import type { NodeRow } from '../store/schema.js';
+import { randomBytes } from 'node:crypto';
+import { NONCE_BYTES, REGISTER_PROOF_LABEL, verifyRegistration } from '../nodekey.js';
+import type { AuthKeyRow, NodeRow } from '../store/schema.js';
 import {
   allocateAddresses, canonicalRoutes, nodeAuditView, runAutoApprove, uniqueNodeName, validateTagSyntax,
 } from '../service.js';
@@ -62,7 +64,15 @@ interface RegisterBody extends HostinfoBody {
   node_key: string;
   hostname: string;
   tags?: string[];
+  nonce?: string;
+  signature?: string;
 }
+
+/** How long a registration nonce is valid (ms; LARKTUN_REGISTER_NONCE_TTL_MS, default 60 s). */
+const NONCE_TTL_MS = Number(process.env['LARKTUN_REGISTER_NONCE_TTL_MS']) > 0 ? Number(process.env['LARKTUN_REGISTER_NONCE_TTL_MS']) : 60_000;
+/** Pending nonces per auth key (its oldest is dropped) and in all (beyond: 429). */
+const NONCES_PER_KEY = 1000;
+const NONCES_TOTAL = 100_000;
 
 function announcedFrom(b: HostinfoBody, prev: string[]): string[] {
   const isExit = (r: string) => r === '0.0.0.0/0' || r === '::/0';
@@ -99,98 +109,255 @@ export async function authenticateNode(store: Store, req: FastifyRequest): Promi
 export function registerNodeRoutes(app: FastifyInstance, deps: NodeDeps): void {
   const { store, hub, metrics } = deps;
 
+  // ---- registration: proof of the node key (src/control/nodekey.ts) -------------
+
+  /** A refused registration: counted, and audited in the key's tenant when it concerns an existing node. */
+  const refuse = async (reason: string, err: ApiError, audit: { tenantId: number; key: AuthKeyRow; node: NodeRow | undefined; nodeKey: string } | null): Promise<never> => {
+    metrics.identityRefusals.inc({ reason });
+    metrics.rejections.inc({ reason: `register_${reason}` });
+    if (audit?.node) {
+      await store.auditOnly(audit.tenantId, `authkey:${audit.key.prefix}`, 'node.register.refused', 'node', audit.node.id, null, {
+        reason, node_key: audit.nodeKey, auth_key_user_id: audit.key.user_id, node_user_id: audit.node.user_id,
+      }).catch((e: unknown) => app.log.warn({ err: e }, 'auditing a refused registration failed'));
+    }
+    throw err;
+  };
+
+  async function validAuthKey(secret: string): Promise<AuthKeyRow> {
+    const parsed = parseSecret(secret);
+    const key = parsed?.kind === 'lkauth' ? await store.findAuthKey(parsed.prefix) : undefined;
+    if (!key || !secretMatches(secret, key.hash)) {
+      metrics.rejections.inc({ reason: 'auth_key_invalid' });
+      throw unauthorized('invalid auth key');
+    }
+    if (key.expires_at !== null && key.expires_at <= nowIso()) {
+      metrics.rejections.inc({ reason: 'auth_key_expired' });
+      throw unauthorized('this auth key has expired');
+    }
+    return key;
+  }
+
+  app.post<{ Body: { auth_key: string } }>(
+    '/register/challenge',
+    {
+      schema: {
+        ...doc(`Get a registration nonce for an auth key: single-use, valid ${Math.round(NONCE_TTL_MS / 1000)} s; sign it with the node key ("${REGISTER_PROOF_LABEL}" ‖ u8(32) ‖ nonce ‖ u16be(len) ‖ node_key ‖ u16be(len) ‖ tenant, Ed25519) and send nonce and signature to /register`, 'authkey'),
+        body: { type: 'object', additionalProperties: false, required: ['auth_key'], properties: { auth_key: { type: 'string', maxLength: 200 } } },
+      },
+    },
+    async (req) => {
+      const key = await validAuthKey(req.body.auth_key);
+      if (key.reusable !== 1 && key.used_count > 0) {
+        metrics.rejections.inc({ reason: 'auth_key_used' });
+        throw unauthorized('this auth key has already been used');
+      }
+      const tenant = await store.getTenant(key.tenant_id);
+      if (!tenant) throw unauthorized('invalid auth key');
+      const nonce = randomBytes(NONCE_BYTES).toString('base64url');
+      const expires = new Date(Date.now() + NONCE_TTL_MS).toISOString();
+      if (!(await store.issueRegisterNonce({ nonce, tenantId: key.tenant_id, authKeyId: key.id, ttlMs: NONCE_TTL_MS }, { perKey: NONCES_PER_KEY, total: NONCES_TOTAL }))) {
+        metrics.rejections.inc({ reason: 'register_nonces_full' });
+        throw new ApiError(429, 'too_many_challenges', `${NONCES_TOTAL} registrations are pending on this server: retry in a minute`);
+      }
+      return { nonce, tenant: tenant.name, expires_at: expires, label: REGISTER_PROOF_LABEL };
+    },
+  );
+
   app.post<{ Body: RegisterBody }>(
     '/register',
     {
       schema: {
-        ...doc('Register a node with an auth key and its public key', 'authkey'),
+        ...doc('Register a node with an auth key, its public key and a proof of that key (a signed nonce from /register/challenge). A node registered before keys were proven moves to a proven key by also sending its node token (Authorization: Bearer lknode_…)', 'authkey'),
         body: {
           type: 'object', additionalProperties: false, required: ['auth_key', 'node_key', 'hostname'],
-          properties: { auth_key: { type: 'string', maxLength: 200 }, node_key: NODE_KEY, tags: { type: 'array', items: { type: 'string' }, maxItems: 64 }, ...hostinfoProps },
+          properties: {
+            auth_key: { type: 'string', maxLength: 200 }, node_key: NODE_KEY,
+            nonce: { type: 'string', pattern: '^[A-Za-z0-9_-]{43}$', description: 'the nonce from /register/challenge (base64url, 32 bytes)' },
+            signature: { type: 'string', pattern: '^[A-Za-z0-9_-]{86}$', description: 'Ed25519 signature of the proof message by the node key (base64url, 64 bytes)' },
+            tags: { type: 'array', items: { type: 'string' }, maxItems: 64 }, ...hostinfoProps,
+          },
         },
       },
     },
     async (req, reply) => {
       const b = req.body;
-      const parsed = parseSecret(b.auth_key);
-      const key = parsed?.kind === 'lkauth' ? await store.findAuthKey(parsed.prefix) : undefined;
-      if (!key || !secretMatches(b.auth_key, key.hash)) {
-        metrics.rejections.inc({ reason: 'auth_key_invalid' });
-        throw unauthorized('invalid auth key');
+      const key = await validAuthKey(b.auth_key);
+      const tenant = await store.getTenant(key.tenant_id);
+      if (!tenant) throw unauthorized('invalid auth key');
+      // Proof of possession, before anything is looked up or changed. The
+      // nonce is taken (deleted) whatever follows: it never serves twice.
+      const known = () => store.tenant(key.tenant_id).getNodeByKey(b.node_key);
+      if (b.nonce === undefined || b.signature === undefined) {
+        await refuse('proof_required', new ApiError(401, 'proof_required', 'registration needs proof of the node key: get a nonce from POST /node/v1/register/challenge, sign it with the node key and send "nonce" and "signature" (larktun up does this; update an older larktund)'), { tenantId: key.tenant_id, key, node: await known(), nodeKey: b.node_key });
       }
-      if (key.expires_at !== null && key.expires_at <= nowIso()) {
-        metrics.rejections.inc({ reason: 'auth_key_expired' });
-        throw unauthorized('this auth key has expired');
+      const nonce = b.nonce as string;
+      const taken = await store.takeRegisterNonce(nonce);
+      if (!taken || taken.auth_key_id !== key.id) {
+        await refuse('proof_nonce_invalid', new ApiError(401, 'proof_nonce_invalid', 'the registration nonce is unknown, expired, already used or was issued for another auth key: get a new one from POST /node/v1/register/challenge'), { tenantId: key.tenant_id, key, node: await known(), nodeKey: b.node_key });
       }
+      if (!verifyRegistration(b.node_key, Buffer.from(nonce, 'base64url'), tenant.name, b.signature as string)) {
+        await refuse('proof_invalid', new ApiError(401, 'proof_invalid', `the signature does not prove possession of node key "${b.node_key}" (expected an Ed25519 "nodekey:<64 hex>" key signing the "${REGISTER_PROOF_LABEL}" message for this nonce and tenant "${tenant.name}")`), { tenantId: key.tenant_id, key, node: await known(), nodeKey: b.node_key });
+      }
+
       const keyTags = jsonList(key.tags);
       const requested = b.tags ? [...new Set(b.tags)].sort() : keyTags;
       validateTagSyntax(requested);
       const announcedBase = announcedFrom(b, []);
       const endpoints = endpointsFrom(b) ?? [];
       const s = newSecret('lknode');
-      const tenant = await store.getTenant(key.tenant_id);
-      if (!tenant) throw unauthorized('invalid auth key');
+      // A node registered before keys were proven has a key nobody can prove: its
+      // token (sent as a bearer token) shows it is that node.
+      const priorToken = bearer(req);
+      const priorParsed = priorToken ? parseSecret(priorToken) : null;
 
-      const { result } = await store.write(key.tenant_id, `authkey:${key.prefix}`, async (tx) => {
-        const k = await tx.getAuthKey(key.id); // re-read under the tenant lock
-        if (!k) throw unauthorized('invalid auth key');
-        const existing = await tx.getNodeByKey(b.node_key);
-        if (k.reusable !== 1 && k.used_count > 0 && !(existing && existing.auth_key_id === k.id)) {
-          metrics.rejections.inc({ reason: 'auth_key_used' });
-          throw unauthorized('this auth key has already been used');
-        }
-        const pol = await tx.currentPolicy();
-        const policyText = pol?.text ?? '{}';
-        const needsOwner = requested.some((tag) => !keyTags.includes(tag));
-        const user = needsOwner && k.user_id !== null ? ((await tx.getUser(k.user_id)) ?? null) : null;
-        const notAllowed = requested.filter(
-          (tag) => !keyTags.includes(tag) && !userOwnsTag(policyText, tag, user ? { id: user.id, name: user.name, email: user.email } : null),
-        );
-        if (notAllowed.length) {
-          metrics.rejections.inc({ reason: 'tags_not_allowed' });
-          throw new ApiError(403, 'tags_not_allowed', `tag "${notAllowed[0]}" is not permitted for this auth key (not one of its tags, and the key's user does not own it in tagOwners)`, { tags: notAllowed });
-        }
-        const now = nowIso();
-        let node: NodeRow;
-        if (existing) {
-          const before = nodeAuditView(existing);
-          const updated = await tx.updateNode(existing.id, {
-            token_prefix: s.prefix, token_hash: s.hash, hostname: b.hostname, tags: JSON.stringify(requested),
-            user_id: k.user_id, auth_key_id: k.id, ephemeral: k.ephemeral, expires_at: null,
-            announced_routes: JSON.stringify(announcedBase), endpoints: JSON.stringify(endpoints),
-            hostinfo: hostinfoJson(b, jsonObject(existing.hostinfo)),
-          });
-          if (!updated) throw new ApiError(500, 'internal', 'node vanished during registration');
-          node = updated;
-          await tx.audit('node.reregister', 'node', node.id, before, nodeAuditView(node));
-        } else {
-          const count = await tx.countNodes();
-          if (count >= tenant.max_nodes) {
-            metrics.rejections.inc({ reason: 'max_nodes' });
-            throw new ApiError(409, 'limit_reached', `this tenant has reached its limit of ${tenant.max_nodes} nodes`);
+      // What the transaction found, for after it (a refusal rolls it back).
+      const seen: { owner: NodeRow | null; tagsKept: string[] | null } = { owner: null, tagsKept: null };
+      let written;
+      try {
+        written = await store.write(key.tenant_id, `authkey:${key.prefix}`, async (tx) => {
+          const k = await tx.getAuthKey(key.id); // re-read under the tenant lock
+          if (!k) throw unauthorized('invalid auth key');
+          let existing = await tx.getNodeByKey(b.node_key);
+          let previousKey: string | null = null;
+          if (!existing && priorToken && priorParsed?.kind === 'lknode') {
+            const prior = await tx.getNodeByTokenPrefix(priorParsed.prefix);
+            if (prior && prior.key_proven_at === null && secretMatches(priorToken, prior.token_hash)) {
+              existing = prior;
+              previousKey = prior.node_key;
+            }
           }
-          const addrs = await allocateAddresses(tx, tenant, count);
-          node = await tx.insertNode({
-            name: await uniqueNodeName(tx, b.hostname), hostname: b.hostname, node_key: b.node_key,
-            token_prefix: s.prefix, token_hash: s.hash, user_id: k.user_id, tags: JSON.stringify(requested),
-            ipv4: addrs.ipv4, ipv6: addrs.ipv6, announced_routes: JSON.stringify(announcedBase), approved_routes: '[]',
-            exit_node_wish: b.exit_node ? 1 : 0, endpoints: JSON.stringify(endpoints), hostinfo: hostinfoJson(b, {}),
-            online: 0, last_seen: null, ephemeral: k.ephemeral, auth_key_id: k.id, expires_at: null,
-            created_at: now, updated_at: now,
-          });
-          await tx.audit('node.register', 'node', node.id, null, nodeAuditView(node));
-        }
-        await tx.countAuthKeyUse(k.id);
-        await ensureLinks(tx, await tx.relaysServing(), [node.id]);
-        if (node.announced_routes === '[]') return node;
-        const changed = await runAutoApprove(tx, tenant, policyText, [node.id]);
-        return changed > 0 ? ((await tx.getNode(node.id)) ?? node) : node;
-      });
+          // The node stays its user's: another user's key (or a user's key for a
+          // node without a user, and the other way round) never re-registers it.
+          if (existing && existing.user_id !== k.user_id) {
+            seen.owner = existing;
+            throw new ApiError(403, 'node_owned_by_other_user', `node "${existing.name}" is registered to another ${existing.user_id === null ? 'owner (its tags)' : 'user'}: only an auth key of its own ${existing.user_id === null ? 'kind (without a user)' : 'user'} re-registers it; to join as a new node, run larktun logout first`);
+          }
+          if (!(await tx.consumeAuthKey(k.id))) {
+            metrics.rejections.inc({ reason: 'auth_key_used' });
+            throw unauthorized('this auth key has already been used');
+          }
+          const now = nowIso();
+          let node: NodeRow;
+          if (existing) {
+            // Re-registration: new token, fresh hostinfo; user and tags stay as
+            // they are (as registered, or as an admin set them).
+            if (b.tags && JSON.stringify(requested) !== JSON.stringify(jsonList(existing.tags))) seen.tagsKept = jsonList(existing.tags);
+            const before = nodeAuditView(existing);
+            const updated = await tx.updateNode(existing.id, {
+              token_prefix: s.prefix, token_hash: s.hash, hostname: b.hostname, node_key: b.node_key, key_proven_at: now,
+              auth_key_id: k.id, ephemeral: k.ephemeral, expires_at: null,
+              announced_routes: JSON.stringify(announcedBase), endpoints: JSON.stringify(endpoints),
+              hostinfo: hostinfoJson(b, jsonObject(existing.hostinfo)),
+            });
+            if (!updated) throw new ApiError(500, 'internal', 'node vanished during registration');
+            node = updated;
+            if (previousKey !== null) await tx.audit('node.key.prove', 'node', node.id, { node_key: previousKey, key_proven: false }, { node_key: node.node_key, key_proven: true });
+            await tx.audit('node.reregister', 'node', node.id, before, nodeAuditView(node));
+          } else {
+            const pol = await tx.currentPolicy();
+            const policyText = pol?.text ?? '{}';
+            const needsOwner = requested.some((tag) => !keyTags.includes(tag));
+            const user = needsOwner && k.user_id !== null ? ((await tx.getUser(k.user_id)) ?? null) : null;
+            const notAllowed = requested.filter(
+              (tag) => !keyTags.includes(tag) && !userOwnsTag(policyText, tag, user ? { id: user.id, name: user.name, email: user.email } : null),
+            );
+            if (notAllowed.length) {
+              metrics.rejections.inc({ reason: 'tags_not_allowed' });
+              throw new ApiError(403, 'tags_not_allowed', `tag "${notAllowed[0]}" is not permitted for this auth key (not one of its tags, and the key's user does not own it in tagOwners)`, { tags: notAllowed });
+            }
+            const count = await tx.countNodes();
+            if (count >= tenant.max_nodes) {
+              metrics.rejections.inc({ reason: 'max_nodes' });
+              throw new ApiError(409, 'limit_reached', `this tenant has reached its limit of ${tenant.max_nodes} nodes`);
+            }
+            const addrs = await allocateAddresses(tx, tenant, count);
+            node = await tx.insertNode({
+              name: await uniqueNodeName(tx, b.hostname), hostname: b.hostname, node_key: b.node_key, key_proven_at: now,
+              token_prefix: s.prefix, token_hash: s.hash, user_id: k.user_id, tags: JSON.stringify(requested),
+              ipv4: addrs.ipv4, ipv6: addrs.ipv6, announced_routes: JSON.stringify(announcedBase), approved_routes: '[]',
+              exit_node_wish: b.exit_node ? 1 : 0, endpoints: JSON.stringify(endpoints), hostinfo: hostinfoJson(b, {}),
+              online: 0, last_seen: null, ephemeral: k.ephemeral, auth_key_id: k.id, expires_at: null,
+              created_at: now, updated_at: now,
+            });
+            await tx.audit('node.register', 'node', node.id, null, nodeAuditView(node));
+          }
+          await ensureLinks(tx, await tx.relaysServing(), [node.id]);
+          if (node.announced_routes === '[]') return node;
+          const pol = await tx.currentPolicy();
+          const changed = await runAutoApprove(tx, tenant, pol?.text ?? '{}', [node.id]);
+          return changed > 0 ? ((await tx.getNode(node.id)) ?? node) : node;
+        });
+      } catch (err) {
+        if (seen.owner !== null) await refuse('takeover', err as ApiError, { tenantId: key.tenant_id, key, node: seen.owner, nodeKey: b.node_key });
+        throw err;
+      }
+      const result = written.result;
+      const kept = seen.tagsKept;
       return reply.code(201).send({
         token: s.secret,
         tenant: tenant.name,
         node: { id: result.id, name: result.name, ipv4: result.ipv4, ipv6: result.ipv6, tags: jsonList(result.tags), approved_routes: jsonList(result.approved_routes) },
+        ...(kept !== null ? { warning: `this node keeps its tags ${kept.length ? kept.join(',') : '(none)'}: a registered node's tags are changed by an admin (larktun admin nodes tag), not by registering again` } : {}),
       });
+    },
+  );
+
+  // A node registered before node keys were proven (key_proven: false) proves a
+  // new key with its token, without an auth key: the same node, same token.
+  app.post('/key/challenge', { schema: doc('A nonce for a node whose key was never proven (registered before 0007) to prove a new key with its token: POST it to /key') }, async (req) => {
+    const node = await authenticateNode(store, req);
+    if (node.key_proven_at !== null) throw new ApiError(409, 'key_already_proven', 'this node\'s key is proven: a node moves to another key only by registering as a new node');
+    const tenant = await store.getTenant(node.tenant_id);
+    if (!tenant) throw unauthorized('missing or invalid node token');
+    const nonce = randomBytes(NONCE_BYTES).toString('base64url');
+    const expires = new Date(Date.now() + NONCE_TTL_MS).toISOString();
+    if (!(await store.issueRegisterNonce({ nonce, tenantId: node.tenant_id, nodeId: node.id, ttlMs: NONCE_TTL_MS }, { perKey: NONCES_PER_KEY, total: NONCES_TOTAL }))) {
+      metrics.rejections.inc({ reason: 'register_nonces_full' });
+      throw new ApiError(429, 'too_many_challenges', `${NONCES_TOTAL} registrations are pending on this server: retry in a minute`);
+    }
+    return { nonce, tenant: tenant.name, expires_at: expires, label: REGISTER_PROOF_LABEL };
+  });
+
+  app.post<{ Body: { node_key: string; nonce: string; signature: string } }>(
+    '/key',
+    {
+      schema: {
+        ...doc('Prove a new node key with the node token (only a node whose key was never proven): the node keeps its id, addresses and token'),
+        body: {
+          type: 'object', additionalProperties: false, required: ['node_key', 'nonce', 'signature'],
+          properties: {
+            node_key: NODE_KEY,
+            nonce: { type: 'string', pattern: '^[A-Za-z0-9_-]{43}$' },
+            signature: { type: 'string', pattern: '^[A-Za-z0-9_-]{86}$' },
+          },
+        },
+      },
+    },
+    async (req) => {
+      const node = await authenticateNode(store, req);
+      const b = req.body;
+      const tenant = await store.getTenant(node.tenant_id);
+      if (!tenant) throw unauthorized('missing or invalid node token');
+      const taken = await store.takeRegisterNonce(b.nonce);
+      if (!taken || taken.node_id !== node.id) {
+        metrics.identityRefusals.inc({ reason: 'proof_nonce_invalid' });
+        throw new ApiError(401, 'proof_nonce_invalid', 'the nonce is unknown, expired, already used or was issued for another node: get a new one from POST /node/v1/key/challenge');
+      }
+      if (!verifyRegistration(b.node_key, Buffer.from(b.nonce, 'base64url'), tenant.name, b.signature)) {
+        metrics.identityRefusals.inc({ reason: 'proof_invalid' });
+        throw new ApiError(401, 'proof_invalid', `the signature does not prove possession of node key "${b.node_key}"`);
+      }
+      const { result } = await store.write(node.tenant_id, `node:${node.id}`, async (tx) => {
+        const cur = await tx.getNode(node.id);
+        if (!cur) throw unauthorized('missing or invalid node token');
+        if (cur.key_proven_at !== null) throw new ApiError(409, 'key_already_proven', 'this node\'s key is proven: a node moves to another key only by registering as a new node');
+        if (await tx.getNodeByKey(b.node_key)) throw new ApiError(409, 'conflict', 'another node of this tenant has this node key');
+        const updated = await tx.updateNode(cur.id, { node_key: b.node_key, key_proven_at: nowIso() });
+        if (!updated) throw unauthorized('missing or invalid node token');
+        await tx.audit('node.key.prove', 'node', cur.id, { node_key: cur.node_key, key_proven: false }, { node_key: updated.node_key, key_proven: true });
+        return updated;
+      });
+      return { node_key: result.node_key, key_proven: true };
     },
   );
 

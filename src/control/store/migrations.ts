@@ -217,6 +217,33 @@ function migrations(backend: Backend): Record<string, Migration> {
         await db.schema.alterTable('relays').dropColumn('live').execute();
       },
     },
+    '0007_node_identity': {
+      // Node keys are proven (src/control/nodekey.ts). nodes.key_proven_at: when
+      // the node last proved possession of its node_key (null: registered before
+      // this migration, never proven; such a node keeps working with its token,
+      // and moves to a proven key by registering with that token). Registration
+      // nonces live in the database so that any replica can check a nonce another
+      // issued, and taking one (DELETE … RETURNING) is single-use on both backends.
+      async up(db: Db): Promise<void> {
+        await db.schema.alterTable('nodes').addColumn('key_proven_at', 'text').execute();
+        await db.schema.createTable('register_nonces')
+          .addColumn('nonce', 'text', (c) => c.primaryKey())
+          .addColumn('tenant_id', 'integer', (c) => c.notNull().references('tenants.id').onDelete('cascade'))
+          // issued for a registration with this auth key, or (node_id) for a node proving a new key with its token
+          .addColumn('auth_key_id', 'integer', (c) => c.references('auth_keys.id').onDelete('cascade'))
+          .addColumn('node_id', 'integer', (c) => c.references('nodes.id').onDelete('cascade'))
+          .addColumn('expires_at', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex('register_nonces_expiry').on('register_nonces').column('expires_at').execute();
+        await db.schema.createIndex('register_nonces_key').on('register_nonces').columns(['auth_key_id', 'created_at']).execute();
+        await db.schema.createIndex('register_nonces_node').on('register_nonces').columns(['node_id', 'created_at']).execute();
+      },
+      async down(db: Db): Promise<void> {
+        await db.schema.dropTable('register_nonces').ifExists().execute();
+        await db.schema.alterTable('nodes').dropColumn('key_proven_at').execute();
+      },
+    },
   };
 }
 

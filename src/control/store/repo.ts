@@ -122,8 +122,16 @@ export class TenantRepo {
     const r = await this.del('auth_keys').where('id', '=', id).executeTakeFirst();
     return Number(r.numDeletedRows) > 0;
   }
-  async countAuthKeyUse(id: number): Promise<void> {
-    await this.upd('auth_keys').set((eb) => ({ used_count: eb('used_count', '+', 1) })).where('id', '=', id).execute();
+  /**
+   * Counts one use of an auth key, atomically refusing a second use of a
+   * single-use key: one conditional UPDATE, so two registrations racing with
+   * the same key (on any replica, either backend) cannot both count it. False:
+   * the key is single-use and already used (or gone).
+   */
+  async consumeAuthKey(id: number): Promise<boolean> {
+    const r = await this.upd('auth_keys').set((eb) => ({ used_count: eb('used_count', '+', 1) }))
+      .where('id', '=', id).where((eb) => eb.or([eb('reusable', '=', 1), eb('used_count', '=', 0)])).executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
   }
 
   // ---- nodes ---------------------------------------------------------------------
@@ -135,6 +143,9 @@ export class TenantRepo {
   }
   getNodeByKey(nodeKey: string): Promise<NodeRow | undefined> {
     return this.sel('nodes').selectAll().where('node_key', '=', nodeKey).executeTakeFirst();
+  }
+  getNodeByTokenPrefix(prefix: string): Promise<NodeRow | undefined> {
+    return this.sel('nodes').selectAll().where('token_prefix', '=', prefix).executeTakeFirst();
   }
   getNodeByName(name: string): Promise<NodeRow | undefined> {
     return this.sel('nodes').selectAll().where('name', '=', name).executeTakeFirst();
@@ -546,6 +557,51 @@ export class Store {
   }
   findNodeByToken(prefix: string): Promise<NodeRow | undefined> {
     return this.db.selectFrom('nodes').selectAll().where('token_prefix', '=', prefix).executeTakeFirst();
+  }
+
+  // ---- registration nonces (node identity proofs) -------------------------------------
+  /**
+   * Stores a registration nonce for an auth key. Bounded: expired nonces are
+   * dropped first; an auth key keeps about `perKey` pending nonces (its
+   * oldest go); false when `total` nonces are pending (the caller refuses).
+   */
+  async issueRegisterNonce(v: { nonce: string; tenantId: number; ttlMs: number } & ({ authKeyId: number } | { nodeId: number }), limits: { perKey: number; total: number }): Promise<boolean> {
+    // Single statements, no transaction: nothing here needs to be atomic (the
+    // bounds are soft by the few challenges in flight at once), and no lock is
+    // held while waiting for another.
+    const now = new Date();
+    await this.db.deleteFrom('register_nonces').where('expires_at', '<=', now.toISOString()).execute();
+    const total = Number((await this.db.selectFrom('register_nonces').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow()).n);
+    if (total >= limits.total) return false;
+    const owner = 'authKeyId' in v ? { auth_key_id: v.authKeyId, node_id: null } : { auth_key_id: null, node_id: v.nodeId };
+    const mine = await (owner.auth_key_id !== null
+      ? this.db.selectFrom('register_nonces').select('nonce').where('auth_key_id', '=', owner.auth_key_id)
+      : this.db.selectFrom('register_nonces').select('nonce').where('node_id', '=', owner.node_id))
+      .orderBy('created_at', 'desc').orderBy('nonce').offset(limits.perKey - 1).limit(1000).execute();
+    if (mine.length) await this.db.deleteFrom('register_nonces').where('nonce', 'in', mine.map((m) => m.nonce)).execute();
+    await this.db.insertInto('register_nonces').values({
+      nonce: v.nonce, tenant_id: v.tenantId, ...owner,
+      expires_at: new Date(now.getTime() + v.ttlMs).toISOString(), created_at: now.toISOString(),
+    }).execute();
+    return true;
+  }
+
+  /** Takes a nonce (single-use: one DELETE … RETURNING, so of two concurrent takers one gets it); undefined when unknown, used or expired. */
+  async takeRegisterNonce(nonce: string): Promise<{ tenant_id: number; auth_key_id: number | null; node_id: number | null } | undefined> {
+    return this.db.deleteFrom('register_nonces').where('nonce', '=', nonce).where('expires_at', '>', nowIso())
+      .returning(['tenant_id', 'auth_key_id', 'node_id']).executeTakeFirst();
+  }
+
+  /**
+   * Appends one audit entry without changing anything else (a refused
+   * registration): the tenant row is locked for the chain but the generation
+   * is not bumped, so no map is recomputed.
+   */
+  async auditOnly(tenantId: number, actor: Actor, action: string, objectType: string, objectId: string | number, before: unknown, after: unknown): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      if (!(await lockTenant(trx, this.backend, tenantId))) return;
+      await new TenantRepo(trx, tenantId).appendAudit(actor, action, objectType, objectId, before, after);
+    });
   }
 
   /** Online/offline is state, not configuration: it bumps the generation but is not audited. */

@@ -91,6 +91,19 @@ export interface NodesTable {
   expires_at: string | null;
   created_at: string;
   updated_at: string;
+  /** When the node last proved possession of node_key (null: registered before keys were proven). */
+  key_proven_at: Generated<string | null>;
+}
+
+/** A nonce for a node-key proof: single-use, short-lived, bound to one auth key (registration) or one node (a new key proven with the node's token). */
+export interface RegisterNoncesTable {
+  /** 32 random bytes, base64url */
+  nonce: string;
+  tenant_id: number;
+  auth_key_id: number | null;
+  node_id: number | null;
+  expires_at: string;
+  created_at: string;
 }
 
 export interface PoliciesTable {
@@ -183,6 +196,7 @@ export interface Database {
   relays: RelaysTable;
   relay_links: RelayLinksTable;
   primaries: PrimariesTable;
+  register_nonces: RegisterNoncesTable;
 }
 
 /** Tables whose rows belong to a tenant (everything but tenants and operator keys). */
