@@ -10,7 +10,9 @@ import { ControlMetrics } from './metrics.js';
 import { MapHub } from './netmap.js';
 import { notifyPayload, nullBus, startPgBus, type ChangeBus } from './bus.js';
 import { sql } from 'kysely';
-import { ApiError, errorBody } from './errors.js';
+import { ApiError, errorBody, unauthorized } from './errors.js';
+import { authenticate } from './http/auth.js';
+import { startMetricsListener, type MetricsListener } from './metrics-listener.js';
 import { newSecret } from './secrets.js';
 import { OpenApiCollector } from './http/openapi.js';
 import { registerAdminRoutes } from './http/admin.js';
@@ -46,6 +48,12 @@ export interface ServerOptions {
   relayLiveTtlMs?: number;
   /** How long a relay's health verdicts count after its last report, ms (default 10 s; env LARKTUN_RELAY_HEALTH_TTL_MS). */
   relayHealthTtlMs?: number;
+  /**
+   * host:port of a separate listener serving GET /metrics without
+   * authentication, for a local Prometheus (env LARKTUN_METRICS_LISTEN).
+   * The main listener's /metrics needs the operator key.
+   */
+  metricsListen?: string;
 }
 
 function envMs(name: string): number | undefined {
@@ -66,6 +74,8 @@ export interface RunningServer {
   host: string;
   /** Path of the operator key file when this start created it, else null. */
   operatorKeyCreated: string | null;
+  /** URL of the unauthenticated metrics listener (--metrics-listen), else null. */
+  metricsUrl: string | null;
   close(): Promise<void>;
 }
 
@@ -95,6 +105,14 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const log = opts.logger ?? pino({ level: opts.logLevel ?? 'info', base: { svc: 'larktun-server' } });
   const dataDir = resolve(opts.dataDir ?? './larktun-data');
   const { host, port } = parseListen(opts.listen ?? '127.0.0.1:8080');
+  const metricsListenSpec = opts.metricsListen ?? (process.env.LARKTUN_METRICS_LISTEN || undefined);
+  const metricsAt = metricsListenSpec === undefined ? null : (() => {
+    try {
+      return parseListen(metricsListenSpec);
+    } catch {
+      throw new Error(`--metrics-listen "${metricsListenSpec}" is not host:port (e.g. 127.0.0.1:9090 or [::1]:9090)`);
+    }
+  })();
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
 
   const handle = await openDatabase(opts.db ?? 'sqlite', dataDir);
@@ -244,7 +262,12 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       return reply.code(503).send(errorBody('database_unavailable', 'the database does not answer'));
     }
   });
-  app.get('/metrics', async (_req, reply) => {
+  // Per-tenant names, nodes and prefixes: only for the operator on this
+  // listener (which every node reaches); --metrics-listen serves them without
+  // authentication on an address of the operator's choice.
+  app.get('/metrics', async (req, reply) => {
+    const p = await authenticate(store, req);
+    if (p.kind !== 'operator') throw unauthorized('/metrics needs the operator key: send "Authorization: Bearer <operator key>" (or scrape --metrics-listen)');
     const text = await metrics.registry.metrics();
     return reply.type(metrics.registry.contentType).send(text);
   });
@@ -311,6 +334,18 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   sweepTimer.unref();
 
   await app.listen({ host, port });
+  let metricsListener: MetricsListener | null = null;
+  if (metricsAt) {
+    try {
+      metricsListener = await startMetricsListener(metricsAt.host, metricsAt.port, metrics.registry, (err) => log.warn({ err }, 'metrics scrape failed'));
+    } catch (err) {
+      await app.close();
+      await bus.close();
+      await store.close();
+      throw err;
+    }
+    log.info({ url: metricsListener.url }, 'metrics listener (no authentication)');
+  }
   const addr = app.server.address();
   const boundPort = typeof addr === 'object' && addr ? addr.port : port;
   const scheme = https ? 'https' : 'http';
@@ -327,6 +362,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       await sweeping;
       const connected = hub.connectedNodes();
       for (const end of [...openStreams]) end();
+      await metricsListener?.close();
       await app.close();
       // Nodes streaming from this server are offline now (they reconnect to a
       // replica, which marks them online again). SQLite resets all on start.
@@ -342,7 +378,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     return closing;
   };
 
-  return { app, store, hub, relayHub, url, port: boundPort, host, operatorKeyCreated, close };
+  return { app, store, hub, relayHub, url, port: boundPort, host, operatorKeyCreated, metricsUrl: metricsListener?.url ?? null, close };
 }
 
 export function operatorKeyPath(dataDir: string): string {

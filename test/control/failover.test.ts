@@ -94,7 +94,7 @@ function failoverSuite(name: string, setup: () => Promise<string>, teardown: () 
       assert.equal(h.body.marked_online, 1);
       const back = await sc!.waitMap((x) => x.online.includes(node['r1']!.id), 5000);
       assert.equal(viaPeer(back), node['r2']!.id, 'no flap back to r1');
-      const metrics = await (await fetch(`${srv.url}/metrics`)).text();
+      const metrics = await (await fetch(`${srv.url}/metrics`, { headers: { authorization: `Bearer ${srv.operatorKey()}` } })).text();
       assert.match(metrics, /larktun_node_liveness_events_total\{event="relay_unseen"\} 1/);
       for (const s of [s1, s2, sc]) s!.close();
     });
