@@ -34,6 +34,9 @@ export function bearer(req: FastifyRequest): string | null {
   return m ? (m[1] as string) : null;
 }
 
+/** api_keys.last_used_at is written at most this often per key (ms): a request does not write each time. */
+export const API_KEY_TOUCH_MS = 60_000;
+
 export async function authenticate(store: Store, req: FastifyRequest): Promise<Principal> {
   const token = bearer(req);
   if (!token) throw unauthorized('missing credentials: send "Authorization: Bearer <API key>"');
@@ -45,6 +48,10 @@ export async function authenticate(store: Store, req: FastifyRequest): Promise<P
     const row = await store.findApiKey(parsed.prefix);
     if (row && secretMatches(token, row.hash)) {
       if (row.expires_at !== null && row.expires_at <= nowIso()) throw unauthorized('this API key has expired');
+      // Recorded for the Admin API's key listing; the stored time itself is the throttle.
+      if (row.last_used_at === null || Date.parse(row.last_used_at) <= Date.now() - API_KEY_TOUCH_MS) {
+        await store.tenant(row.tenant_id).touchApiKey(row.id);
+      }
       return { kind: 'apikey', actor: `apikey:${row.prefix}`, tenantId: row.tenant_id, role: row.role as Role, keyId: row.id };
     }
   }
