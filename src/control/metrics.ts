@@ -63,6 +63,10 @@ export class ControlMetrics {
   readonly notifications: Counter<'direction'>;
   /** Liveness transitions: relay reports (unseen/seen again) and stalled streams cut. */
   readonly liveness: Counter<'event'>;
+  /** Failed operator/API key attempts by result (invalid, expired, limited). */
+  readonly authFailures: Counter<'result'>;
+  /** Subjects (client addresses, key prefixes) the auth-failure limiter remembers; set by the server. */
+  authLimiterEntries: () => number = () => 0;
 
   constructor(onlineCounter: OnlineCounter, sources: MetricSources = {}) {
     const { routeStats, nodeStats, relayStats } = sources;
@@ -103,6 +107,21 @@ export class ControlMetrics {
       help: 'Nodes marked offline/online again by relay health reports (relay_unseen, relay_seen_again), back online because their relay went quiet (relay_verdict_lapsed), and node streams cut because the node stopped reading',
       labelNames: ['event'],
       registers: [this.registry],
+    });
+    this.authFailures = new Counter({
+      name: 'larktun_api_auth_failures_total',
+      help: 'Failed operator/API key attempts: invalid (wrong or unknown key), expired, limited (refused with 429 after repeated failures from the client address or on the key prefix)',
+      labelNames: ['result'],
+      registers: [this.registry],
+    });
+    const entries = () => this.authLimiterEntries();
+    new Gauge({
+      name: 'larktun_api_auth_limiter_entries',
+      help: 'Client addresses and key prefixes the failed-attempt limiter remembers (bounded)',
+      registers: [this.registry],
+      collect() {
+        this.set(entries());
+      },
     });
     this.notifications = new Counter({
       name: 'larktun_change_notifications_total',

@@ -11,7 +11,8 @@ import { MapHub } from './netmap.js';
 import { notifyPayload, nullBus, startPgBus, type ChangeBus } from './bus.js';
 import { sql } from 'kysely';
 import { ApiError, errorBody, unauthorized } from './errors.js';
-import { authenticate } from './http/auth.js';
+import { authenticate, guardAuthentication } from './http/auth.js';
+import { FailureLimiter, LogBudget } from './http/auth-limiter.js';
 import { startMetricsListener, type MetricsListener } from './metrics-listener.js';
 import { newSecret } from './secrets.js';
 import { OpenApiCollector } from './http/openapi.js';
@@ -153,6 +154,24 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       return { relays: relays.map((r) => ({ relay: r.name, tenant: r.tenant_id === null ? null : (names.get(r.tenant_id) ?? null), live: r.live === 1, lastReport: r.reported_at })) };
     },
   });
+  // Failed API key attempts: counted, slowed per client address and key
+  // prefix (bounded memory), logged at a bounded rate.
+  const authLimiter = new FailureLimiter();
+  const authLog = new LogBudget(10, 10_000);
+  metrics.authLimiterEntries = () => authLimiter.size;
+  guardAuthentication(store, {
+    limiter: authLimiter,
+    onFailure: (f) => {
+      metrics.authFailures.inc({ result: f.result });
+      if (f.result === 'expired' || (!f.blocked && f.result !== 'invalid')) return;
+      const suppressed = authLog.take();
+      if (suppressed === null) return;
+      const fields = { client: f.ip, key_prefix: f.key, suppressed_since_last: suppressed };
+      if (f.blocked) log.warn(fields, 'repeated failed API key attempts: refusing this client or key prefix for a while (429)');
+      else log.info(fields, 'failed API key attempt');
+    },
+    onError: (err) => log.warn({ err }, 'recording API key use failed'),
+  });
   const hub = new MapHub(store, metrics, log.isLevelEnabled('debug') ? (f, m) => log.debug(f, m) : undefined);
   const relayHub = new RelayHub(store);
   const timers = {
@@ -219,6 +238,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   app.setErrorHandler((err: FastifyError, req, reply) => {
     if (err instanceof ApiError) {
       if (err.status >= 500) req.log.error({ err }, 'request failed');
+      const retry = (err.details as { retry_after_seconds?: unknown } | null)?.retry_after_seconds;
+      if (err.status === 429 && typeof retry === 'number') void reply.header('retry-after', String(retry));
       return reply.code(err.status).send(errorBody(err.code, err.message, err.details));
     }
     if (err.validation) {
