@@ -56,6 +56,8 @@ export interface ServerOptions {
    * The main listener's /metrics needs the operator key.
    */
   metricsListen?: string;
+  /** A relay stream whose writes stay unread this long is cut, ms (default 15 s; env LARKTUN_RELAY_STALL_MS). */
+  relayStallMs?: number;
 }
 
 function envMs(name: string): number | undefined {
@@ -313,7 +315,10 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   );
   await app.register(
     async (relay) => {
-      registerRelayProtocolRoutes(relay, { store, metrics, relayHub, graceMs: timers.graceMs, healthTtlMs, openStreams, keepaliveMs: opts.keepaliveMs });
+      registerRelayProtocolRoutes(relay, {
+        store, metrics, relayHub, graceMs: timers.graceMs, healthTtlMs, openStreams, keepaliveMs: opts.keepaliveMs,
+        stallMs: opts.relayStallMs ?? envMs('LARKTUN_RELAY_STALL_MS'),
+      });
     },
     { prefix: '/relay/v1' },
   );
