@@ -21,6 +21,7 @@ import { registerAdminRoutes } from './http/admin.js';
 import { registerNodeRoutes } from './http/node.js';
 import { ENGINE_NAME } from './policy-engine.js';
 import { RelayHub } from './relay-hub.js';
+import { StreamExpiry } from './stream-expiry.js';
 import { reconcileRelays } from './relays.js';
 import { nodeStats, routeStats } from './service.js';
 import { DEFAULT_HEALTH_TTL_MS, registerRelayAdminRoutes, registerRelayProtocolRoutes } from './http/relays.js';
@@ -177,6 +178,11 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   });
   const hub = new MapHub(store, metrics, log.isLevelEnabled('debug') ? (f, m) => log.debug(f, m) : undefined);
   const relayHub = new RelayHub(store);
+  // Node streams end when their node expires (timer per stream, re-armed on every tenant change).
+  const expiry = new StreamExpiry(store, {
+    onEnded: (tenantId, nodeId) => log.info({ tenant_id: tenantId, node: nodeId }, 'node expired: its map stream was ended'),
+    onError: (err) => log.warn({ err }, 'reading node expiries failed'),
+  });
   const timers = {
     rotateMs: opts.pskRotateMs ?? envMs('LARKTUN_PSK_ROTATE_MS') ?? 24 * 3600_000,
     graceMs: opts.pskGraceMs ?? envMs('LARKTUN_PSK_GRACE_MS') ?? 10 * 60_000,
@@ -195,6 +201,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
         if (!mine.delete(notifyPayload(t, g))) {
           hub.changed(t, g);
           relayHub.changed(t);
+          expiry.tenantChanged(t);
         }
       },
       onError: (err) => log.warn({ err: err.message }, 'change bus error'),
@@ -212,6 +219,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   store.onCommit = (tenantId, generation) => {
     hub.changed(tenantId, generation);
     relayHub.changed(tenantId);
+    expiry.tenantChanged(tenantId);
   };
 
   const https = opts.tlsCert || opts.tlsKey
@@ -309,7 +317,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   );
   await app.register(
     async (node) => {
-      registerNodeRoutes(node, { store, hub, metrics, openStreams, keepaliveMs: opts.keepaliveMs, shuttingDown: () => shuttingDown });
+      registerNodeRoutes(node, { store, hub, metrics, openStreams, keepaliveMs: opts.keepaliveMs, shuttingDown: () => shuttingDown, expiry });
     },
     { prefix: '/node/v1' },
   );
@@ -391,6 +399,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       await reconciling;
       await sweeping;
       const connected = hub.connectedNodes();
+      expiry.close();
       for (const end of [...openStreams]) end();
       await metricsListener?.close();
       await app.close();
