@@ -2,6 +2,7 @@
 // remembers where every value and key starts, so every policy error can name
 // file:line:column.
 import { type Node, type ParseError, parseTree, printParseErrorCode } from 'jsonc-parser';
+import { MAX_JSON_DEPTH, findTooDeep } from '../json/depth.js';
 
 export interface Pos {
   readonly line: number;
@@ -66,6 +67,8 @@ export interface HuParseResult {
 
 export function parseHuJSON(text: string): HuParseResult {
   const idx = new LineIndex(text);
+  const deep = findTooDeep(text, { comments: true }); // before the (recursive) parser and tree walk
+  if (deep) return { value: null, errors: [[idx.pos(deep.offset), `invalid HuJSON: arrays/objects nested more than ${MAX_JSON_DEPTH} levels deep (the limit)`]] };
   const perrs: ParseError[] = [];
   const tree = parseTree(text, perrs, { allowTrailingComma: true, disallowComments: false, allowEmptyContent: false });
   const errors: Array<[Pos, string]> = perrs.map((e) => {

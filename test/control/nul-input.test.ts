@@ -4,7 +4,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Client, backends, cleanup, nodeKey, spawnServer, tempDir, type ServerProc } from './harness.js';
 import { assertError } from './api-suite.js';
-import { findNul } from '../../src/control/http/input-guard.js';
+import { findInputProblem } from '../../src/control/http/input-guard.js';
 
 for (const backend of backends()) {
   describe(`NUL characters on ${backend.name}`, () => {
@@ -57,11 +57,16 @@ for (const backend of backends()) {
   });
 }
 
-it('findNul names the first offending field and walks deep input without recursion', () => {
-  assert.equal(findNul({ a: [1, { b: 'x\u0000' }] }, 'body')?.field, 'body.a[1].b');
-  assert.equal(findNul({ 'we ird': 'x\u0000' }, 'body')?.field, 'body["we ird"]');
-  assert.equal(findNul({ a: 'fine', b: ['ok'] }, 'body'), null);
-  let deep: unknown = 'end\u0000';
+it('findInputProblem names the first offending field, walks 64 levels and refuses deeper input without recursion', () => {
+  assert.equal(findInputProblem({ a: [1, { b: 'x\u0000' }] }, 'body')?.field, 'body.a[1].b');
+  assert.equal(findInputProblem({ 'we ird': 'x\u0000' }, 'body')?.field, 'body["we ird"]');
+  assert.equal(findInputProblem({ a: 'fine', b: ['ok'] }, 'body'), null);
+  // 64 levels of arrays: walked, the NUL at the bottom found
+  let ok: unknown = 'end\u0000';
+  for (let i = 0; i < 64; i++) ok = [ok];
+  assert.match(findInputProblem(ok, 'body')?.field ?? '', /^body(\[0\]){64}$/);
+  // 200 000 levels: refused as too deep, without recursion
+  let deep: unknown = 'end';
   for (let i = 0; i < 200_000; i++) deep = [deep];
-  assert.match(findNul(deep, 'body')?.field ?? '', /^body(\[0\]){200000}$/);
+  assert.deepEqual(findInputProblem(deep, 'body'), { field: 'body', message: 'body nests arrays/objects more than 64 levels deep (the limit)' });
 });
