@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync, chmodSync } from 'n
 import { join, resolve } from 'node:path';
 import Fastify, { LogController, type FastifyError, type FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
-import { openDatabase, pingDatabase } from './store/db.js';
+import { isStorageFull, openDatabase, pingDatabase } from './store/db.js';
 import { Store } from './store/repo.js';
 import { ControlMetrics } from './metrics.js';
 import { MapHub } from './netmap.js';
@@ -257,6 +257,11 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       metrics.rejections.inc({ reason: 'validation' });
       const details = sanitizeValidation(err);
       return reply.code(400).send(errorBody('invalid_request', err.message, details));
+    }
+    if (isStorageFull(err)) {
+      metrics.rejections.inc({ reason: 'storage_full' });
+      req.log.error({ path: handle.file ?? 'PostgreSQL', backend: handle.backend, err: err.message }, 'database disk is full');
+      return reply.code(507).send(errorBody('storage_full', 'the server\'s database storage is full: the change was not saved; retry once the operator has freed space'));
     }
     if (isUniqueViolation(err)) {
       return reply.code(409).send(errorBody('conflict', 'the change conflicts with an existing object; retry'));

@@ -74,6 +74,15 @@ export function restrictSqliteFiles(file: string): void {
   }
 }
 
+/**
+ * True when `err` says the database storage is full: SQLite's SQLITE_FULL
+ * (disk full, or max_page_count reached) or PostgreSQL's disk_full (53100).
+ */
+export function isStorageFull(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === 'SQLITE_FULL' || code === '53100';
+}
+
 export async function pingDatabase(db: Kysely<Database>): Promise<void> {
   await sql`select 1`.execute(db);
 }
@@ -85,12 +94,23 @@ export async function pingDatabase(db: Kysely<Database>): Promise<void> {
  */
 function cachingStatements(raw: BetterSqlite3.Database): SqliteDatabase {
   const cache = new Map<string, BetterSqlite3.Statement>();
+  // SQLite rolls a transaction back by itself when its COMMIT fails with
+  // SQLITE_FULL (or IOERR, NOMEM); Kysely's ROLLBACK after that failed with
+  // "cannot rollback - no transaction is active", and that error replaced the
+  // real one. A ROLLBACK with no transaction open is a no-op here, so the
+  // caller sees the real cause.
+  const rollback = raw.prepare('rollback');
+  const rollbackIfActive = {
+    reader: false,
+    run: () => (raw.inTransaction ? rollback.run() : { changes: 0, lastInsertRowid: 0 }),
+  };
   return {
     close: () => {
       cache.clear();
       raw.close();
     },
     prepare: (sqlText: string) => {
+      if (sqlText === 'rollback') return rollbackIfActive as unknown as ReturnType<SqliteDatabase['prepare']>;
       let st = cache.get(sqlText);
       if (!st) {
         st = raw.prepare(sqlText);
