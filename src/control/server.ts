@@ -286,7 +286,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     );
   });
 
-  // NUL characters anywhere in params, query or body: 400 naming the field (one place for every route).
+  // NUL characters anywhere in params, query or body, and bodies nested deeper
+  // than 64 levels: 400 naming the field (one place for every route).
   installInputGuard(app, () => metrics.rejections.inc({ reason: 'validation' }));
 
   let shuttingDown = false;
@@ -382,6 +383,11 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     try {
       metricsListener = await startMetricsListener(metricsAt.host, metricsAt.port, metrics.registry, (err) => log.warn({ err }, 'metrics scrape failed'));
     } catch (err) {
+      clearInterval(reconcileTimer);
+      clearInterval(sweepTimer);
+      await reconciling;
+      await sweeping;
+      expiry.close();
       await app.close();
       await bus.close();
       await store.close();

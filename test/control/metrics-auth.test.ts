@@ -3,6 +3,7 @@
 // without authentication on an address of the operator's choice.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { Client, cleanup, sleep, spawnServer, tempDir, type ServerProc } from './harness.js';
 import { assertError } from './api-suite.js';
 
@@ -60,6 +61,16 @@ test('LARKTUN_METRICS_LISTEN works like the flag; a bad address refuses to start
       await srv.stop();
     }
     await assert.rejects(spawnServer({ dataDir: dir, db: 'sqlite', extra: ['--metrics-listen', 'nonsense'] }), /--metrics-listen "nonsense" is not host:port/);
+    // a metrics port in use: the server does not start (and says why)
+    const busy = net.createServer();
+    await new Promise<void>((r) => busy.listen(0, '127.0.0.1', () => r()));
+    const port = (busy.address() as net.AddressInfo).port;
+    try {
+      await assert.rejects(spawnServer({ dataDir: dir, db: 'sqlite', extra: ['--metrics-listen', `127.0.0.1:${port}`] }),
+        new RegExp(`--metrics-listen 127\\.0\\.0\\.1:${port}: the port is already in use`));
+    } finally {
+      busy.close();
+    }
   } finally {
     cleanup(dir);
   }
