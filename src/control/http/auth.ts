@@ -83,11 +83,15 @@ export async function authenticate(store: Store, req: FastifyRequest): Promise<P
       throw tooManyAttempts(wait);
     }
   }
+  // a wrong secret for a prefix that exists: that key is being guessed
+  let knownPrefix = false;
   if (parsed?.kind === 'lkop') {
     const row = await store.findOperatorKey(parsed.prefix);
     if (row && secretMatches(token, row.hash)) return { kind: 'operator', actor: `operator:${row.prefix}` };
+    knownPrefix = row !== undefined;
   } else if (parsed?.kind === 'lkapi') {
     const row = await store.findApiKey(parsed.prefix);
+    knownPrefix = row !== undefined;
     if (row && secretMatches(token, row.hash)) {
       if (row.expires_at !== null && row.expires_at <= nowIso()) {
         guard?.onFailure({ ip: req.ip, key: keySubject, result: 'expired', blocked: false });
@@ -100,11 +104,12 @@ export async function authenticate(store: Store, req: FastifyRequest): Promise<P
     }
   }
   if (guard) {
-    // A prefix under attack answers 429 to wrong secrets only (checked above
-    // this point a valid key of another client still passes).
-    const keyWait = keySubject ? guard.limiter.blockedFor(keySubject) : 0;
+    // A key prefix under attack answers 429 to wrong secrets only: a valid
+    // key returned above, so another client's real key is never slowed.
+    // Unknown prefixes are not remembered (nothing to protect; no churn).
+    const keyWait = keySubject && knownPrefix ? guard.limiter.blockedFor(keySubject) : 0;
     let blocked = guard.limiter.fail(ip);
-    if (keySubject) blocked = guard.limiter.fail(keySubject) || blocked;
+    if (keySubject && knownPrefix) blocked = guard.limiter.fail(keySubject) || blocked;
     const wait = Math.max(keyWait, guard.limiter.blockedFor(ip));
     guard.onFailure({ ip: req.ip, key: keySubject, result: wait > 0 ? 'limited' : 'invalid', blocked });
     if (wait > 0) throw tooManyAttempts(wait);
