@@ -2,6 +2,7 @@
 // remembers where every value and key starts, so every policy error can name
 // file:line:column.
 import { type Node, type ParseError, parseTree, printParseErrorCode } from 'jsonc-parser';
+import { MAX_JSON_DEPTH, findTooDeep } from '../json/depth.js';
 
 export interface Pos {
   readonly line: number;
@@ -64,46 +65,10 @@ export interface HuParseResult {
   errors: Array<[Pos, string]>;
 }
 
-/** Deepest nesting of objects and arrays accepted (a policy needs about 6; app values a few more). */
-export const MAX_DEPTH = 100;
-
-/**
- * Offset of the first "{" or "[" nested deeper than MAX_DEPTH, skipping strings
- * and comments; -1 when none. The parser and the tree conversion recurse, so
- * a deeper document would overflow the stack instead of getting an error.
- */
-function tooDeep(text: string): number {
-  let depth = 0;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c === 34) {
-      // "…": skip to the closing quote (escapes skip one character).
-      for (i++; i < text.length; i++) {
-        const d = text.charCodeAt(i);
-        if (d === 92) i++;
-        else if (d === 34 || d === 10) break;
-      }
-    } else if (c === 47 && text.charCodeAt(i + 1) === 47) {
-      const nl = text.indexOf('\n', i);
-      i = nl < 0 ? text.length : nl;
-    } else if (c === 47 && text.charCodeAt(i + 1) === 42) {
-      const end = text.indexOf('*/', i + 2);
-      i = end < 0 ? text.length : end + 1;
-    } else if (c === 123 || c === 91) {
-      if (++depth > MAX_DEPTH) return i;
-    } else if (c === 125 || c === 93) {
-      if (depth > 0) depth--;
-    }
-  }
-  return -1;
-}
-
 export function parseHuJSON(text: string): HuParseResult {
   const idx = new LineIndex(text);
-  const deep = tooDeep(text);
-  if (deep >= 0) {
-    return { value: null, errors: [[idx.pos(deep), `invalid HuJSON: nested deeper than ${MAX_DEPTH} levels`]] };
-  }
+  const deep = findTooDeep(text, { comments: true }); // before the (recursive) parser and tree walk
+  if (deep) return { value: null, errors: [[idx.pos(deep.offset), `invalid HuJSON: arrays/objects nested more than ${MAX_JSON_DEPTH} levels deep (the limit)`]] };
   const perrs: ParseError[] = [];
   const tree = parseTree(text, perrs, { allowTrailingComma: true, disallowComments: false, allowEmptyContent: false });
   const errors: Array<[Pos, string]> = perrs.map((e) => {

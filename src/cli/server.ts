@@ -10,6 +10,7 @@ export interface ServerCliOptions {
   tlsCert?: string;
   tlsKey?: string;
   logLevel: string;
+  metricsListen?: string;
 }
 
 export async function runServer(o: ServerCliOptions): Promise<RunningServer> {
@@ -22,6 +23,7 @@ export async function runServer(o: ServerCliOptions): Promise<RunningServer> {
       logLevel: o.logLevel,
       ...(o.tlsCert ? { tlsCert: o.tlsCert } : {}),
       ...(o.tlsKey ? { tlsKey: o.tlsKey } : {}),
+      ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
     });
   } catch (err) {
     fail(`larktun server: ${err instanceof Error ? err.message : String(err)}`);
@@ -30,6 +32,7 @@ export async function runServer(o: ServerCliOptions): Promise<RunningServer> {
     process.stderr.write(`larktun server: operator key written to ${srv.operatorKeyCreated} (mode 0600); use it as the API key for tenant management\n`);
   }
   process.stderr.write(`larktun server: listening on ${srv.url}\n`);
+  if (srv.metricsUrl) process.stderr.write(`larktun server: Prometheus metrics without authentication at ${srv.metricsUrl}\n`);
   let stopping = false;
   const stop = (sig: string) => {
     if (stopping) return;
@@ -56,6 +59,7 @@ export function registerServer(program: Command): void {
     .option('--db <sqlite|postgres://…>', 'database: embedded SQLite or a PostgreSQL URL', 'sqlite')
     .option('--tls-cert <file>', 'TLS certificate (PEM)')
     .option('--tls-key <file>', 'TLS private key (PEM)')
+    .option('--metrics-listen <host:port>', 'also serve GET /metrics WITHOUT authentication on this address, for a local Prometheus (default $LARKTUN_METRICS_LISTEN; the API listener\'s /metrics needs the operator key)')
     .option('--log-level <level>', 'log level (trace, debug, info, warn, error)', 'info')
     .action(async (o: ServerCliOptions) => {
       await runServer(o);

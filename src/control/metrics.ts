@@ -65,6 +65,10 @@ export class ControlMetrics {
   readonly liveness: Counter<'event'>;
   /** Registrations refused for node identity: missing/invalid/replayed proofs, takeover attempts. */
   readonly identityRefusals: Counter<'reason'>;
+  /** Failed operator/API key attempts by result (invalid, expired, limited). */
+  readonly authFailures: Counter<'result'>;
+  /** Subjects (client addresses, key prefixes) the auth-failure limiter remembers; set by the server. */
+  authLimiterEntries: () => number = () => 0;
 
   constructor(onlineCounter: OnlineCounter, sources: MetricSources = {}) {
     const { routeStats, nodeStats, relayStats } = sources;
@@ -111,6 +115,21 @@ export class ControlMetrics {
       help: 'Node registrations refused for identity: proof_required, proof_nonce_invalid (unknown, expired, replayed or another key\'s nonce), proof_invalid (bad signature), takeover (an existing node\'s key without its proof, or another user\'s auth key)',
       labelNames: ['reason'],
       registers: [this.registry],
+    });
+    this.authFailures = new Counter({
+      name: 'larktun_api_auth_failures_total',
+      help: 'Failed operator/API key attempts: invalid (wrong or unknown key), expired, limited (refused with 429 after repeated failures from the client address or on the key prefix)',
+      labelNames: ['result'],
+      registers: [this.registry],
+    });
+    const entries = () => this.authLimiterEntries();
+    new Gauge({
+      name: 'larktun_api_auth_limiter_entries',
+      help: 'Client addresses and key prefixes the failed-attempt limiter remembers (bounded)',
+      registers: [this.registry],
+      collect() {
+        this.set(entries());
+      },
     });
     this.notifications = new Counter({
       name: 'larktun_change_notifications_total',

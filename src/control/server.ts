@@ -4,19 +4,24 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync, chmodSync } from 'n
 import { join, resolve } from 'node:path';
 import Fastify, { LogController, type FastifyError, type FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
-import { openDatabase, pingDatabase } from './store/db.js';
+import { isStorageFull, openDatabase, pingDatabase } from './store/db.js';
 import { Store } from './store/repo.js';
 import { ControlMetrics } from './metrics.js';
 import { MapHub } from './netmap.js';
 import { notifyPayload, nullBus, startPgBus, type ChangeBus } from './bus.js';
 import { sql } from 'kysely';
-import { ApiError, errorBody } from './errors.js';
+import { ApiError, errorBody, unauthorized } from './errors.js';
+import { authenticate, guardAuthentication } from './http/auth.js';
+import { FailureLimiter, LogBudget } from './http/auth-limiter.js';
+import { installInputGuard } from './http/input-guard.js';
+import { startMetricsListener, type MetricsListener } from './metrics-listener.js';
 import { newSecret } from './secrets.js';
 import { OpenApiCollector } from './http/openapi.js';
 import { registerAdminRoutes } from './http/admin.js';
 import { registerNodeRoutes } from './http/node.js';
 import { ENGINE_NAME } from './policy-engine.js';
 import { RelayHub } from './relay-hub.js';
+import { StreamExpiry } from './stream-expiry.js';
 import { reconcileRelays } from './relays.js';
 import { nodeStats, routeStats } from './service.js';
 import { DEFAULT_HEALTH_TTL_MS, registerRelayAdminRoutes, registerRelayProtocolRoutes } from './http/relays.js';
@@ -46,6 +51,14 @@ export interface ServerOptions {
   relayLiveTtlMs?: number;
   /** How long a relay's health verdicts count after its last report, ms (default 10 s; env LARKTUN_RELAY_HEALTH_TTL_MS). */
   relayHealthTtlMs?: number;
+  /**
+   * host:port of a separate listener serving GET /metrics without
+   * authentication, for a local Prometheus (env LARKTUN_METRICS_LISTEN).
+   * The main listener's /metrics needs the operator key.
+   */
+  metricsListen?: string;
+  /** A relay stream whose writes stay unread this long is cut, ms (default 15 s; env LARKTUN_RELAY_STALL_MS). */
+  relayStallMs?: number;
 }
 
 function envMs(name: string): number | undefined {
@@ -66,6 +79,8 @@ export interface RunningServer {
   host: string;
   /** Path of the operator key file when this start created it, else null. */
   operatorKeyCreated: string | null;
+  /** URL of the unauthenticated metrics listener (--metrics-listen), else null. */
+  metricsUrl: string | null;
   close(): Promise<void>;
 }
 
@@ -95,6 +110,14 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const log = opts.logger ?? pino({ level: opts.logLevel ?? 'info', base: { svc: 'larktun-server' } });
   const dataDir = resolve(opts.dataDir ?? './larktun-data');
   const { host, port } = parseListen(opts.listen ?? '127.0.0.1:8080');
+  const metricsListenSpec = opts.metricsListen ?? (process.env.LARKTUN_METRICS_LISTEN || undefined);
+  const metricsAt = metricsListenSpec === undefined ? null : (() => {
+    try {
+      return parseListen(metricsListenSpec);
+    } catch {
+      throw new Error(`--metrics-listen "${metricsListenSpec}" is not host:port (e.g. 127.0.0.1:9090 or [::1]:9090)`);
+    }
+  })();
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
 
   const handle = await openDatabase(opts.db ?? 'sqlite', dataDir);
@@ -135,8 +158,31 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       return { relays: relays.map((r) => ({ relay: r.name, tenant: r.tenant_id === null ? null : (names.get(r.tenant_id) ?? null), live: r.live === 1, lastReport: r.reported_at })) };
     },
   });
+  // Failed API key attempts: counted, slowed per client address and key
+  // prefix (bounded memory), logged at a bounded rate.
+  const authLimiter = new FailureLimiter();
+  const authLog = new LogBudget(10, 10_000);
+  metrics.authLimiterEntries = () => authLimiter.size;
+  guardAuthentication(store, {
+    limiter: authLimiter,
+    onFailure: (f) => {
+      metrics.authFailures.inc({ result: f.result });
+      if (f.result === 'expired' || (!f.blocked && f.result !== 'invalid')) return;
+      const suppressed = authLog.take();
+      if (suppressed === null) return;
+      const fields = { client: f.ip, key_prefix: f.key, suppressed_since_last: suppressed };
+      if (f.blocked) log.warn(fields, 'repeated failed API key attempts: refusing this client or key prefix for a while (429)');
+      else log.info(fields, 'failed API key attempt');
+    },
+    onError: (err) => log.warn({ err }, 'recording API key use failed'),
+  });
   const hub = new MapHub(store, metrics, log.isLevelEnabled('debug') ? (f, m) => log.debug(f, m) : undefined);
   const relayHub = new RelayHub(store);
+  // Node streams end when their node expires (timer per stream, re-armed on every tenant change).
+  const expiry = new StreamExpiry(store, {
+    onEnded: (tenantId, nodeId) => log.info({ tenant_id: tenantId, node: nodeId }, 'node expired: its map stream was ended'),
+    onError: (err) => log.warn({ err }, 'reading node expiries failed'),
+  });
   const timers = {
     rotateMs: opts.pskRotateMs ?? envMs('LARKTUN_PSK_ROTATE_MS') ?? 24 * 3600_000,
     graceMs: opts.pskGraceMs ?? envMs('LARKTUN_PSK_GRACE_MS') ?? 10 * 60_000,
@@ -155,6 +201,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
         if (!mine.delete(notifyPayload(t, g))) {
           hub.changed(t, g);
           relayHub.changed(t);
+          expiry.tenantChanged(t);
         }
       },
       onError: (err) => log.warn({ err: err.message }, 'change bus error'),
@@ -172,6 +219,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   store.onCommit = (tenantId, generation) => {
     hub.changed(tenantId, generation);
     relayHub.changed(tenantId);
+    expiry.tenantChanged(tenantId);
   };
 
   const https = opts.tlsCert || opts.tlsKey
@@ -201,12 +249,19 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   app.setErrorHandler((err: FastifyError, req, reply) => {
     if (err instanceof ApiError) {
       if (err.status >= 500) req.log.error({ err }, 'request failed');
+      const retry = (err.details as { retry_after_seconds?: unknown } | null)?.retry_after_seconds;
+      if (err.status === 429 && typeof retry === 'number') void reply.header('retry-after', String(retry));
       return reply.code(err.status).send(errorBody(err.code, err.message, err.details));
     }
     if (err.validation) {
       metrics.rejections.inc({ reason: 'validation' });
       const details = sanitizeValidation(err);
       return reply.code(400).send(errorBody('invalid_request', err.message, details));
+    }
+    if (isStorageFull(err)) {
+      metrics.rejections.inc({ reason: 'storage_full' });
+      req.log.error({ path: handle.file ?? 'PostgreSQL', backend: handle.backend, err: err.message }, 'database disk is full');
+      return reply.code(507).send(errorBody('storage_full', 'the server\'s database storage is full: the change was not saved; retry once the operator has freed space'));
     }
     if (isUniqueViolation(err)) {
       return reply.code(409).send(errorBody('conflict', 'the change conflicts with an existing object; retry'));
@@ -231,6 +286,10 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     );
   });
 
+  // NUL characters anywhere in params, query or body, and bodies nested deeper
+  // than 64 levels: 400 naming the field (one place for every route).
+  installInputGuard(app, () => metrics.rejections.inc({ reason: 'validation' }));
+
   let shuttingDown = false;
   const openStreams = new Set<() => void>();
 
@@ -244,7 +303,12 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       return reply.code(503).send(errorBody('database_unavailable', 'the database does not answer'));
     }
   });
-  app.get('/metrics', async (_req, reply) => {
+  // Per-tenant names, nodes and prefixes: only for the operator on this
+  // listener (which every node reaches); --metrics-listen serves them without
+  // authentication on an address of the operator's choice.
+  app.get('/metrics', async (req, reply) => {
+    const p = await authenticate(store, req);
+    if (p.kind !== 'operator') throw unauthorized('/metrics needs the operator key: send "Authorization: Bearer <operator key>" (or scrape --metrics-listen)');
     const text = await metrics.registry.metrics();
     return reply.type(metrics.registry.contentType).send(text);
   });
@@ -259,13 +323,16 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   );
   await app.register(
     async (node) => {
-      registerNodeRoutes(node, { store, hub, metrics, openStreams, keepaliveMs: opts.keepaliveMs, shuttingDown: () => shuttingDown });
+      registerNodeRoutes(node, { store, hub, metrics, openStreams, keepaliveMs: opts.keepaliveMs, shuttingDown: () => shuttingDown, expiry });
     },
     { prefix: '/node/v1' },
   );
   await app.register(
     async (relay) => {
-      registerRelayProtocolRoutes(relay, { store, metrics, relayHub, graceMs: timers.graceMs, healthTtlMs, openStreams, keepaliveMs: opts.keepaliveMs });
+      registerRelayProtocolRoutes(relay, {
+        store, metrics, relayHub, graceMs: timers.graceMs, healthTtlMs, openStreams, keepaliveMs: opts.keepaliveMs,
+        stallMs: opts.relayStallMs ?? envMs('LARKTUN_RELAY_STALL_MS'),
+      });
     },
     { prefix: '/relay/v1' },
   );
@@ -311,6 +378,23 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   sweepTimer.unref();
 
   await app.listen({ host, port });
+  let metricsListener: MetricsListener | null = null;
+  if (metricsAt) {
+    try {
+      metricsListener = await startMetricsListener(metricsAt.host, metricsAt.port, metrics.registry, (err) => log.warn({ err }, 'metrics scrape failed'));
+    } catch (err) {
+      clearInterval(reconcileTimer);
+      clearInterval(sweepTimer);
+      await reconciling;
+      await sweeping;
+      expiry.close();
+      await app.close();
+      await bus.close();
+      await store.close();
+      throw err;
+    }
+    log.info({ url: metricsListener.url }, 'metrics listener (no authentication)');
+  }
   const addr = app.server.address();
   const boundPort = typeof addr === 'object' && addr ? addr.port : port;
   const scheme = https ? 'https' : 'http';
@@ -326,7 +410,9 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       await reconciling;
       await sweeping;
       const connected = hub.connectedNodes();
+      expiry.close();
       for (const end of [...openStreams]) end();
+      await metricsListener?.close();
       await app.close();
       // Nodes streaming from this server are offline now (they reconnect to a
       // replica, which marks them online again). SQLite resets all on start.
@@ -342,7 +428,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     return closing;
   };
 
-  return { app, store, hub, relayHub, url, port: boundPort, host, operatorKeyCreated, close };
+  return { app, store, hub, relayHub, url, port: boundPort, host, operatorKeyCreated, metricsUrl: metricsListener?.url ?? null, close };
 }
 
 export function operatorKeyPath(dataDir: string): string {

@@ -22,6 +22,7 @@
 //    compared: virtual_subnet names one family only.
 import { readFileSync, statSync } from 'node:fs';
 import { parseTree, printParseErrorCode, type Node as JsonNode, type ParseError } from 'jsonc-parser';
+import { MAX_JSON_DEPTH, findTooDeep } from '../json/depth.js';
 import type { FwdRule } from '../net/lpm.js';
 import {
   AddrError,
@@ -1004,6 +1005,14 @@ function duplicateKeys(node: JsonNode, segs: Seg[], c: Collector): void {
 export function parseConfigText(text: string, file: string): ConfigResult {
   const body = text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
   const shift = body === text ? 0 : 1;
+  // Before any parser: the syntax-error path and the tree walks recurse per level.
+  const deep = findTooDeep(body);
+  if (deep) {
+    const { line, column } = lineCol(text, deep.offset + shift);
+    return {
+      problems: [{ path: '$', message: `too deeply nested at ${file}:${line}:${column}: arrays/objects nest more than ${MAX_JSON_DEPTH} levels (the limit for a config)`, severity: 'error', file, line, column }],
+    };
+  }
   let raw: unknown;
   try {
     raw = JSON.parse(body);

@@ -187,17 +187,51 @@ export async function handleLine(line: string, ctx: ControlContext): Promise<str
   }
 }
 
+/** Another daemon answers on the control socket: this one must not start. */
+export class ControlSocketInUseError extends Error {
+  constructor(readonly sockPath: string, why: string) {
+    super(`control socket ${sockPath} ${why}: another larktund is running (stop it first, or set LARKTUN_SOCK to another path)`);
+  }
+}
+
 /**
- * Listens on the daemon's control socket (mode 0600, a stale socket file is
- * replaced): each connection sends one line (at most `maxLine` bytes) and gets
- * `handle(line)` back before the connection closes. Every mode serves its
- * grammar through this.
+ * What is at `sockPath`: nothing, a stale socket (nobody accepts: ECONNREFUSED,
+ * or a file that is not a socket at all), or a live daemon (it accepted, or
+ * the connection neither succeeds nor fails within `timeoutMs`).
  */
-export function listenControlSocket(sockPath: string, maxLine: number, handle: (line: string) => Promise<string> | string): Promise<net.Server> {
+export function probeControlSocket(sockPath: string, timeoutMs = 1000): Promise<'absent' | 'stale' | 'live'> {
+  return new Promise((resolve, reject) => {
+    const c = net.createConnection(sockPath);
+    const done = (v: 'absent' | 'stale' | 'live' | Error) => {
+      clearTimeout(timer);
+      c.destroy();
+      if (v instanceof Error) reject(v);
+      else resolve(v);
+    };
+    const timer = setTimeout(() => done('live'), timeoutMs);
+    c.on('connect', () => done('live'));
+    c.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') done('absent');
+      else if (err.code === 'ECONNREFUSED' || err.code === 'ENOTSOCK') done('stale');
+      else done(new Error(`cannot check control socket ${sockPath}: ${err.message}`));
+    });
+  });
+}
+
+/**
+ * Listens on the daemon's control socket (mode 0600): each connection sends
+ * one line (at most `maxLine` bytes) and gets `handle(line)` back before the
+ * connection closes. Every mode serves its grammar through this. A socket
+ * file left by a crashed daemon (nobody accepts on it) is replaced; one a
+ * live daemon still answers on is left alone and this start fails with
+ * `ControlSocketInUseError`.
+ */
+export async function listenControlSocket(sockPath: string, maxLine: number, handle: (line: string) => Promise<string> | string): Promise<net.Server> {
   mkdirSync(path.dirname(sockPath), { recursive: true, mode: 0o700 });
   if (existsSync(sockPath)) {
-    // A stale socket from a crashed daemon; a live one would still answer.
-    unlinkSync(sockPath);
+    const state = await probeControlSocket(sockPath);
+    if (state === 'live') throw new ControlSocketInUseError(sockPath, 'is in use');
+    if (state === 'stale') unlinkSync(sockPath);
   }
   const server = net.createServer((conn) => {
     let buf = '';

@@ -59,7 +59,10 @@ export function apiSuite(backend: Backend): void {
       const ready = await anon.get('/readyz');
       assert.equal(ready.status, 200);
       assert.equal(ready.body.status, 'ready');
-      const m = await anon.get('/metrics');
+      // /metrics lists every tenant: the operator key only on this listener
+      assertError(await anon.get('/metrics'), 401, 'unauthorized');
+      assertError(await op.as('lkop_000000000000_' + 'A'.repeat(43)).get('/metrics'), 401, 'unauthorized');
+      const m = await op.get('/metrics');
       assert.equal(m.status, 200);
       assert.match(m.text, /larktun_api_request_duration_seconds/);
     });

@@ -164,7 +164,7 @@ describe('two servers on one PostgreSQL', () => {
         await adminB.put('/api/v1/tenants/acme/policy', { policy: '{"acls":[{"action":"accept","src":["*"],"dst":["*:*"]}]}' });
         await st2.waitMap((x) => x.peers.some((p: Json) => p.id === n1.body.node.id), 3000);
         assert.ok(performance.now() - t1 < 1000);
-        const metrics = await new Client(b.url, null).get('/metrics');
+        const metrics = await new Client(b.url, a.operatorKey()).get('/metrics');
         assert.match(metrics.text, /larktun_change_notifications_total\{direction="received"\} [1-9]/);
         // stopping B marks the nodes that streamed from it offline (seen through A)
         assert.equal((await adminA.get(`/api/v1/tenants/acme/nodes/${n1.body.node.id}`)).body.online, true);

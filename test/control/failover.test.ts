@@ -54,8 +54,15 @@ function failoverSuite(name: string, setup: () => Promise<string>, teardown: () 
 
     it('fails over within 5 s of the router going silent, its TCP stream still open; no flap back', async (ctx) => {
       if (skip) return ctx.skip(skip);
-      const streams = ['r1', 'r2', 'client'].map((h) => SseReader.open(`${srv.url}/node/v1/stream`, node[h]!.token));
-      const [s1, s2, sc] = await Promise.all(streams);
+      // r1 online first: the first online router becomes primary and is kept, so
+      // opening the streams at once left the primary to whichever commit won.
+      const s1 = await SseReader.open(`${srv.url}/node/v1/stream`, node['r1']!.token);
+      for (let i = 0; i < 100; i++) {
+        const n = (await adm.get('/api/v1/tenants/ha/nodes')).body.nodes.find((x: Json) => x.id === node['r1']!.id);
+        if (n?.online) break;
+        await sleep(50);
+      }
+      const [s2, sc] = await Promise.all(['r2', 'client'].map((h) => SseReader.open(`${srv.url}/node/v1/stream`, node[h]!.token)));
       const health = (ago: Record<string, number>) =>
         relay.post('/relay/v1/health', { links: Object.entries(ago).map(([h, ms]) => ({ link_id: node[h]!.link, last_seen_ms_ago: ms, rtt_ms: 12 })) });
       let h = await health({ r1: 100, r2: 100, client: 100 });
@@ -94,7 +101,7 @@ function failoverSuite(name: string, setup: () => Promise<string>, teardown: () 
       assert.equal(h.body.marked_online, 1);
       const back = await sc!.waitMap((x) => x.online.includes(node['r1']!.id), 5000);
       assert.equal(viaPeer(back), node['r2']!.id, 'no flap back to r1');
-      const metrics = await (await fetch(`${srv.url}/metrics`)).text();
+      const metrics = await (await fetch(`${srv.url}/metrics`, { headers: { authorization: `Bearer ${srv.operatorKey()}` } })).text();
       assert.match(metrics, /larktun_node_liveness_events_total\{event="relay_unseen"\} 1/);
       for (const s of [s1, s2, sc]) s!.close();
     });

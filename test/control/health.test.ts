@@ -130,7 +130,7 @@ function healthSuite(name: string, setup: () => Promise<string>, teardown: () =>
       const r1 = await nodeOf('r1');
       assert.equal(r1.online, true);
       assert.equal(r1.unseen_by_relays, false);
-      const metrics = await (await fetch(`${srv.url}/metrics`)).text();
+      const metrics = await (await fetch(`${srv.url}/metrics`, { headers: { authorization: `Bearer ${srv.operatorKey()}` } })).text();
       assert.match(metrics, /larktun_node_liveness_events_total\{event="relay_verdict_lapsed"\} 1/);
       process.stderr.write(`# verdict lapse on ${name}: node back ${ms} ms after the last report (TTL ${TTL} ms)\n`);
     });
@@ -201,13 +201,13 @@ function healthSuite(name: string, setup: () => Promise<string>, teardown: () =>
       await op.as(node['client']!.token).post('/node/v1/latency', { relays: [{ relay_id: relayId['A'], rtt_ms: 40 }] });
       assert.equal((await nodeOf('r2')).relay_rtt_ms, 3);
       // per node in /metrics: online, last sign of life, relay RTT (capped series)
-      const pm = await (await fetch(`${srv.url}/metrics`)).text();
+      const pm = await (await fetch(`${srv.url}/metrics`, { headers: { authorization: `Bearer ${srv.operatorKey()}` } })).text();
       assert.match(pm, /larktun_node_relay_rtt_seconds\{tenant="ha",node="r2"\} 0\.003\n/);
       assert.match(pm, /larktun_node_online\{tenant="ha",node="r1"\} 1\n/);
       const seenAt = Number(/larktun_node_last_seen_timestamp_seconds\{tenant="ha",node="r2"\} ([\d.e+]+)/.exec(pm)?.[1]);
       assert.ok(Math.abs(seenAt - Date.now() / 1000) < 120, `last seen ${seenAt}`);
       assert.match(pm, /larktun_node_series_omitted 0\n/);
-      const metrics = await (await fetch(`${srv.url}/metrics`)).text();
+      const metrics = await (await fetch(`${srv.url}/metrics`, { headers: { authorization: `Bearer ${srv.operatorKey()}` } })).text();
       assert.match(metrics, /larktun_routes\{tenant="ha",state="approved"\} 2/);
       assert.match(metrics, /larktun_routes\{tenant="ha",state="announced"\} 0/);
       assert.match(metrics, new RegExp(`larktun_route_primary\\{tenant="ha",prefix="10\\.60\\.0\\.0/16",node="r2"\\} 1`));
@@ -265,7 +265,8 @@ describe('relay health expiry with two servers on one PostgreSQL', () => {
         await sc.waitMap((m) => m.online.includes(node['r1']!.id), TTL * 4);
         await sleep(TTL); // both replicas have swept at least once more
         const lapsed = async (url: string) => {
-          const m = /larktun_node_liveness_events_total\{event="relay_verdict_lapsed"\} (\d+)/.exec(await (await fetch(`${url}/metrics`)).text());
+          // one operator key per database: replica b has no key file of its own
+          const m = /larktun_node_liveness_events_total\{event="relay_verdict_lapsed"\} (\d+)/.exec(await (await fetch(`${url}/metrics`, { headers: { authorization: `Bearer ${a.operatorKey()}` } })).text());
           return Number(m?.[1] ?? 0);
         };
         assert.equal((await lapsed(a.url)) + (await lapsed(b.url)), 1, 'one replica applied the lapse, the other found nothing to do');

@@ -67,7 +67,7 @@ describe('server operations (SQLite)', () => {
     const n = (await registerNode(admin.as(null), { auth_key: ck, hostname: 'm' })).body;
     const s = await SseReader.open(`${srv.url}/node/v1/stream`, n.token);
     await s.next();
-    const m = (await admin.as(null).get('/metrics')).text;
+    const m = (await admin.as(srv.operatorKey()).get('/metrics')).text;
     assert.match(m, /larktun_nodes_online\{tenant="acme"\} 1/);
     assert.match(m, /larktun_nodes\{tenant="acme"\} \d+/);
     assert.match(m, /larktun_map_pushes_total\{tenant="acme"\} [1-9]/);

@@ -105,7 +105,7 @@ for (const be of backends()) {
         process.stderr.write(`# quiet home relay → acme moved on ${be.name}: ${ms} ms after its last report (TTL ${TTL} ms)\n`);
         assert.ok(ms >= TTL, `not before the TTL (${ms} ms)`);
         assert.equal(home(a), 'shared-b');
-        const metrics = await (await fetch(`${srv.url}/metrics`)).text();
+        const metrics = await (await fetch(`${srv.url}/metrics`, { headers: { authorization: `Bearer ${srv.operatorKey()}` } })).text();
         assert.match(metrics, /larktun_node_liveness_events_total\{event="relay_quiet"\} 1/);
         assert.match(metrics, /larktun_relay_live\{relay="acme-own",tenant="acme"\} 0\n/);
         assert.match(metrics, /larktun_relay_live\{relay="shared-b",tenant=""\} 1\n/);

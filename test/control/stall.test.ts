@@ -45,7 +45,7 @@ it('a stream that stopped reading is cut and its node marked offline', async () 
     }
     sock.destroy();
     assert.ok(cut >= 0, 'the stalled stream was cut');
-    const metrics = await (await fetch(`${srv.url}/metrics`)).text();
+    const metrics = await (await fetch(`${srv.url}/metrics`, { headers: { authorization: `Bearer ${srv.operatorKey()}` } })).text();
     assert.match(metrics, /larktun_node_liveness_events_total\{event="stream_stalled"\} 1/);
     process.stderr.write(`# stalled stream cut ${cut} ms after the pushes began\n`);
   } finally {

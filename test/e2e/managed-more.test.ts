@@ -205,7 +205,7 @@ async function lanPrimary(): Promise<Router | null> {
 
 /** The server's liveness event counters (relay_unseen, relay_seen_again, ...), from /metrics. */
 async function livenessEvents(): Promise<string> {
-  const text = await (await fetch(`${ADMIN}/metrics`)).text();
+  const text = await (await fetch(`${ADMIN}/metrics`, { headers: { authorization: `Bearer ${w.operatorKey}` } })).text();
   return text.split('\n').filter((l) => l.startsWith('larktun_node_liveness_events_total{')).join('; ') || 'none';
 }
 

@@ -20,6 +20,7 @@ import type { RouteDoc } from './openapi.js';
 import { parseHostPort } from '../../net/addr.js';
 import type { ControlMetrics } from '../metrics.js';
 import { ensureLinks } from '../relays.js';
+import type { StreamExpiry } from '../stream-expiry.js';
 
 export interface NodeDeps {
   store: Store;
@@ -33,6 +34,8 @@ export interface NodeDeps {
   openStreams: Set<() => void>;
   /** True once shutdown began: closing streams then is not the node going offline. */
   shuttingDown?: () => boolean;
+  /** Ends a stream when its node expires (stream-expiry.ts). */
+  expiry?: StreamExpiry;
 }
 
 type S = FastifySchema & RouteDoc;
@@ -509,6 +512,7 @@ async function openStream(deps: NodeDeps, req: FastifyRequest, reply: FastifyRep
   // The hub sends the first map (or "unchanged" on a resume) as soon as it has
   // compiled the tenant; coming online is itself a change that triggers it.
   const count = hub.attach(stream);
+  deps.expiry?.watch(node, (reason) => stream.end(reason), res);
   if (count === 1) await store.setPresence(node.tenant_id, node.id, true);
 }
 

@@ -14,6 +14,7 @@ import { buildRelayView, ensureLinks, RELAY_SELF_ID, relayView, rotateLinks, ten
 import type { RelayHub, RelayStream } from '../relay-hub.js';
 import type { RouteDoc } from './openapi.js';
 import type { ControlMetrics } from '../metrics.js';
+import { guardedWriter } from './stream-guard.js';
 
 export const DEFAULT_HEALTH_TTL_MS = 10_000;
 export const DEFAULT_HEALTH_PERSIST_MS = 15_000;
@@ -31,8 +32,15 @@ export interface RelayDeps {
   /** How long a replaced link key stays valid (ms). */
   graceMs: number;
   keepaliveMs?: number;
+  /** A relay stream whose writes stay unread this long is cut (ms, default 15 000): the relay stopped reading. */
+  stallMs?: number;
+  /** A relay stream with more than this many bytes queued unread is cut at once (default 32 MiB). */
+  maxBacklogBytes?: number;
   openStreams: Set<() => void>;
 }
+
+export const DEFAULT_RELAY_STALL_MS = 15_000;
+export const DEFAULT_RELAY_MAX_BACKLOG = 32 * 1024 * 1024;
 
 type S = FastifySchema & RouteDoc;
 const doc = (summary: string, auth = 'operator'): S => ({ tags: ['relays'], summary, 'x-auth': auth });
@@ -318,10 +326,19 @@ function openRelayStream(deps: RelayDeps, reply: FastifyReply, r: RelayRow, last
   reply.hijack();
   const res = reply.raw;
   res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache, no-transform', connection: 'keep-alive', 'x-accel-buffering': 'no' });
-  res.write(': larktun relay stream\n\n');
+  // A relay that stops reading (hung, or gone without closing its TCP
+  // connection) would pile views up in memory: its stream is cut once a
+  // write is not drained within stallMs or the backlog passes the limit;
+  // the relay reconnects and resumes with the current view.
+  const out = guardedWriter(res, {
+    stallMs: deps.stallMs ?? DEFAULT_RELAY_STALL_MS,
+    maxBacklog: deps.maxBacklogBytes ?? DEFAULT_RELAY_MAX_BACKLOG,
+    onCut: (reason) => deps.metrics?.liveness.inc({ event: reason === 'backlog' ? 'relay_stream_backlog' : 'relay_stream_stalled' }),
+  });
+  out.write(': larktun relay stream\n\n');
   let closed = false;
   const write = (chunk: string) => {
-    if (!closed) res.write(chunk);
+    if (!closed) out.write(chunk);
   };
   const stream: RelayStream = {
     relayId: r.id,
@@ -344,6 +361,7 @@ function openRelayStream(deps: RelayDeps, reply: FastifyReply, r: RelayRow, last
     if (closed) return;
     closed = true;
     clearInterval(keepalive);
+    out.dispose();
     deps.openStreams.delete(finish);
     res.end();
     hub.detach(stream);

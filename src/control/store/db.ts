@@ -1,6 +1,6 @@
 // Opening the database: embedded SQLite (WAL) in the data directory, or
 // PostgreSQL from a postgres:// URL. Both get the same migrations.
-import { mkdirSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import pg from 'pg';
@@ -28,6 +28,10 @@ export function isPostgresUrl(spec: string): boolean {
  */
 export async function openDatabase(spec: string, dataDir: string): Promise<DbHandle> {
   let handle: DbHandle;
+  // The data directory holds the operator key and the SQLite file (relay link
+  // keys): owner only, also when it existed before with looser modes.
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  chmodSync(dataDir, 0o700);
   if (isPostgresUrl(spec)) {
     const pool = new pg.Pool({ connectionString: spec, max: 10 });
     // An idle client erroring (server restart) must not crash the process.
@@ -35,10 +39,15 @@ export async function openDatabase(spec: string, dataDir: string): Promise<DbHan
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
     handle = { db, backend: 'postgres', pgUrl: spec, file: null, close: () => db.destroy() };
   } else if (spec === 'sqlite' || spec.startsWith('sqlite:')) {
-    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     const file = spec === 'sqlite' ? join(dataDir, 'larktun.db') : spec.slice('sqlite:'.length);
+    // Created 0600 (SQLite would use 0644 under the usual umask); an existing
+    // file and its WAL/SHM files are tightened to 0600. SQLite gives the WAL
+    // and SHM files it creates later the mode of the database file.
+    closeSync(openSync(file, 'a', 0o600));
+    restrictSqliteFiles(file);
     const raw = new BetterSqlite3(file);
     raw.pragma('journal_mode = WAL');
+    restrictSqliteFiles(file);
     // NORMAL in WAL mode: a committed transaction survives a crash of the process
     // (kill -9); only an OS crash/power loss can lose the last commits.
     raw.pragma('synchronous = NORMAL');
@@ -58,6 +67,22 @@ export async function openDatabase(spec: string, dataDir: string): Promise<DbHan
   return handle;
 }
 
+/** chmod 0600 the SQLite file and, where present, its -wal and -shm files. */
+export function restrictSqliteFiles(file: string): void {
+  for (const f of [file, `${file}-wal`, `${file}-shm`]) {
+    if (existsSync(f)) chmodSync(f, 0o600);
+  }
+}
+
+/**
+ * True when `err` says the database storage is full: SQLite's SQLITE_FULL
+ * (disk full, or max_page_count reached) or PostgreSQL's disk_full (53100).
+ */
+export function isStorageFull(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === 'SQLITE_FULL' || code === '53100';
+}
+
 export async function pingDatabase(db: Kysely<Database>): Promise<void> {
   await sql`select 1`.execute(db);
 }
@@ -69,12 +94,23 @@ export async function pingDatabase(db: Kysely<Database>): Promise<void> {
  */
 function cachingStatements(raw: BetterSqlite3.Database): SqliteDatabase {
   const cache = new Map<string, BetterSqlite3.Statement>();
+  // SQLite rolls a transaction back by itself when its COMMIT fails with
+  // SQLITE_FULL (or IOERR, NOMEM); Kysely's ROLLBACK after that failed with
+  // "cannot rollback - no transaction is active", and that error replaced the
+  // real one. A ROLLBACK with no transaction open is a no-op here, so the
+  // caller sees the real cause.
+  const rollback = raw.prepare('rollback');
+  const rollbackIfActive = {
+    reader: false,
+    run: () => (raw.inTransaction ? rollback.run() : { changes: 0, lastInsertRowid: 0 }),
+  };
   return {
     close: () => {
       cache.clear();
       raw.close();
     },
     prepare: (sqlText: string) => {
+      if (sqlText === 'rollback') return rollbackIfActive as unknown as ReturnType<SqliteDatabase['prepare']>;
       let st = cache.get(sqlText);
       if (!st) {
         st = raw.prepare(sqlText);

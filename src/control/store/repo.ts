@@ -549,6 +549,10 @@ export class Store {
   async addOperatorKey(prefix: string, hash: string): Promise<void> {
     await this.db.insertInto('operator_keys').values({ prefix, hash, created_at: nowIso() }).execute();
   }
+  /** Nodes of a tenant that have an expiry (id, expires_at): what the stream expiry watch re-arms from. */
+  nodeExpiries(tenantId: number): Promise<{ id: number; expires_at: string | null }[]> {
+    return this.db.selectFrom('nodes').select(['id', 'expires_at']).where('tenant_id', '=', tenantId).where('expires_at', 'is not', null).execute();
+  }
   findApiKey(prefix: string): Promise<ApiKeyRow | undefined> {
     return this.db.selectFrom('api_keys').selectAll().where('prefix', '=', prefix).executeTakeFirst();
   }
