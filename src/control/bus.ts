@@ -126,7 +126,17 @@ export async function startPgBus(opts: PgBusOptions): Promise<ChangeBus> {
       throw new Error('the LISTEN connection closed while it was being set up');
     }
     listener = c;
-    if (again && opts.onResync) await opts.onResync();
+    if (again && opts.onResync) {
+      try {
+        await opts.onResync();
+      } catch (err) {
+        // Not re-synced: drop this connection too, so the retry re-syncs (one listener at a time).
+        listener = null;
+        c.removeAllListeners('end');
+        void c.end().catch(() => undefined);
+        throw err;
+      }
+    }
   };
 
   // A silently dead connection (packets dropped, no reset) would never end:
