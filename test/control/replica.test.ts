@@ -193,6 +193,51 @@ describe('replicas on PostgreSQL', () => {
     }
   });
 
+  it('a replica cut from the database longer than the lease: its nodes go offline on the other replica, and come back online after the reconnect', async (ctx) => {
+    const why = await pgUnavailable();
+    if (why) return ctx.skip(why);
+    const schema = await freshPgSchema();
+    const pgu = new URL(PG_BASE);
+    const proxy = new PgProxy({ host: pgu.hostname, port: Number(pgu.port || 5432) });
+    await proxy.start();
+    const dirs = [tempDir(), tempDir()];
+    const servers: ServerProc[] = [];
+    const streams: SseReader[] = [];
+    const TTL = 1500;
+    try {
+      const env = { LARKTUN_NODE_LEASE_TTL_MS: String(TTL) };
+      servers.push(await spawnServer({ dataDir: dirs[0]!, db: proxy.via(schema.url), env }));
+      servers.push(await spawnServer({ dataDir: dirs[1]!, db: schema.url, env }));
+      const [a, b] = servers as [ServerProc, ServerProc];
+      operatorKey = a.operatorKey();
+      const { nodes } = await setupTenant(new Client(b.url, operatorKey));
+      const s1 = await SseReader.open(`${a.url}/node/v1/stream`, nodes['n1']!.token);
+      const s2 = await SseReader.open(`${b.url}/node/v1/stream`, nodes['n2']!.token);
+      streams.push(s1, s2);
+      await s2.waitMap((m) => m.online.includes(nodes['n1']!.id));
+      await proxy.cut();
+      const t0 = performance.now();
+      await s2.waitMap((m) => !m.online.includes(nodes['n1']!.id), TTL * 4);
+      const offMs = performance.now() - t0;
+      await sleep(1000);
+      await proxy.restore();
+      const t1 = performance.now();
+      await s2.waitMap((m) => m.online.includes(nodes['n1']!.id), 5000);
+      const backMs = performance.now() - t1;
+      process.stderr.write(`# database cut longer than the lease (${TTL} ms): A's node offline on B after ${offMs.toFixed(0)} ms; online again ${backMs.toFixed(0)} ms after the restore\n`);
+      assert.ok(offMs < TTL + 1500, `offline after ${offMs.toFixed(0)} ms`);
+      assert.ok(!s1.closed, 'the node kept its stream on A');
+      assert.ok((await metric(a, /^larktun_node_liveness_events_total\{event="lease_restored"\} (\d+)/m)) >= 1);
+      assert.ok((await metric(b, /^larktun_node_liveness_events_total\{event="lease_expired"\} (\d+)/m)) >= 1);
+    } finally {
+      for (const s of streams) s.close();
+      for (const s of servers) await s.stop();
+      await proxy.cut();
+      for (const d of dirs) cleanup(d);
+      await schema.drop();
+    }
+  });
+
   it('kill -9 of a replica: its nodes go offline on the surviving replica and HA fails over within 10 s', async (ctx) => {
     const why = await pgUnavailable();
     if (why) return ctx.skip(why);
