@@ -357,7 +357,17 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   let leasing: Promise<unknown> | null = null;
   const leaseTick = () => {
     if (leasing || shuttingDown) return;
-    leasing = (async () => {
+    // Bounded: a database call that hangs (a connection cut without a reset)
+    // must not stop the renewals for good; after one TTL the next tick starts afresh.
+    let giveUp: NodeJS.Timeout | null = null;
+    const bound = new Promise<void>((resolve) => {
+      giveUp = setTimeout(() => {
+        log.warn({ lease_ttl_ms: leaseTtlMs }, 'node lease renewal/sweep did not finish within the lease TTL: starting over');
+        resolve();
+      }, leaseTtlMs);
+      giveUp.unref();
+    });
+    const work = (async () => {
       if (performance.now() - lastRenew >= leaseTtlMs / 3) {
         const byTenant = new Map<number, number[]>();
         for (const [t, n] of hub.connectedNodes()) byTenant.set(t, [...(byTenant.get(t) ?? []), n]);
@@ -375,9 +385,11 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
         metrics.liveness.inc({ event: 'lease_expired' }, n);
         log.warn({ expired, lease_ttl_ms: leaseTtlMs }, 'node presence leases lapsed (their replica stopped renewing): marked offline');
       }
-    })()
-      .catch((err: unknown) => log.warn({ err }, 'node lease renewal/sweep failed'))
-      .finally(() => { leasing = null; });
+    })().catch((err: unknown) => log.warn({ err }, 'node lease renewal/sweep failed'));
+    leasing = Promise.race([work, bound]).finally(() => {
+      if (giveUp) clearTimeout(giveUp);
+      leasing = null;
+    });
   };
   const leaseTimer = setInterval(leaseTick, Math.max(100, Math.min(LEASE_SWEEP_MS, Math.floor(leaseTtlMs / 4))));
   leaseTimer.unref();

@@ -206,9 +206,11 @@ describe('replicas on PostgreSQL', () => {
     const TTL = 1500;
     try {
       const env = { LARKTUN_NODE_LEASE_TTL_MS: String(TTL) };
-      servers.push(await spawnServer({ dataDir: dirs[0]!, db: proxy.via(schema.url), env }));
+      servers.push(await spawnServer({ dataDir: dirs[0]!, db: proxy.via(schema.url), env, extra: ['--log-level', 'info'] }));
       servers.push(await spawnServer({ dataDir: dirs[1]!, db: schema.url, env }));
       const [a, b] = servers as [ServerProc, ServerProc];
+      let aLog = '';
+      a.proc.stdout?.on('data', (d: Buffer) => (aLog += d.toString()));
       operatorKey = a.operatorKey();
       const { nodes } = await setupTenant(new Client(b.url, operatorKey));
       const s1 = await SseReader.open(`${a.url}/node/v1/stream`, nodes['n1']!.token);
@@ -222,7 +224,11 @@ describe('replicas on PostgreSQL', () => {
       await sleep(1000);
       await proxy.restore();
       const t1 = performance.now();
-      await s2.waitMap((m) => m.online.includes(nodes['n1']!.id), 5000);
+      await s2.waitMap((m) => m.online.includes(nodes['n1']!.id), 5000).catch(async (err: Error) => {
+        const hz = await fetch(`${a.url}/healthz`, { signal: AbortSignal.timeout(1000) }).then((r) => r.status, (e: Error) => e.message);
+        const mt = await fetch(`${a.url}/metrics`, { signal: AbortSignal.timeout(3000) }).then((r) => r.text(), (e: Error) => e.message);
+        throw new Error(`${err.message}: A's node not back online on B; A healthz ${hz}; A metrics: ${mt.split('\n').filter((l) => /liveness|change_bus|notifications/.test(l)).join(' | ')}; A's log:\n${aLog.slice(-4000)}\nstderr: ${a.stderr().slice(-1000)}`);
+      });
       const backMs = performance.now() - t1;
       process.stderr.write(`# database cut longer than the lease (${TTL} ms): A's node offline on B after ${offMs.toFixed(0)} ms; online again ${backMs.toFixed(0)} ms after the restore\n`);
       assert.ok(offMs < TTL + 1500, `offline after ${offMs.toFixed(0)} ms`);
