@@ -325,9 +325,15 @@ describe('presence leases are renewed while streams stay open', () => {
         const s2 = await SseReader.open(`${srv.url}/node/v1/stream`, nodes['n2']!.token);
         await s2.waitMap((m) => m.online.includes(nodes['n1']!.id));
         const onlineIds = async () => ((await adm.get('/api/v1/tenants/rep/nodes')).body.nodes as Json[]).filter((n) => n.online).map((n) => n.id as number).sort();
+        const both = [nodes['n1']!.id, nodes['n2']!.id].sort();
+        // n2's own presence may commit just after its first map: wait for both first
+        for (let i = 0; JSON.stringify(await onlineIds()) !== JSON.stringify(both); i++) {
+          assert.ok(i < 50, 'both nodes online');
+          await sleep(100);
+        }
         const t0 = Date.now();
         while (Date.now() - t0 < TTL * 4) {
-          assert.deepEqual(await onlineIds(), [nodes['n1']!.id, nodes['n2']!.id].sort(), `online at +${Date.now() - t0} ms`);
+          assert.deepEqual(await onlineIds(), both, `online at +${Date.now() - t0} ms`);
           await sleep(100);
         }
         assert.equal(await metric(srv, /^larktun_node_liveness_events_total\{event="lease_expired"\} (\d+)/m), 0, 'no lease lapsed');
