@@ -491,12 +491,13 @@ export class MapHub {
     return set.size;
   }
 
-  /** A committed change (local or from another replica). */
-  changed(tenantId: number, generation: number): void {
+  /** A committed change (local or from another replica). True when it schedules a refresh (the hub is behind). */
+  changed(tenantId: number, generation: number): boolean {
     const t = this.tenants.get(tenantId);
-    if (!t) return;
-    if (generation >= 0 && generation <= t.seenGeneration) return;
+    if (!t) return false;
+    if (generation >= 0 && generation <= t.seenGeneration) return false;
     this.schedule(tenantId, t);
+    return true;
   }
 
   /** Refreshes now and resolves when every current stream has its map. */
@@ -529,7 +530,19 @@ export class MapHub {
     try {
       t.dirty = false;
       const waiters = t.waiters.splice(0);
-      const snap = await loadSnapshot(this.store, tenantId).catch(() => null);
+      let failed = false;
+      const snap = await loadSnapshot(this.store, tenantId).catch(() => {
+        failed = true;
+        return null;
+      });
+      if (failed) {
+        // The database did not answer (a replica cut off from it): the streams
+        // stay open with what they have; retry after a pause.
+        t.dirty = true;
+        t.waiters.unshift(...waiters);
+        await new Promise((res) => setTimeout(res, 500));
+        return;
+      }
       if (!snap) {
         // tenant gone: end every stream
         for (const set of t.streams.values()) for (const s of set) s.end('tenant deleted');

@@ -59,6 +59,11 @@ export class RelayHub {
     }
   }
 
+  /** Changes may have been missed (the change bus reconnected): rebuild every relay's view; unchanged ones push nothing. */
+  resync(): void {
+    for (const [id, r] of this.relays) this.schedule(id, r);
+  }
+
   /** A relay itself changed (created, deleted). */
   relayChanged(relayId: number): void {
     const r = this.relays.get(relayId);

@@ -15,6 +15,7 @@ import { authenticate, guardAuthentication } from './http/auth.js';
 import { FailureLimiter, LogBudget } from './http/auth-limiter.js';
 import { installInputGuard } from './http/input-guard.js';
 import { startMetricsListener, type MetricsListener } from './metrics-listener.js';
+import { Counter } from 'prom-client';
 import { newSecret } from './secrets.js';
 import { OpenApiCollector } from './http/openapi.js';
 import { registerAdminRoutes } from './http/admin.js';
@@ -59,6 +60,8 @@ export interface ServerOptions {
   metricsListen?: string;
   /** A relay stream whose writes stay unread this long is cut, ms (default 15 s; env LARKTUN_RELAY_STALL_MS). */
   relayStallMs?: number;
+  /** A node's presence lease, ms (default 6 s; env LARKTUN_NODE_LEASE_TTL_MS): renewed every TTL/3 while it streams from this replica. */
+  nodeLeaseTtlMs?: number;
 }
 
 function envMs(name: string): number | undefined {
@@ -105,6 +108,14 @@ function isUniqueViolation(err: unknown): boolean {
 
 /** Default: a relay silent for 5 s (five missed reports) is not live. */
 const DEFAULT_LIVE_TTL_MS = 5000;
+/**
+ * Default presence lease: renewed every 2 s, so a replica that dies (kill -9)
+ * has its nodes offline within TTL + one sweep (≤ 7 s), and two missed
+ * renewals in a row are tolerated.
+ */
+export const DEFAULT_NODE_LEASE_TTL_MS = 6000;
+/** Leases are swept (expired ones taken offline) this often at most. */
+const LEASE_SWEEP_MS = 1000;
 
 export async function startServer(opts: ServerOptions = {}): Promise<RunningServer> {
   const log = opts.logger ?? pino({ level: opts.logLevel ?? 'info', base: { svc: 'larktun-server' } });
@@ -136,6 +147,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     log.info({ path: file }, 'created the operator key');
   }
   if (handle.backend === 'sqlite') await store.resetOnline();
+  store.leaseTtlMs = opts.nodeLeaseTtlMs ?? envMs('LARKTUN_NODE_LEASE_TTL_MS') ?? DEFAULT_NODE_LEASE_TTL_MS;
 
   const metrics = new ControlMetrics(async () => {
     const rows = await store.db
@@ -191,6 +203,16 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   // A relay that misses this many ms of its (1 s) reports is not live: nodes home elsewhere.
   const liveTtlMs = opts.relayLiveTtlMs ?? envMs('LARKTUN_RELAY_LIVE_TTL_MS') ?? Math.min(DEFAULT_LIVE_TTL_MS, healthTtlMs);
   let bus: ChangeBus = nullBus;
+  const busReconnects = new Counter({
+    name: 'larktun_change_bus_reconnects_total', help: 'Attempts to re-open the LISTEN connection after it was lost (result: ok, failed)',
+    labelNames: ['result'], registers: [metrics.registry],
+  });
+  const busResyncs = new Counter({
+    name: 'larktun_change_bus_resyncs_total', help: 'Re-syncs of every tenant\'s generation after the LISTEN connection came back', registers: [metrics.registry],
+  });
+  const busResyncTenants = new Counter({
+    name: 'larktun_change_bus_resync_stale_tenants_total', help: 'Tenants found behind (a change missed while LISTEN was down) and refreshed by a re-sync', registers: [metrics.registry],
+  });
   if (handle.backend === 'postgres' && handle.pgUrl) {
     // This server's own notifications come back to its listener: skip them
     // (its hub already heard of the change directly through onCommit).
@@ -206,6 +228,22 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       },
       onError: (err) => log.warn({ err: err.message }, 'change bus error'),
       onReceived: () => metrics.notifications.inc({ direction: 'received' }),
+      onReconnect: (ok) => busReconnects.inc({ result: ok ? 'ok' : 'failed' }),
+      // LISTEN was down: changes committed meanwhile by other replicas were not
+      // announced to us. Compare every tenant's generation with what the hub
+      // last pushed (hub.changed ignores tenants it is current on) and refresh.
+      onResync: async () => {
+        const t0 = performance.now();
+        const rows = await store.db.selectFrom('tenants').select(['id', 'generation']).execute();
+        const present = new Set(rows.map((r) => r.id));
+        let stale = 0;
+        for (const r of rows) if (hub.changed(r.id, r.generation)) stale++;
+        for (const [t] of hub.connectedNodes()) if (!present.has(t) && hub.changed(t, -1)) stale++;
+        relayHub.resync();
+        busResyncs.inc();
+        busResyncTenants.inc(stale);
+        log.info({ tenants: rows.length, stale, ms: Number((performance.now() - t0).toFixed(1)) }, 'change bus reconnected: re-synced tenant generations');
+      },
     });
     const channel = bus.channel as string;
     store.inTransaction = async (trx, tenantId, generation) => {
@@ -377,6 +415,52 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const sweepTimer = setInterval(sweep, Math.max(250, Math.min(5000, Math.floor(Math.min(healthTtlMs, liveTtlMs) / 4))));
   sweepTimer.unref();
 
+  // Presence leases: renew those of the nodes streaming from here (every
+  // TTL/3), then take offline the nodes whose lease lapsed anywhere (a crashed
+  // or cut-off replica's). Renewing first, in the same task, means a replica
+  // whose own event loop stalled never expires its own live nodes.
+  const leaseTtlMs = store.leaseTtlMs;
+  let lastRenew = 0;
+  let leasing: Promise<unknown> | null = null;
+  const leaseTick = () => {
+    if (leasing || shuttingDown) return;
+    // Bounded: a database call that hangs (a connection cut without a reset)
+    // must not stop the renewals for good; after one TTL the next tick starts afresh.
+    let giveUp: NodeJS.Timeout | null = null;
+    const bound = new Promise<void>((resolve) => {
+      giveUp = setTimeout(() => {
+        log.warn({ lease_ttl_ms: leaseTtlMs }, 'node lease renewal/sweep did not finish within the lease TTL: starting over');
+        resolve();
+      }, leaseTtlMs);
+      giveUp.unref();
+    });
+    const work = (async () => {
+      if (performance.now() - lastRenew >= leaseTtlMs / 3) {
+        const byTenant = new Map<number, number[]>();
+        for (const [t, n] of hub.connectedNodes()) byTenant.set(t, [...(byTenant.get(t) ?? []), n]);
+        const r = await store.renewLeases(byTenant, () => new Set(hub.connectedNodes().map(([t, n]) => `${t}:${n}`)));
+        lastRenew = performance.now();
+        const back = r.restored.reduce((a, x) => a + x.nodeIds.length, 0);
+        if (back) {
+          metrics.liveness.inc({ event: 'lease_restored' }, back);
+          log.info({ restored: r.restored }, 'nodes streaming here had lost their lease: online again');
+        }
+      }
+      const expired = await store.expireLeases();
+      const n = expired.reduce((a, x) => a + x.nodeIds.length, 0);
+      if (n) {
+        metrics.liveness.inc({ event: 'lease_expired' }, n);
+        log.warn({ expired, lease_ttl_ms: leaseTtlMs }, 'node presence leases lapsed (their replica stopped renewing): marked offline');
+      }
+    })().catch((err: unknown) => log.warn({ err }, 'node lease renewal/sweep failed'));
+    leasing = Promise.race([work, bound]).finally(() => {
+      if (giveUp) clearTimeout(giveUp);
+      leasing = null;
+    });
+  };
+  const leaseTimer = setInterval(leaseTick, Math.max(100, Math.min(LEASE_SWEEP_MS, Math.floor(leaseTtlMs / 4))));
+  leaseTimer.unref();
+
   await app.listen({ host, port });
   let metricsListener: MetricsListener | null = null;
   if (metricsAt) {
@@ -407,8 +491,10 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       shuttingDown = true;
       clearInterval(reconcileTimer);
       clearInterval(sweepTimer);
+      clearInterval(leaseTimer);
       await reconciling;
       await sweeping;
+      await leasing;
       const connected = hub.connectedNodes();
       expiry.close();
       for (const end of [...openStreams]) end();

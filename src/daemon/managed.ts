@@ -20,6 +20,7 @@ import { hostname as osHostname } from 'node:os';
 import path from 'node:path';
 import { parseHostPort, parseIPv6 } from '../net/addr.js';
 import { Engine } from '../dataplane/engine.js';
+import { KEEPALIVE_MS, ROUTER_KEEPALIVE_MS } from '../dataplane/liveness.js';
 import { FilterState, PacketFilter } from '../dataplane/filter.js';
 import { TunDevice } from '../dataplane/tun.js';
 import { SseClient } from './sse.js';
@@ -48,7 +49,10 @@ export interface ManagedOptions {
   log: (msg: string) => void;
   /** How often to check whether the relay RTT should be reported to the server (ms; default 5000). */
   latencyReportMs?: number;
-  /** Seconds between keepalives to the relay (the relay reports a node unseen after 3 s). */
+  /**
+   * Seconds between keepalives to the relay, for every node (default: 1 s, or
+   * ROUTER_KEEPALIVE_MS while the node has approved routes).
+   */
   keepaliveSecs?: number;
 }
 
@@ -449,7 +453,7 @@ export class ManagedNode {
         obfuscate: true,
         peers: plan.peers,
         rules: plan.rules,
-        keepaliveSecs: this.opts.keepaliveSecs ?? 1,
+        keepaliveSecs: this.opts.keepaliveSecs ?? KEEPALIVE_MS / 1000,
         listenPorts: [this.opts.port],
         bindHost4: this.opts.bindHost4,
         bindHost6: this.opts.bindHost6,
@@ -464,6 +468,7 @@ export class ManagedNode {
       this.engine.setPeers(plan.peers);
       this.engine.setRules(plan.rules);
     }
+    if (this.opts.keepaliveSecs === undefined) this.engine.setKeepaliveInterval(map.self.approved_routes.length > 0 ? ROUTER_KEEPALIVE_MS : KEEPALIVE_MS);
     const fj = JSON.stringify(plan.filter);
     if (fj !== this.filterJson) {
       this.filter.setFilter(PacketFilter.compile(plan.filter));

@@ -21,6 +21,7 @@ import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { RelayEngine, RelayViewError, type RelayStatus, type RelayView } from '../dataplane/relay.js';
 import { SseClient, type SseState } from './sse.js';
+import { HEALTH_REPORT_MS, ROUTER_CHECK_MS, ROUTER_SEEN_MS, ROUTER_UNSEEN_MS } from '../dataplane/liveness.js';
 
 export const RELAY_VIEW_FILE = 'relay-view.json';
 /** The relay stream's heartbeat is 15 s; three missed ones mean the connection is dead. */
@@ -35,8 +36,14 @@ export interface RunRelayOptions {
   stateDir: string;
   bindHost4?: string;
   bindHost6?: string | null;
-  /** Health report interval (ms, default 1000: the server's unseen threshold is 3 s). */
+  /** Health report interval (ms, default 1000: the server's unseen threshold is 3 s, 1 s for routers). */
   healthIntervalMs?: number;
+  /**
+   * How often links that carry routes (HA primaries, exit nodes) are checked
+   * (ms, default 100): one crossing ROUTER_UNSEEN_MS (or heard again within
+   * ROUTER_SEEN_MS) triggers a report at once. 0 turns this off.
+   */
+  routerCheckMs?: number;
   log: (m: string) => void;
 }
 
@@ -50,7 +57,8 @@ export interface RelayModeStatus extends RelayStatus {
   view_applied_at: string | null;
   views_rejected: number;
   last_view_error: string | null;
-  health: { sent: number; failed: number; last_ok_at: string | null; last_error: string | null };
+  /** early: reports sent ahead of the routine period because a route-carrying link went unseen or came back. */
+  health: { sent: number; failed: number; early: number; last_ok_at: string | null; last_error: string | null };
 }
 
 /** The relay mode's own part of the status (the control side), without the engine's. */
@@ -79,7 +87,8 @@ async function writeAtomic(file: string, text: string): Promise<void> {
 export async function runRelay(opts: RunRelayOptions): Promise<RelayHandle> {
   const log = opts.log;
   const base = opts.server.replace(/\/+$/, '');
-  const healthMs = opts.healthIntervalMs ?? 1000;
+  const healthMs = opts.healthIntervalMs ?? HEALTH_REPORT_MS;
+  const routerCheckMs = opts.routerCheckMs ?? ROUTER_CHECK_MS;
   const viewFile = path.join(opts.stateDir, RELAY_VIEW_FILE);
   await mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
 
@@ -98,7 +107,19 @@ export async function runRelay(opts: RunRelayOptions): Promise<RelayHandle> {
   let viewAppliedAt: string | null = null;
   let viewsRejected = 0;
   let lastViewError: string | null = null;
-  const health = { sent: 0, failed: 0, last_ok_at: null as string | null, last_error: null as string | null };
+  const health = { sent: 0, failed: 0, early: 0, last_ok_at: null as string | null, last_error: null as string | null };
+  // Links that carry routes in the view in force (HA primaries, exit nodes): id → unseen as last reported.
+  let routerLinks = new Map<number, boolean>();
+  const noteRouterLinks = (view: unknown): void => {
+    const next = new Map<number, boolean>();
+    const tenants = (view as { tenants?: { links?: { link_id?: unknown; routes?: unknown }[] }[] } | null)?.tenants;
+    for (const t of Array.isArray(tenants) ? tenants : []) {
+      for (const l of Array.isArray(t.links) ? t.links : []) {
+        if (typeof l.link_id === 'number' && Array.isArray(l.routes) && l.routes.length > 0) next.set(l.link_id, routerLinks.get(l.link_id) ?? false);
+      }
+    }
+    routerLinks = next;
+  };
   let halted = false; // end / 401: no more talking to the server
   let stopped = false;
 
@@ -107,7 +128,9 @@ export async function runRelay(opts: RunRelayOptions): Promise<RelayHandle> {
   try {
     const text = await readFile(viewFile, 'utf8');
     try {
-      const r = engine.setView(JSON.parse(text) as RelayView);
+      const saved = JSON.parse(text) as RelayView;
+      const r = engine.setView(saved);
+      noteRouterLinks(saved);
       resumeId = r.hash;
       viewSource = 'saved';
       viewAppliedAt = new Date().toISOString();
@@ -137,6 +160,7 @@ export async function runRelay(opts: RunRelayOptions): Promise<RelayHandle> {
     controlError = why;
     sse.stop();
     if (healthTimer) clearInterval(healthTimer);
+    if (routerTimer) clearInterval(routerTimer);
     log(
       state === 'ended'
         ? `the control server ended this relay's stream (${why}): the relay was deleted or replaced. No further views or health reports; forwarding continues with view ${engine.view?.hash ?? '(none)'} until larktund is stopped`
@@ -156,6 +180,7 @@ export async function runRelay(opts: RunRelayOptions): Promise<RelayHandle> {
     }
     try {
       const r = engine.setView(parsed as RelayView);
+      noteRouterLinks(parsed);
       viewSource = 'server';
       viewAppliedAt = new Date().toISOString();
       log(`relay view ${r.hash}: ${r.tenants} tenant(s), ${r.links} link(s) (${r.kept} kept their session)`);
@@ -206,11 +231,29 @@ export async function runRelay(opts: RunRelayOptions): Promise<RelayHandle> {
 
   // ---- health reports ----
   let inFlight = false;
+  let again = false; // an early report was wanted while one was in flight
   const report = async (): Promise<void> => {
-    if (inFlight || halted || stopped || engine.view === null) return;
-    const body = engine.healthReport();
-    if (body.links.length === 0) return;
+    if (inFlight) {
+      again = true;
+      return;
+    }
+    if (halted || stopped || engine.view === null) return;
     inFlight = true;
+    // Let datagrams that queued up meanwhile (after a stall of this process) be
+    // read first, so a busy relay does not report its links unseen.
+    await new Promise<void>((r) => setImmediate(r));
+    const now = Date.now();
+    const body = engine.healthReport(now);
+    if (body.links.length === 0) {
+      inFlight = false;
+      return;
+    }
+    for (const l of body.links) {
+      const was = routerLinks.get(l.link_id);
+      if (was === undefined) continue;
+      const ago = l.last_seen_ms_ago;
+      routerLinks.set(l.link_id, ago === null || ago > ROUTER_UNSEEN_MS || (was && ago > ROUTER_SEEN_MS));
+    }
     try {
       const res = await fetch(`${base}/relay/v1/health`, {
         method: 'POST',
@@ -236,10 +279,39 @@ export async function runRelay(opts: RunRelayOptions): Promise<RelayHandle> {
       health.last_error = msg;
     } finally {
       inFlight = false;
+      if (again) {
+        again = false;
+        void report();
+      }
     }
   };
   const healthTimer: NodeJS.Timeout | null = setInterval(() => void report(), healthMs);
   healthTimer.unref();
+
+  // Route-carrying links are watched closely: when one is not heard for
+  // ROUTER_UNSEEN_MS (or is heard again), report now rather than at the next
+  // routine report, so the server fails its routes over sooner. A tick that
+  // comes late (this process stalled) only resets the clock: the links' silence
+  // may be ours.
+  let lastCheck = Date.now();
+  const checkRouters = (): void => {
+    const now = Date.now();
+    const late = now - lastCheck > routerCheckMs * 4;
+    lastCheck = now;
+    if (late || inFlight || halted || stopped || routerLinks.size === 0) return;
+    for (const [id, unseen] of routerLinks) {
+      const link = engine.link(id);
+      if (!link || link.lastSeenMs === 0) continue;
+      const ago = now - link.lastSeenMs;
+      if ((!unseen && ago > ROUTER_UNSEEN_MS) || (unseen && ago <= ROUTER_SEEN_MS)) {
+        health.early++;
+        void report();
+        return;
+      }
+    }
+  };
+  const routerTimer: NodeJS.Timeout | null = routerCheckMs > 0 ? setInterval(checkRouters, routerCheckMs) : null;
+  routerTimer?.unref();
 
   sse.start(resumeId);
 
@@ -262,6 +334,7 @@ export async function runRelay(opts: RunRelayOptions): Promise<RelayHandle> {
       control = 'stopped';
       sse.stop();
       clearInterval(healthTimer);
+      if (routerTimer) clearInterval(routerTimer);
       await saving;
       await engine.stop();
     },

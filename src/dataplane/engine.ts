@@ -147,12 +147,15 @@ export class Engine {
   private filter: FilterState | null = null;
   private intercept: TunInterceptor | null = null;
   private keepaliveTimer: NodeJS.Timeout | null = null;
+  private keepaliveMs: number;
+  private started = false;
   private resolveTimer: NodeJS.Timeout | null = null;
   private readonly log: (msg: string) => void;
   readonly startedAt = Date.now();
 
   constructor(private readonly opts: EngineOptions) {
     this.localId = opts.localId;
+    this.keepaliveMs = Math.max(0, opts.keepaliveSecs * 1000);
     this.obfuscate = opts.obfuscate;
     this.peers = opts.peers.map((p) => new Peer(p, opts.localId, opts.obfuscate));
     for (const p of this.peers) this.byId[p.id] = p;
@@ -175,11 +178,8 @@ export class Engine {
   async start(): Promise<void> {
     await this.udp.start();
     await Promise.all(this.peers.map((p) => this.resolvePeer(p)));
-    if (this.opts.keepaliveSecs > 0) {
-      this.keepaliveTimer = setInterval(() => this.sendKeepalives(), this.opts.keepaliveSecs * 1000);
-      this.keepaliveTimer.unref();
-      this.sendKeepalives();
-    }
+    this.started = true;
+    this.setKeepaliveInterval(this.keepaliveMs);
     // Host-name endpoints: re-resolve peers that went quiet (address may have moved).
     this.resolveTimer = setInterval(() => {
       const now = Date.now();
@@ -503,12 +503,33 @@ export class Engine {
     return this.udp.ports();
   }
 
+  /**
+   * Sends keepalives every `ms` (0: none) from now on; one goes at once when
+   * the interval changes on a running engine. A managed router uses a shorter
+   * interval than other nodes so that its relay notices a dead path sooner.
+   */
+  setKeepaliveInterval(ms: number): void {
+    const next = Math.max(0, ms);
+    if (this.started && next === this.keepaliveMs && (next === 0 || this.keepaliveTimer !== null)) return;
+    this.keepaliveMs = next;
+    if (!this.started) return;
+    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    this.keepaliveTimer = null;
+    if (next > 0) {
+      this.keepaliveTimer = setInterval(() => this.sendKeepalives(), next);
+      this.keepaliveTimer.unref();
+      this.sendKeepalives();
+    }
+  }
+
   boundAddresses(): { family: 4 | 6; port: number }[] {
     return this.udp.boundAddresses();
   }
 
   async stop(): Promise<void> {
+    this.started = false;
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    this.keepaliveTimer = null;
     if (this.resolveTimer) clearInterval(this.resolveTimer);
     await this.udp.close();
   }

@@ -15,6 +15,7 @@ import type { RelayHub, RelayStream } from '../relay-hub.js';
 import type { RouteDoc } from './openapi.js';
 import type { ControlMetrics } from '../metrics.js';
 import { guardedWriter } from './stream-guard.js';
+import { NODE_UNSEEN_MS, ROUTER_SEEN_MS, ROUTER_UNSEEN_MS } from '../../dataplane/liveness.js';
 
 export const DEFAULT_HEALTH_TTL_MS = 10_000;
 export const DEFAULT_HEALTH_PERSIST_MS = 15_000;
@@ -22,8 +23,12 @@ export const DEFAULT_HEALTH_PERSIST_MS = 15_000;
 export interface RelayDeps {
   store: Store;
   metrics?: ControlMetrics;
-  /** A node whose relays have not seen it for longer than this is offline (ms, default 3000). */
+  /** A node whose relays have not seen it for longer than this is offline (ms, default NODE_UNSEEN_MS = 3000). */
   unseenMs?: number;
+  /** The same for a node with approved routes (ms, default ROUTER_UNSEEN_MS = 1000). */
+  routerUnseenMs?: number;
+  /** A router reported unseen is seen again once heard within this (ms, default ROUTER_SEEN_MS = 500; hysteresis). */
+  routerSeenMs?: number;
   /** A relay's verdicts count for this long after its last report (ms, default 10 000). */
   healthTtlMs?: number;
   /** last_seen_at/rtt of a link are stored at most this often (ms, default 15 000); verdict flips always. */
@@ -235,7 +240,7 @@ export function registerRelayProtocolRoutes(app: FastifyInstance, deps: RelayDep
     '/health',
     {
       schema: {
-        ...rdoc('Health report: when the relay last saw each link\'s node. A node is offline (primaries fail over) while a relay that reported recently (default: within 10 s) has not seen it for more than 3 s and no such relay has; a relay\'s verdicts lapse when it stops reporting'),
+        ...rdoc('Health report: when the relay last saw each link\'s node. A node is offline (primaries fail over) while a relay that reported recently (default: within 10 s) has not seen it for more than 3 s (1 s for a node with approved routes; once unseen, such a node is seen again when heard within 0.5 s) and no such relay has; a relay\'s verdicts lapse when it stops reporting'),
         body: {
           type: 'object', additionalProperties: false, required: ['links'],
           properties: {
@@ -258,27 +263,39 @@ export function registerRelayProtocolRoutes(app: FastifyInstance, deps: RelayDep
     async (req) => {
       const r = await authenticateRelay(store, req);
       const now = Date.now();
-      const unseenMs = deps.unseenMs ?? 3000;
+      const unseenMs = deps.unseenMs ?? NODE_UNSEEN_MS;
+      const routerUnseenMs = deps.routerUnseenMs ?? ROUTER_UNSEEN_MS;
+      const routerSeenMs = Math.min(routerUnseenMs, deps.routerSeenMs ?? ROUTER_SEEN_MS);
       const ttlMs = deps.healthTtlMs ?? DEFAULT_HEALTH_TTL_MS;
       const prev = await store.relayReported(r.id, new Date(now).toISOString());
       // A relay heard again (or for the first time) is live: its tenants' maps say so.
       if (r.live !== 1) await store.setRelayLive(r.id, true);
+      // Read the relay's links once (with whether each node is a router), and
+      // visit only the tenants where something is to be written.
+      const rows = await store.linksOfRelayWithRole(r.id);
+      const byLink = new Map(rows.map((row) => [row.link_id, row]));
       const reported = new Map<number, LinkReport>();
       for (const l of req.body.links) {
+        const row = byLink.get(l.link_id);
+        const router = row?.router === true;
         // A link the relay has had for less than the threshold and not heard yet
         // (a relay that just started): no verdict, as if left out of the report.
-        if (l.last_seen_ms_ago === null && l.known_ms !== undefined && l.known_ms <= unseenMs) continue;
+        if (l.last_seen_ms_ago === null && l.known_ms !== undefined && l.known_ms <= (router ? routerUnseenMs : unseenMs)) continue;
+        const ago = l.last_seen_ms_ago;
+        // Routers: unseen after routerUnseenMs; once unseen, seen again only when
+        // heard within routerSeenMs (between the two the last verdict holds).
+        const unseen = ago === null
+          || ago > (router ? routerUnseenMs : unseenMs)
+          || (router && row?.reported_unseen === 1 && ago > routerSeenMs);
         reported.set(l.link_id, {
-          lastSeenAt: l.last_seen_ms_ago === null ? null : new Date(now - l.last_seen_ms_ago).toISOString(),
+          lastSeenAt: ago === null ? null : new Date(now - ago).toISOString(),
           rtt: l.rtt_ms === undefined ? null : Math.round(l.rtt_ms),
-          unseen: l.last_seen_ms_ago === null || l.last_seen_ms_ago > unseenMs,
+          unseen,
         });
       }
       // A relay that had gone quiet (its verdicts lapsed) counts afresh for every node it reports.
       const recheck = prev === null || Date.parse(prev) <= now - ttlMs;
       const persistMs = deps.healthPersistMs ?? DEFAULT_HEALTH_PERSIST_MS;
-      // Read the relay's links once, and visit only the tenants where something is to be written.
-      const rows = await store.linksOfRelayAll(r.id);
       const known = new Set<number>();
       const tenants = new Set<number>();
       for (const row of rows) {

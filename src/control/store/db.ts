@@ -33,9 +33,15 @@ export async function openDatabase(spec: string, dataDir: string): Promise<DbHan
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   chmodSync(dataDir, 0o700);
   if (isPostgresUrl(spec)) {
-    const pool = new pg.Pool({ connectionString: spec, max: 10 });
+    // keepAlive: a connection cut silently (a partition that drops packets) fails in
+    // about a minute instead of TCP's quarter of an hour; a connect gives up after 10 s.
+    const pool = new pg.Pool({ connectionString: spec, max: 10, keepAlive: true, connectionTimeoutMillis: 10_000 });
     // An idle client erroring (server restart) must not crash the process.
     pool.on('error', () => undefined);
+    // Nor may one that is checked out when its connection drops (the database
+    // restarts or a partition cuts it mid-query): the pool listens only to idle
+    // clients, and pg emits 'error' on the client as well as failing its query.
+    pool.on('connect', (client) => client.on('error', () => undefined));
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
     handle = { db, backend: 'postgres', pgUrl: spec, file: null, close: () => db.destroy() };
   } else if (spec === 'sqlite' || spec.startsWith('sqlite:')) {

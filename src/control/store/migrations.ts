@@ -244,6 +244,23 @@ function migrations(backend: Backend): Record<string, Migration> {
         await db.schema.alterTable('nodes').dropColumn('key_proven_at').execute();
       },
     },
+    '0008_node_lease': {
+      // Node presence as a lease: the replica a node streams from renews
+      // nodes.lease_until (every TTL/3); a node whose lease lapsed (its replica
+      // crashed or lost the database) is marked offline by whichever replica
+      // sweeps first, which re-elects its primaries. Nodes online before this
+      // migration have no lease: the first sweep takes them offline unless a
+      // replica streaming them renews first.
+      async up(db: Db): Promise<void> {
+        await db.schema.alterTable('nodes').addColumn('lease_until', 'text').execute();
+        await db.schema.createIndex('nodes_lease').on('nodes').column('lease_until')
+          .where(sql.ref('online'), '=', 1).execute();
+      },
+      async down(db: Db): Promise<void> {
+        await db.schema.dropIndex('nodes_lease').ifExists().execute();
+        await db.schema.alterTable('nodes').dropColumn('lease_until').execute();
+      },
+    },
   };
 }
 

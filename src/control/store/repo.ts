@@ -8,7 +8,7 @@
 // commits them together.
 import {
   sql,
-  type DeleteQueryBuilder, type DeleteResult, type Insertable, type Kysely, type SelectQueryBuilder,
+  type DeleteQueryBuilder, type DeleteResult, type ExpressionBuilder, type Insertable, type Kysely, type SelectQueryBuilder,
   type Transaction, type UpdateQueryBuilder, type UpdateResult, type Updateable,
 } from 'kysely';
 import type {
@@ -618,7 +618,8 @@ export class Store {
         .returning('generation')
         .executeTakeFirst();
       if (!g) return null;
-      await trx.updateTable('nodes').set({ online: online ? 1 : 0, last_seen: nowIso() }).where('tenant_id', '=', tenantId).where('id', '=', nodeId).execute();
+      await trx.updateTable('nodes').set({ online: online ? 1 : 0, last_seen: nowIso(), ...(online ? { lease_until: this.leaseUntil() } : {}) })
+        .where('tenant_id', '=', tenantId).where('id', '=', nodeId).execute();
       await this.reelect(trx, tenantId);
       await this.announce(trx, tenantId, g.generation);
       return g.generation;
@@ -648,6 +649,101 @@ export class Store {
     if (gen !== null) this.onCommit?.(tenantId, gen);
   }
 
+  // ---- presence leases -------------------------------------------------------------------
+  /** How long a node's presence lease lasts after a renewal (ms); the server sets it. */
+  leaseTtlMs = 6000;
+
+  private leaseUntil(now = Date.now()): string {
+    return new Date(now + this.leaseTtlMs).toISOString();
+  }
+
+  /**
+   * Renews the presence leases of nodes streaming from this replica (per
+   * tenant, its node ids). Nodes found offline although they stream here (their
+   * lease lapsed while this replica could not reach the database, or another
+   * replica's stream of the same node closed) are brought back online, one
+   * transaction per tenant (generation bumped, primaries re-elected, announced).
+   * `connectedNow` (nodes streaming here now, as "tenant:node") re-checks the
+   * candidates just before they are brought back. Returns how many leases were
+   * renewed and which nodes came back.
+   */
+  async renewLeases(
+    byTenant: ReadonlyMap<number, readonly number[]>,
+    connectedNow: () => ReadonlySet<string>,
+  ): Promise<{ renewed: number; restored: { tenantId: number; nodeIds: number[] }[] }> {
+    const until = this.leaseUntil();
+    let renewed = 0;
+    const restored: { tenantId: number; nodeIds: number[] }[] = [];
+    for (const [tenantId, ids] of byTenant) {
+      const off: number[] = [];
+      for (let i = 0; i < ids.length; i += 500) {
+        const part = ids.slice(i, i + 500);
+        const r = await this.db.updateTable('nodes').set({ lease_until: until })
+          .where('tenant_id', '=', tenantId).where('id', 'in', part).where('online', '=', 1).executeTakeFirst();
+        renewed += Number(r.numUpdatedRows);
+        if (Number(r.numUpdatedRows) === part.length) continue;
+        const rows = await this.db.selectFrom('nodes').select('id')
+          .where('tenant_id', '=', tenantId).where('id', 'in', part).where('online', '=', 0).execute();
+        for (const o of rows) off.push(o.id);
+      }
+      if (off.length === 0) continue;
+      const here = connectedNow();
+      const lapsed = off.filter((id) => here.has(`${tenantId}:${id}`));
+      if (lapsed.length === 0) continue;
+      const gen = await this.db.transaction().execute(async (trx) => {
+        const g = await trx.updateTable('tenants').set((eb) => ({ generation: eb('generation', '+', 1) }))
+          .where('id', '=', tenantId).returning('generation').executeTakeFirst();
+        if (!g) return null;
+        const now = nowIso();
+        for (let i = 0; i < lapsed.length; i += 500) {
+          await trx.updateTable('nodes').set({ online: 1, last_seen: now, lease_until: this.leaseUntil() })
+            .where('tenant_id', '=', tenantId).where('id', 'in', lapsed.slice(i, i + 500)).execute();
+        }
+        await this.reelect(trx, tenantId);
+        await this.announce(trx, tenantId, g.generation);
+        return g.generation;
+      });
+      if (gen === null) continue;
+      this.onCommit?.(tenantId, gen);
+      restored.push({ tenantId, nodeIds: lapsed });
+    }
+    return { renewed, restored };
+  }
+
+  /**
+   * Marks offline every online node whose lease ended before now (its replica
+   * crashed, hung or lost the database): per tenant one transaction under the
+   * tenant lock that re-elects primaries and announces; a tenant with nothing
+   * expired is not written. Safe on several replicas at once (the conditional
+   * update flips each node once; a lease renewed meanwhile is not touched).
+   * Returns the expired nodes.
+   */
+  async expireLeases(now = Date.now()): Promise<{ tenantId: number; nodeIds: number[] }[]> {
+    const cutoff = new Date(now).toISOString();
+    const expired = (eb: ExpressionBuilder<Database, 'nodes'>) => eb.or([eb('lease_until', 'is', null), eb('lease_until', '<', cutoff)]);
+    const tenants = await this.db.selectFrom('nodes').select('tenant_id').distinct()
+      .where('online', '=', 1).where(expired).execute();
+    const out: { tenantId: number; nodeIds: number[] }[] = [];
+    for (const { tenant_id: tenantId } of tenants) {
+      const r = await this.db.transaction().execute(async (trx) => {
+        if (!(await lockTenant(trx, this.backend, tenantId))) return null;
+        const rows = await trx.updateTable('nodes').set({ online: 0 })
+          .where('tenant_id', '=', tenantId).where('online', '=', 1).where(expired).returning('id').execute();
+        if (rows.length === 0) return null;
+        const g = await trx.updateTable('tenants').set((eb) => ({ generation: eb('generation', '+', 1) }))
+          .where('id', '=', tenantId).returning('generation').executeTakeFirst();
+        if (!g) return null;
+        await this.reelect(trx, tenantId);
+        await this.announce(trx, tenantId, g.generation);
+        return { gen: g.generation, ids: rows.map((x) => x.id) };
+      }).catch(() => null); // tenant deleted meanwhile
+      if (r === null) continue;
+      this.onCommit?.(tenantId, r.gen);
+      out.push({ tenantId, nodeIds: r.ids });
+    }
+    return out;
+  }
+
   /**
    * Every link of one relay, of every tenant it serves (the relay is
    * authenticated; only what its health report needs).
@@ -655,6 +751,21 @@ export class Store {
   linksOfRelayAll(relayId: number): Promise<RelayLinkHealth[]> {
     return this.db.selectFrom('relay_links').select(['id', 'tenant_id', 'node_id', 'link_id', 'last_seen_at', 'rtt_ms', 'reported_unseen'])
       .where('relay_id', '=', relayId).execute();
+  }
+
+  /**
+   * linksOfRelayAll, and per link whether its node is a router (has approved
+   * routes): routers are judged unseen sooner (ROUTER_UNSEEN_MS).
+   */
+  async linksOfRelayWithRole(relayId: number): Promise<(RelayLinkHealth & { router: boolean })[]> {
+    const rows = await this.db.selectFrom('relay_links').innerJoin('nodes', 'nodes.id', 'relay_links.node_id')
+      .select([
+        'relay_links.id as id', 'relay_links.tenant_id as tenant_id', 'relay_links.node_id as node_id', 'relay_links.link_id as link_id',
+        'relay_links.last_seen_at as last_seen_at', 'relay_links.rtt_ms as rtt_ms', 'relay_links.reported_unseen as reported_unseen',
+        sql<number>`case when nodes.approved_routes = '[]' then 0 else 1 end`.as('router'),
+      ])
+      .where('relay_links.relay_id', '=', relayId).execute();
+    return rows.map((r) => ({ ...r, router: Number(r.router) === 1 }));
   }
 
   /**

@@ -86,6 +86,8 @@ export interface NodesTable {
   /** 1 while the node's relays report it unseen (> 3 s): offline though its stream is open. */
   unseen: Generated<number>;
   last_seen: string | null;
+  /** Presence lease: while online, the replica streaming the node renews this; once it passes, the node is offline. */
+  lease_until: Generated<string | null>;
   ephemeral: number;
   auth_key_id: number | null;
   expires_at: string | null;
