@@ -146,11 +146,15 @@ function srcRouteHits(model: Model, set: IPSet): ReadonlyArray<readonly [number,
 }
 
 export interface Template {
-  kind: 'grant' | 'acl';
+  /** 'allow-all': the implicit src ["*"] → dst ["*:*"] of a policy with neither acls nor grants. */
+  kind: 'grant' | 'acl' | 'allow-all';
   index: number;
 }
 
+const WILDCARD_REF: AliasRef = Object.freeze({ text: '*', alias: Object.freeze({ kind: 'wildcard' as const }), pos: Object.freeze({ line: 0, col: 0 }) });
+
 export function templates(policy: Policy): Template[] {
+  if (!policy.hasAcls && !policy.hasGrants) return [{ kind: 'allow-all', index: 0 }];
   return [
     ...policy.grants.map((_, i) => ({ kind: 'grant' as const, index: i })),
     ...policy.acls.map((_, i) => ({ kind: 'acl' as const, index: i })),
@@ -295,7 +299,8 @@ export function compileUnit(
   const flags = { wildcard: false };
   const rules: URule[] = [];
   let local = 0;
-  const srcAliases = tpl.kind === 'grant' ? policy.grants[tpl.index]!.src : policy.acls[tpl.index]!.src;
+  const srcAliases =
+    tpl.kind === 'grant' ? policy.grants[tpl.index]!.src : tpl.kind === 'acl' ? policy.acls[tpl.index]!.src : [WILDCARD_REF];
   const srcParts = srcAliases.map((s: AliasRef) => r.src(s.alias, deps, sets, flags));
   let src: SrcRes;
   let srcHits: ReadonlyArray<readonly [number, string]>;
@@ -477,7 +482,9 @@ export function compileUnit(
     }
   };
 
-  if (tpl.kind === 'acl') {
+  if (tpl.kind === 'allow-all') {
+    push('net', undefined, r.dst(WILDCARD_REF.alias, deps, sets, flags), [ALL_PORTS], null);
+  } else if (tpl.kind === 'acl') {
     const acl = policy.acls[tpl.index]!;
     for (const d of acl.dst) {
       if (d.alias.kind === 'autogroup' && d.alias.name === 'self') {
