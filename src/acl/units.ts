@@ -9,7 +9,19 @@ import { ascending, diffSorted, membership, mergeSorted, sameList, sameNums, uni
 import { INTERNET, type Model } from './model.js';
 import type { Change, DstTarget, OwnNodes, Resolver, SrcRes } from './resolve.js';
 import { prefixSet } from './routes.js';
-import type { AliasRef, GrantRule, NetPortRange, Policy, PortRange } from './types.js';
+import type { Alias, AliasRef, CapGrant, GrantRule, NetPortRange, Policy, PortRange } from './types.js';
+
+type CapMap = CapGrant['CapMap'];
+
+/** App capabilities that come with a companion capability in the reverse direction (grant destinations → sources). */
+const COMPANION_CAPS: ReadonlyMap<string, CapMap> = new Map<string, CapMap>([
+  ['tailscale.com/cap/drive', Object.freeze({ 'tailscale.com/cap/drive-sharer': null })],
+  ['tailscale.com/cap/relay', Object.freeze({ 'tailscale.com/cap/relay-target': null })],
+]);
+
+/** Every node of the tenant, as two memoised identity resolutions (each node is a member or tagged). */
+const MEMBER_ALIAS: Alias = Object.freeze({ kind: 'autogroup' as const, name: 'member' as const });
+const TAGGED_ALIAS: Alias = Object.freeze({ kind: 'autogroup' as const, name: 'tagged' as const });
 
 export interface Entry {
   readonly ip: string;
@@ -39,7 +51,7 @@ export interface URule {
   readonly proto?: number[];
   readonly entries: readonly Entry[];
   readonly allReceivers: readonly number[];
-  readonly capMap?: Record<string, unknown[]>;
+  readonly capMap?: CapMap;
   /** autogroup:self rules: which call (self destination of the unit) and user they are for, and their inputs. */
   readonly selfCall?: number;
   readonly selfUser?: number;
@@ -348,10 +360,11 @@ export function compileUnit(
     sHits: ReadonlyArray<readonly [number, string]>,
     proto: number[] | undefined,
     built: { entries: readonly Entry[]; allReceivers: readonly number[]; targets?: readonly DstTarget[] },
-    capMap?: Record<string, unknown[]>,
+    capMap?: CapMap,
     self?: { call: number; uid: number; own: OwnNodes; inSrc: readonly number[] | null },
   ): void => {
-    if (s.strings.length === 0 || built.entries.length === 0) return;
+    // An app grant whose sources resolve to nothing still gives its CapGrant (SrcIPs []), as in Tailscale.
+    if ((s.strings.length === 0 && kind !== 'cap') || built.entries.length === 0) return;
     const before = self ? undefined : prevBySeq.get(seq - base);
     if (
       before &&
@@ -416,23 +429,45 @@ export function compileUnit(
     return { entries: out, allReceivers: via ? mergeSorted(lists) : targetsReceivers(targets), targets };
   };
 
+  // Rule order inside the template: plain rules by `local` in slot `slot`; autogroup:self rules in
+  // their own slot. An ACL whose destinations are all autogroups keeps policy order (each self
+  // expansion takes the current slot and later rules move to the next); otherwise the plain rules
+  // all come first (slot 0) and self expansion c takes slot c.
+  let slot = 0;
+  let policyOrder = false;
+
+  const pushFrom = (
+    s: SrcRes,
+    sHits: ReadonlyArray<readonly [number, string]>,
+    kind: 'net' | 'cap',
+    proto: number[] | undefined,
+    targets: readonly DstTarget[],
+    ports: readonly PortRange[],
+    via: string[] | null,
+    capMap?: CapMap,
+  ): void => {
+    const seq = base + slot * SELF_CALL + local++;
+    if (s.strings.length === 0 && kind !== 'cap') return;
+    pushRule(seq, kind, s, sHits, proto, entriesFor(targets, ports, via, prevBySeq.get(seq - base)), capMap);
+  };
   const push = (
     kind: 'net' | 'cap',
     proto: number[] | undefined,
     targets: readonly DstTarget[],
     ports: readonly PortRange[],
     via: string[] | null,
-    capMap?: Record<string, unknown[]>,
-  ): void => {
-    const seq = tplIdx * SEQ_STRIDE + local++;
-    if (src.strings.length === 0) return;
-    pushRule(seq, kind, src, srcHits, proto, entriesFor(targets, ports, via, prevBySeq.get(seq - base)), capMap);
-  };
+    capMap?: CapMap,
+  ): void => pushFrom(src, srcHits, kind, proto, targets, ports, via, capMap);
+
+  /** Destination targets of an app grant: `*` is every node's own addresses (never routes). */
+  const capTargets = (a: Alias): Array<readonly DstTarget[]> =>
+    a.kind === 'wildcard' ? [r.dst(MEMBER_ALIAS, deps, sets, flags), r.dst(TAGGED_ALIAS, deps, sets, flags)] : [r.dst(a, deps, sets, flags)];
 
   /** autogroup:self: one rule per user, sources and destinations limited to that user's untagged nodes. */
-  const selfRules = (kind: 'net' | 'cap', proto: number[] | undefined, ports: readonly PortRange[], capMap?: Record<string, unknown[]>): void => {
+  const selfRules = (kind: 'net' | 'cap', proto: number[] | undefined, ports: readonly PortRange[], capMap?: CapMap): void => {
     deps.add('member');
     const call = selfCall++;
+    const selfSlot = policyOrder ? slot++ : call;
     const before = prevSelf[call];
     const isSrc = membership(src.nodes);
     const one = (uid: number, pr: URule | undefined): void => {
@@ -447,7 +482,7 @@ export function compileUnit(
         }
       }
       const inSrc = all ? own : own.filter(isSrc);
-      const seq = tplIdx * SEQ_STRIDE + SELF_BASE + call * SELF_CALL + uid;
+      const seq = base + selfSlot * SELF_CALL + SELF_BASE + uid;
       if (
         pr &&
         pr.seq === seq &&
@@ -493,6 +528,7 @@ export function compileUnit(
     push('net', undefined, r.dst(WILDCARD_REF.alias, deps, sets, flags), [ALL_PORTS], null);
   } else if (tpl.kind === 'acl') {
     const acl = policy.acls[tpl.index]!;
+    policyOrder = acl.dst.every((d) => d.alias.kind === 'autogroup');
     for (const d of acl.dst) {
       if (d.alias.kind === 'autogroup' && d.alias.name === 'self') {
         selfRules('net', acl.proto, d.ports);
@@ -513,13 +549,23 @@ export function compileUnit(
         push('net', spec.proto, r.dst(d.alias, deps, sets, flags), spec.ports, via);
       }
     }
-    if (g.app) {
+    // The app part of a via grant is ignored (as in Tailscale).
+    if (g.app && !via) {
       for (const d of g.dst) {
         if (d.alias.kind === 'autogroup' && d.alias.name === 'self') {
           selfRules('cap', undefined, [ALL_PORTS], g.app);
           continue;
         }
-        push('cap', undefined, r.dst(d.alias, deps, sets, flags), [ALL_PORTS], via, g.app);
+        for (const targets of capTargets(d.alias)) push('cap', undefined, targets, [ALL_PORTS], null, g.app);
+      }
+      // drive / relay: a companion capability right after, from the grant's destinations to its sources.
+      for (const cap of Object.keys(g.app)) {
+        const capMap = COMPANION_CAPS.get(cap);
+        if (!capMap) continue;
+        const revDst = g.dst.filter((d) => !(d.alias.kind === 'autogroup' && d.alias.name === 'self'));
+        if (revDst.length === 0) continue;
+        const revSrc = aggregateSrc(revDst.map((d) => r.src(d.alias, deps, sets, flags)));
+        for (const s of g.src) for (const targets of capTargets(s.alias)) pushFrom(revSrc, NO_HITS, 'cap', undefined, targets, [ALL_PORTS], null, capMap);
       }
     }
   }

@@ -168,3 +168,92 @@ describe('3: protocol icmp', () => {
     assert.deepEqual(out.packet_filter.srv, [{ SrcIPs: srcs, DstPorts: dsts(), IPProto: [1] }]);
   });
 });
+
+describe('5: rule order of an ACL with autogroup:self', () => {
+  const net: AclNetwork = { users: USERS, nodes: [node(1, 'laptop', 'alice@example.com'), node(2, 'phone', 'bob@example.com')] };
+  const alice = ['100.64.0.1', 'fd7a:115c:a1e0::1'];
+  const members = [...alice, '100.64.0.2', 'fd7a:115c:a1e0::2'];
+  const to = (ips: string[], ports: { First: number; Last: number }) => ips.map((IP) => ({ IP, Ports: ports }));
+  const p22 = { First: 22, Last: 22 };
+
+  it('all destinations autogroups: the self rules stay in policy order', () => {
+    const out = compile({ acls: [{ action: 'accept', src: ['autogroup:member'], dst: ['autogroup:self:*', 'autogroup:member:22'] }] }, net);
+    assert.deepEqual(out.packet_filter.laptop, [
+      { SrcIPs: alice, DstPorts: to(alice, ALL) },
+      { SrcIPs: members, DstPorts: to(alice, p22) },
+    ]);
+  });
+
+  it('a destination that is not an autogroup: the non-self rules come first', () => {
+    const out = compile({ acls: [{ action: 'accept', src: ['autogroup:member'], dst: ['autogroup:self:*', 'alice@example.com:22'] }] }, net);
+    assert.deepEqual(out.packet_filter.laptop, [
+      { SrcIPs: members, DstPorts: to(alice, p22) },
+      { SrcIPs: alice, DstPorts: to(alice, ALL) },
+    ]);
+  });
+});
+
+describe('6–8: app grants (CapGrant)', () => {
+  const net: AclNetwork = {
+    users: USERS,
+    nodes: [
+      node(1, 'laptop', 'alice@example.com'),
+      node(2, 'phone', 'bob@example.com'),
+      node(3, 'srv', 'tag:srv'),
+      node(4, 'router', 'tag:router', ['10.1.0.0/24']),
+    ],
+  };
+  const ips = (id: number): string[] => [`100.64.0.${id}`, `fd7a:115c:a1e0::${id}`];
+  const own = (id: number): string[] => [`100.64.0.${id}/32`, `fd7a:115c:a1e0::${id}/128`];
+  const tagOwners = { 'tag:srv': ['alice@example.com'], 'tag:router': ['alice@example.com'] };
+  const CAP = { 'example.com/cap/x': [{ level: 1 }] };
+
+  it('6: dst * gives each node a CapGrant of only its own addresses', () => {
+    const out = compile({ tagOwners, grants: [{ src: ['alice@example.com'], dst: ['*'], app: CAP }] }, net);
+    for (const [name, id] of [['laptop', 1], ['phone', 2], ['srv', 3], ['router', 4]] as const) {
+      assert.deepEqual(out.packet_filter[name], [{ SrcIPs: ips(1), CapGrant: [{ Dsts: own(id), CapMap: CAP }] }], name);
+    }
+  });
+
+  it('7: cap/drive adds the reverse drive-sharer rule right after the main one', () => {
+    const drive = { 'tailscale.com/cap/drive': [{ shares: ['*'], access: 'rw' }] };
+    const out = compile({ tagOwners, grants: [{ src: ['alice@example.com'], dst: ['tag:srv'], app: drive }] }, net);
+    assert.deepEqual(out.packet_filter.srv, [{ SrcIPs: ips(1), CapGrant: [{ Dsts: own(3), CapMap: drive }] }]);
+    assert.deepEqual(out.packet_filter.laptop, [{ SrcIPs: ips(3), CapGrant: [{ Dsts: own(1), CapMap: { 'tailscale.com/cap/drive-sharer': null } }] }]);
+  });
+
+  it('7: cap/relay adds relay-target, between the main rule and the next grant', () => {
+    const relay = { 'tailscale.com/cap/relay': [] };
+    const out = compile(
+      {
+        tagOwners,
+        grants: [
+          { src: ['autogroup:member'], dst: ['autogroup:member'], app: relay },
+          { src: ['alice@example.com'], dst: ['bob@example.com'], ip: ['tcp:22'] },
+        ],
+      },
+      net,
+    );
+    const members = [...ips(1), ...ips(2)];
+    assert.deepEqual(out.packet_filter.phone, [
+      { SrcIPs: members, CapGrant: [{ Dsts: own(2), CapMap: relay }] },
+      { SrcIPs: members, CapGrant: [{ Dsts: own(2), CapMap: { 'tailscale.com/cap/relay-target': null } }] },
+      { SrcIPs: ips(1), DstPorts: ips(2).map((IP) => ({ IP, Ports: { First: 22, Last: 22 } })), IPProto: [6] },
+    ]);
+  });
+
+  it('8: sources that resolve to nothing still give the CapGrant, with SrcIPs []', () => {
+    const out = compile({ tagOwners, groups: { 'group:empty': [] }, grants: [{ src: ['group:empty'], dst: ['tag:srv'], app: CAP }] }, net);
+    assert.deepEqual(out.packet_filter.srv, [{ SrcIPs: [], CapGrant: [{ Dsts: own(3), CapMap: CAP }] }]);
+    assert.deepEqual(out.peers.srv, []);
+  });
+
+  it('8: the app part of a via grant is ignored', () => {
+    const out = compile(
+      { tagOwners, grants: [{ src: ['alice@example.com'], dst: ['10.1.0.0/24'], via: ['tag:router'], ip: ['tcp:443'], app: CAP }] },
+      net,
+    );
+    assert.deepEqual(out.packet_filter.router, [{ SrcIPs: ips(1), DstPorts: [{ IP: '10.1.0.0/24', Ports: { First: 443, Last: 443 } }], IPProto: [6] }]);
+    for (const name of ['laptop', 'phone', 'srv']) assert.deepEqual(out.packet_filter[name], [], name);
+  });
+});
