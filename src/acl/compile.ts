@@ -464,6 +464,7 @@ export class Engine {
       }
     }
     const out: FilterRule[] = [];
+    const firstSeq: number[] = [];
     // The list is in filter order: consecutive ids with one merge position form a group.
     let i = 0;
     while (i < n) {
@@ -483,10 +484,22 @@ export class Engine {
         if (fr.DstPorts ? fr.DstPorts.length === 0 : fr.CapGrant![0]!.Dsts.length === 0) fr = null;
         snap.frs[i] = fr;
       }
-      if (fr) out.push(fr);
+      if (fr) {
+        out.push(fr);
+        firstSeq.push(snap.rules[i]!.seq);
+      }
       i = j;
     }
     if (!aligned) this.snaps.set(id, snap);
+    // Merging is decided per node: a group stands at the first of its rules this node
+    // receives, which is later than the merge key's global first rule when the node
+    // does not receive that one.
+    for (let k = 1; k < firstSeq.length; k++) {
+      if (firstSeq[k - 1]! > firstSeq[k]!) {
+        const order = out.map((_, x) => x).sort((a, b) => firstSeq[a]! - firstSeq[b]!);
+        return order.map((x) => out[x]!);
+      }
+    }
     return out;
   }
 
@@ -646,13 +659,46 @@ export class Engine {
         const hits = this.byId[d.recv[i]!]!.srcRouteHits;
         for (let k = 0; k < hits.length; k++) add(hits[k]![0], hits[k]![1]);
       }
+      // One prefix through two peers (a via router and the HA primary): the HA primary wins.
+      const primaries = this.model.primaries;
+      for (const [p, routes] of acc) {
+        for (const r of routes) {
+          const owner = primaries.get(r);
+          if (owner !== undefined && owner !== p && acc.get(owner)?.has(r)) routes.delete(r);
+        }
+      }
       const all = new Map<number, string[]>();
-      for (const p of [...acc.keys()].sort(ascending)) all.set(p, sortRoutes(acc.get(p)!));
+      for (const p of [...acc.keys()].sort(ascending)) if (acc.get(p)!.size > 0) all.set(p, sortRoutes(acc.get(p)!));
       d.par = all;
     }
     if (!d.par.has(id)) return d.par;
     const out = new Map<number, string[]>();
     for (const [p, routes] of d.par) if (p !== id) out.set(p, routes);
+    return out;
+  }
+
+  /**
+   * A router serving a prefix of which another node is the HA primary sees
+   * that prefix on the primary (when it is a peer), whatever the policy says
+   * about the router itself, as in Tailscale. A new map only when it adds something.
+   */
+  private haView(id: number, peers: PeerList, par: Map<number, string[]>): Map<number, string[]> {
+    const n = this.model.nodes.get(id)!;
+    let add: Map<number, string[]> | null = null;
+    for (const r of n.routeStrs) {
+      const p = this.model.primaries.get(r);
+      if (p === undefined || p === id || !peers.has(p) || par.get(p)?.includes(r)) continue;
+      add ??= new Map();
+      const l = add.get(p);
+      if (l) l.push(r);
+      else add.set(p, [r]);
+    }
+    if (!add) return par;
+    const out = new Map<number, string[]>();
+    for (const p of [...new Set([...par.keys(), ...add.keys()])].sort(ascending)) {
+      const extra = add.get(p);
+      out.set(p, extra ? sortRoutes([...(par.get(p) ?? []), ...extra]) : par.get(p)!);
+    }
     return out;
   }
 
@@ -709,7 +755,10 @@ export class Engine {
       // Peers and routes are functions of the sig data's union / route map: reuse the previous ones while those are the same objects.
       const same = prev !== undefined && prev.d === d;
       const peers = same && d.union !== undefined && prev.union === d.union ? prev.result.peers : this.peersOf(d, id);
-      const par = same && d.par !== undefined && prev.par === d.par ? prev.result.peerAllowedRoutes : this.parOf(d, id);
+      // A router's view also depends on its own routes and the primaries (haView): rebuilt, never reused.
+      const router = this.model.routers.has(id);
+      let par = !router && same && d.par !== undefined && prev.par === d.par ? prev.result.peerAllowedRoutes : this.parOf(d, id);
+      if (router) par = this.haView(id, peers, par);
       this.useSig(id, d);
       r = {
         packetFilter: this.packetFilter(id),
@@ -843,6 +892,13 @@ export class Engine {
       const b = this.model.primaries.get(p);
       if (a !== undefined) affected.add(a);
       if (b !== undefined) affected.add(b);
+    }
+    // Routers see the primary of each prefix they serve (haView).
+    if (changedPrefixes.length > 0) {
+      const changed = new Set(changedPrefixes);
+      for (const rid of this.model.routers) {
+        if (this.model.nodes.get(rid)!.routeStrs.some((r) => changed.has(r))) affected.add(rid);
+      }
     }
     for (const id of affected) {
       const r = this.cache.get(id);

@@ -257,3 +257,81 @@ describe('6–8: app grants (CapGrant)', () => {
     for (const name of ['laptop', 'phone', 'srv']) assert.deepEqual(out.packet_filter[name], [], name);
   });
 });
+
+describe('4: HA routers, via and per-node merging', () => {
+  // r1 and r2 serve the same prefix; r1 (lower id) is the HA primary. r2 is the via router.
+  const net: AclNetwork = {
+    users: USERS,
+    nodes: [
+      node(1, 'r1', 'tag:router', ['10.1.0.0/24']),
+      node(2, 'r2', 'tag:via', ['10.1.0.0/24']),
+      node(3, 'client', 'tag:client'),
+      node(4, 'srv', 'tag:srv'),
+      node(5, 'laptop', 'alice@example.com'),
+    ],
+  };
+  const tagOwners = Object.fromEntries(['tag:router', 'tag:via', 'tag:client', 'tag:srv'].map((t) => [t, ['alice@example.com']]));
+  const ips = (id: number): string[] => [`100.64.0.${id}`, `fd7a:115c:a1e0::${id}`];
+  const to = (id: number, ports = ALL): FilterRule['DstPorts'] => ips(id).map((IP) => ({ IP, Ports: ports }));
+  const NET = [{ IP: '10.1.0.0/24', Ports: ALL }];
+
+  it('a router serving the HA primary\'s prefix sees it on the primary, whatever the policy says about the router', () => {
+    const out = compile(
+      {
+        tagOwners,
+        acls: [
+          { action: 'accept', src: ['tag:client'], dst: ['10.1.0.0/24:*'] },
+          { action: 'accept', src: ['tag:via'], dst: ['tag:router:22'] },
+        ],
+      },
+      net,
+    );
+    assert.deepEqual(out.primary_routes, { r1: ['10.1.0.0/24'] });
+    assert.deepEqual(out.peers.r2, ['client', 'r1']);
+    assert.deepEqual(out.peer_allowed_routes.r2, { r1: ['10.1.0.0/24'] });
+    assert.deepEqual(out.peer_allowed_routes.client, { r1: ['10.1.0.0/24'] });
+    // The primary does not see the prefix on the standby.
+    assert.equal(out.peer_allowed_routes.r1, undefined);
+  });
+
+  it('a source with a via grant and a plain grant to one prefix: the HA primary wins', () => {
+    const out = compile(
+      {
+        tagOwners,
+        grants: [
+          { src: ['tag:client'], dst: ['10.1.0.0/24'], ip: ['*'], via: ['tag:via'] },
+          { src: ['tag:client'], dst: ['10.1.0.0/24'], ip: ['tcp:22'] },
+        ],
+      },
+      net,
+    );
+    assert.deepEqual(out.peers.client, ['r1', 'r2']);
+    assert.deepEqual(out.peer_allowed_routes.client, { r1: ['10.1.0.0/24'] });
+    // via rules only on the matching router; the plain rule on both routers.
+    assert.deepEqual(out.packet_filter.r1, [{ SrcIPs: ips(3), DstPorts: [{ IP: '10.1.0.0/24', Ports: { First: 22, Last: 22 } }], IPProto: [6] }]);
+    assert.deepEqual(out.packet_filter.r2, [
+      { SrcIPs: ips(3), DstPorts: NET },
+      { SrcIPs: ips(3), DstPorts: [{ IP: '10.1.0.0/24', Ports: { First: 22, Last: 22 } }], IPProto: [6] },
+    ]);
+  });
+
+  it('rule merging is decided per node: a rule merges at the first position among the rules the node receives', () => {
+    const out = compile(
+      {
+        tagOwners,
+        grants: [
+          { src: ['tag:client'], dst: ['10.1.0.0/24'], ip: ['*'], via: ['tag:via'] },
+          { src: ['alice@example.com'], dst: ['tag:srv'], ip: ['*'] },
+          { src: ['tag:client'], dst: ['tag:srv'], ip: ['*'] },
+        ],
+      },
+      net,
+    );
+    assert.deepEqual(out.packet_filter.srv, [
+      { SrcIPs: ips(5), DstPorts: to(4) },
+      { SrcIPs: ips(3), DstPorts: to(4) },
+    ]);
+    assert.deepEqual(out.packet_filter.r2, [{ SrcIPs: ips(3), DstPorts: NET }]);
+    assert.deepEqual(out.packet_filter.r1, []);
+  });
+});
