@@ -562,10 +562,14 @@ export function compileUnit(
       for (const cap of Object.keys(g.app)) {
         const capMap = COMPANION_CAPS.get(cap);
         if (!capMap) continue;
-        const revDst = g.dst.filter((d) => !(d.alias.kind === 'autogroup' && d.alias.name === 'self'));
-        if (revDst.length === 0) continue;
-        const revSrc = aggregateSrc(revDst.map((d) => r.src(d.alias, deps, sets, flags)));
-        for (const s of g.src) for (const targets of capTargets(s.alias)) pushFrom(revSrc, NO_HITS, 'cap', undefined, targets, [ALL_PORTS], null, capMap);
+        // autogroup:self and autogroup:internet name no source addresses of their own.
+        const revDst = g.dst.filter((d) => !(d.alias.kind === 'autogroup' && (d.alias.name === 'self' || d.alias.name === 'internet')));
+        if (revDst.length > 0) {
+          const revSrc = aggregateSrc(revDst.map((d) => r.src(d.alias, deps, sets, flags)));
+          for (const s of g.src) for (const targets of capTargets(s.alias)) pushFrom(revSrc, NO_HITS, 'cap', undefined, targets, [ALL_PORTS], null, capMap);
+        }
+        // The reverse of an autogroup:self grant is the same per-user grant.
+        if (g.dst.some((d) => d.alias.kind === 'autogroup' && d.alias.name === 'self')) selfRules('cap', undefined, [ALL_PORTS], capMap);
       }
     }
   }

@@ -335,3 +335,23 @@ describe('4: HA routers, via and per-node merging', () => {
     assert.deepEqual(out.packet_filter.r1, []);
   });
 });
+
+describe('7: drive to autogroup:self', () => {
+  it('the companion of a self grant is the same per-user grant with drive-sharer', () => {
+    const net: AclNetwork = {
+      users: USERS,
+      nodes: [node(1, 'laptop', 'alice@example.com'), node(2, 'desk', 'alice@example.com'), node(3, 'phone', 'bob@example.com')],
+    };
+    const drive = { 'tailscale.com/cap/drive': [{ shares: ['*'], access: 'rw' }] };
+    const out = compile({ grants: [{ src: ['autogroup:member'], dst: ['autogroup:self'], app: drive }] }, net);
+    const alice = ['100.64.0.1', 'fd7a:115c:a1e0::1', '100.64.0.2', 'fd7a:115c:a1e0::2'];
+    assert.deepEqual(out.packet_filter.laptop, [
+      { SrcIPs: alice, CapGrant: [{ Dsts: ['100.64.0.1/32', 'fd7a:115c:a1e0::1/128'], CapMap: drive }] },
+      { SrcIPs: alice, CapGrant: [{ Dsts: ['100.64.0.1/32', 'fd7a:115c:a1e0::1/128'], CapMap: { 'tailscale.com/cap/drive-sharer': null } }] },
+    ]);
+    assert.deepEqual(out.packet_filter.phone, [
+      { SrcIPs: ['100.64.0.3', 'fd7a:115c:a1e0::3'], CapGrant: [{ Dsts: ['100.64.0.3/32', 'fd7a:115c:a1e0::3/128'], CapMap: drive }] },
+      { SrcIPs: ['100.64.0.3', 'fd7a:115c:a1e0::3'], CapGrant: [{ Dsts: ['100.64.0.3/32', 'fd7a:115c:a1e0::3/128'], CapMap: { 'tailscale.com/cap/drive-sharer': null } }] },
+    ]);
+  });
+});
