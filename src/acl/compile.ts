@@ -272,6 +272,7 @@ export class Engine {
     this.sigsByRecv.clear();
     this.sigsBySrc.clear();
     this.nodeSig.clear();
+    this.haCache.clear();
   }
 
   private registerDeps(u: Unit, i: number): void {
@@ -464,7 +465,10 @@ export class Engine {
       }
     }
     const out: FilterRule[] = [];
-    const firstSeq: number[] = [];
+    if (this.seqScratch.length < n) this.seqScratch = new Float64Array(Math.max(n, this.seqScratch.length * 2));
+    const firstSeq = this.seqScratch;
+    let groups = 0;
+    let unsorted = false;
     // The list is in filter order: consecutive ids with one merge position form a group.
     let i = 0;
     while (i < n) {
@@ -486,7 +490,9 @@ export class Engine {
       }
       if (fr) {
         out.push(fr);
-        firstSeq.push(snap.rules[i]!.seq);
+        const q = snap.rules[i]!.seq;
+        if (groups > 0 && firstSeq[groups - 1]! > q) unsorted = true;
+        firstSeq[groups++] = q;
       }
       i = j;
     }
@@ -494,16 +500,29 @@ export class Engine {
     // Merging is decided per node: a group stands at the first of its rules this node
     // receives, which is later than the merge key's global first rule when the node
     // does not receive that one.
-    for (let k = 1; k < firstSeq.length; k++) {
-      if (firstSeq[k - 1]! > firstSeq[k]!) {
-        const order = out.map((_, x) => x).sort((a, b) => firstSeq[a]! - firstSeq[b]!);
-        return order.map((x) => out[x]!);
+    if (!unsorted) return out;
+    if (groups <= 32) {
+      // Usually a few groups: insertion sort in place, on the rules and their seqs together.
+      for (let k = 1; k < groups; k++) {
+        const q = firstSeq[k]!;
+        const fr = out[k]!;
+        let j = k - 1;
+        while (j >= 0 && firstSeq[j]! > q) {
+          firstSeq[j + 1] = firstSeq[j]!;
+          out[j + 1] = out[j]!;
+          j--;
+        }
+        firstSeq[j + 1] = q;
+        out[j + 1] = fr;
       }
+      return out;
     }
-    return out;
+    const order = out.map((_, x) => x).sort((a, b) => firstSeq[a]! - firstSeq[b]!);
+    return order.map((x) => out[x]!);
   }
 
   private match = new Uint8Array(64);
+  private seqScratch = new Float64Array(64);
 
   private sigData(id: number): SigData {
     const recv = this.recvIndex.get(id) ?? NONE;
@@ -682,8 +701,34 @@ export class Engine {
    * that prefix on the primary (when it is a peer), whatever the policy says
    * about the router itself, as in Tailscale. A new map only when it adds something.
    */
-  private haView(id: number, peers: PeerList, par: Map<number, string[]>): Map<number, string[]> {
+  private haView(id: number, d: SigData, peers: PeerList): Map<number, string[]> {
     const n = this.model.nodes.get(id)!;
+    const primaries = this.model.primaries;
+    if (d.par === undefined) this.parOf(d, id);
+    const shared = d.par!;
+    // What the view adds: the router's prefixes whose primary is another node, a peer, not already showing it.
+    let key = '';
+    for (const r of n.routeStrs) {
+      const p = primaries.get(r);
+      if (p === undefined || p === id || !peers.has(p) || shared.get(p)?.includes(r)) continue;
+      key += `${p} ${r},`;
+    }
+    const c = this.haCache.get(id);
+    if (c && c.node === n && c.par === shared && c.primaries === primaries && c.key === key) return c.out;
+    const par = this.parOf(d, id);
+    const out = key === '' ? par : this.haViewOf(n, peers, par);
+    this.haCache.set(id, { node: n, par: shared, primaries, key, out });
+    return out;
+  }
+
+  /** node id → its last haView and what it was computed from (compared by identity, and the additions). */
+  private haCache = new Map<
+    number,
+    { node: NodeInfo; par: Map<number, string[]>; primaries: ReadonlyMap<string, number>; key: string; out: Map<number, string[]> }
+  >();
+
+  private haViewOf(n: NodeInfo, peers: PeerList, par: Map<number, string[]>): Map<number, string[]> {
+    const id = n.id;
     let add: Map<number, string[]> | null = null;
     for (const r of n.routeStrs) {
       const p = this.model.primaries.get(r);
@@ -757,8 +802,11 @@ export class Engine {
       const peers = same && d.union !== undefined && prev.union === d.union ? prev.result.peers : this.peersOf(d, id);
       // A router's view also depends on its own routes and the primaries (haView): rebuilt, never reused.
       const router = this.model.routers.has(id);
-      let par = !router && same && d.par !== undefined && prev.par === d.par ? prev.result.peerAllowedRoutes : this.parOf(d, id);
-      if (router) par = this.haView(id, peers, par);
+      const par = router
+        ? this.haView(id, d, peers)
+        : same && d.par !== undefined && prev.par === d.par
+          ? prev.result.peerAllowedRoutes
+          : this.parOf(d, id);
       this.useSig(id, d);
       r = {
         packetFilter: this.packetFilter(id),
@@ -914,6 +962,7 @@ export class Engine {
       this.snaps.delete(before.id);
       this.built.delete(before.id);
       this.listsTouched.delete(before.id);
+      this.haCache.delete(before.id);
       this.useSig(before.id, undefined);
     }
     return affected;
