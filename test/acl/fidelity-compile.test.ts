@@ -355,3 +355,52 @@ describe('7: drive to autogroup:self', () => {
     ]);
   });
 });
+
+describe('4: HA views through failover (incremental)', () => {
+  it('after the primary goes offline and back, every result equals a fresh compile', () => {
+    const tagOwners = Object.fromEntries(['tag:router', 'tag:via', 'tag:client'].map((t) => [t, ['alice@example.com']]));
+    const p = parse({
+      tagOwners,
+      acls: [
+        { action: 'accept', src: ['tag:client'], dst: ['10.1.0.0/24:*'] },
+        { action: 'accept', src: ['tag:via', 'tag:router'], dst: ['tag:router:22', 'tag:via:22'] },
+      ],
+    });
+    let net: AclNetwork = {
+      users: USERS,
+      nodes: [
+        node(1, 'r1', 'tag:router', ['10.1.0.0/24']),
+        node(2, 'r2', 'tag:via', ['10.1.0.0/24']),
+        node(3, 'client', 'tag:client'),
+        // A second standby: neither the old nor the new primary, its view still follows the primary.
+        node(4, 'r4', 'tag:via', ['10.1.0.0/24']),
+      ],
+    };
+    const inc = new IncrementalCompiler(p, net);
+    inc.changedNodes();
+    const check = (what: string): void => {
+      // A fresh compile that knows the current primaries (the anti-flap input a server keeps).
+      const fresh = compileNetwork(p, net, { previousPrimaries: inc.primaries() });
+      assert.deepEqual(fresh.primaries, inc.primaries(), what);
+      for (const n of net.nodes) {
+        assert.deepEqual(inc.result(n.id)!.peerAllowedRoutes, fresh.nodes.get(n.id)!.peerAllowedRoutes, `${what}: ${n.name}`);
+        assert.deepEqual(inc.result(n.id)!.packetFilter, fresh.nodes.get(n.id)!.packetFilter, `${what}: ${n.name}`);
+      }
+    };
+    check('start');
+    assert.deepEqual(inc.result(2)!.peerAllowedRoutes, new Map([[1, ['10.1.0.0/24']]]));
+    for (const online of [false, true]) {
+      inc.setOnline(1, online);
+      net = { ...net, nodes: net.nodes.map((n) => (n.id === 1 ? { ...n, online } : n)) };
+      const changed = inc.changedNodes();
+      check(`r1 online=${online}`);
+      // Offline: r2 becomes primary; r2 no longer sees the prefix on r1, r1 and the client see it on r2.
+      // Back online: r2 stays primary (anti-flap), so nothing changes.
+      assert.deepEqual(changed, online ? [] : [1, 2, 3, 4], `changed after r1 online=${online}`);
+    }
+    // r2 took over and kept the prefix (anti-flap); r1 now sees it on r2.
+    assert.deepEqual(inc.primaries(), new Map([['10.1.0.0/24', 2]]));
+    assert.deepEqual(inc.result(1)!.peerAllowedRoutes, new Map([[2, ['10.1.0.0/24']]]));
+    assert.deepEqual(inc.result(4)!.peerAllowedRoutes, new Map([[2, ['10.1.0.0/24']]]));
+  });
+});
