@@ -800,7 +800,7 @@ export class Engine {
       // Peers and routes are functions of the sig data's union / route map: reuse the previous ones while those are the same objects.
       const same = prev !== undefined && prev.d === d;
       const peers = same && d.union !== undefined && prev.union === d.union ? prev.result.peers : this.peersOf(d, id);
-      // A router's view also depends on its own routes and the primaries (haView): rebuilt, never reused.
+      // A router's view also depends on its own routes, its peers and the primaries (haView, cached per router).
       const router = this.model.routers.has(id);
       const par = router
         ? this.haView(id, d, peers)
