@@ -116,6 +116,43 @@ function makePolicy(): string {
   return JSON.stringify({ groups, tagOwners, acls, grants, ssh, autoApprovers: { routes: { '10.0.0.0/8': ['tag:t0'] } } }, null, 2);
 }
 
+// ---- a large hosts policy (issue 11) ---------------------------------------
+// 20 000 `hosts` entries (single addresses inside a router's 1 024 approved
+// /24 routes, no two adjacent) and one ACL from 10 000 of them to the other 10 000, in a tenant
+// of a router and a few connected nodes: about 750 KB of policy text.
+const BIG_HOSTS = 20_000;
+const BIG_ROUTES = 1_024;
+const BIG_RUNS = 3;
+
+function bigHostsCase(): { text: string; net: AclNetwork } {
+  const route = (k: number): string => `10.${k >> 8}.${k & 255}.0/24`;
+  const hosts: Record<string, string> = {};
+  for (let i = 0; i < BIG_HOSTS; i++) {
+    const k = i % BIG_ROUTES;
+    hosts[`host-${i}`] = `10.${k >> 8}.${k & 255}.${1 + 2 * Math.floor(i / BIG_ROUTES)}`;
+  }
+  const names = Object.keys(hosts);
+  const half = BIG_HOSTS / 2;
+  const acls = [{ action: 'accept', src: names.slice(0, half), dst: names.slice(half).map((h) => `${h}:443`) }];
+  const routes = Array.from({ length: BIG_ROUTES }, (_, k) => route(k));
+  const nodes: AclNode[] = [
+    { id: 1, name: 'router', user: null, tags: ['tag:router'], ipv4: '100.64.0.1', ipv6: 'fd7a:115c:a1e0::1', announced_routes: routes, approved_routes: routes, online: true },
+    ...Array.from({ length: 8 }, (_, i): AclNode => ({
+      id: i + 2,
+      name: `laptop-${i + 2}`,
+      user: 'u0@example.com',
+      tags: [],
+      ipv4: `100.64.0.${i + 2}`,
+      ipv6: `fd7a:115c:a1e0::${(i + 2).toString(16)}`,
+      announced_routes: [],
+      approved_routes: [],
+      online: true,
+    })),
+  ];
+  const text = JSON.stringify({ tagOwners: { 'tag:router': ['u0@example.com'] }, hosts, acls });
+  return { text, net: { users: [{ id: 1, name: 'u0', email: 'u0@example.com' }], nodes } };
+}
+
 const ms = (t: number): number => Math.round(t * 100) / 100;
 const cpuMs = (u: NodeJS.CpuUsage): number => (u.user + u.system) / 1000;
 const median = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
@@ -145,6 +182,20 @@ const parsed = parsePolicy(makePolicy(), 'bench.hujson');
 if (!parsed.ok) throw new Error(parsed.errors.join('\n'));
 const policy = parsed.policy;
 const ruleCount = policy.acls.length + policy.grants.length;
+
+// ---- the 20 000-host policy: parse, then full compiles --------------------------
+const big = bigHostsCase();
+const bigParsed = parsePolicy(big.text, 'big.hujson');
+if (!bigParsed.ok) throw new Error(bigParsed.errors.join('\n'));
+const bigRuns: number[] = [];
+const bigCpu: number[] = [];
+for (let k = 0; k < BIG_RUNS; k++) {
+  const t0 = performance.now();
+  const c0 = process.cpuUsage();
+  compileNetwork(bigParsed.policy, big.net);
+  bigRuns.push(performance.now() - t0);
+  bigCpu.push(cpuMs(process.cpuUsage(c0)));
+}
 
 // ---- full compile of every per-node result -----------------------------------
 const fullRuns: number[] = [];
@@ -302,7 +353,13 @@ process.stdout.write(
     route_approve_peer_ids_read: median(approves.map((s) => s.peerIdsRead)),
     route_approve_new_peer_ids: median(approves.map((s) => s.newPeerIds)),
     incremental_target_ms: 20,
-    runs: { full: FULL_RUNS, warmup_steps: WARMUP, steps: STEPS },
+    hosts_policy_kb: Math.round(big.text.length / 1024),
+    hosts_policy_hosts: BIG_HOSTS,
+    hosts_policy_router_routes: BIG_ROUTES,
+    hosts_policy_compile_ms: ms(median(bigRuns.slice(1))),
+    hosts_policy_compile_cpu_ms: ms(median(bigCpu.slice(1))),
+    hosts_policy_compile_cold_ms: ms(bigRuns[0]!),
+    runs: { full: FULL_RUNS, warmup_steps: WARMUP, steps: STEPS, hosts_policy: BIG_RUNS },
     heap_used_mb: Math.round(heap / 1e6),
     load_avg_1m: Math.round(loadavg()[0]! * 100) / 100,
   })}\n`,

@@ -67,7 +67,7 @@ export function parsePorts(spec: string): Parsed<PortRange[]> {
 }
 
 const PROTOCOLS: Record<string, number[]> = {
-  icmp: [1, 58],
+  icmp: [1], // IPv4 ICMP only, as in Tailscale; ICMPv6 is ipv6-icmp / icmpv6 / 58
   igmp: [2],
   ipv4: [4],
   'ip-in-ip': [4],

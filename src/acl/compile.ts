@@ -273,6 +273,7 @@ export class Engine {
     this.sigsByRecv.clear();
     this.sigsBySrc.clear();
     this.nodeSig.clear();
+    this.haCache.clear();
   }
 
   private registerDeps(u: Unit, i: number): void {
@@ -465,6 +466,10 @@ export class Engine {
       }
     }
     const out: FilterRule[] = [];
+    if (this.seqScratch.length < n) this.seqScratch = new Float64Array(Math.max(n, this.seqScratch.length * 2));
+    const firstSeq = this.seqScratch;
+    let groups = 0;
+    let unsorted = false;
     // The list is in filter order: consecutive ids with one merge position form a group.
     let i = 0;
     while (i < n) {
@@ -484,14 +489,41 @@ export class Engine {
         if (fr.DstPorts ? fr.DstPorts.length === 0 : fr.CapGrant![0]!.Dsts.length === 0) fr = null;
         snap.frs[i] = fr;
       }
-      if (fr) out.push(fr);
+      if (fr) {
+        out.push(fr);
+        const q = snap.rules[i]!.seq;
+        if (groups > 0 && firstSeq[groups - 1]! > q) unsorted = true;
+        firstSeq[groups++] = q;
+      }
       i = j;
     }
     if (!aligned) this.snaps.set(id, snap);
-    return out;
+    // Merging is decided per node: a group stands at the first of its rules this node
+    // receives, which is later than the merge key's global first rule when the node
+    // does not receive that one.
+    if (!unsorted) return out;
+    if (groups <= 32) {
+      // Usually a few groups: insertion sort in place, on the rules and their seqs together.
+      for (let k = 1; k < groups; k++) {
+        const q = firstSeq[k]!;
+        const fr = out[k]!;
+        let j = k - 1;
+        while (j >= 0 && firstSeq[j]! > q) {
+          firstSeq[j + 1] = firstSeq[j]!;
+          out[j + 1] = out[j]!;
+          j--;
+        }
+        firstSeq[j + 1] = q;
+        out[j + 1] = fr;
+      }
+      return out;
+    }
+    const order = out.map((_, x) => x).sort((a, b) => firstSeq[a]! - firstSeq[b]!);
+    return order.map((x) => out[x]!);
   }
 
   private match = new Uint8Array(64);
+  private seqScratch = new Float64Array(64);
 
   private sigData(id: number): SigData {
     const recv = this.recvIndex.get(id) ?? NONE;
@@ -647,13 +679,72 @@ export class Engine {
         const hits = this.byId[d.recv[i]!]!.srcRouteHits;
         for (let k = 0; k < hits.length; k++) add(hits[k]![0], hits[k]![1]);
       }
+      // One prefix through two peers (a via router and the HA primary): the HA primary wins.
+      const primaries = this.model.primaries;
+      for (const [p, routes] of acc) {
+        for (const r of routes) {
+          const owner = primaries.get(r);
+          if (owner !== undefined && owner !== p && acc.get(owner)?.has(r)) routes.delete(r);
+        }
+      }
       const all = new Map<number, string[]>();
-      for (const p of [...acc.keys()].sort(ascending)) all.set(p, sortRoutes(acc.get(p)!));
+      for (const p of [...acc.keys()].sort(ascending)) if (acc.get(p)!.size > 0) all.set(p, sortRoutes(acc.get(p)!));
       d.par = all;
     }
     if (!d.par.has(id)) return d.par;
     const out = new Map<number, string[]>();
     for (const [p, routes] of d.par) if (p !== id) out.set(p, routes);
+    return out;
+  }
+
+  /**
+   * A router serving a prefix of which another node is the HA primary sees
+   * that prefix on the primary (when it is a peer), whatever the policy says
+   * about the router itself, as in Tailscale. A new map only when it adds something.
+   */
+  private haView(id: number, d: SigData, peers: PeerList): Map<number, string[]> {
+    const n = this.model.nodes.get(id)!;
+    const primaries = this.model.primaries;
+    if (d.par === undefined) this.parOf(d, id);
+    const shared = d.par!;
+    // What the view adds: the router's prefixes whose primary is another node, a peer, not already showing it.
+    let key = '';
+    for (const r of n.routeStrs) {
+      const p = primaries.get(r);
+      if (p === undefined || p === id || !peers.has(p) || shared.get(p)?.includes(r)) continue;
+      key += `${p} ${r},`;
+    }
+    const c = this.haCache.get(id);
+    if (c && c.node === n && c.par === shared && c.primaries === primaries && c.key === key) return c.out;
+    const par = this.parOf(d, id);
+    const out = key === '' ? par : this.haViewOf(n, peers, par);
+    this.haCache.set(id, { node: n, par: shared, primaries, key, out });
+    return out;
+  }
+
+  /** node id → its last haView and what it was computed from (compared by identity, and the additions). */
+  private haCache = new Map<
+    number,
+    { node: NodeInfo; par: Map<number, string[]>; primaries: ReadonlyMap<string, number>; key: string; out: Map<number, string[]> }
+  >();
+
+  private haViewOf(n: NodeInfo, peers: PeerList, par: Map<number, string[]>): Map<number, string[]> {
+    const id = n.id;
+    let add: Map<number, string[]> | null = null;
+    for (const r of n.routeStrs) {
+      const p = this.model.primaries.get(r);
+      if (p === undefined || p === id || !peers.has(p) || par.get(p)?.includes(r)) continue;
+      add ??= new Map();
+      const l = add.get(p);
+      if (l) l.push(r);
+      else add.set(p, [r]);
+    }
+    if (!add) return par;
+    const out = new Map<number, string[]>();
+    for (const p of [...new Set([...par.keys(), ...add.keys()])].sort(ascending)) {
+      const extra = add.get(p);
+      out.set(p, extra ? sortRoutes([...(par.get(p) ?? []), ...extra]) : par.get(p)!);
+    }
     return out;
   }
 
@@ -697,7 +788,13 @@ export class Engine {
       // Peers and routes are functions of the sig data's union / route map: reuse the previous ones while those are the same objects.
       const same = prev !== undefined && prev.d === d;
       const peers = same && d.union !== undefined && prev.union === d.union ? prev.result.peers : this.peersOf(d, id);
-      const par = same && d.par !== undefined && prev.par === d.par ? prev.result.peerAllowedRoutes : this.parOf(d, id);
+      // A router's view also depends on its own routes, its peers and the primaries (haView, cached per router).
+      const router = this.model.routers.has(id);
+      const par = router
+        ? this.haView(id, d, peers)
+        : same && d.par !== undefined && prev.par === d.par
+          ? prev.result.peerAllowedRoutes
+          : this.parOf(d, id);
       this.useSig(id, d);
       r = {
         packetFilter: this.packetFilter(id),
@@ -832,6 +929,13 @@ export class Engine {
       if (a !== undefined) affected.add(a);
       if (b !== undefined) affected.add(b);
     }
+    // Routers see the primary of each prefix they serve (haView).
+    if (changedPrefixes.length > 0) {
+      const changed = new Set(changedPrefixes);
+      for (const rid of this.model.routers) {
+        if (this.model.nodes.get(rid)!.routeStrs.some((r) => changed.has(r))) affected.add(rid);
+      }
+    }
     for (const id of affected) {
       const r = this.cache.get(id);
       if (r === undefined) continue;
@@ -846,6 +950,7 @@ export class Engine {
       this.snaps.delete(before.id);
       this.built.delete(before.id);
       this.listsTouched.delete(before.id);
+      this.haCache.delete(before.id);
       this.useSig(before.id, undefined);
     }
     return affected;

@@ -352,10 +352,86 @@ export class Model {
     return this.list;
   }
 
+  /**
+   * Positions in primaryList() of the primaries whose prefix overlaps `set`,
+   * ascending. Output-sensitive (per span of `set`: two binary searches, the
+   * prefixes starting inside the span, and the chain of prefixes enclosing its
+   * start), not a scan of every primary per call: a rule with thousands of
+   * destinations in a tenant with thousands of routes stays linear.
+   */
+  primariesOverlapping(set: IPSet): number[] {
+    const list = this.primaryList();
+    if (list.length === 0 || set.isEmpty()) return [];
+    if (this.idxOf !== this.primaries) {
+      this.idx4 = buildPrimIndex(list, 4);
+      this.idx6 = buildPrimIndex(list, 6);
+      this.idxOf = this.primaries;
+    }
+    const out: number[] = [];
+    if (set.v4.length > 0 && this.idx4.pos.length > 0) collectPrim(this.idx4, set.v4, out);
+    if (set.v6.length > 0 && this.idx6.pos.length > 0) collectPrim(this.idx6, set.v6, out);
+    return out.length <= 1 ? out : sortUnique(out);
+  }
+
+  private idx4: PrimIndex = EMPTY_PRIM_INDEX;
+  private idx6: PrimIndex = EMPTY_PRIM_INDEX;
+  private idxOf: Map<string, number> | null = null;
   private list: ReadonlyArray<{ readonly prefix: string; readonly owner: number; readonly set: IPSet }> = [];
   private listOf: Map<string, number> | null = null;
   private byOwner = new Map<number, string[]>();
   private byOwnerOf: Map<string, number> | null = null;
+}
+
+/**
+ * One family's primary prefixes sorted by start (a containing prefix before
+ * the prefixes inside it); `parent` is the nearest earlier prefix containing
+ * each one (-1 for none). Prefixes are nested or disjoint, so the prefixes
+ * holding an address are one parent chain.
+ */
+interface PrimIndex {
+  readonly lo: readonly bigint[];
+  readonly hi: readonly bigint[];
+  readonly parent: Int32Array;
+  /** Position in primaryList(). */
+  readonly pos: readonly number[];
+}
+
+const EMPTY_PRIM_INDEX: PrimIndex = { lo: [], hi: [], parent: new Int32Array(0), pos: [] };
+
+function buildPrimIndex(list: ReadonlyArray<{ readonly set: IPSet }>, family: 4 | 6): PrimIndex {
+  const items: Array<{ lo: bigint; hi: bigint; pos: number }> = [];
+  for (let i = 0; i < list.length; i++) {
+    const spans = family === 4 ? list[i]!.set.v4 : list[i]!.set.v6;
+    if (spans.length > 0) items.push({ lo: spans[0]![0], hi: spans[0]![1], pos: i });
+  }
+  items.sort((a, b) => (a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : a.hi > b.hi ? -1 : a.hi < b.hi ? 1 : 0));
+  const parent = new Int32Array(items.length);
+  const stack: number[] = [];
+  for (let i = 0; i < items.length; i++) {
+    while (stack.length > 0 && items[stack[stack.length - 1]!]!.hi < items[i]!.lo) stack.pop();
+    parent[i] = stack.length > 0 ? stack[stack.length - 1]! : -1;
+    stack.push(i);
+  }
+  return { lo: items.map((x) => x.lo), hi: items.map((x) => x.hi), parent, pos: items.map((x) => x.pos) };
+}
+
+/** Appends the positions of the indexed prefixes overlapping any of `spans` (may repeat). */
+function collectPrim(ix: PrimIndex, spans: readonly (readonly [bigint, bigint])[], out: number[]): void {
+  const { lo, hi, parent, pos } = ix;
+  for (const [a, b] of spans) {
+    // First prefix starting at or after a.
+    let l = 0;
+    let h = lo.length;
+    while (l < h) {
+      const m = (l + h) >> 1;
+      if (lo[m]! < a) l = m + 1;
+      else h = m;
+    }
+    // Prefixes starting inside [a, b] all overlap it.
+    for (let k = l; k < lo.length && lo[k]! <= b; k++) out.push(pos[k]!);
+    // Prefixes starting before a overlap it when they reach a: the chain enclosing the last one before a.
+    for (let k = l - 1; k >= 0; k = parent[k]!) if (hi[k]! >= a) out.push(pos[k]!);
+  }
 }
 
 /**

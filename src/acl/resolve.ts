@@ -441,8 +441,10 @@ export class Resolver {
     };
     switch (a.kind) {
       case 'wildcard':
+        // One "*" target (any address: the tenant's nodes, its routes and, through exit nodes, the internet), received by every node.
         flags.wildcard = true;
-        return targets(this.wildcardSet(), [...this.model.poolStrings, ...this.model.allRoutes()]);
+        sets.push(IPSet.ALL);
+        return [{ ip: '*', set: IPSet.ALL, receivers: this.model.nodesMatching(IPSet.ALL, true), identity: false }];
       case 'autogroup':
         if (a.name === 'internet') {
           sets.push(INTERNET);

@@ -51,7 +51,8 @@ export interface NetPortRange {
 
 export interface CapGrant {
   Dsts: string[];
-  CapMap: Record<string, unknown[]>;
+  /** Capability → values; null for the companion capabilities (drive-sharer, relay-target), as Tailscale sends them. */
+  CapMap: Record<string, unknown[] | null>;
 }
 
 export interface FilterRule {

@@ -9,7 +9,19 @@ import { ascending, diffSorted, membership, mergeSorted, sameList, sameNums, uni
 import { INTERNET, type Model } from './model.js';
 import type { Change, DstTarget, OwnNodes, Resolver, SrcRes } from './resolve.js';
 import { prefixSet } from './routes.js';
-import type { AliasRef, GrantRule, NetPortRange, Policy, PortRange } from './types.js';
+import type { Alias, AliasRef, CapGrant, GrantRule, NetPortRange, Policy, PortRange } from './types.js';
+
+type CapMap = CapGrant['CapMap'];
+
+/** App capabilities that come with a companion capability in the reverse direction (grant destinations → sources). */
+const COMPANION_CAPS: ReadonlyMap<string, CapMap> = new Map<string, CapMap>([
+  ['tailscale.com/cap/drive', Object.freeze({ 'tailscale.com/cap/drive-sharer': null })],
+  ['tailscale.com/cap/relay', Object.freeze({ 'tailscale.com/cap/relay-target': null })],
+]);
+
+/** Every node of the tenant, as two memoised identity resolutions (each node is a member or tagged). */
+const MEMBER_ALIAS: Alias = Object.freeze({ kind: 'autogroup' as const, name: 'member' as const });
+const TAGGED_ALIAS: Alias = Object.freeze({ kind: 'autogroup' as const, name: 'tagged' as const });
 
 export interface Entry {
   readonly ip: string;
@@ -39,7 +51,7 @@ export interface URule {
   readonly proto?: number[];
   readonly entries: readonly Entry[];
   readonly allReceivers: readonly number[];
-  readonly capMap?: Record<string, unknown[]>;
+  readonly capMap?: CapMap;
   /** autogroup:self rules: which call (self destination of the unit) and user they are for, and their inputs. */
   readonly selfCall?: number;
   readonly selfUser?: number;
@@ -80,13 +92,19 @@ export interface Unit {
 
 export const NO_HITS: ReadonlyArray<readonly [number, string]> = Object.freeze([]) as ReadonlyArray<readonly [number, string]>;
 
+/**
+ * The sources of a rule: the union of its source aliases' resolutions. The
+ * address sets are unioned in one pass (IPSet.unionAll sorts and merges every
+ * span once), never pairwise in a loop: that was quadratic in the number of
+ * sources (20 000 host sources took seconds).
+ */
 function aggregateSrc(parts: readonly SrcRes[]): SrcRes {
   if (parts.length === 1) return parts[0]!;
   const seen = new Set<string>();
   const strings: string[] = [];
   const nodeLists: Array<readonly number[]> = [];
   const idLists: Array<readonly number[]> = [];
-  let set = IPSet.EMPTY;
+  const sets: IPSet[] = [];
   for (const res of parts) {
     for (const x of res.strings) {
       if (!seen.has(x)) {
@@ -94,10 +112,11 @@ function aggregateSrc(parts: readonly SrcRes[]): SrcRes {
         strings.push(x);
       }
     }
-    nodeLists.push(res.nodes);
+    if (res.nodes.length > 0) nodeLists.push(res.nodes);
     if (res.identity.length > 0) idLists.push(res.identity);
-    if (!res.set.isEmpty()) set = set.union(res.set);
+    if (!res.set.isEmpty()) sets.push(res.set);
   }
+  const set = sets.length === 0 ? IPSet.EMPTY : sets.length === 1 ? sets[0]! : IPSet.unionAll(sets);
   return { strings, nodes: mergeSorted(nodeLists), set, identity: mergeSorted(idLists) };
 }
 
@@ -126,7 +145,7 @@ function routeHitsFor(model: Model, set: IPSet, receivers: readonly number[], vi
     }
   } else {
     const prim = model.primaryList();
-    for (let i = 0; i < prim.length; i++) if (prim[i]!.set.overlaps(set)) hits.push([prim[i]!.owner, prim[i]!.prefix]);
+    for (const i of model.primariesOverlapping(set)) hits.push([prim[i]!.owner, prim[i]!.prefix]);
   }
   if (model.exits.size > 0 && set.overlaps(INTERNET)) {
     for (const id of model.exits) {
@@ -141,16 +160,20 @@ function srcRouteHits(model: Model, set: IPSet): ReadonlyArray<readonly [number,
   if (set.isEmpty()) return NO_HITS;
   const hits: Array<[number, string]> = [];
   const prim = model.primaryList();
-  for (let i = 0; i < prim.length; i++) if (prim[i]!.set.overlaps(set)) hits.push([prim[i]!.owner, prim[i]!.prefix]);
+  for (const i of model.primariesOverlapping(set)) hits.push([prim[i]!.owner, prim[i]!.prefix]);
   return hits.length === 0 ? NO_HITS : hits;
 }
 
 export interface Template {
-  kind: 'grant' | 'acl';
+  /** 'allow-all': the implicit src ["*"] → dst ["*:*"] of a policy with neither acls nor grants. */
+  kind: 'grant' | 'acl' | 'allow-all';
   index: number;
 }
 
+const WILDCARD_REF: AliasRef = Object.freeze({ text: '*', alias: Object.freeze({ kind: 'wildcard' as const }), pos: Object.freeze({ line: 0, col: 0 }) });
+
 export function templates(policy: Policy): Template[] {
+  if (!policy.hasAcls && !policy.hasGrants) return [{ kind: 'allow-all', index: 0 }];
   return [
     ...policy.grants.map((_, i) => ({ kind: 'grant' as const, index: i })),
     ...policy.acls.map((_, i) => ({ kind: 'acl' as const, index: i })),
@@ -295,7 +318,8 @@ export function compileUnit(
   const flags = { wildcard: false };
   const rules: URule[] = [];
   let local = 0;
-  const srcAliases = tpl.kind === 'grant' ? policy.grants[tpl.index]!.src : policy.acls[tpl.index]!.src;
+  const srcAliases =
+    tpl.kind === 'grant' ? policy.grants[tpl.index]!.src : tpl.kind === 'acl' ? policy.acls[tpl.index]!.src : [WILDCARD_REF];
   const srcParts = srcAliases.map((s: AliasRef) => r.src(s.alias, deps, sets, flags));
   let src: SrcRes;
   let srcHits: ReadonlyArray<readonly [number, string]>;
@@ -336,10 +360,11 @@ export function compileUnit(
     sHits: ReadonlyArray<readonly [number, string]>,
     proto: number[] | undefined,
     built: { entries: readonly Entry[]; allReceivers: readonly number[]; targets?: readonly DstTarget[] },
-    capMap?: Record<string, unknown[]>,
+    capMap?: CapMap,
     self?: { call: number; uid: number; own: OwnNodes; inSrc: readonly number[] | null },
   ): void => {
-    if (s.strings.length === 0 || built.entries.length === 0) return;
+    // An app grant whose sources resolve to nothing still gives its CapGrant (SrcIPs []), as in Tailscale.
+    if ((s.strings.length === 0 && kind !== 'cap') || built.entries.length === 0) return;
     const before = self ? undefined : prevBySeq.get(seq - base);
     if (
       before &&
@@ -404,23 +429,45 @@ export function compileUnit(
     return { entries: out, allReceivers: via ? mergeSorted(lists) : targetsReceivers(targets), targets };
   };
 
+  // Rule order inside the template: plain rules by `local` in slot `slot`; autogroup:self rules in
+  // their own slot. An ACL whose destinations are all autogroups keeps policy order (each self
+  // expansion takes the current slot and later rules move to the next); otherwise the plain rules
+  // all come first (slot 0) and self expansion c takes slot c.
+  let slot = 0;
+  let policyOrder = false;
+
+  const pushFrom = (
+    s: SrcRes,
+    sHits: ReadonlyArray<readonly [number, string]>,
+    kind: 'net' | 'cap',
+    proto: number[] | undefined,
+    targets: readonly DstTarget[],
+    ports: readonly PortRange[],
+    via: string[] | null,
+    capMap?: CapMap,
+  ): void => {
+    const seq = base + slot * SELF_CALL + local++;
+    if (s.strings.length === 0 && kind !== 'cap') return;
+    pushRule(seq, kind, s, sHits, proto, entriesFor(targets, ports, via, prevBySeq.get(seq - base)), capMap);
+  };
   const push = (
     kind: 'net' | 'cap',
     proto: number[] | undefined,
     targets: readonly DstTarget[],
     ports: readonly PortRange[],
     via: string[] | null,
-    capMap?: Record<string, unknown[]>,
-  ): void => {
-    const seq = tplIdx * SEQ_STRIDE + local++;
-    if (src.strings.length === 0) return;
-    pushRule(seq, kind, src, srcHits, proto, entriesFor(targets, ports, via, prevBySeq.get(seq - base)), capMap);
-  };
+    capMap?: CapMap,
+  ): void => pushFrom(src, srcHits, kind, proto, targets, ports, via, capMap);
+
+  /** Destination targets of an app grant: `*` is every node's own addresses (never routes). */
+  const capTargets = (a: Alias): Array<readonly DstTarget[]> =>
+    a.kind === 'wildcard' ? [r.dst(MEMBER_ALIAS, deps, sets, flags), r.dst(TAGGED_ALIAS, deps, sets, flags)] : [r.dst(a, deps, sets, flags)];
 
   /** autogroup:self: one rule per user, sources and destinations limited to that user's untagged nodes. */
-  const selfRules = (kind: 'net' | 'cap', proto: number[] | undefined, ports: readonly PortRange[], capMap?: Record<string, unknown[]>): void => {
+  const selfRules = (kind: 'net' | 'cap', proto: number[] | undefined, ports: readonly PortRange[], capMap?: CapMap): void => {
     deps.add('member');
     const call = selfCall++;
+    const selfSlot = policyOrder ? slot++ : call;
     const before = prevSelf[call];
     const isSrc = membership(src.nodes);
     const one = (uid: number, pr: URule | undefined): void => {
@@ -435,7 +482,7 @@ export function compileUnit(
         }
       }
       const inSrc = all ? own : own.filter(isSrc);
-      const seq = tplIdx * SEQ_STRIDE + SELF_BASE + call * SELF_CALL + uid;
+      const seq = base + selfSlot * SELF_CALL + SELF_BASE + uid;
       if (
         pr &&
         pr.seq === seq &&
@@ -477,8 +524,11 @@ export function compileUnit(
     }
   };
 
-  if (tpl.kind === 'acl') {
+  if (tpl.kind === 'allow-all') {
+    push('net', undefined, r.dst(WILDCARD_REF.alias, deps, sets, flags), [ALL_PORTS], null);
+  } else if (tpl.kind === 'acl') {
     const acl = policy.acls[tpl.index]!;
+    policyOrder = acl.dst.every((d) => d.alias.kind === 'autogroup');
     for (const d of acl.dst) {
       if (d.alias.kind === 'autogroup' && d.alias.name === 'self') {
         selfRules('net', acl.proto, d.ports);
@@ -499,13 +549,27 @@ export function compileUnit(
         push('net', spec.proto, r.dst(d.alias, deps, sets, flags), spec.ports, via);
       }
     }
-    if (g.app) {
+    // The app part of a via grant is ignored (as in Tailscale).
+    if (g.app && !via) {
       for (const d of g.dst) {
         if (d.alias.kind === 'autogroup' && d.alias.name === 'self') {
           selfRules('cap', undefined, [ALL_PORTS], g.app);
           continue;
         }
-        push('cap', undefined, r.dst(d.alias, deps, sets, flags), [ALL_PORTS], via, g.app);
+        for (const targets of capTargets(d.alias)) push('cap', undefined, targets, [ALL_PORTS], null, g.app);
+      }
+      // drive / relay: a companion capability right after, from the grant's destinations to its sources.
+      for (const cap of Object.keys(g.app)) {
+        const capMap = COMPANION_CAPS.get(cap);
+        if (!capMap) continue;
+        // autogroup:self and autogroup:internet name no source addresses of their own.
+        const revDst = g.dst.filter((d) => !(d.alias.kind === 'autogroup' && (d.alias.name === 'self' || d.alias.name === 'internet')));
+        if (revDst.length > 0) {
+          const revSrc = aggregateSrc(revDst.map((d) => r.src(d.alias, deps, sets, flags)));
+          for (const s of g.src) for (const targets of capTargets(s.alias)) pushFrom(revSrc, NO_HITS, 'cap', undefined, targets, [ALL_PORTS], null, capMap);
+        }
+        // The reverse of an autogroup:self grant is the same per-user grant.
+        if (g.dst.some((d) => d.alias.kind === 'autogroup' && d.alias.name === 'self')) selfRules('cap', undefined, [ALL_PORTS], capMap);
       }
     }
   }

@@ -55,7 +55,7 @@ function policyText(rnd: (n: number) => number): string {
     const g: Record<string, unknown> = { src, dst };
     const k = rnd(3);
     if (k === 0) g.ip = ['tcp:443', 'udp:53'];
-    else if (k === 1) g.app = { 'example.com/cap/admin': [{ level: i }] };
+    else if (k === 1) g.app = i % 3 === 0 ? { 'tailscale.com/cap/drive': [{ shares: ['*'], access: 'ro' }] } : { 'example.com/cap/admin': [{ level: i }] };
     else {
       g.ip = ['22'];
       g.app = { 'example.com/cap/ssh': [{}] };
