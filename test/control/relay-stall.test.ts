@@ -9,7 +9,8 @@ import net from 'node:net';
 import { pino } from 'pino';
 import { startServer } from '../../src/control/index.js';
 import { guardedWriter } from '../../src/control/http/stream-guard.js';
-import { SseReader, cleanup, nodeKey, sleep, tempDir } from './harness.js';
+import { SseReader, cleanup, sleep, tempDir } from './harness.js';
+import { generateNodeKey, signRegistration } from '../../src/control/nodekey.js';
 
 const py = spawnSync('python3', ['-c', 'import socket']).status === 0;
 const procs: ChildProcess[] = [];
@@ -49,7 +50,10 @@ test('relay stream: a relay that stops reading is cut within the stall time; one
     const ak = (await inject('POST', '/api/v1/tenants/acme/authkeys', { user: 'alice', reusable: true })).body['key'] as string;
     // a view of some size: 150 links
     for (let i = 0; i < 150; i++) {
-      const r = await inject('POST', '/node/v1/register', { auth_key: ak, node_key: nodeKey(), hostname: `n${i}` }, null);
+      const id = generateNodeKey();
+      const ch = (await inject('POST', '/node/v1/register/challenge', { auth_key: ak }, null)).body;
+      const signature = signRegistration(id.privateKey, ch['nonce'] as string, id.nodeKey, ch['tenant'] as string);
+      const r = await inject('POST', '/node/v1/register', { auth_key: ak, node_key: id.nodeKey, nonce: ch['nonce'], signature, hostname: `n${i}` }, null);
       assert.equal(r.status, 201);
     }
     const view = await inject('GET', '/relay/v1/map', undefined, token);

@@ -12,7 +12,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import {
-  Client, PG_BASE, SseReader, cleanup, freshPgSchema, nodeKey, pgUnavailable, sleep, spawnServer, tempDir, type Json, type ServerProc,
+  Client, PG_BASE, SseReader, cleanup, freshPgSchema, pgUnavailable, registerNode, sleep, spawnServer, tempDir, type Json, type ServerProc,
 } from './harness.js';
 
 const ROUTE = '10.80.0.0/16';
@@ -89,7 +89,7 @@ async function setupTenant(op: Client): Promise<{ adm: Client; nodes: Record<str
   const ak = (await adm.post('/api/v1/tenants/rep/authkeys', { tags: ['tag:router'], reusable: true })).body.key;
   const nodes: Record<string, { id: number; token: string }> = {};
   for (const [host, routes] of [['r1', [ROUTE]], ['r2', [ROUTE]], ['n1', []], ['n2', []]] as const) {
-    const r = await op.as(null).post('/node/v1/register', { auth_key: ak, node_key: nodeKey(), hostname: host, routes });
+    const r = await registerNode(op.as(null), { auth_key: ak, hostname: host, routes });
     assert.equal(r.status, 201, r.text);
     nodes[host] = { id: r.body.node.id, token: r.body.token };
   }

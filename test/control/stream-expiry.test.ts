@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { startServer, type RunningServer } from '../../src/control/index.js';
-import { Client, SseReader, cleanup, nodeKey, tempDir, type Json } from './harness.js';
+import { Client, SseReader, cleanup, registerNode, tempDir, type Json } from './harness.js';
 
 let srv: RunningServer;
 let dir = '';
@@ -26,7 +26,7 @@ after(async () => {
 });
 
 async function register(name: string): Promise<{ id: number; token: string }> {
-  const r = await op.as(null).post('/node/v1/register', { auth_key: authKey, node_key: nodeKey(), hostname: name });
+  const r = await registerNode(op.as(null), { auth_key: authKey, hostname: name });
   assert.equal(r.status, 201, r.text);
   return { id: r.body.node.id, token: r.body.token };
 }
