@@ -20,6 +20,9 @@ import { RelayHub } from './relay-hub.js';
 import { reconcileRelays } from './relays.js';
 import { nodeStats, routeStats } from './service.js';
 import { DEFAULT_HEALTH_TTL_MS, registerRelayAdminRoutes, registerRelayProtocolRoutes } from './http/relays.js';
+import { attachPool, CompilePool, compileLimits, warmFacts } from './compile/index.js';
+import { FACTS_MIN_BYTES } from './policy-engine.js';
+import { RateLimiter } from './ratelimit.js';
 
 export const SERVER_VERSION = '0.1.0';
 
@@ -46,6 +49,14 @@ export interface ServerOptions {
   relayLiveTtlMs?: number;
   /** How long a relay's health verdicts count after its last report, ms (default 10 s; env LARKTUN_RELAY_HEALTH_TTL_MS). */
   relayHealthTtlMs?: number;
+  /** Compile worker threads (default min(4, max(2, cores)); env LARKTUN_COMPILE_WORKERS). */
+  compileWorkers?: number;
+  /** Time budget of one policy compile, ms (default 5000; env LARKTUN_COMPILE_BUDGET_MS). */
+  compileBudgetMs?: number;
+  /** Map streams one node token may hold open (default 4; env LARKTUN_MAX_STREAMS_PER_NODE). */
+  maxStreamsPerNode?: number;
+  /** POST …/policy/check per tenant: sustained rate per second and burst (default 1/s, 5; env LARKTUN_POLICY_CHECK_RATE, LARKTUN_POLICY_CHECK_BURST). */
+  policyCheckRate?: { perSecond: number; burst: number };
 }
 
 function envMs(name: string): number | undefined {
@@ -135,7 +146,23 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       return { relays: relays.map((r) => ({ relay: r.name, tenant: r.tenant_id === null ? null : (names.get(r.tenant_id) ?? null), live: r.live === 1, lastReport: r.reported_at })) };
     },
   });
-  const hub = new MapHub(store, metrics, log.isLevelEnabled('debug') ? (f, m) => log.debug(f, m) : undefined);
+  // Policy compilation runs in worker threads, never on this event loop.
+  const pool = new CompilePool(compileLimits({ workers: opts.compileWorkers, timeMs: opts.compileBudgetMs }), metrics);
+  attachPool(store, pool);
+  const hub = new MapHub(store, metrics, pool, log.isLevelEnabled('debug') ? (f, m) => log.debug(f, m) : undefined, (f, m) => log.warn(f, m));
+  const checkRate = opts.policyCheckRate ?? {
+    perSecond: envMs('LARKTUN_POLICY_CHECK_RATE') ?? 1,
+    burst: envMs('LARKTUN_POLICY_CHECK_BURST') ?? 5,
+  };
+  const policyChecks = new RateLimiter(checkRate.perSecond, checkRate.burst);
+  // Large stored policies: their tag owners and auto-approvers are learned in
+  // a worker now, so no request ever parses them on the event loop.
+  void (async () => {
+    for (const t of await store.listTenants()) {
+      const pol = await store.tenant(t.id).currentPolicy();
+      if (pol && pol.text.length >= FACTS_MIN_BYTES) await warmFacts(pool, t.id, pol.text).catch((err: unknown) => log.warn({ tenant: t.name, err }, 'reading a large policy failed'));
+    }
+  })().catch((err: unknown) => log.warn({ err }, 'reading large policies failed'));
   const relayHub = new RelayHub(store);
   const timers = {
     rotateMs: opts.pskRotateMs ?? envMs('LARKTUN_PSK_ROTATE_MS') ?? 24 * 3600_000,
@@ -252,14 +279,17 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   await app.register(
     async (api) => {
       api.get('/openapi.json', { schema: { tags: ['meta'], summary: 'This document', 'x-auth': 'none' } as Record<string, unknown> }, async () => openapi.document(SERVER_VERSION));
-      registerAdminRoutes(api, { store });
+      registerAdminRoutes(api, { store, pool, hub, policyChecks });
       registerRelayAdminRoutes(api, { store, relayHub, graceMs: timers.graceMs, healthTtlMs, openStreams });
     },
     { prefix: '/api/v1' },
   );
   await app.register(
     async (node) => {
-      registerNodeRoutes(node, { store, hub, metrics, openStreams, keepaliveMs: opts.keepaliveMs, shuttingDown: () => shuttingDown });
+      registerNodeRoutes(node, {
+        store, hub, metrics, openStreams, keepaliveMs: opts.keepaliveMs, shuttingDown: () => shuttingDown,
+        maxStreamsPerNode: opts.maxStreamsPerNode ?? envMs('LARKTUN_MAX_STREAMS_PER_NODE'),
+      });
     },
     { prefix: '/node/v1' },
   );
@@ -336,6 +366,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
         for (const [t, ids] of byTenant) await store.setOffline(t, ids).catch(() => undefined);
       }
       await bus.close();
+      await pool.close();
       await store.close();
       log.info('larktun server stopped');
     })();
