@@ -427,6 +427,8 @@ interface TenantLive {
   /** Generation of the last snapshot pushed; notifications at or below it are stale. */
   seenGeneration: number;
   waiters: (() => void)[];
+  /** Resolved when the refresh in flight ends (without asking for another). */
+  idleWaiters: (() => void)[];
   /** The snapshot the views belong to (null until the first refresh). */
   snap: TenantSnapshot | null;
   /** Last compiled views of the nodes served here (streaming, or asked for by GET /map). */
@@ -510,7 +512,7 @@ export class MapHub {
     let t = this.tenants.get(tenantId);
     if (!t) {
       t = {
-        streams: new Map(), running: false, dirty: false, seenGeneration: 0, waiters: [], snap: null, views: new Map(), good: false,
+        streams: new Map(), running: false, dirty: false, seenGeneration: 0, waiters: [], idleWaiters: [], snap: null, views: new Map(), good: false,
         oneShot: new Map(), inNet: new Set(), sigs: new Map(), relaySigs: new Map(), online: new Map(), tenantSig: '', lastRun: 0, lastCost: 0,
         peers: new PeerCache(), peersMemo: new Map(),
       };
@@ -538,8 +540,12 @@ export class MapHub {
     while (t.oneShot.size > ONE_SHOT_MAX) t.oneShot.delete(t.oneShot.keys().next().value as number);
     const tenant = await this.store.getTenant(tenantId);
     if (!tenant) return null;
-    const current = t.snap !== null && t.snap.tenant.generation >= tenant.generation && !t.dirty && (t.views.has(nodeId) || !t.inNet.has(nodeId));
-    if (!current) await this.refreshNow(tenantId);
+    const current = () => t.snap !== null && t.snap.tenant.generation >= tenant.generation && !t.dirty && (t.views.has(nodeId) || !t.inNet.has(nodeId));
+    if (!current() && t.running) {
+      // A refresh is under way: it may answer this request too (concurrent polls share it).
+      await new Promise<void>((resolve) => t.idleWaiters.push(resolve));
+    }
+    if (!current()) await this.refreshNow(tenantId);
     const snap = t.snap;
     if (!snap) return null;
     const f = this.failed.get(tenantId);
@@ -650,6 +656,7 @@ export class MapHub {
       t.running = false;
       t.lastRun = performance.now();
       t.lastCost = t.lastRun - started;
+      for (const w of t.idleWaiters.splice(0)) w();
       if (t.dirty) this.schedule(tenantId, t);
       else if (this.idle(t)) this.tenants.delete(tenantId);
     }
