@@ -7,7 +7,7 @@ import type { Store } from '../store/repo.js';
 import { BudgetError, CompilePool } from './pool.js';
 import type { WireViews } from './protocol.js';
 
-export { BudgetError, CompilePool, QueueFullError, compileLimits, DEFAULT_LIMITS, type CompileLimits } from './pool.js';
+export { BudgetError, CompilePool, NoWorkerError, QueueFullError, compileLimits, DEFAULT_LIMITS, type CompileLimits } from './pool.js';
 
 const pools = new WeakMap<Store, CompilePool>();
 

@@ -9,8 +9,10 @@
 //   that holds its state ("home"); a cheap tenant whose home is busy moves to
 //   any free worker (rebuilding there is cheap), an expensive one waits;
 // - expensive jobs (a tenant whose last whole compile took > 250 ms, or an
-//   unknown one with a large policy) may occupy at most size-1 workers, so
-//   one worker is always left for everybody else;
+//   unknown one with a large policy) never run on the first worker, the
+//   "light lane", so it is always left for everybody else; cheap jobs prefer
+//   it. (Workers run at the event loop's priority: at nice 10 an expensive
+//   compile made no progress at all on a busy host and always ran out of budget;)
 // - every job has a time budget: a worker still busy when it runs out is
 //   terminated and replaced, the job fails with BudgetError, and the
 //   tenants whose state lived there simply rebuild on their next job.
@@ -83,6 +85,9 @@ export class BudgetError extends Error {
 /** The tenant already has as many compile jobs waiting as it may. */
 export class QueueFullError extends Error {}
 
+/** A job waited longer than a few budgets for a worker (workers failing to start). */
+export class NoWorkerError extends Error {}
+
 interface Waiter {
   resolve(r: JobResult): void;
   reject(e: Error): void;
@@ -96,10 +101,16 @@ interface Pending {
   waiters: Waiter[];
   queuedAt: number;
   heavy: boolean;
+  /** Fails the job if it is still waiting for a worker after maxWaitMs(). */
+  expiry: NodeJS.Timeout | null;
 }
 
 interface Slot {
   worker: Worker;
+  /** The light lane: never runs an expensive job. */
+  light: boolean;
+  /** Loaded and taking jobs (a new worker's start-up is not charged to any job's budget). */
+  ready: boolean;
   busy: Pending | null;
   timer: NodeJS.Timeout | null;
   startedAt: number;
@@ -144,13 +155,14 @@ export class CompilePool {
     readonly limits: CompileLimits,
     private readonly metrics?: ControlMetrics,
   ) {
-    for (let i = 0; i < Math.max(1, limits.workers); i++) this.slots.push(this.spawn());
+    const n = Math.max(1, limits.workers);
+    for (let i = 0; i < n; i++) this.slots.push(this.spawn(i === 0 && n > 1));
   }
 
-  private spawn(): Slot {
+  private spawn(light: boolean): Slot {
     const worker = newWorker(this.limits.workerHeapMb);
     worker.unref();
-    const slot: Slot = { worker, busy: null, timer: null, startedAt: 0 };
+    const slot: Slot = { worker, light, ready: false, busy: null, timer: null, startedAt: 0 };
     worker.on('message', (m: FromWorker) => this.onReply(slot, m));
     worker.on('error', (err: Error) => this.onCrash(slot, err));
     worker.on('exit', (code) => {
@@ -168,13 +180,25 @@ export class CompilePool {
     void slot.worker.terminate();
     for (const t of this.tenants.values()) if (t.home === slot) t.home = null;
     this.metrics?.compileWorkerRestarts.inc({ reason });
-    const fresh = this.spawn();
+    const fresh = this.spawn(slot.light);
     if (!this.closed) this.slots.splice(i, 0, fresh);
     return fresh;
   }
 
   private onCrash(slot: Slot, err: Error): void {
     if (this.closed || !this.slots.includes(slot)) return;
+    if (!slot.ready) {
+      // It failed while loading: try again in a second, not in a loop.
+      this.slots.splice(this.slots.indexOf(slot), 1);
+      void slot.worker.terminate();
+      for (const t of this.tenants.values()) if (t.home === slot) t.home = null;
+      this.metrics?.compileWorkerRestarts.inc({ reason: 'crashed' });
+      setTimeout(() => {
+        if (this.closed) return;
+        this.slots.push(this.spawn(slot.light));
+      }, 1000).unref();
+      return;
+    }
     const p = slot.busy;
     slot.busy = null;
     const oom = (err as { code?: string }).code === 'ERR_WORKER_OUT_OF_MEMORY';
@@ -184,6 +208,11 @@ export class CompilePool {
   }
 
   private onReply(slot: Slot, m: FromWorker): void {
+    if ('ready' in m) {
+      slot.ready = true;
+      this.pump();
+      return;
+    }
     const p = slot.busy;
     if (!p || p.id !== m.id) return;
     if (slot.timer) clearTimeout(slot.timer);
@@ -238,32 +267,49 @@ export class CompilePool {
         reject(new QueueFullError(`this tenant already has ${tq.queue.length} compile jobs waiting`));
         return;
       }
-      tq.queue.push({ id: this.nextId++, tenant: job.tenant, job, coalesce, waiters: [{ resolve, reject }], queuedAt: performance.now(), heavy: this.heavy(tq, job) });
+      const p: Pending = { id: this.nextId++, tenant: job.tenant, job, coalesce, waiters: [{ resolve, reject }], queuedAt: performance.now(), heavy: this.heavy(tq, job), expiry: null };
+      // A job waits at most for a few budgets (the workers it may use are busy
+      // with jobs that each end within the budget); longer means no worker is
+      // coming (they fail to start): the caller gets an error, not a hang.
+      p.expiry = setTimeout(() => {
+        const i = tq.queue.indexOf(p);
+        if (i < 0) return;
+        tq.queue.splice(i, 1);
+        this.metrics?.compileJobs.inc({ kind: p.job.kind, result: 'error' });
+        for (const w of p.waiters) w.reject(new NoWorkerError(`no compile worker became free within ${this.maxWaitMs()} ms`));
+      }, this.maxWaitMs());
+      p.expiry.unref();
+      tq.queue.push(p);
       this.pump();
     });
   }
 
   private heavy(t: TenantQueue, job: Job): boolean {
     if (job.kind === 'sync' && t.syncedPolicy === job.policy && t.home !== null) return false; // incremental
-    if (t.fullMs !== null) return t.fullMs > HEAVY_MS;
-    return job.policy.length >= LARGE_POLICY || ('net' in job && job.net.nodes.length >= LARGE_NET);
+    // A large input is expensive whatever the tenant's history (a new, larger policy).
+    if (job.policy.length >= LARGE_POLICY || ('net' in job && job.net.nodes.length >= LARGE_NET)) return true;
+    return t.fullMs !== null && t.fullMs > HEAVY_MS;
   }
 
   /** Starts queued jobs on free workers (see the scheduling rules at the top). */
   private pump(): void {
     if (this.closed) return;
     for (;;) {
-      if (!this.slots.some((s) => !s.busy)) return;
+      if (!this.slots.some((s) => s.ready && !s.busy)) return;
       const ready = [...this.tenants].filter(([, t]) => !t.running && t.queue.length > 0);
       if (ready.length === 0) return;
-      const heavyRunning = this.slots.filter((s) => s.busy?.heavy).length;
       let started = false;
       for (let k = 0; k < ready.length && !started; k++) {
         const [, t] = ready[(this.rr + k) % ready.length] as [number, TenantQueue];
         const p = t.queue[0] as Pending;
-        if (p.heavy && this.slots.length > 1 && heavyRunning >= this.slots.length - 1) continue;
-        let slot: Slot | null = t.home && !t.home.busy ? t.home : null;
-        if (!slot && (t.home === null || !p.heavy)) slot = this.leastHomed();
+        const free = (s: Slot | null): s is Slot => s !== null && s.ready && !s.busy && !(p.heavy && s.light);
+        // Only a cheap tenant moves off its busy home: elsewhere its state is rebuilt from scratch.
+        const cheap = t.fullMs !== null ? t.fullMs <= HEAVY_MS : !p.heavy;
+        let slot: Slot | null = free(t.home) ? t.home : null;
+        if (!slot && (t.home === null || cheap)) {
+          if (!p.heavy) slot = this.slots.find((s) => s.light && free(s)) ?? null;
+          slot ??= this.leastHomed(p.heavy);
+        }
         if (!slot) continue;
         this.rr = (this.rr + k + 1) % Math.max(1, ready.length);
         this.start(t, p, slot);
@@ -273,11 +319,11 @@ export class CompilePool {
     }
   }
 
-  private leastHomed(): Slot | null {
+  private leastHomed(heavy: boolean): Slot | null {
     let best: Slot | null = null;
     let bestN = Infinity;
     for (const s of this.slots) {
-      if (s.busy) continue;
+      if (s.busy || !s.ready || (heavy && s.light)) continue;
       let n = 0;
       for (const t of this.tenants.values()) if (t.home === s) n++;
       if (n < bestN) {
@@ -288,8 +334,14 @@ export class CompilePool {
     return best;
   }
 
+  /** Longest a job may wait for a worker: a few budgets (every running job ends within one). */
+  private maxWaitMs(): number {
+    return Math.max(10_000, 4 * this.limits.timeMs);
+  }
+
   private start(t: TenantQueue, p: Pending, slot: Slot): void {
     t.queue.shift();
+    if (p.expiry) clearTimeout(p.expiry);
     t.running = true;
     if (t.home !== slot) {
       if (t.home) t.home.worker.postMessage({ id: 0, drop: p.tenant } satisfies ToWorker);
@@ -340,7 +392,12 @@ export class CompilePool {
   async close(): Promise<void> {
     this.closed = true;
     const err = new Error('the compile pool is closed');
-    for (const t of this.tenants.values()) for (const p of t.queue.splice(0)) for (const w of p.waiters) w.reject(err);
+    for (const t of this.tenants.values()) {
+      for (const p of t.queue.splice(0)) {
+        if (p.expiry) clearTimeout(p.expiry);
+        for (const w of p.waiters) w.reject(err);
+      }
+    }
     for (const s of this.slots) {
       if (s.timer) clearTimeout(s.timer);
       if (s.busy) for (const w of s.busy.waiters) w.reject(err);

@@ -118,5 +118,5 @@ export type JobResult = SyncResult | CheckResult | RelayResult | FactsResult;
 /** Main → worker. `drop`: forget a tenant's state (it moved to another worker). */
 export type ToWorker = { id: number; job: Job } | { id: 0; drop: number };
 
-/** Worker → main. */
-export type FromWorker = { id: number; ok: true; result: JobResult } | { id: number; ok: false; error: string };
+/** Worker → main. `ready`: the worker has loaded and takes jobs (budgets start only then). */
+export type FromWorker = { id: number; ok: true; result: JobResult } | { id: number; ok: false; error: string } | { id: 0; ready: true };

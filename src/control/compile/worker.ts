@@ -4,8 +4,6 @@
 // back. The pool (compile/pool.ts) enforces the time budget by terminating a
 // worker whose job runs too long, so nothing here needs to check the clock.
 import { parentPort } from 'node:worker_threads';
-import { readlinkSync } from 'node:fs';
-import { setPriority } from 'node:os';
 import {
   compileCandidate, compileForRelayNow, newTenantCompilerFrom, policyFacts, FACTS_MIN_BYTES,
   type AclNetwork, type AclNode, type TenantCompiler,
@@ -154,17 +152,6 @@ function run(job: Job): { result: JobResult; transfer: ArrayBuffer[] } {
 const port = parentPort;
 if (!port) throw new Error('compile/worker.ts runs as a worker thread');
 
-// Compiles yield the CPU to the server's event loop: on Linux this thread
-// runs at nice COMPILE_NICE (a thread's nice value is its own there), so on
-// a busy machine requests and map pushes go first and a compile takes longer
-// (it is bounded by the budget either way). Elsewhere this is skipped.
-const COMPILE_NICE = 10;
-try {
-  const tid = Number(/\/task\/(\d+)$/.exec(readlinkSync('/proc/thread-self'))?.[1]);
-  if (Number.isInteger(tid) && tid > 0) setPriority(tid, COMPILE_NICE);
-} catch {
-  // no /proc (not Linux): same priority as the event loop
-}
 port.on('message', (m: ToWorker) => {
   if ('drop' in m) {
     states.delete(m.drop);
@@ -184,3 +171,4 @@ port.on('message', (m: ToWorker) => {
   }
   port.postMessage(reply, transfer);
 });
+port.postMessage({ id: 0, ready: true } satisfies FromWorker);

@@ -13,7 +13,7 @@ import {
 } from '../service.js';
 import { DEFAULT_POLICY, definedTags, rememberFacts } from '../policy-engine.js';
 import { aclNetwork, jsonList, type MapHub } from '../netmap.js';
-import { BudgetError, QueueFullError, type CompilePool } from '../compile/index.js';
+import { BudgetError, NoWorkerError, QueueFullError, type CompilePool } from '../compile/index.js';
 import type { CheckResult } from '../compile/protocol.js';
 import type { RateLimiter } from '../ratelimit.js';
 import { publicTenantFields } from '../store/repo.js';
@@ -450,6 +450,7 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
     } catch (err) {
       if (err instanceof BudgetError) throw overBudget(err.limit, err.max, err.message);
       if (err instanceof QueueFullError) throw new ApiError(429, 'compile_busy', `${err.message}; try again shortly`);
+      if (err instanceof NoWorkerError) throw new ApiError(503, 'compile_unavailable', `${err.message}; the live policy is unchanged`);
       throw err;
     }
     if (c.over) {
