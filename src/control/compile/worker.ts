@@ -69,6 +69,8 @@ function sync(job: SyncJob): { result: JobResult; transfer: ArrayBuffer[] } {
   const primaries = new Map(job.primaries);
   let s = states.get(job.tenant);
   let full = false;
+  /** The facts of this policy went out with the check that compiled it. */
+  let adopted = false;
   const cand = candidates.get(job.tenant);
   if (cand && cand.policy === job.policy && (!s || s.policy !== job.policy)) {
     // A PUT compiled this policy already: start from that, then apply what changed since.
@@ -77,6 +79,7 @@ function sync(job: SyncJob): { result: JobResult; transfer: ArrayBuffer[] } {
     s.compiler.changedNodes();
     applyNodes(s, job.net);
     full = true;
+    adopted = true;
   } else if (!s) {
     s = fresh(job.policy, job.net, primaries);
     full = true;
@@ -103,7 +106,7 @@ function sync(job: SyncJob): { result: JobResult; transfer: ArrayBuffer[] } {
   const { out, transfer } = encode(s.compiler, want);
   const result: JobResult = {
     kind: 'sync', full, changed: Int32Array.from(changed), out, primaries: [...s.compiler.primaries()],
-    facts: full ? facts(job.policy) : null, ms: performance.now() - t0,
+    facts: full && !adopted ? facts(job.policy) : null, ms: performance.now() - t0,
   };
   return { result, transfer: [...transfer, result.changed.buffer as ArrayBuffer] };
 }
