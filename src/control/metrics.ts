@@ -69,6 +69,16 @@ export class ControlMetrics {
   readonly authFailures: Counter<'result'>;
   /** Subjects (client addresses, key prefixes) the auth-failure limiter remembers; set by the server. */
   authLimiterEntries: () => number = () => 0;
+  /** Compile worker jobs by kind and outcome (no tenant label: bounded). */
+  readonly compileJobs: Counter<'kind' | 'result'>;
+  /** Time a compile job ran in its worker, by kind. */
+  readonly compileJobSeconds: Histogram<'kind'>;
+  /** Time a compile job waited for a worker. */
+  readonly compileWaitSeconds: Histogram;
+  /** Compile workers replaced (a job over the time budget, or a crash). */
+  readonly compileWorkerRestarts: Counter<'reason'>;
+  /** Tenants whose live policy could not be compiled within the budget (served from their last good compile, if any). */
+  readonly compileFailedTenants: Gauge;
 
   constructor(onlineCounter: OnlineCounter, sources: MetricSources = {}) {
     const { routeStats, nodeStats, relayStats } = sources;
@@ -130,6 +140,36 @@ export class ControlMetrics {
       collect() {
         this.set(entries());
       },
+    });
+    this.compileJobs = new Counter({
+      name: 'larktun_compile_jobs_total',
+      help: 'Compile worker jobs by kind (sync_full: a tenant compiled from scratch or for a new policy; sync: an incremental update; check: a candidate policy; relay; facts) and result (ok, invalid, over_budget, error)',
+      labelNames: ['kind', 'result'],
+      registers: [this.registry],
+    });
+    this.compileJobSeconds = new Histogram({
+      name: 'larktun_compile_job_seconds',
+      help: 'Time a compile job ran in its worker, by kind',
+      labelNames: ['kind'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10],
+      registers: [this.registry],
+    });
+    this.compileWaitSeconds = new Histogram({
+      name: 'larktun_compile_wait_seconds',
+      help: 'Time a compile job waited for a free worker',
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10],
+      registers: [this.registry],
+    });
+    this.compileWorkerRestarts = new Counter({
+      name: 'larktun_compile_worker_restarts_total',
+      help: 'Compile workers replaced, by reason (over_budget: a job ran past the time budget; crashed)',
+      labelNames: ['reason'],
+      registers: [this.registry],
+    });
+    this.compileFailedTenants = new Gauge({
+      name: 'larktun_compile_failed_tenants',
+      help: 'Tenants whose live policy did not compile within the budget (served from their last good compile when there is one; see GET /policy "compile")',
+      registers: [this.registry],
     });
     this.notifications = new Counter({
       name: 'larktun_change_notifications_total',

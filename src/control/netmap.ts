@@ -1,15 +1,19 @@
 // Network maps: what each node is told about its tenant's network, and the hub
 // that keeps every connected node's map current. A change anywhere (this server,
 // or another replica via LISTEN/NOTIFY) marks the tenant dirty; the hub reloads
-// the tenant once per burst of changes, compiles the policy incrementally, and
-// pushes only to nodes whose map changed: a full "map" when its peers changed,
-// a "patch" with just the changed top-level sections otherwise, and a tiny
-// "peers" event when only peers' presence changed.
+// the tenant once per burst of changes, has the compile pool (compile/) bring
+// the tenant's compiled state up to date in a worker thread, and pushes only
+// to nodes whose map changed: a full "map" when its peers changed, a "patch"
+// with just the changed top-level sections otherwise, and a tiny "peers" event
+// when only peers' presence changed. The event loop keeps the last compiled
+// views of the nodes it serves (streams and recent one-shot requests) and
+// answers GET /node/v1/map from them: a request never compiles.
 import { createHash } from 'node:crypto';
 import type { NodeRow, RelayLinkRow, RelayRow, TenantRow, UserRow } from './store/schema.js';
 import type { Store } from './store/repo.js';
-import { newTenantCompilerFrom, PeerList, type AclNetwork, type AclNode, type NodeView, type TenantCompiler } from './policy-engine.js';
+import { PeerList, rememberFacts, type AclNetwork, type AclNode, type NodeView } from './policy-engine.js';
 import type { ControlMetrics } from './metrics.js';
+import { BudgetError, decodeViews, type CompilePool } from './compile/index.js';
 
 export interface MapPeer {
   id: number;
@@ -375,12 +379,26 @@ export function buildMap(snap: TenantSnapshot, view: NodeView | undefined, nodeI
   return b ? { version: b.version, hash: b.hash, json: assembleMap(b) } : null;
 }
 
-/** A map computed from scratch (one-shot requests, no stream). */
-export async function oneShotMap(store: Store, tenantId: number, nodeId: number): Promise<BuiltMap | null> {
-  const snap = await loadSnapshot(store, tenantId);
-  if (!snap) return null;
-  const c = newTenantCompilerFrom(snap.policy, snap.net, snap.primaries);
-  return buildMap(snap, c?.view(nodeId), nodeId);
+/** The tenant's live policy could not be compiled and this node has no earlier compiled view. */
+export class CompileFailedError extends Error {
+  constructor(
+    message: string,
+    /** When the hub tries again (ms since the epoch). */
+    readonly retryAt: number,
+  ) {
+    super(message);
+  }
+}
+
+/** A tenant whose live policy did not compile (over the budget, or the worker failed). */
+export interface CompileFailure {
+  error: string;
+  /** ISO time of the failure. */
+  at: string;
+  /** ISO time of the next attempt with this policy (a new policy is tried at once). */
+  retry_at: string;
+  /** Whether maps are still served from an earlier successful compile. */
+  serving_last_good: boolean;
 }
 
 /** One connected node's stream. */
@@ -409,9 +427,18 @@ interface TenantLive {
   /** Generation of the last snapshot pushed; notifications at or below it are stale. */
   seenGeneration: number;
   waiters: (() => void)[];
-  compiler: TenantCompiler | null;
-  policy: string | null;
-  nodes: Map<number, AclNode>;
+  /** Resolved when the refresh in flight ends (without asking for another). */
+  idleWaiters: (() => void)[];
+  /** The snapshot the views belong to (null until the first refresh). */
+  snap: TenantSnapshot | null;
+  /** Last compiled views of the nodes served here (streaming, or asked for by GET /map). */
+  views: Map<number, NodeView>;
+  /** A compile succeeded at least once in this process. */
+  good: boolean;
+  /** Nodes that asked for a one-shot map recently: node id → when (their views are kept). */
+  oneShot: Map<number, number>;
+  /** Ids of the nodes in the compiled network (expired nodes are not). */
+  inNet: Set<number>;
   sigs: Map<number, string>;
   /** Per node: its relays section as last pushed. */
   relaySigs: Map<number, string>;
@@ -437,15 +464,96 @@ interface Changes {
 }
 
 const REFRESH_GAP_MS = 50;
+/** One-shot views are kept this long after the last request, for at most this many nodes per tenant. */
+const ONE_SHOT_TTL_MS = 60_000;
+const ONE_SHOT_MAX = 256;
+/** A tenant whose policy failed to compile is retried after this (doubling up to the max), or at once for a new policy. */
+const RETRY_MIN_MS = 30_000;
+const RETRY_MAX_MS = 15 * 60_000;
+
+interface FailState {
+  policy: string;
+  error: string;
+  at: number;
+  retryAt: number;
+  backoff: number;
+}
 
 export class MapHub {
   private readonly tenants = new Map<number, TenantLive>();
+  /** Tenants whose live policy did not compile (kept while the tenant has no live entry too). */
+  private readonly failed = new Map<number, FailState>();
+  /** Set by close(): no refresh starts any more (a closed store would fail every retry). */
+  private closed = false;
   constructor(
     private readonly store: Store,
     private readonly metrics: ControlMetrics,
+    private readonly pool: CompilePool,
     /** Debug log of each refresh (pino's logger.debug bound), when wanted. */
     private readonly debug?: (fields: Record<string, unknown>, msg: string) => void,
+    /** Warnings (compile failures), when wanted. */
+    private readonly warn?: (fields: Record<string, unknown>, msg: string) => void,
   ) {}
+
+  /** The tenant's compile failure, when its live policy did not compile. */
+  compileFailure(tenantId: number): CompileFailure | null {
+    const f = this.failed.get(tenantId);
+    if (!f) return null;
+    return {
+      error: f.error, at: new Date(f.at).toISOString(), retry_at: new Date(f.retryAt).toISOString(),
+      serving_last_good: this.tenants.get(tenantId)?.good ?? false,
+    };
+  }
+
+  /** Open streams of one node on this server. */
+  nodeStreams(tenantId: number, nodeId: number): number {
+    return this.tenants.get(tenantId)?.streams.get(nodeId)?.size ?? 0;
+  }
+
+  private live(tenantId: number): TenantLive {
+    let t = this.tenants.get(tenantId);
+    if (!t) {
+      t = {
+        streams: new Map(), running: false, dirty: false, seenGeneration: 0, waiters: [], idleWaiters: [], snap: null, views: new Map(), good: false,
+        oneShot: new Map(), inNet: new Set(), sigs: new Map(), relaySigs: new Map(), online: new Map(), tenantSig: '', lastRun: 0, lastCost: 0,
+        peers: new PeerCache(), peersMemo: new Map(),
+      };
+      this.tenants.set(tenantId, t);
+    }
+    return t;
+  }
+
+  private idle(t: TenantLive): boolean {
+    const now = performance.now();
+    for (const [id, at] of t.oneShot) if (now - at > ONE_SHOT_TTL_MS) t.oneShot.delete(id);
+    return t.streams.size === 0 && t.oneShot.size === 0 && !t.running;
+  }
+
+  /**
+   * A node's map from the tenant's last compiled state (GET /node/v1/map):
+   * refreshed first only when the tenant changed since (or the node's view is
+   * not kept yet); a refresh is an incremental update in the tenant's worker,
+   * shared with every stream and concurrent request. Never a compile per call.
+   */
+  async oneShot(tenantId: number, nodeId: number): Promise<BuiltMap | null> {
+    const t = this.live(tenantId);
+    t.oneShot.delete(nodeId);
+    t.oneShot.set(nodeId, performance.now());
+    while (t.oneShot.size > ONE_SHOT_MAX) t.oneShot.delete(t.oneShot.keys().next().value as number);
+    const tenant = await this.store.getTenant(tenantId);
+    if (!tenant) return null;
+    const current = () => t.snap !== null && t.snap.tenant.generation >= tenant.generation && !t.dirty && (t.views.has(nodeId) || !t.inNet.has(nodeId));
+    if (!current() && t.running) {
+      // A refresh is under way: it may answer this request too (concurrent polls share it).
+      await new Promise<void>((resolve) => t.idleWaiters.push(resolve));
+    }
+    if (!current()) await this.refreshNow(tenantId);
+    const snap = t.snap;
+    if (!snap) return null;
+    const f = this.failed.get(tenantId);
+    if (f && !t.views.has(nodeId) && t.inNet.has(nodeId)) throw new CompileFailedError(`this tenant's policy could not be compiled: ${f.error}`, f.retryAt);
+    return buildMap(snap, t.views.get(nodeId), nodeId, t.peers);
+  }
 
   private open = 0;
 
@@ -462,11 +570,7 @@ export class MapHub {
 
   /** Number of this node's open streams on this server. */
   attach(s: MapStream): number {
-    let t = this.tenants.get(s.tenantId);
-    if (!t) {
-      t = { streams: new Map(), running: false, dirty: false, seenGeneration: 0, waiters: [], compiler: null, policy: null, nodes: new Map(), sigs: new Map(), relaySigs: new Map(), online: new Map(), tenantSig: '', lastRun: 0, lastCost: 0, peers: new PeerCache(), peersMemo: new Map() };
-      this.tenants.set(s.tenantId, t);
-    }
+    const t = this.live(s.tenantId);
     let set = t.streams.get(s.nodeId);
     if (!set) {
       set = new Set();
@@ -485,8 +589,14 @@ export class MapHub {
     const set = t?.streams.get(s.nodeId);
     if (!t || !set) return 0;
     if (set.delete(s)) this.open--;
-    if (set.size === 0) t.streams.delete(s.nodeId);
-    if (t.streams.size === 0 && !t.running) this.tenants.delete(s.tenantId);
+    if (set.size === 0) {
+      t.streams.delete(s.nodeId);
+      if (!t.oneShot.has(s.nodeId)) {
+        t.views.delete(s.nodeId);
+        t.peersMemo.delete(s.nodeId);
+      }
+    }
+    if (this.idle(t)) this.tenants.delete(s.tenantId);
     this.metrics.streams.set(this.open);
     return set.size;
   }
@@ -510,9 +620,19 @@ export class MapHub {
     });
   }
 
+  /**
+   * Stops refreshing: called when the server shuts down, before its store
+   * closes. Without it, a refresh whose database read fails retries every
+   * 500 ms for as long as the process lives (it kept test processes alive).
+   */
+  close(): void {
+    this.closed = true;
+    for (const t of this.tenants.values()) for (const w of t.waiters.splice(0)) w();
+  }
+
   private schedule(tenantId: number, t: TenantLive): void {
     t.dirty = true;
-    if (t.running) return;
+    if (t.running || this.closed) return;
     t.running = true;
     // Bursts (many nodes connecting at once) are batched: a refresh starts at
     // least REFRESH_GAP_MS after the previous one ended, so the writes queued
@@ -549,9 +669,11 @@ export class MapHub {
       } else {
         t.seenGeneration = Math.max(t.seenGeneration, snap.tenant.generation);
         const t0 = performance.now();
-        const changed = this.sync(snap, t);
-        this.metrics.compileSeconds.observe({ tenant: snap.tenant.name }, (performance.now() - t0) / 1000);
-        const built = this.push(snap, t, changed);
+        const changed = await this.sync(snap, t);
+        t.snap = snap;
+        // Nothing compiled yet (the first compile failed): nodes keep the map
+        // they have rather than an empty one; a failure is visible in the API and metrics.
+        const built = t.good ? this.push(snap, t, changed) : 0;
         this.debug?.({ tenant: tenantId, generation: snap.tenant.generation, all: changed.all, acl: changed.acl.size, changed: changed.sig.size, presence: changed.online.size, built, ms: Number((performance.now() - t0).toFixed(1)) }, 'map refresh');
       }
       for (const w of waiters) w();
@@ -559,14 +681,47 @@ export class MapHub {
       t.running = false;
       t.lastRun = performance.now();
       t.lastCost = t.lastRun - started;
+      for (const w of t.idleWaiters.splice(0)) w();
       if (t.dirty) this.schedule(tenantId, t);
-      else if (t.streams.size === 0) this.tenants.delete(tenantId);
+      else if (this.idle(t)) this.tenants.delete(tenantId);
     }
   }
 
-  /** Brings the tenant's incremental compiler up to the snapshot; returns what changed. */
-  private sync(snap: TenantSnapshot, t: TenantLive): Changes {
-    const next = new Map(snap.net.nodes.map((n) => [n.id, n]));
+  /**
+   * Brings the tenant's compiled state (in its worker) up to the snapshot and
+   * takes the views of the nodes served here. Returns the nodes whose results
+   * changed. A failure (over the budget) keeps the views from before and is
+   * retried only for a new policy or after a backoff, never in a loop.
+   */
+  private async compile(snap: TenantSnapshot, t: TenantLive, tenantId: number): Promise<{ acl: Set<number>; full: boolean }> {
+    const f = this.failed.get(tenantId);
+    if (f && f.policy === snap.policy && Date.now() < f.retryAt) return { acl: new Set(), full: false };
+    const connected = [...new Set([...t.streams.keys(), ...t.oneShot.keys()])];
+    const missing = connected.filter((id) => !t.views.has(id));
+    try {
+      const r = await this.pool.sync({ tenant: tenantId, policy: snap.policy, net: snap.net, primaries: [...snap.primaries], connected, missing });
+      if (f) {
+        this.failed.delete(tenantId);
+        this.metrics.compileFailedTenants.set(this.failed.size);
+      }
+      if (r.facts !== null) rememberFacts(snap.policy, r.facts);
+      for (const [id, v] of decodeViews(r.out)) t.views.set(id, v);
+      t.good = true;
+      this.metrics.compileSeconds.observe({ tenant: snap.tenant.name }, r.ms / 1000);
+      return { acl: new Set(r.changed), full: r.full };
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      const backoff = f && f.policy === snap.policy ? Math.min(RETRY_MAX_MS, f.backoff * 2) : RETRY_MIN_MS;
+      const now = Date.now();
+      this.failed.set(tenantId, { policy: snap.policy, error: message, at: now, retryAt: now + backoff, backoff });
+      this.metrics.compileFailedTenants.set(this.failed.size);
+      this.warn?.({ tenant: snap.tenant.name, err: message, over_budget: err instanceof BudgetError, retry_in_ms: backoff, serving_last_good: t.good }, 'tenant policy did not compile');
+      return { acl: new Set(), full: false };
+    }
+  }
+
+  /** Brings the tenant's compiled state up to the snapshot; returns what changed. */
+  private async sync(snap: TenantSnapshot, t: TenantLive): Promise<Changes> {
     const online = new Map<number, boolean>();
     for (const n of snap.nodes) {
       const prev = t.sigs.has(n.id) ? t.online.get(n.id) : undefined;
@@ -579,33 +734,17 @@ export class MapHub {
     for (const [id, s] of sigs) if (t.sigs.get(id) !== s) sig.add(id);
     for (const id of t.sigs.keys()) if (!sigs.has(id)) sig.add(id);
     const tenantSig = `${snap.tenant.name}|${snap.tenant.dns_base}`;
-    let all = tenantSig !== t.tenantSig;
-    if (!t.compiler || t.policy === null) {
-      t.compiler = newTenantCompilerFrom(snap.policy, snap.net, snap.primaries);
-      all = true;
-    } else {
-      for (const [id, prev] of t.nodes) {
-        const n = next.get(id);
-        if (!n) t.compiler.nodeRemoved(id);
-        else t.compiler.nodeChanged(prev, n);
-      }
-      for (const [id, n] of next) if (!t.nodes.has(id)) t.compiler.nodeJoined(n);
-      if (snap.policy !== t.policy) t.compiler.setPolicy(snap.policy);
-      // The stored primaries are the one answer (elected in each change's
-      // transaction). A refresh that batched several changes can skip the
-      // state that moved a primary; then the compiler restarts from the store.
-      if (!samePrimaries(t.compiler.primaries(), snap.primaries)) {
-        t.compiler.changedNodes();
-        t.compiler = newTenantCompilerFrom(snap.policy, snap.net, snap.primaries);
-        all = true;
-      }
-    }
+    const wasGood = t.good;
+    const compiled = await this.compile(snap, t, snap.tenant.id);
+    // The first successful compile (also after failed ones) rebuilds every map.
+    const all = tenantSig !== t.tenantSig || compiled.full || (t.good && !wasGood);
+    const acl = compiled.acl;
+    t.inNet = new Set(snap.net.nodes.map((n) => n.id));
+    const keep = new Set([...t.streams.keys(), ...t.oneShot.keys()]);
+    for (const id of t.views.keys()) if (!keep.has(id) || !t.inNet.has(id)) t.views.delete(id);
     const relay = new Set<number>();
     for (const n of snap.nodes) if ((t.relaySigs.get(n.id) ?? '[]') !== (snap.relaysByNode.get(n.id) ?? '[]')) relay.add(n.id);
     t.relaySigs = snap.relaysByNode;
-    const acl = new Set(t.compiler?.changedNodes() ?? []);
-    t.policy = snap.policy;
-    t.nodes = next;
     t.sigs = sigs;
     t.tenantSig = tenantSig;
     t.peers.retain(new Set(sigs.keys()));
@@ -620,7 +759,7 @@ export class MapHub {
     for (const [nodeId, set] of t.streams) {
       let fresh = changed.all || changed.acl.has(nodeId) || changed.sig.has(nodeId) || changed.relay.has(nodeId);
       for (const s of set) if (s.first) fresh = true;
-      const view = t.nodes.has(nodeId) ? t.compiler?.view(nodeId) : undefined;
+      const view = t.inNet.has(nodeId) ? t.views.get(nodeId) : undefined;
       if (!fresh && view && changed.sig.size > 0) fresh = view.peers.some((p) => changed.sig.has(p));
       if (!fresh) {
         // Only peers' presence changed: a small delta instead of a new map.
@@ -677,8 +816,3 @@ function peerSignature(n: NodeRow): string {
   return `${n.name}|${n.node_key}|${n.ipv4}|${n.ipv6}|${n.endpoints}|${n.tags}|${n.user_id}|${n.approved_routes}|${n.hostinfo}|${n.expires_at}`;
 }
 
-function samePrimaries(a: ReadonlyMap<string, number>, b: ReadonlyMap<string, number>): boolean {
-  if (a.size !== b.size) return false;
-  for (const [k, v] of a) if (b.get(k) !== v) return false;
-  return true;
-}

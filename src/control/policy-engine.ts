@@ -1,6 +1,7 @@
 // The control server's only link to the ACL engine (src/acl). Everything the
 // server needs from a policy goes through this file, so when the engine's API
 // moves only this file changes.
+import { parse as parseJsonc, type ParseError } from 'jsonc-parser';
 import {
   autoApprove as aclAutoApprove,
   electPrimaries as aclElectPrimaries,
@@ -71,9 +72,57 @@ function parseCached(text: string): Policy | null {
   if (hit !== undefined) return hit;
   const r = parsePolicy(text);
   const p = r.ok ? r.policy : null;
-  if (parsed.size >= 16) parsed.delete(parsed.keys().next().value as string);
+  if (parsed.size >= 8) parsed.delete(parsed.keys().next().value as string);
   parsed.set(text, p);
   return p;
+}
+
+/**
+ * Policies at least this long are never parsed on the server's event loop
+ * (a 750 KB policy takes most of a second): a compile worker reduces them to
+ * their "facts" — groups, tagOwners and autoApprovers, the only parts tag
+ * ownership and auto-approval read — and the event loop parses that small text.
+ */
+export const FACTS_MIN_BYTES = 64 * 1024;
+
+// policy text → its facts text, filled by the compile workers (bounded).
+const factsOf = new Map<string, string>();
+
+/** Records the facts of a large policy (from a compile worker). */
+export function rememberFacts(text: string, facts: string): void {
+  if (text.length < FACTS_MIN_BYTES || factsOf.has(text)) return;
+  if (factsOf.size >= 32) factsOf.delete(factsOf.keys().next().value as string);
+  factsOf.set(text, facts);
+}
+
+/** True when the event loop can read this policy's tag owners and auto-approvers without a long parse. */
+export function factsKnown(text: string): boolean {
+  return text.length < FACTS_MIN_BYTES || factsOf.has(text);
+}
+
+/** The policy as tag ownership and auto-approval read it (only those parts for a large one). */
+function factsPolicy(text: string): Policy | null {
+  if (text.length < FACTS_MIN_BYTES) return parseCached(text);
+  const f = factsOf.get(text);
+  // Not known yet (another replica stored it, or this process just started):
+  // parsed here once, which is what factsKnown() lets callers avoid.
+  return parseCached(f ?? text);
+}
+
+const topKeys = ['groups', 'tagowners', 'autoapprovers'];
+
+/**
+ * The facts text of a policy: a HuJSON object with only its groups,
+ * tagOwners and autoApprovers (which refer to nothing else), or null when
+ * the text is not an object. Runs in a compile worker.
+ */
+export function policyFacts(text: string): string | null {
+  const errors: ParseError[] = [];
+  const v: unknown = parseJsonc(text, errors, { allowTrailingComma: true, disallowComments: false });
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) return null;
+  const out: Record<string, unknown> = {};
+  for (const [k, val] of Object.entries(v as Record<string, unknown>)) if (topKeys.includes(k.toLowerCase())) out[k] = val;
+  return JSON.stringify(out);
 }
 
 export function checkPolicyText(text: string, net: AclNetwork): PolicyCheck {
@@ -83,13 +132,13 @@ export function checkPolicyText(text: string, net: AclNetwork): PolicyCheck {
 
 /** The subset of `announced` that the policy's autoApprovers approve for the node. */
 export function autoApproveRoutes(text: string, net: AclNetwork, nodeId: number, announced: string[]): string[] {
-  const p = parseCached(text);
+  const p = factsPolicy(text);
   return p ? aclAutoApprove(p, net, nodeId, announced) : [];
 }
 
 /** Tags the policy defines (the keys of tagOwners). */
 export function definedTags(text: string): Set<string> {
-  return new Set(parseCached(text)?.tagOwners.keys() ?? []);
+  return new Set(factsPolicy(text)?.tagOwners.keys() ?? []);
 }
 
 function tokenIsUser(token: string, u: AclUser): boolean {
@@ -100,7 +149,7 @@ function tokenIsUser(token: string, u: AclUser): boolean {
 
 /** True when `user` may apply `tag` according to tagOwners (users, groups, autogroup:member). */
 export function userOwnsTag(text: string, tag: string, user: AclUser | null): boolean {
-  const p = parseCached(text);
+  const p = factsPolicy(text);
   const owners = p?.tagOwners.get(tag);
   if (!p || !owners || !user) return false;
   return owners.some((o) => {
@@ -192,10 +241,11 @@ export interface RelayCompiled {
 }
 
 /**
- * Compiles a stored policy for a relay's view; an unparseable one yields null.
+ * Compiles a stored policy for a relay's view (a whole-tenant compile: the
+ * server runs it in a compile worker, see compile/pool.ts); an unparseable one yields null.
  * `useExitNode`: node id → its hostinfo's use_exit_node (a node name or id).
  */
-export function compileForRelay(
+export function compileForRelayNow(
   text: string,
   net: AclNetwork,
   previousPrimaries?: ReadonlyMap<string, number>,
@@ -215,4 +265,55 @@ export function compileForRelay(
     }
   }
   return { primaries: c.primaries, globalFilter: c.globalFilter, exitFor };
+}
+
+/** Size caps on a policy, checked after parsing. */
+export interface PolicySizeCaps {
+  maxHosts: number;
+  maxRules: number;
+  maxEntries: number;
+}
+
+export interface CandidateCheck {
+  valid: boolean;
+  errors: string[];
+  /** The first cap the policy exceeds. */
+  over: { limit: keyof PolicySizeCaps; value: number; max: number } | null;
+  /** The compiled state (every node's result computed) when valid. */
+  compiler: TenantCompiler | null;
+}
+
+/**
+ * Everything storing `text` would cost, done now: parse, size caps, the
+ * policy's tests, and a complete compile over `net` (every node's result).
+ * Runs in a compile worker, under its time budget.
+ */
+export function compileCandidate(text: string, net: AclNetwork, primaries: ReadonlyMap<string, number>, caps: PolicySizeCaps): CandidateCheck {
+  const r = parsePolicy(text);
+  if (!r.ok) return { valid: false, errors: r.errors, over: null, compiler: null };
+  const p = r.policy;
+  const groupSize = (a: { alias: { kind: string; name?: string } }): number =>
+    a.alias.kind === 'group' && a.alias.name !== undefined ? Math.max(1, p.groups.get(a.alias.name)?.length ?? 1) : 1;
+  let entries = 0;
+  for (const a of p.acls) for (const x of [...a.src, ...a.dst]) entries += groupSize(x);
+  for (const g of p.grants) for (const x of [...g.src, ...g.dst]) entries += groupSize(x);
+  const sizes: [keyof PolicySizeCaps, number][] = [
+    ['maxHosts', p.hosts.size],
+    ['maxRules', p.acls.length + p.grants.length + p.ssh.length],
+    ['maxEntries', entries],
+  ];
+  for (const [limit, value] of sizes) {
+    const max = caps[limit];
+    if (value > max) {
+      const what = limit === 'maxHosts' ? 'hosts entries' : limit === 'maxRules' ? 'rules (acls + grants + ssh)' : 'source and destination entries over all rules (groups expanded)';
+      return { valid: false, errors: [`the policy has ${value} ${what}; the limit is ${max}`], over: { limit, value, max }, compiler: null };
+    }
+  }
+  if (p.tests.length > 0 || p.sshTests.length > 0) {
+    const c = checkPolicy(text, net);
+    if (!c.valid) return { valid: false, errors: c.errors, over: null, compiler: null };
+  }
+  const compiler = new AclTenantCompiler(p, net, primaries);
+  for (const n of net.nodes) compiler.view(n.id);
+  return { valid: true, errors: [], over: null, compiler };
 }

@@ -11,7 +11,7 @@ import { nowIso, type Store, type TenantTx } from './store/repo.js';
 import { conflict } from './errors.js';
 import { newLinkPsk } from './secrets.js';
 import { isOnline, jsonList, jsonObject, loadSnapshot } from './netmap.js';
-import { compileForRelay } from './policy-engine.js';
+import { compileForRelay } from './compile/index.js';
 
 /** The relay's own id on every one of its links; nodes get 1..RELAY_SELF_ID-1. */
 export const RELAY_SELF_ID = 65535;
@@ -182,7 +182,7 @@ async function tenantSection(store: Store, relay: RelayRow, t: TenantRow): Promi
     const w = jsonObject(n.hostinfo)['use_exit_node'];
     if (w !== undefined && w !== null && w !== '') wishes.set(n.id, String(w));
   }
-  const compiled = compileForRelay(snap.policy, snap.net, snap.primaries, wishes);
+  const compiled = await compileForRelay(store, t.id, snap.policy, snap.net, snap.primaries, wishes);
   const linkOf = new Map<number, number>();
   for (const l of snap.links) if (l.relay_id === relay.id) linkOf.set(l.node_id, l.link_id);
   const exitLinkOf = (nodeId: number): number | null => {

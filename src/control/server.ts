@@ -26,6 +26,9 @@ import { StreamExpiry } from './stream-expiry.js';
 import { reconcileRelays } from './relays.js';
 import { nodeStats, routeStats } from './service.js';
 import { DEFAULT_HEALTH_TTL_MS, registerRelayAdminRoutes, registerRelayProtocolRoutes } from './http/relays.js';
+import { attachPool, CompilePool, compileLimits, warmFacts } from './compile/index.js';
+import { FACTS_MIN_BYTES } from './policy-engine.js';
+import { RateLimiter } from './ratelimit.js';
 
 export const SERVER_VERSION = '0.1.0';
 
@@ -62,6 +65,14 @@ export interface ServerOptions {
   relayStallMs?: number;
   /** A node's presence lease, ms (default 6 s; env LARKTUN_NODE_LEASE_TTL_MS): renewed every TTL/3 while it streams from this replica. */
   nodeLeaseTtlMs?: number;
+  /** Compile worker threads (default min(4, max(2, cores)); env LARKTUN_COMPILE_WORKERS). */
+  compileWorkers?: number;
+  /** Time budget of one policy compile, ms (default 5000; env LARKTUN_COMPILE_BUDGET_MS). */
+  compileBudgetMs?: number;
+  /** Map streams one node token may hold open (default 4; env LARKTUN_MAX_STREAMS_PER_NODE). */
+  maxStreamsPerNode?: number;
+  /** POST …/policy/check per tenant: sustained rate per second and burst (default 1/s, 5; env LARKTUN_POLICY_CHECK_RATE, LARKTUN_POLICY_CHECK_BURST). */
+  policyCheckRate?: { perSecond: number; burst: number };
 }
 
 function envMs(name: string): number | undefined {
@@ -188,7 +199,23 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     },
     onError: (err) => log.warn({ err }, 'recording API key use failed'),
   });
-  const hub = new MapHub(store, metrics, log.isLevelEnabled('debug') ? (f, m) => log.debug(f, m) : undefined);
+  // Policy compilation runs in worker threads, never on this event loop.
+  const pool = new CompilePool(compileLimits({ workers: opts.compileWorkers, timeMs: opts.compileBudgetMs }), metrics);
+  attachPool(store, pool);
+  const hub = new MapHub(store, metrics, pool, log.isLevelEnabled('debug') ? (f, m) => log.debug(f, m) : undefined, (f, m) => log.warn(f, m));
+  const checkRate = opts.policyCheckRate ?? {
+    perSecond: envMs('LARKTUN_POLICY_CHECK_RATE') ?? 1,
+    burst: envMs('LARKTUN_POLICY_CHECK_BURST') ?? 5,
+  };
+  const policyChecks = new RateLimiter(checkRate.perSecond, checkRate.burst);
+  // Large stored policies: their tag owners and auto-approvers are learned in
+  // a worker now, so no request ever parses them on the event loop.
+  void (async () => {
+    for (const t of await store.listTenants()) {
+      const pol = await store.tenant(t.id).currentPolicy();
+      if (pol && pol.text.length >= FACTS_MIN_BYTES) await warmFacts(pool, t.id, pol.text).catch((err: unknown) => log.warn({ tenant: t.name, err }, 'reading a large policy failed'));
+    }
+  })().catch((err: unknown) => log.warn({ err }, 'reading large policies failed'));
   const relayHub = new RelayHub(store);
   // Node streams end when their node expires (timer per stream, re-armed on every tenant change).
   const expiry = new StreamExpiry(store, {
@@ -354,14 +381,17 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   await app.register(
     async (api) => {
       api.get('/openapi.json', { schema: { tags: ['meta'], summary: 'This document', 'x-auth': 'none' } as Record<string, unknown> }, async () => openapi.document(SERVER_VERSION));
-      registerAdminRoutes(api, { store });
+      registerAdminRoutes(api, { store, pool, hub, policyChecks });
       registerRelayAdminRoutes(api, { store, relayHub, graceMs: timers.graceMs, healthTtlMs, openStreams });
     },
     { prefix: '/api/v1' },
   );
   await app.register(
     async (node) => {
-      registerNodeRoutes(node, { store, hub, metrics, openStreams, keepaliveMs: opts.keepaliveMs, shuttingDown: () => shuttingDown, expiry });
+      registerNodeRoutes(node, {
+        store, hub, metrics, openStreams, keepaliveMs: opts.keepaliveMs, shuttingDown: () => shuttingDown, expiry,
+        maxStreamsPerNode: opts.maxStreamsPerNode ?? envMs('LARKTUN_MAX_STREAMS_PER_NODE'),
+      });
     },
     { prefix: '/node/v1' },
   );
@@ -507,7 +537,9 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
         for (const [t, n] of connected) byTenant.set(t, [...(byTenant.get(t) ?? []), n]);
         for (const [t, ids] of byTenant) await store.setOffline(t, ids).catch(() => undefined);
       }
+      hub.close();
       await bus.close();
+      await pool.close();
       await store.close();
       log.info('larktun server stopped');
     })();

@@ -11,8 +11,11 @@ import {
   apiKeyView, authKeyView, canonicalRoutes, nodeAuditView, nodeView, runAutoApprove,
   tenantView, userView, validateTagSyntax,
 } from '../service.js';
-import { DEFAULT_POLICY, checkPolicyText, definedTags } from '../policy-engine.js';
-import { aclNetwork, jsonList } from '../netmap.js';
+import { DEFAULT_POLICY, definedTags, rememberFacts } from '../policy-engine.js';
+import { aclNetwork, jsonList, type MapHub } from '../netmap.js';
+import { BudgetError, NoWorkerError, QueueFullError, type CompilePool } from '../compile/index.js';
+import type { CheckResult } from '../compile/protocol.js';
+import type { RateLimiter } from '../ratelimit.js';
 import { publicTenantFields } from '../store/repo.js';
 import { parsePrefix, AddrError } from '../../net/addr.js';
 import { verifyChain } from '../audit.js';
@@ -21,6 +24,12 @@ import type { TenantRow } from '../store/schema.js';
 
 export interface AdminDeps {
   store: Store;
+  /** Policy checks and compiles run here (worker threads, per-tenant budget). */
+  pool: CompilePool;
+  /** Tells GET /policy whether the live policy compiled. */
+  hub: MapHub;
+  /** POST …/policy/check per tenant. */
+  policyChecks: RateLimiter;
 }
 
 const NAME = { type: 'string', pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$', description: 'lowercase letters, digits and dashes' } as const;
@@ -417,22 +426,49 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
     const { t } = await tenantFor(req, req.params.tenant, 'read');
     const pol = await store.tenant(t.id).currentPolicy();
     if (!pol) throw notFound('policy');
-    return { version: pol.version, policy: pol.text, created_at: pol.created_at, created_by: pol.created_by };
+    // compile: whether this server could compile the live policy (failed: over the budget; maps then come from the last good compile, if any).
+    const failure = hub.compileFailure(t.id);
+    const compile = failure ? { state: 'failed', ...failure } : { state: 'ok' };
+    return { version: pol.version, policy: pol.text, created_at: pol.created_at, created_by: pol.created_by, compile };
   });
 
-  const checkText = async (t: TenantRow, text: string) => {
+  // A candidate policy is parsed, size-checked, tested and compiled completely
+  // in a compile worker within the tenant's budget; over it, the request gets
+  // 422 policy_over_budget naming the limit (the live policy is never touched).
+  const { pool, hub, policyChecks } = deps;
+  const overBudget = (limit: string, max: number, message: string, value?: number) =>
+    new ApiError(422, 'policy_over_budget', `${message}; the live policy is unchanged`, { limit, max, ...(value !== undefined ? { value } : {}) });
+  const checkText = async (t: TenantRow, text: string, keep: boolean): Promise<CheckResult> => {
+    const lim = pool.limits;
+    const bytes = Buffer.byteLength(text);
+    if (bytes > lim.maxBytes) throw overBudget('policy_bytes', lim.maxBytes, `the policy is ${bytes} bytes; the limit is ${lim.maxBytes} (LARKTUN_POLICY_MAX_BYTES)`, bytes);
     const repo = store.tenant(t.id);
-    const [users, nodes] = await Promise.all([repo.listUsers(), repo.listNodes()]);
-    return checkPolicyText(text, aclNetwork(t, users, nodes));
+    const [users, nodes, primaries] = await Promise.all([repo.listUsers(), repo.listNodes(), repo.listPrimaries()]);
+    let c: CheckResult;
+    try {
+      c = await pool.check(t.id, text, aclNetwork(t, users, nodes), primaries, keep);
+    } catch (err) {
+      if (err instanceof BudgetError) throw overBudget(err.limit, err.max, err.message);
+      if (err instanceof QueueFullError) throw new ApiError(429, 'compile_busy', `${err.message}; try again shortly`);
+      if (err instanceof NoWorkerError) throw new ApiError(503, 'compile_unavailable', `${err.message}; the live policy is unchanged`);
+      throw err;
+    }
+    if (c.over) {
+      const env = { maxHosts: 'LARKTUN_POLICY_MAX_HOSTS', maxRules: 'LARKTUN_POLICY_MAX_RULES', maxEntries: 'LARKTUN_POLICY_MAX_ENTRIES' }[c.over.limit];
+      const name = { maxHosts: 'policy_hosts', maxRules: 'policy_rules', maxEntries: 'policy_entries' }[c.over.limit];
+      throw overBudget(name, c.over.max, `${c.errors[0] ?? 'the policy is too large'} (${env})`, c.over.value);
+    }
+    if (c.facts !== null) rememberFacts(text, c.facts);
+    return c;
   };
 
   app.put<{ Params: TP; Body: { policy: string } }>(
     '/tenants/:tenant/policy',
-    { schema: { ...doc('policy', 'Replace the policy: validated and its tests run; on any error the live policy stays (also accepts the raw text as text/plain or application/hujson)'), params: tenantParams, body: policyBody } },
+    { schema: { ...doc('policy', 'Replace the policy: validated, its tests run and compiled within the compile budget; on any error (400 invalid_policy, 422 policy_over_budget) the live policy stays (also accepts the raw text as text/plain or application/hujson)'), params: tenantParams, body: policyBody } },
     async (req) => {
       const { p, t } = await tenantFor(req, req.params.tenant, 'admin');
       const text = req.body.policy;
-      const check = await checkText(t, text);
+      const check = await checkText(t, text, true);
       if (!check.valid) throw new ApiError(400, 'invalid_policy', `the policy has ${check.errors.length} error(s); the live policy is unchanged`, { errors: check.errors });
       const { result } = await store.write(t.id, p.actor, async (tx) => {
         const before = await tx.currentPolicy();
@@ -464,10 +500,17 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
 
   app.post<{ Params: TP; Body: { policy: string } }>(
     '/tenants/:tenant/policy/check',
-    { schema: { ...doc('policy', 'Validate a policy and run its tests without applying it'), params: tenantParams, body: policyBody } },
-    async (req) => {
+    { schema: { ...doc('policy', 'Validate a policy and run its tests without applying it (rate-limited per tenant: 429 rate_limited with Retry-After; over the compile budget: 422 policy_over_budget)'), params: tenantParams, body: policyBody } },
+    async (req, reply) => {
       const { t } = await tenantFor(req, req.params.tenant, 'read');
-      const c = await checkText(t, req.body.policy);
+      // Every role (the read-only auditor too) shares the tenant's bucket.
+      const wait = policyChecks.take(String(t.id));
+      if (wait > 0) {
+        req.server.log.debug({ tenant: t.name }, 'policy check rate limited');
+        reply.header('retry-after', String(Math.max(1, Math.ceil(wait))));
+        throw new ApiError(429, 'rate_limited', `policy checks for this tenant are limited to ${policyChecks.perSecond}/s (burst ${policyChecks.burst}); retry in ${Math.ceil(wait)} s`, { retry_after_s: Math.ceil(wait) });
+      }
+      const c = await checkText(t, req.body.policy, false);
       return { valid: c.valid, errors: c.errors };
     },
   );

@@ -15,7 +15,7 @@ import {
   allocateAddresses, canonicalRoutes, nodeAuditView, runAutoApprove, uniqueNodeName, validateTagSyntax,
 } from '../service.js';
 import { userOwnsTag } from '../policy-engine.js';
-import { jsonList, jsonObject, oneShotMap, type BuiltMap, type MapHub, type MapStream } from '../netmap.js';
+import { CompileFailedError, jsonList, jsonObject, type BuiltMap, type MapHub, type MapStream } from '../netmap.js';
 import type { RouteDoc } from './openapi.js';
 import { parseHostPort } from '../../net/addr.js';
 import type { ControlMetrics } from '../metrics.js';
@@ -36,7 +36,11 @@ export interface NodeDeps {
   shuttingDown?: () => boolean;
   /** Ends a stream when its node expires (stream-expiry.ts). */
   expiry?: StreamExpiry;
+  /** Most map streams one node token may hold open on this server (default 4; env LARKTUN_MAX_STREAMS_PER_NODE). */
+  maxStreamsPerNode?: number;
 }
+
+export const DEFAULT_MAX_STREAMS_PER_NODE = 4;
 
 type S = FastifySchema & RouteDoc;
 const doc = (summary: string, auth = 'node'): S => ({ tags: ['node'], summary, 'x-auth': auth });
@@ -420,7 +424,15 @@ export function registerNodeRoutes(app: FastifyInstance, deps: NodeDeps): void {
 
   app.get('/map', { schema: doc('The node\'s current network map (one shot)') }, async (req, reply) => {
     const node = await authenticateNode(store, req);
-    const map = await oneShotMap(store, node.tenant_id, node.id);
+    let map: BuiltMap | null;
+    try {
+      // From the tenant's last compiled state; never a compile per request.
+      map = await hub.oneShot(node.tenant_id, node.id);
+    } catch (err) {
+      if (!(err instanceof CompileFailedError)) throw err;
+      reply.header('retry-after', String(Math.max(1, Math.ceil((err.retryAt - Date.now()) / 1000))));
+      throw new ApiError(503, 'policy_compile_failed', err.message);
+    }
     if (!map) throw unauthorized('missing or invalid node token');
     return reply.type('application/json; charset=utf-8').send(map.json);
   });
@@ -435,6 +447,12 @@ export function registerNodeRoutes(app: FastifyInstance, deps: NodeDeps): void {
     },
     async (req, reply) => {
       const node = await authenticateNode(store, req);
+      // A token may hold only a few streams: more are refused (the open ones keep working).
+      const max = deps.maxStreamsPerNode ?? DEFAULT_MAX_STREAMS_PER_NODE;
+      if (hub.nodeStreams(node.tenant_id, node.id) >= max) {
+        metrics.rejections.inc({ reason: 'stream_limit' });
+        throw new ApiError(429, 'too_many_streams', `this node already has ${max} map streams open on this server (the limit); close one first`, { limit: max });
+      }
       const last = (req.headers['last-event-id'] as string | undefined) ?? req.query.since ?? null;
       const lastHash = last && last.includes('.') ? last.slice(last.indexOf('.') + 1) : null;
       await openStream(deps, req, reply, node, lastHash);
