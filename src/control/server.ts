@@ -20,6 +20,8 @@ import { RelayHub } from './relay-hub.js';
 import { reconcileRelays } from './relays.js';
 import { nodeStats, routeStats } from './service.js';
 import { DEFAULT_HEALTH_TTL_MS, registerRelayAdminRoutes, registerRelayProtocolRoutes } from './http/relays.js';
+import { registerConsoleApi } from './console/api.js';
+import { registerConsoleStatic } from './console/static.js';
 
 export const SERVER_VERSION = '0.1.0';
 
@@ -254,6 +256,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       api.get('/openapi.json', { schema: { tags: ['meta'], summary: 'This document', 'x-auth': 'none' } as Record<string, unknown> }, async () => openapi.document(SERVER_VERSION));
       registerAdminRoutes(api, { store });
       registerRelayAdminRoutes(api, { store, relayHub, graceMs: timers.graceMs, healthTtlMs, openStreams });
+      registerConsoleApi(api, { store, log });
     },
     { prefix: '/api/v1' },
   );
@@ -269,6 +272,10 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     },
     { prefix: '/relay/v1' },
   );
+
+  // The web console at / (static build; its pages call the Admin API above).
+  const consoleApp = registerConsoleStatic(app);
+  if (!consoleApp.built) log.warn({ dir: consoleApp.dir }, 'the console is not built: run "npm run build" to serve it at /');
 
   // Relay links: made where missing and rotated when due, at start and then
   // periodically (several replicas may do this at once; each tenant is
