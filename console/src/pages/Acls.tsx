@@ -20,6 +20,9 @@ const theme = EditorView.theme({
   '&.cm-focused': { outline: '2px solid var(--focus)', outlineOffset: '1px' },
 });
 
+/** The page's CSP nonce (the server puts a fresh one in each index.html): CodeMirror's <style> element carries it. */
+const cspNonce = EditorView.cspNonce.of(document.querySelector<HTMLMetaElement>('meta[name="csp-nonce"]')?.content ?? '');
+
 function toDiagnostics(state: EditorState, problems: Problem[]): Diagnostic[] {
   return problems.map((p) => {
     const line = state.doc.line(Math.min(Math.max(1, p.line), state.doc.lines));
@@ -67,7 +70,7 @@ export default function Acls() {
       state: EditorState.create({
         doc: liveText,
         extensions: [
-          basicSetup, json(), lintGutter(), check, theme,
+          cspNonce, basicSetup, json(), lintGutter(), check, theme,
           EditorView.contentAttributes.of({ 'aria-label': 'Policy (HuJSON)' }),
           EditorState.readOnly.of(!mayEdit),
           EditorView.updateListener.of((u) => { if (u.docChanged) { setDirty(true); setSaved(null); } }),
@@ -166,7 +169,7 @@ function PolicyDiff({ before, after }: { before: string; after: string }) {
   const host = useRef<HTMLDivElement>(null);
   useEffect(() => {
     if (!host.current) return;
-    const ro = [basicSetup, json(), EditorState.readOnly.of(true), EditorView.editable.of(false)];
+    const ro = [cspNonce, basicSetup, json(), EditorState.readOnly.of(true), EditorView.editable.of(false)];
     const mv = new MergeView({
       parent: host.current,
       a: { doc: before, extensions: ro },

@@ -91,7 +91,7 @@ export function Machines() {
                 <tr key={n.id} data-node={n.id}>
                   <td>
                     <div className="strong">{n.name}</div>
-                    <div className="muted small">{n.hostname !== n.name ? n.hostname : ''}{os(n) ? ` ${os(n)}` : ''}</div>
+                    <div className="muted small sub">{n.hostname !== n.name && <span title="host name">{n.hostname}</span>}{os(n) && <span>{os(n)}</span>}</div>
                     {n.expired && <span className="badge warn">expired</span>}
                   </td>
                   <td>{n.user && <div>{n.user}</div>}{n.tags.map((t) => <span key={t} className="badge">{t}</span>)}</td>

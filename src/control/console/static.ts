@@ -7,7 +7,7 @@
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, extname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { errorBody } from '../errors.js';
@@ -15,10 +15,11 @@ import { errorBody } from '../errors.js';
 /** The tenant pages of the console (the client's router has the same list). */
 export const CONSOLE_PAGES = ['machines', 'routes', 'acls', 'users', 'keys', 'logs'] as const;
 
-export const CONSOLE_CSP = [
+/** The console's CSP; `nonce` allows the one <style> element the policy editor (CodeMirror) makes. */
+export const consoleCsp = (nonce: string): string => [
   "default-src 'none'",
   "script-src 'self'",
-  "style-src 'self'",
+  `style-src 'self' 'nonce-${nonce}'`,
   "img-src 'self' data:",
   "font-src 'self'",
   "connect-src 'self'",
@@ -28,6 +29,9 @@ export const CONSOLE_CSP = [
   "frame-ancestors 'none'",
   "object-src 'none'",
 ].join('; ');
+
+/** index.html carries this placeholder in <meta name="csp-nonce">; each response gets a fresh nonce. */
+const NONCE_PLACEHOLDER = '__LARKTUN_CSP_NONCE__';
 
 const TYPES: Record<string, string> = {
   '.js': 'text/javascript; charset=utf-8',
@@ -93,8 +97,8 @@ export function registerConsoleStatic(app: FastifyInstance, opts: { dir?: string
     }
   }
 
-  const security = (reply: FastifyReply) => {
-    reply.header('content-security-policy', CONSOLE_CSP);
+  const security = (reply: FastifyReply, nonce: string) => {
+    reply.header('content-security-policy', consoleCsp(nonce));
     reply.header('x-content-type-options', 'nosniff');
     reply.header('referrer-policy', 'no-referrer');
     reply.header('x-frame-options', 'DENY');
@@ -102,7 +106,7 @@ export function registerConsoleStatic(app: FastifyInstance, opts: { dir?: string
   };
 
   const send = (req: FastifyRequest, reply: FastifyReply, a: Asset, cache: string) => {
-    security(reply);
+    security(reply, randomBytes(16).toString('base64'));
     reply.header('cache-control', cache).header('etag', a.etag).header('vary', 'accept-encoding').type(a.type);
     if (req.headers['if-none-match'] === a.etag) return reply.code(304).send();
     const accepts = /\bgzip\b/.test(String(req.headers['accept-encoding'] ?? ''));
@@ -114,7 +118,11 @@ export function registerConsoleStatic(app: FastifyInstance, opts: { dir?: string
     if (!index) {
       return reply.code(503).send(errorBody('console_not_built', `the console is not built (no ${join(dir, 'index.html')}): run "npm run build"`));
     }
-    return send(req, reply, index, 'no-store');
+    // A fresh nonce per response (never cached: no-store), in the CSP header and the page.
+    const nonce = randomBytes(16).toString('base64');
+    security(reply, nonce);
+    reply.header('cache-control', 'no-store').type(index.type);
+    return reply.send(index.body.toString('utf8').replace(NONCE_PLACEHOLDER, nonce));
   };
 
   app.get('/', page);
