@@ -22,8 +22,10 @@ import { ConsoleRoutesView, routesOverview } from './routes-view.js';
 export interface ConsoleApiDeps {
   store: Store;
   log: Logger;
-  /** Shared by the server's lifetime; tests may pass a faster one. */
-  limiter?: SigninLimiter;
+  /** Failed sign-ins per tenant username (and the operator key). */
+  userLimiter?: SigninLimiter;
+  /** Failed sign-ins per client address: some typos free, then slowed, then refused. */
+  ipLimiter?: SigninLimiter;
 }
 
 const NAME = { type: 'string', pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$' } as const;
@@ -45,7 +47,8 @@ const invalidCredentials = (): ApiError => new ApiError(401, 'invalid_credential
 
 export function registerConsoleApi(app: FastifyInstance, deps: ConsoleApiDeps): void {
   const { store, log } = deps;
-  const limiter = deps.limiter ?? new SigninLimiter();
+  const users = deps.userLimiter ?? new SigninLimiter({ freeFailures: 0, maxFailures: 20 });
+  const ips = deps.ipLimiter ?? new SigninLimiter({ freeFailures: 10, maxFailures: 100 });
   const repo = new ConsoleRepo(store.db);
   const tenantFor = async (req: FastifyRequest, name: string, need: Permission): Promise<{ p: Principal; t: Awaited<ReturnType<typeof resolveTenant>> }> => {
     const p = await authenticate(store, req);
@@ -67,18 +70,19 @@ export function registerConsoleApi(app: FastifyInstance, deps: ConsoleApiDeps): 
     },
     async (req, reply) => {
       const b = req.body;
-      const ipKey = `ip:${req.ip}`;
+      const ipKey = req.ip;
       if (b.operator_key !== undefined) {
         if (b.tenant !== undefined || b.username !== undefined || b.password !== undefined) throw badRequest('sign in either with operator_key or with tenant, username and password');
-        await throttle(limiter, [ipKey, 'operator']);
+        await throttle(users, ips, 'operator', ipKey);
         const parsed = parseSecret(b.operator_key);
         const row = parsed?.kind === 'lkop' ? await store.findOperatorKey(parsed.prefix) : undefined;
         if (!row || !secretMatches(b.operator_key, row.hash)) {
-          limiter.failed([ipKey, 'operator']);
+          users.failed(['operator']);
+          ips.failed([ipKey]);
           log.warn({ ip: req.ip }, 'console: failed operator sign-in');
           throw new ApiError(401, 'invalid_credentials', 'the operator key is not right');
         }
-        limiter.succeeded('operator');
+        users.succeeded('operator');
         const s = await startSession(store, { operatorPrefix: row.prefix });
         setSessionCookie(reply, s.token, secure(req));
         log.info({ actor: `operator:${row.prefix}`, ip: req.ip }, 'console: operator signed in');
@@ -88,18 +92,19 @@ export function registerConsoleApi(app: FastifyInstance, deps: ConsoleApiDeps): 
         throw badRequest('sign in needs tenant, username and password (or operator_key)');
       }
       const userKey = `user:${b.tenant}/${b.username.toLowerCase()}`;
-      await throttle(limiter, [ipKey, userKey]);
+      await throttle(users, ips, userKey, ipKey);
       const t = await store.getTenantByName(b.tenant);
       const u = t ? await repo.getUserByName(t.id, b.username) : undefined;
       // Unknown tenant or user: the same work and the same answer as a wrong password.
       const ok = await verifyPassword(b.password, u?.password_hash ?? (await decoyHash()));
       if (!t || !u || !ok) {
-        limiter.failed([ipKey, userKey]);
+        users.failed([userKey]);
+        ips.failed([ipKey]);
         if (t) await auditOnly(store, t.id, 'anonymous', 'console.signin.failed', 'console_user', u?.id ?? b.username, { username: b.username, ip: req.ip });
         log.warn({ tenant: b.tenant, username: b.username, ip: req.ip }, 'console: failed sign-in');
         throw invalidCredentials();
       }
-      limiter.succeeded(userKey);
+      users.succeeded(userKey);
       const s = await startSession(store, { tenantId: t.id, userId: u.id });
       await repo.updateUser(t.id, u.id, { last_signin_at: nowIso() });
       await auditOnly(store, t.id, `user:${u.username}`, 'console.signin', 'console_user', u.id, { username: u.username, ip: req.ip });
@@ -232,10 +237,13 @@ export function registerConsoleApi(app: FastifyInstance, deps: ConsoleApiDeps): 
 
 const txConn = (tx: TenantTx) => tx.transaction;
 
-async function throttle(limiter: SigninLimiter, keys: string[]): Promise<void> {
-  const d = limiter.delayFor(keys);
-  if (d.locked) {
-    throw new ApiError(429, 'too_many_attempts', `too many failed sign-ins; try again in ${d.retryAfterS} s`, { retry_after_s: d.retryAfterS });
+async function throttle(users: SigninLimiter, ips: SigninLimiter, userKey: string, ipKey: string): Promise<void> {
+  const u = users.delayFor([userKey]);
+  const i = ips.delayFor([ipKey]);
+  if (u.locked || i.locked) {
+    const retry = Math.max(u.retryAfterS, i.retryAfterS);
+    throw new ApiError(429, 'too_many_attempts', `too many failed sign-ins; try again in ${retry} s`, { retry_after_s: retry });
   }
-  if (d.delayMs > 0) await sleep(d.delayMs);
+  const delay = Math.max(u.delayMs, i.delayMs);
+  if (delay > 0) await sleep(delay);
 }

@@ -155,27 +155,37 @@ interface Failures {
   last: number;
 }
 
+export interface LimiterOptions {
+  /** Keys remembered at most (the oldest forgotten first). */
+  maxKeys: number;
+  /** A key is forgotten this long after its last failure. */
+  windowMs: number;
+  /** Failures of a key that cost no delay (a shared address's typos). */
+  freeFailures: number;
+  /** From this many failures on, the key is refused (429) until the window passes. */
+  maxFailures: number;
+  baseDelayMs: number;
+  maxDelayMs: number;
+}
+
 /**
- * Slows repeated failed sign-ins: after the first failure of a key (a tenant's
- * username, or a client address), each attempt waits 250 ms doubling per
- * failure up to 4 s before its password is checked, and from `maxFailures`
- * failures on the key is refused (429) until `windowMs` after its last
- * failure. Bounded: at most `maxKeys` keys, the oldest forgotten first.
+ * Slows repeated failed sign-ins: once a key (a tenant's username, or a client
+ * address) has more than `freeFailures` failures, each attempt waits
+ * `baseDelayMs` doubling per further failure up to `maxDelayMs` before its
+ * password is checked; from `maxFailures` on the key is refused until
+ * `windowMs` after its last failure. Bounded to `maxKeys` keys.
  */
 export class SigninLimiter {
   private readonly map = new Map<string, Failures>();
-  constructor(
-    readonly maxKeys = 10_000,
-    readonly windowMs = 15 * 60_000,
-    readonly maxFailures = 20,
-    readonly baseDelayMs = 250,
-    readonly maxDelayMs = 4000,
-  ) {}
+  readonly o: LimiterOptions;
+  constructor(opts: Partial<LimiterOptions> = {}) {
+    this.o = { maxKeys: 10_000, windowMs: 15 * 60_000, freeFailures: 0, maxFailures: 20, baseDelayMs: 250, maxDelayMs: 4000, ...opts };
+  }
 
   private get(key: string, now: number): Failures | null {
     const f = this.map.get(key);
     if (!f) return null;
-    if (now - f.last > this.windowMs) {
+    if (now - f.last > this.o.windowMs) {
       this.map.delete(key);
       return null;
     }
@@ -190,13 +200,13 @@ export class SigninLimiter {
     for (const k of keys) {
       const f = this.get(k, now);
       if (!f) continue;
-      worst = Math.max(worst, f.count);
-      if (f.count >= this.maxFailures) {
+      worst = Math.max(worst, f.count - this.o.freeFailures);
+      if (f.count >= this.o.maxFailures) {
         locked = true;
-        retry = Math.max(retry, Math.ceil((f.last + this.windowMs - now) / 1000));
+        retry = Math.max(retry, Math.ceil((f.last + this.o.windowMs - now) / 1000));
       }
     }
-    const delayMs = worst === 0 ? 0 : Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** (worst - 1));
+    const delayMs = worst <= 0 ? 0 : Math.min(this.o.maxDelayMs, this.o.baseDelayMs * 2 ** (worst - 1));
     return { delayMs, locked, retryAfterS: retry };
   }
 
@@ -207,7 +217,7 @@ export class SigninLimiter {
       f.last = now;
       this.map.delete(k);
       this.map.set(k, f);
-      while (this.map.size > this.maxKeys) this.map.delete(this.map.keys().next().value as string);
+      while (this.map.size > this.o.maxKeys) this.map.delete(this.map.keys().next().value as string);
     }
   }
 
