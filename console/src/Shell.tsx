@@ -3,6 +3,7 @@ import { useQuery, useMutation, useQueryClient } from '@tanstack/react-query';
 import { Navigate, NavLink, Outlet, useLocation, useNavigate, useParams } from 'react-router';
 import { api, ApiError, setCsrf, setUnauthorizedHandler, type Session } from './api';
 import { SessionContext, can, useSession } from './session';
+import { LiveContext, useTenantEvents } from './live';
 
 export function useSessionQuery() {
   return useQuery({
@@ -73,12 +74,16 @@ function TenantFrame({ title, children }: { title: string; children: ReactNode }
     document.title = `${title} · ${tenant} · Larktun`;
   }, [title, tenant]);
   // A console user's session belongs to one tenant: other tenants' paths lead home.
-  if (s.kind === 'user' && s.tenant !== tenant) return <Navigate to={`/${s.tenant}/machines`} replace />;
+  const mine = s.kind === 'operator' || s.tenant === tenant;
+  const live = useTenantEvents(mine ? tenant : '');
+  if (!mine) return <Navigate to={`/${s.tenant}/machines`} replace />;
   return (
-    <Frame tenant={tenant}>
-      <h1>{title}</h1>
-      {children}
-    </Frame>
+    <LiveContext.Provider value={live}>
+      <Frame tenant={tenant} live={live}>
+        <h1>{title}</h1>
+        {children}
+      </Frame>
+    </LiveContext.Provider>
   );
 }
 
@@ -104,7 +109,7 @@ function OperatorFrame({ children }: { children: ReactNode }) {
   );
 }
 
-function Frame({ tenant, children }: { tenant: string | null; children: ReactNode }) {
+function Frame({ tenant, live = false, children }: { tenant: string | null; live?: boolean; children: ReactNode }) {
   const s = useSession();
   const qc = useQueryClient();
   const navigate = useNavigate();
@@ -141,6 +146,7 @@ function Frame({ tenant, children }: { tenant: string | null; children: ReactNod
           ))}
         </nav>
         <div className="who">
+          {tenant && <span className={`live ${live ? 'on' : ''}`} title={live ? 'Pages update as the network changes' : 'Not connected to live updates; pages refresh every 10 s'} data-live={live ? 'on' : 'off'}>{live ? 'Live' : 'Polling'}</span>}
           <span title={s.actor}>{s.kind === 'operator' ? 'Operator' : s.username}</span>
           {s.role && <span className="badge">{s.role}</span>}
           <button type="button" className="link" onClick={() => signOut.mutate()} disabled={signOut.isPending}>Sign out</button>

@@ -22,6 +22,7 @@ import { nodeStats, routeStats } from './service.js';
 import { DEFAULT_HEALTH_TTL_MS, registerRelayAdminRoutes, registerRelayProtocolRoutes } from './http/relays.js';
 import { registerConsoleApi } from './console/api.js';
 import { registerConsoleStatic } from './console/static.js';
+import { ConsoleEvents } from './console/events.js';
 
 export const SERVER_VERSION = '0.1.0';
 
@@ -139,6 +140,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   });
   const hub = new MapHub(store, metrics, log.isLevelEnabled('debug') ? (f, m) => log.debug(f, m) : undefined);
   const relayHub = new RelayHub(store);
+  const consoleEvents = new ConsoleEvents();
   const timers = {
     rotateMs: opts.pskRotateMs ?? envMs('LARKTUN_PSK_ROTATE_MS') ?? 24 * 3600_000,
     graceMs: opts.pskGraceMs ?? envMs('LARKTUN_PSK_GRACE_MS') ?? 10 * 60_000,
@@ -157,6 +159,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
         if (!mine.delete(notifyPayload(t, g))) {
           hub.changed(t, g);
           relayHub.changed(t);
+          consoleEvents.changed(t, g);
         }
       },
       onError: (err) => log.warn({ err: err.message }, 'change bus error'),
@@ -174,6 +177,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   store.onCommit = (tenantId, generation) => {
     hub.changed(tenantId, generation);
     relayHub.changed(tenantId);
+    consoleEvents.changed(tenantId, generation);
   };
 
   const https = opts.tlsCert || opts.tlsKey
@@ -256,7 +260,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       api.get('/openapi.json', { schema: { tags: ['meta'], summary: 'This document', 'x-auth': 'none' } as Record<string, unknown> }, async () => openapi.document(SERVER_VERSION));
       registerAdminRoutes(api, { store });
       registerRelayAdminRoutes(api, { store, relayHub, graceMs: timers.graceMs, healthTtlMs, openStreams });
-      registerConsoleApi(api, { store, log });
+      registerConsoleApi(api, { store, log, events: consoleEvents, openStreams });
     },
     { prefix: '/api/v1' },
   );

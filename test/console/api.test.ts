@@ -178,7 +178,32 @@ for (const b of backends()) {
       assert.deepEqual((await sessionClient(srv.url, (await signIn(srv.url, { tenant: 'beta', username: 'bob', password: PW })).signed!).get('/api/v1/tenants/beta/routes')).body, { routes: [], exit_nodes: [] });
     });
 
-    test('OpenAPI documents the console endpoints', async (t) => {
+    test('GET /tenants/{t}/events: a change of the tenant arrives as an event; other tenants get 404', async (t) => {
+      if (skip) return t.skip(skip);
+      const s = (await signIn(srv.url, { tenant: 'acme', username: 'alice', password: PW })).signed!;
+      assert.equal((await sessionClient(srv.url, s).get('/api/v1/tenants/beta/events')).status, 404);
+      const ctrl = new AbortController();
+      const res = await fetch(`${srv.url}/api/v1/tenants/acme/events`, { headers: { cookie: s.cookie }, signal: ctrl.signal });
+      assert.equal(res.status, 200);
+      assert.match(res.headers.get('content-type') ?? '', /^text\/event-stream/);
+      const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+      let text = '';
+      const until = async (re: RegExp) => {
+        const deadline = Date.now() + 5000;
+        while (!re.test(text) && Date.now() < deadline) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          text += new TextDecoder().decode(value);
+        }
+        assert.match(text, re);
+      };
+      await until(/event: hello/);
+      await op.post('/api/v1/tenants/acme/users', { name: 'live-check' });
+      await until(/event: changed\ndata: \{"generation":\d+\}/);
+      ctrl.abort();
+    });
+
+        test('OpenAPI documents the console endpoints', async (t) => {
       if (skip) return t.skip(skip);
       const d = (await op.get('/api/v1/openapi.json')).body;
       assert.ok(d.paths['/api/v1/tenants/{tenant}/routes'].get);

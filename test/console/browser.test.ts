@@ -3,7 +3,7 @@
 // SQLite file: sign-in with a password, policy errors at their line, a saved
 // policy in Logs under the user's name, route approve/revoke, tenant
 // isolation between two browser contexts, XSS, CSRF, the CSP, and slowed
-// wrong passwords. Page load times are printed as "# console load" lines.
+// wrong passwords, live updates over SSE. Page load times are printed as "# console load" lines.
 // Screenshots (1280×800, light) go to docs/console/ when
 // LARKTUN_CONSOLE_SCREENSHOTS=1, else to the test's temp directory.
 import { test, before, after } from 'node:test';
@@ -148,10 +148,20 @@ test('console in chromium: sign-in, machines, routes, policy, logs, users, keys,
     await shot(page, 'machines');
     await page.getByRole('button', { name: /^Online/ }).click();
     assert.equal(await page.locator('tr[data-node]').count(), 3);
+    await page.getByRole('button', { name: /^Offline/ }).click();
+    assert.equal(await page.locator('tr[data-node]').count(), 3);
     await page.getByRole('button', { name: /^All/ }).click();
     await page.getByLabel('Search machines').fill('router');
     assert.equal(await page.locator('tr[data-node]').count(), 2);
     await page.getByLabel('Search machines').fill('');
+    // Live: the page follows the tenant's event stream (polling is 60 s while it is connected).
+    await page.locator('[data-live="on"]').waitFor();
+    const row = page.locator(`tr[data-node="${ids['alice-laptop']}"]`);
+    await row.getByText('Online', { exact: true }).waitFor();
+    const t0 = Date.now();
+    streams[0]!.close(); // alice-laptop's map stream ends: the server marks it offline
+    await row.getByText('Offline', { exact: true }).waitFor({ timeout: 5000 });
+    process.stdout.write(`# console live update (node offline shown without reload) = ${Date.now() - t0} ms\n`);
   });
 
   await t.test('rename a machine (confirmed in a dialog, audited as the user)', async () => {

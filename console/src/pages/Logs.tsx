@@ -1,6 +1,7 @@
 import { Fragment, useMemo, useState } from 'react';
 import { useQuery } from '@tanstack/react-query';
 import { useParams } from 'react-router';
+import { usePoll } from '../live';
 import { api, enc, type AuditEntry } from '../api';
 import { when } from '../format';
 import { ErrorText, Loading, Pager } from '../ui';
@@ -12,6 +13,7 @@ interface Verify { ok: boolean; entries: number; broken_at?: number; reason?: st
 
 export function Logs() {
   const { tenant = '' } = useParams();
+  const poll = usePoll();
   const [action, setAction] = useState('');
   const [actor, setActor] = useState('');
   const [object, setObject] = useState('');
@@ -19,7 +21,7 @@ export function Logs() {
   const [page, setPage] = useState(0);
   const [open, setOpen] = useState<number | null>(null);
 
-  const verify = useQuery({ queryKey: ['audit', tenant, 'verify'], queryFn: () => api<Verify>('GET', `/tenants/${enc(tenant)}/audit/verify`), refetchInterval: 15_000 });
+  const verify = useQuery({ queryKey: ['audit', tenant, 'verify'], queryFn: () => api<Verify>('GET', `/tenants/${enc(tenant)}/audit/verify`), refetchInterval: poll });
   const total = verify.data?.entries ?? 0;
   const serverFilter = action.trim() !== '' || since !== '';
   // Unfiltered: newest first, a page of 100 by sequence number. Filtered by action or

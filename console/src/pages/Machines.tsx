@@ -1,6 +1,7 @@
 import { useMemo, useState, type FormEvent } from 'react';
 import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
 import { useParams } from 'react-router';
+import { usePoll } from '../live';
 import { api, enc, type NodeInfo } from '../api';
 import { ago, rtt } from '../format';
 import { can, useSession } from '../session';
@@ -18,12 +19,13 @@ function os(n: NodeInfo): string {
 
 export function Machines() {
   const { tenant = '' } = useParams();
+  const poll = usePoll();
   const s = useSession();
   const qc = useQueryClient();
   const q = useQuery({
     queryKey: ['nodes', tenant],
     queryFn: () => api<{ nodes: NodeInfo[] }>('GET', `/tenants/${enc(tenant)}/nodes`),
-    refetchInterval: 10_000,
+    refetchInterval: poll,
   });
   const [search, setSearch] = useState('');
   const [filter, setFilter] = useState<Filter>('all');

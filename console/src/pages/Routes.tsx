@@ -1,6 +1,7 @@
 import { useMemo, useState } from 'react';
 import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
 import { useParams } from 'react-router';
+import { usePoll } from '../live';
 import { api, enc, type ExitNodeEntry, type NodeInfo, type RouteEntry } from '../api';
 import { ago, rtt } from '../format';
 import { can, useSession } from '../session';
@@ -14,12 +15,13 @@ type Change = { node: number; nodeName: string; prefix: string; approve: boolean
 
 export function RoutesPage() {
   const { tenant = '' } = useParams();
+  const poll = usePoll();
   const s = useSession();
   const qc = useQueryClient();
   const q = useQuery({
     queryKey: ['routes', tenant],
     queryFn: () => api<{ routes: RouteEntry[]; exit_nodes: ExitNodeEntry[] }>('GET', `/tenants/${enc(tenant)}/routes`),
-    refetchInterval: 10_000,
+    refetchInterval: poll,
   });
   const [search, setSearch] = useState('');
   const [filter, setFilter] = useState<'all' | 'approved' | 'pending'>('all');

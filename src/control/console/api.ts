@@ -18,10 +18,15 @@ import {
   SigninLimiter, clearSessionCookie, csrfOfRequest, sessionFromRequest, setSessionCookie, startSession,
 } from './sessions.js';
 import { ConsoleRoutesView, routesOverview } from './routes-view.js';
+import type { ConsoleEvents } from './events.js';
 
 export interface ConsoleApiDeps {
   store: Store;
   log: Logger;
+  /** Live updates (GET /tenants/{t}/events); without it the endpoint is not registered. */
+  events?: ConsoleEvents;
+  /** Streams the server ends at shutdown. */
+  openStreams?: Set<() => void>;
   /** Failed sign-ins per tenant username (and the operator key). */
   userLimiter?: SigninLimiter;
   /** Failed sign-ins per client address: some typos free, then slowed, then refused. */
@@ -233,6 +238,24 @@ export function registerConsoleApi(app: FastifyInstance, deps: ConsoleApiDeps): 
       return routesOverview(views, primaries);
     },
   );
+
+  // ---- live updates ---------------------------------------------------------------------
+  const { events, openStreams } = deps;
+  if (events && openStreams) {
+    app.get<{ Params: { tenant: string } }>(
+      '/tenants/:tenant/events',
+      {
+        schema: {
+          ...doc('console', 'Server-Sent Events: "changed" with the tenant\'s generation after every committed change (nodes on/offline, routes, policy, audit); coalesced, at most ~3 a second'),
+          params: tenantParams,
+        },
+      },
+      async (req, reply) => {
+        const { t } = await tenantFor(req, req.params.tenant, 'read');
+        events.open(req, reply, t.id, t.generation, openStreams);
+      },
+    );
+  }
 }
 
 const txConn = (tx: TenantTx) => tx.transaction;
