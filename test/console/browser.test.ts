@@ -319,6 +319,12 @@ test('console in chromium: sign-in, machines, routes, policy, logs, users, keys,
     assert.equal(await d.page.getByRole('button', { name: /^Delete / }).count(), 0);
     await d.page.goto('/acme/acls');
     await d.page.getByText('read-only for the auditor role').waitFor();
+    // Phone size: the page fits the width (tables scroll inside their own box).
+    await d.page.setViewportSize({ width: 390, height: 844 });
+    await d.page.goto('/acme/machines');
+    await d.page.locator('tr[data-node]').first().waitFor();
+    assert.ok(Number(await d.page.evaluate('document.documentElement.scrollWidth')) <= 390, 'no sideways scrolling of the page at 390 px');
+    await shot(d.page, 'machines-phone');
     await d.ctx.close();
   });
 
