@@ -81,7 +81,7 @@ export default function Acls() {
       view.current?.destroy();
       view.current = null;
     };
-  }, [liveText === undefined, tenant, mayEdit]); // eslint-disable-line react-hooks/exhaustive-deps
+  }, [liveText === undefined, tenant, mayEdit]); // made once: later refetches must not replace the text being edited
 
   const save = useMutation({
     mutationFn: (text: string) => api<{ version: number }>('PUT', `/tenants/${enc(tenant)}/policy`, { policy: text }),
