@@ -267,6 +267,9 @@ test('console in chromium: sign-in, machines, routes, policy, logs, users, keys,
   });
 
   await t.test('Keys: an auth key is shown once with the command to run', async () => {
+    await page.goto('/acme/machines');
+    await page.getByRole('link', { name: 'Add machine' }).click();
+    await page.waitForURL('**/acme/keys');
     await timedGoto(page, '/acme/keys', 'table.grid tbody tr', 'keys');
     await page.getByText(XSS, { exact: true }).waitFor();
     const form = page.getByRole('form', { name: 'Create an auth key' });

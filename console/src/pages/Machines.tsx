@@ -1,6 +1,6 @@
 import { useMemo, useState, type FormEvent } from 'react';
 import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
-import { useParams } from 'react-router';
+import { Link, useParams } from 'react-router';
 import { usePoll } from '../live';
 import { api, enc, type NodeInfo } from '../api';
 import { ago, rtt } from '../format';
@@ -79,6 +79,7 @@ export function Machines() {
             </button>
           ))}
         </div>
+        {can(s, 'admin') && <Link className="button primary" to={`/${tenant}/keys`}>Add machine</Link>}
       </div>
       {q.isPending && <Loading what="machines" />}
       <ErrorText error={q.error} />
