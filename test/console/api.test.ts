@@ -213,7 +213,19 @@ for (const b of backends()) {
       assert.ok(d.paths['/api/v1/tenants/{tenant}/console-users/{id}'].delete);
     });
 
-    test('the console is served at / without shadowing the API, node, relay or metrics paths', async (t) => {
+    test('deleting a tenant removes its console users and ends their sessions', async (t) => {
+      if (skip) return t.skip(skip);
+      await op.post('/api/v1/tenants', { name: 'gone' });
+      await op.post('/api/v1/tenants/gone/console-users', { username: 'gina', password: PW, role: 'admin' });
+      const g = sessionClient(srv.url, (await signIn(srv.url, { tenant: 'gone', username: 'gina', password: PW })).signed!);
+      assert.equal((await g.get('/api/v1/tenants/gone/nodes')).status, 200);
+      assert.equal((await op.del('/api/v1/tenants/gone')).status, 200);
+      assert.equal((await g.get('/api/v1/tenants/gone/nodes')).status, 401);
+      await op.post('/api/v1/tenants', { name: 'gone' });
+      assert.equal((await signIn(srv.url, { tenant: 'gone', username: 'gina', password: PW })).status, 401, 'a new tenant of the same name has no such user');
+    });
+
+        test('the console is served at / without shadowing the API, node, relay or metrics paths', async (t) => {
       if (skip) return t.skip(skip);
       const idx = await fetch(`${srv.url}/`);
       const html = await idx.text();
