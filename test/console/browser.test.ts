@@ -239,6 +239,18 @@ test('console in chromium: sign-in, machines, routes, policy, logs, users, keys,
     const live = await op.get('/api/v1/tenants/acme/policy');
     assert.match(live.body.policy, /"group:admins","alice@"/);
     assert.equal(live.body.created_by, 'user:alice');
+    // History: compare an older version, restore it into the editor, save it again.
+    const v2 = await op.get('/api/v1/tenants/acme/policy/versions/2');
+    await page.getByRole('button', { name: 'Compare version 2' }).click();
+    await page.getByRole('dialog').locator('.cm-mergeView').waitFor();
+    await page.getByRole('dialog').getByRole('button', { name: 'Restore into the editor' }).click();
+    await page.getByRole('button', { name: 'Save…' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Save policy' }).click();
+    await page.getByText(/Saved as version \d+/).waitFor();
+    await page.locator('tr[data-version="4"]').waitFor();
+    const restored = await op.get('/api/v1/tenants/acme/policy');
+    assert.equal(restored.body.version, 4);
+    assert.equal(restored.body.policy, v2.body.policy, 'version 2 restored as version 4');
   });
 
   await t.test('Logs: the saved policy appears under the user\'s name, with the chain verified', async () => {

@@ -7,12 +7,13 @@ import { json } from '@codemirror/lang-json';
 import { linter, lintGutter, type Diagnostic } from '@codemirror/lint';
 import { MergeView } from '@codemirror/merge';
 import { api, ApiError, enc, parsePolicyError } from '../api';
-import { ago } from '../format';
+import { ago, when } from '../format';
 import { can, useSession } from '../session';
 import { Confirm, ErrorText, Loading, Modal } from '../ui';
 
 interface LivePolicy { version: number; policy: string; created_at: string; created_by: string }
 interface Problem { line: number; col: number; message: string }
+interface Version { version: number; created_at: string; created_by: string }
 
 const theme = EditorView.theme({
   '&': { fontSize: '13px', border: '1px solid var(--line)', borderRadius: '6px', background: '#fff' },
@@ -45,6 +46,17 @@ export default function Acls() {
   const [saveOpen, setSaveOpen] = useState(false);
   const [discardOpen, setDiscardOpen] = useState(false);
   const [saved, setSaved] = useState<number | null>(null);
+  const [compare, setCompare] = useState<{ version: number; text: string } | null>(null);
+  const versions = useQuery({ queryKey: ['policy', tenant, 'versions'], queryFn: () => api<{ versions: Version[] }>('GET', `/tenants/${enc(tenant)}/policy/versions`) });
+  const openVersion = useMutation({
+    mutationFn: (v: number) => api<LivePolicy>('GET', `/tenants/${enc(tenant)}/policy/versions/${v}`),
+    onSuccess: (p) => setCompare({ version: p.version, text: p.policy }),
+  });
+  const restore = () => {
+    const v = view.current;
+    if (v && compare) v.dispatch({ changes: { from: 0, to: v.state.doc.length, insert: compare.text } });
+    setCompare(null);
+  };
 
   // The editor is made once per tenant from the live text; later refetches never overwrite typing.
   const liveText = live.data?.policy;
@@ -151,6 +163,31 @@ export default function Acls() {
           </>
         )}
       </div>
+      <h2>History</h2>
+      <ErrorText error={versions.error ?? openVersion.error} />
+      {versions.data && (
+        <table className="grid compact" aria-label="Policy versions">
+          <thead><tr><th scope="col">Version</th><th scope="col">Saved</th><th scope="col">By</th><th scope="col"><span className="sr-only">Actions</span></th></tr></thead>
+          <tbody>
+            {versions.data.versions.map((v) => (
+              <tr key={v.version} data-version={v.version}>
+                <td className="num">{v.version}{v.version === live.data?.version && <span className="badge ok">live</span>}</td>
+                <td className="small">{when(v.created_at)}</td>
+                <td className="mono small">{v.created_by}</td>
+                <td className="row-actions"><button type="button" onClick={() => openVersion.mutate(v.version)} aria-label={`Compare version ${v.version}`}>Compare</button></td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      <Modal open={compare !== null} title={`Version ${compare?.version ?? ''} against your text`} onClose={() => setCompare(null)}>
+        {compare && view.current && <PolicyDiff before={compare.text} after={view.current.state.doc.toString()} />}
+        <p className="muted small">Left: version {compare?.version}. Right: the editor. Restoring puts the version's text into the editor; nothing changes until you save it.</p>
+        <div className="actions">
+          <button type="button" onClick={() => setCompare(null)}>Close</button>
+          {mayEdit && <button type="button" className="primary" onClick={restore}>Restore into the editor</button>}
+        </div>
+      </Modal>
       <Modal open={saveOpen} title="Save the policy?" onClose={() => setSaveOpen(false)}>
         {saveOpen && live.data && view.current && <PolicyDiff before={live.data.policy} after={view.current.state.doc.toString()} />}
         <p className="muted small">Left: live version {live.data?.version}. Right: your text. Saving validates it and runs its tests again; on any error the live policy stays.</p>
