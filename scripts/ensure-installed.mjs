@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Makes a checkout runnable: installs dependencies (npm ci, which also builds)
-// when node_modules is missing, and rebuilds dist/ and the TUN addon when they
-// are missing or older than the sources. Used by `npm test` and `npm start`.
+// when node_modules is missing or older than package-lock.json, and rebuilds
+// dist/ (with the console) and the TUN addon when they are missing or older
+// than the sources. Used by `npm test` and `npm start`.
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
@@ -26,7 +27,9 @@ function newest(dir) {
   return t;
 }
 
-if (!existsSync(path.join(root, 'node_modules', '.package-lock.json'))) {
+const installed = path.join(root, 'node_modules', '.package-lock.json');
+// Missing, or older than the lock file (a dependency was added since): install.
+if (!existsSync(installed) || statSync(path.join(root, 'package-lock.json')).mtimeMs > statSync(installed).mtimeMs) {
   run(['ci']);
 }
 const built = path.join(root, 'dist', 'cli', 'main.js');
@@ -37,3 +40,6 @@ const stale =
   newest(path.join(root, 'src')) > statSync(built).mtimeMs ||
   statSync(path.join(root, 'native', 'tun.c')).mtimeMs > statSync(addon).mtimeMs;
 if (stale) run(['run', 'build']);
+// The web console (console/ → dist/console), served by `larktun server` at /.
+const consoleIndex = path.join(root, 'dist', 'console', 'index.html');
+if (!existsSync(consoleIndex) || newest(path.join(root, 'console')) > statSync(consoleIndex).mtimeMs) run(['run', 'build:console']);

@@ -29,6 +29,9 @@ import { DEFAULT_HEALTH_TTL_MS, registerRelayAdminRoutes, registerRelayProtocolR
 import { attachPool, CompilePool, compileLimits, warmFacts } from './compile/index.js';
 import { FACTS_MIN_BYTES } from './policy-engine.js';
 import { RateLimiter } from './ratelimit.js';
+import { registerConsoleApi } from './console/api.js';
+import { registerConsoleStatic } from './console/static.js';
+import { ConsoleEvents } from './console/events.js';
 
 export const SERVER_VERSION = '0.1.0';
 
@@ -222,6 +225,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     onEnded: (tenantId, nodeId) => log.info({ tenant_id: tenantId, node: nodeId }, 'node expired: its map stream was ended'),
     onError: (err) => log.warn({ err }, 'reading node expiries failed'),
   });
+  const consoleEvents = new ConsoleEvents();
   const timers = {
     rotateMs: opts.pskRotateMs ?? envMs('LARKTUN_PSK_ROTATE_MS') ?? 24 * 3600_000,
     graceMs: opts.pskGraceMs ?? envMs('LARKTUN_PSK_GRACE_MS') ?? 10 * 60_000,
@@ -251,6 +255,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
           hub.changed(t, g);
           relayHub.changed(t);
           expiry.tenantChanged(t);
+          consoleEvents.changed(t, g);
         }
       },
       onError: (err) => log.warn({ err: err.message }, 'change bus error'),
@@ -285,6 +290,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     hub.changed(tenantId, generation);
     relayHub.changed(tenantId);
     expiry.tenantChanged(tenantId);
+    consoleEvents.changed(tenantId, generation);
   };
 
   const https = opts.tlsCert || opts.tlsKey
@@ -383,6 +389,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       api.get('/openapi.json', { schema: { tags: ['meta'], summary: 'This document', 'x-auth': 'none' } as Record<string, unknown> }, async () => openapi.document(SERVER_VERSION));
       registerAdminRoutes(api, { store, pool, hub, policyChecks });
       registerRelayAdminRoutes(api, { store, relayHub, graceMs: timers.graceMs, healthTtlMs, openStreams });
+      registerConsoleApi(api, { store, log, events: consoleEvents, openStreams });
     },
     { prefix: '/api/v1' },
   );
@@ -404,6 +411,10 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     },
     { prefix: '/relay/v1' },
   );
+
+  // The web console at / (static build; its pages call the Admin API above).
+  const consoleApp = registerConsoleStatic(app);
+  if (!consoleApp.built) log.warn({ dir: consoleApp.dir }, 'the console is not built: run "npm run build" to serve it at /');
 
   // Relay links: made where missing and rotated when due, at start and then
   // periodically (several replicas may do this at once; each tenant is

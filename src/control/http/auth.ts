@@ -6,13 +6,16 @@ import { nowIso } from '../store/repo.js';
 import { parseSecret, secretMatches } from '../secrets.js';
 import { ApiError, forbidden, notFound, unauthorized } from '../errors.js';
 import type { FailureLimiter } from './auth-limiter.js';
+import { sessionPrincipal } from '../console/sessions.js';
 
 export type Role = 'admin' | 'operator' | 'auditor';
 export const ROLES: readonly Role[] = ['admin', 'operator', 'auditor'];
 
 export type Principal =
   | { kind: 'operator'; actor: string }
-  | { kind: 'apikey'; actor: string; tenantId: number; role: Role; keyId: number };
+  // A tenant-scoped principal: an API key, or a console user's session
+  // (keyId 0, sessionId set); one kind, so every tenant check covers both.
+  | { kind: 'apikey'; actor: string; tenantId: number; role: Role; keyId: number; sessionId?: number };
 
 /** What a request wants to do inside a tenant. */
 export type Permission =
@@ -70,6 +73,11 @@ function tooManyAttempts(ms: number): ApiError {
 
 export async function authenticate(store: Store, req: FastifyRequest): Promise<Principal> {
   const token = bearer(req);
+  if (!token) {
+    // No bearer key: a console session cookie (CSRF-checked on state changes).
+    const session = await sessionPrincipal(store, req);
+    if (session) return session;
+  }
   if (!token) throw unauthorized('missing credentials: send "Authorization: Bearer <API key>"');
   const guard = guards.get(store);
   const ip = `ip:${req.ip}`;

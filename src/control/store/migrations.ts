@@ -261,6 +261,38 @@ function migrations(backend: Backend): Record<string, Migration> {
         await db.schema.alterTable('nodes').dropColumn('lease_until').execute();
       },
     },
+    '0009_console': {
+      // Web console: its users (per tenant, password hashed with scrypt) and
+      // server-side sessions (token and CSRF token stored as SHA-256 only).
+      // Sessions of a tenant go with it; an operator session has no tenant.
+      async up(db: Db): Promise<void> {
+        await tenantRef(id(db.schema.createTable('console_users')))
+          .addColumn('username', 'text', (c) => c.notNull())
+          .addColumn('password_hash', 'text', (c) => c.notNull())
+          .addColumn('role', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('created_by', 'text', (c) => c.notNull())
+          .addColumn('last_signin_at', 'text')
+          .addUniqueConstraint('console_users_tenant_username', ['tenant_id', 'username'])
+          .execute();
+        await id(db.schema.createTable('console_sessions'))
+          .addColumn('token_hash', 'text', (c) => c.notNull().unique())
+          .addColumn('csrf_hash', 'text', (c) => c.notNull())
+          .addColumn('tenant_id', 'integer', (c) => c.references('tenants.id').onDelete('cascade'))
+          .addColumn('user_id', 'integer', (c) => c.references('console_users.id').onDelete('cascade'))
+          .addColumn('operator_prefix', 'text')
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('last_seen_at', 'text', (c) => c.notNull())
+          .addColumn('expires_at', 'text', (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex('console_sessions_user').on('console_sessions').column('user_id').execute();
+        await db.schema.createIndex('console_sessions_expires').on('console_sessions').column('expires_at').execute();
+      },
+      async down(db: Db): Promise<void> {
+        await db.schema.dropTable('console_sessions').ifExists().execute();
+        await db.schema.dropTable('console_users').ifExists().execute();
+      },
+    },
   };
 }
 

@@ -276,6 +276,10 @@ export class TenantTx extends TenantRepo {
   audit(action: string, objectType: string, objectId: string | number, before: unknown, after: unknown): Promise<void> {
     return this.appendAudit(this.actor, action, objectType, objectId, before, after);
   }
+  /** The change's transaction, for modules with their own tables (the console's users) to commit with it. */
+  get transaction(): Transaction<Database> {
+    return this.db as Transaction<Database>;
+  }
   /**
    * Locks a relay row (PostgreSQL: row lock; every writer takes the tenant lock
    * first, then relays) and bumps its generation; undefined when it is gone.

@@ -199,6 +199,8 @@ export interface Database {
   relay_links: RelayLinksTable;
   primaries: PrimariesTable;
   register_nonces: RegisterNoncesTable;
+  console_users: ConsoleUsersTable;
+  console_sessions: ConsoleSessionsTable;
 }
 
 /** Tables whose rows belong to a tenant (everything but tenants and operator keys). */
@@ -215,3 +217,39 @@ export type NewNode = Insertable<NodesTable>;
 export type NodeUpdate = Updateable<NodesTable>;
 export type RelayRow = Selectable<RelaysTable>;
 export type RelayLinkRow = Selectable<RelayLinksTable>;
+
+// ---- web console (migration 0009_console) ----------------------------------------
+
+/** A person who signs in to the web console of one tenant (username + password). */
+export interface ConsoleUsersTable {
+  id: Generated<number>;
+  tenant_id: number;
+  username: string;
+  /** "scrypt$N$r$p$salt$hash" (salt and hash base64url). */
+  password_hash: string;
+  /** admin | operator | auditor, as API-key roles. */
+  role: string;
+  created_at: string;
+  created_by: string;
+  last_signin_at: string | null;
+}
+
+/** A console session: the cookie carries the token; only its SHA-256 is stored. */
+export interface ConsoleSessionsTable {
+  id: Generated<number>;
+  token_hash: string;
+  /** SHA-256 of the CSRF token the client sends back in X-CSRF-Token. */
+  csrf_hash: string;
+  /** null for an operator session. */
+  tenant_id: number | null;
+  /** null for an operator session. */
+  user_id: number | null;
+  /** The operator key's prefix for an operator session, else null. */
+  operator_prefix: string | null;
+  created_at: string;
+  last_seen_at: string;
+  expires_at: string;
+}
+
+export type ConsoleUserRow = Selectable<ConsoleUsersTable>;
+export type ConsoleSessionRow = Selectable<ConsoleSessionsTable>;

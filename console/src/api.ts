@@ -1,0 +1,164 @@
+// The console's only way to the server: the Admin API under /api/v1, with the
+// session cookie (HttpOnly, sent by the browser) and the CSRF token, which is
+// held in memory only (never in storage or a URL).
+export class ApiError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string, readonly details: unknown) {
+    super(message);
+  }
+}
+
+let csrfToken: string | null = null;
+let onUnauthorized: (() => void) | null = null;
+
+export function setCsrf(token: string | null): void {
+  csrfToken = token;
+}
+export function setUnauthorizedHandler(fn: () => void): void {
+  onUnauthorized = fn;
+}
+
+export async function api<T>(method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<T> {
+  const headers: Record<string, string> = { accept: 'application/json' };
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (method !== 'GET' && csrfToken) headers['x-csrf-token'] = csrfToken;
+  const res = await fetch(`/api/v1${path}`, {
+    method,
+    headers,
+    credentials: 'same-origin',
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await res.text();
+  let data: unknown = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!res.ok) {
+    const e = (data as { error?: { code?: string; message?: string; details?: unknown } } | null)?.error;
+    const err = new ApiError(res.status, e?.code ?? 'http_error', e?.message ?? `${res.status} ${res.statusText}`, e?.details ?? null);
+    if (res.status === 401 && !path.startsWith('/console/session')) onUnauthorized?.();
+    throw err;
+  }
+  return data as T;
+}
+
+export const enc = encodeURIComponent;
+
+// ---- shapes the pages use (as the Admin API returns them) ----------------------------
+
+export interface Session {
+  kind: 'user' | 'operator';
+  actor: string;
+  tenant: string | null;
+  username: string | null;
+  role: 'admin' | 'operator' | 'auditor' | null;
+  csrf: string;
+}
+
+export interface NodeInfo {
+  id: number;
+  name: string;
+  hostname: string;
+  user: string | null;
+  tags: string[];
+  ipv4: string | null;
+  ipv6: string | null;
+  online: boolean;
+  last_seen: string | null;
+  relay_rtt_ms: number | null;
+  announced_routes: string[];
+  approved_routes: string[];
+  primary_routes: string[];
+  exit_node: boolean;
+  hostinfo: Record<string, unknown>;
+  expires_at: string | null;
+  expired: boolean;
+  created_at: string;
+}
+
+export interface RouteRouter {
+  node_id: number;
+  node: string;
+  online: boolean;
+  advertised: boolean;
+  approved: boolean;
+  state: 'primary' | 'standby' | 'not_approved' | 'offline' | 'not_advertised' | 'expired';
+  relay_rtt_ms: number | null;
+  last_seen: string | null;
+}
+export interface RouteEntry {
+  prefix: string;
+  primary: string | null;
+  primary_node_id: number | null;
+  primary_since: string | null;
+  routers: RouteRouter[];
+}
+export interface ExitNodeEntry {
+  node_id: number;
+  node: string;
+  online: boolean;
+  advertised: string[];
+  approved: boolean;
+  relay_rtt_ms: number | null;
+  last_seen: string | null;
+}
+
+export interface AuditEntry {
+  seq: number;
+  ts: string;
+  actor: string;
+  action: string;
+  object_type: string;
+  object_id: string;
+  before: unknown;
+  after: unknown;
+}
+
+export interface ConsoleUser {
+  id: number;
+  username: string;
+  role: string;
+  created_at: string;
+  created_by: string;
+  last_signin_at: string | null;
+}
+
+export interface AuthKey {
+  id: number;
+  prefix: string;
+  user: string | null;
+  tags: string[];
+  reusable: boolean;
+  ephemeral: boolean;
+  expires_at: string | null;
+  used_count: number;
+  usable: boolean;
+  description: string;
+  created_at: string;
+}
+
+export interface ApiKey {
+  id: number;
+  prefix: string;
+  role: string;
+  description: string;
+  expires_at: string | null;
+  created_at: string;
+  last_used_at: string | null;
+}
+
+export interface TenantInfo {
+  name: string;
+  pool4: string;
+  pool6: string | null;
+  dns_base: string;
+  max_nodes: number;
+  created_at: string;
+}
+
+/** "policy.hujson:3:34: message" → {line, col, message}. */
+export function parsePolicyError(s: string): { line: number; col: number; message: string } {
+  const m = /^[^:]*:(\d+):(\d+):\s*(.*)$/s.exec(s);
+  return m ? { line: Number(m[1]), col: Number(m[2]), message: m[3] as string } : { line: 1, col: 1, message: s };
+}
