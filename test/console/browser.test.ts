@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
-import { Client, ROOT, SseReader, cleanup, nodeKey, spawnServer, tempDir, type ServerProc } from '../control/harness.js';
+import { Client, ROOT, SseReader, cleanup, nodeKey, spawnServer, tempDir, type ServerProc, registerNode } from '../control/harness.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
@@ -93,7 +93,7 @@ before(async () => {
   const tagKey = (await op.post('/api/v1/tenants/acme/authkeys', { tags: ['tag:router', 'tag:exit'], reusable: true, description: XSS })).body.key as string;
   const node = op.as(null);
   const reg = async (authKey: string, body: Record<string, unknown>, online: boolean) => {
-    const r = await node.post('/node/v1/register', { auth_key: authKey, node_key: nodeKey(), ...body });
+    const r = await registerNode(node, { auth_key: authKey, ...body });
     assert.equal(r.status, 201, r.text);
     ids[r.body.node.name as string] = r.body.node.id as number;
     if (online) streams.push(await SseReader.open(`${srv.url}/node/v1/stream`, r.body.token as string));

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
-import { Client, ROOT, cleanup, nodeKey, spawnServer, tempDir, type ServerProc } from '../control/harness.js';
+import { Client, ROOT, cleanup, nodeKey, spawnServer, tempDir, type ServerProc, registerNode } from '../control/harness.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
@@ -33,7 +33,7 @@ before(async () => {
   await Promise.all(Array.from({ length: 8 }, async () => {
     while (next < N) {
       const i = next++;
-      const r = await node.post('/node/v1/register', { auth_key: key, node_key: nodeKey(), hostname: `host-${String(i).padStart(4, '0')}`, ...(i % 10 === 0 ? { routes: [`10.${Math.floor(i / 250)}.${i % 250}.0/24`] } : {}) });
+      const r = await registerNode(node, { auth_key: key, hostname: `host-${String(i).padStart(4, '0')}`, ...(i % 10 === 0 ? { routes: [`10.${Math.floor(i / 250)}.${i % 250}.0/24`] } : {}) });
       assert.equal(r.status, 201, r.text);
     }
   }));

@@ -6,7 +6,7 @@
 // for its budget; either way the outcome is plain in the API.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, SseReader, cleanup, freshPgSchema, nodeKey, pgUnavailable, sleep, spawnServer, tempDir, type Json } from './harness.js';
+import { Client, SseReader, cleanup, freshPgSchema, nodeKey, pgUnavailable, sleep, spawnServer, tempDir, type Json, registerNode } from './harness.js';
 import { bigPolicy, routerRoutes } from './bigpolicy.js';
 
 const p99 = (xs: number[]): number => {
@@ -48,11 +48,11 @@ async function scenario(db: string): Promise<void> {
 
     // Tenant A: a router with 1 024 approved /24 routes, streaming its map, and a client.
     const routes = routerRoutes();
-    const router = (await anon.post('/node/v1/register', { auth_key: a.ak, node_key: nodeKey(), hostname: 'router', routes })).body;
+    const router = (await registerNode(anon, { auth_key: a.ak, hostname: 'router', routes })).body;
     const appr = await a.adm.post(`/api/v1/tenants/a/nodes/${router.node.id}/routes`, { approved: routes });
     assert.equal(appr.status, 200, appr.text);
     assert.equal(appr.body.approved.length, 1024);
-    const aClient = (await anon.post('/node/v1/register', { auth_key: a.ak, node_key: nodeKey(), hostname: 'client' })).body;
+    const aClient = (await registerNode(anon, { auth_key: a.ak, hostname: 'client' })).body;
     const ra = await SseReader.open(`${srv.url}/node/v1/stream`, router.token);
     streams.push(ra);
     const firstA = await ra.waitMap(() => true, 10_000);
@@ -60,7 +60,7 @@ async function scenario(db: string): Promise<void> {
 
     // Tenant B: three streaming nodes.
     const bNodes: Json[] = [];
-    for (let i = 0; i < 3; i++) bNodes.push((await anon.post('/node/v1/register', { auth_key: b.ak, node_key: nodeKey(), hostname: `b${i}` })).body);
+    for (let i = 0; i < 3; i++) bNodes.push((await registerNode(anon, { auth_key: b.ak, hostname: `b${i}` })).body);
     const bs: SseReader[] = [];
     for (const n of bNodes) {
       const s = await SseReader.open(`${srv.url}/node/v1/stream`, n.token);
