@@ -708,7 +708,12 @@ export class MapHub {
       for (const [id, v] of decodeViews(r.out)) t.views.set(id, v);
       t.good = true;
       this.metrics.compileSeconds.observe({ tenant: snap.tenant.name }, r.ms / 1000);
-      return { acl: new Set(r.changed), full: r.full };
+      // A node whose view was missing (its stream attached while the previous
+      // compile ran) has a view now: its map must be built, even when the
+      // worker's compiled results did not change.
+      const acl = new Set(r.changed);
+      for (const id of missing) if (t.views.has(id)) acl.add(id);
+      return { acl, full: r.full };
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       const backoff = f && f.policy === snap.policy ? Math.min(RETRY_MAX_MS, f.backoff * 2) : RETRY_MIN_MS;
@@ -760,6 +765,12 @@ export class MapHub {
       let fresh = changed.all || changed.acl.has(nodeId) || changed.sig.has(nodeId) || changed.relay.has(nodeId);
       for (const s of set) if (s.first) fresh = true;
       const view = t.inNet.has(nodeId) ? t.views.get(nodeId) : undefined;
+      if (!view && t.inNet.has(nodeId)) {
+        // Attached while this refresh compiled: no view yet. An empty map now
+        // would be wrong; the next refresh (scheduled here) computes it.
+        t.dirty = true;
+        continue;
+      }
       if (!fresh && view && changed.sig.size > 0) fresh = view.peers.some((p) => changed.sig.has(p));
       if (!fresh) {
         // Only peers' presence changed: a small delta instead of a new map.
