@@ -111,7 +111,7 @@ async function scenario(db: string): Promise<void> {
     await Promise.all(loops);
 
     // The server's own event-loop delay over its life (prom-client's default metrics), for the record.
-    const metrics = (await anon.get('/metrics')).text;
+    const metrics = (await op.get('/metrics')).text; // the operator key: /metrics lists every tenant
     const lag = (q: string) => Number(new RegExp(`^larktun_server_nodejs_eventloop_lag_${q}_seconds (\\S+)`, 'm').exec(metrics)?.[1] ?? NaN) * 1000;
     process.stderr.write(`# server event-loop delay: p99 ${lag('p99').toFixed(1)} ms, max ${lag('max').toFixed(1)} ms\n`);
     assert.deepEqual(failures, []);
@@ -149,16 +149,12 @@ describe('tenant isolation under a 20 000-host policy', () => {
   it('on SQLite: B stays under 200 ms p99 and gets its maps while A stores the policy', async () => {
     await scenario('sqlite');
   });
-  // Opt-in: on the shared 2-vCPU machine each of B's requests makes several
-  // round trips to PostgreSQL server processes, which wait for a CPU behind
-  // A's compile and every other engineer's load; measured p99 98–172 ms at
-  // load average ~9, 230–300 ms at 12–19 (SQLite: 25–176 ms). The server's
-  // own event loop is not what waits (its delay p99 stays under 100 ms).
-  it('on PostgreSQL: the same (LARKTUN_TEST_PG_ISOLATION=1)', async (ctx) => {
-    if (process.env['LARKTUN_TEST_PG_ISOLATION'] !== '1') {
-      ctx.skip('set LARKTUN_TEST_PG_ISOLATION=1 to run it (costs ~15 s and a quiet machine)');
-      return;
-    }
+  // On a quiet 2-vCPU Xeon: B's p99 28–34 ms (PostgreSQL), 20–114 ms (SQLite).
+  // Under heavy outside load (load average 12–19 from other builds) the
+  // PostgreSQL p99 rose to 230–446 ms: each of B's requests makes several
+  // round trips to PostgreSQL server processes that wait for a CPU; the
+  // server's own event loop stayed under 100 ms p99.
+  it('on PostgreSQL: the same', async (ctx) => {
     const why = await pgUnavailable();
     if (why) {
       ctx.skip(why);
