@@ -3,12 +3,13 @@
 // client holds in memory and sends back as X-CSRF-Token on every state change.
 // A session resolves to the same Principal shape an API key does, so every
 // Admin API check (tenant isolation, roles) applies to it unchanged.
-import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Store } from '../store/repo.js';
 import { nowIso } from '../store/repo.js';
 import type { ConsoleSessionRow } from '../store/schema.js';
 import { ApiError, unauthorized } from '../errors.js';
+import { hashSecret, secretMatches } from '../secrets.js';
 import type { Principal, Role } from '../http/auth.js';
 import { ConsoleRepo } from './repo.js';
 
@@ -20,14 +21,6 @@ export const SESSION_MAX_MS = 12 * 3600_000;
 export const SESSION_IDLE_MS = 60 * 60_000;
 /** Sessions kept per user (older ones end when a new one starts). */
 export const SESSIONS_PER_USER = 20;
-
-const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
-
-export function sameHash(a: string, b: string): boolean {
-  const x = Buffer.from(a, 'hex');
-  const y = Buffer.from(b, 'hex');
-  return x.length === y.length && x.length > 0 && timingSafeEqual(x, y);
-}
 
 export function cookieValue(req: FastifyRequest, name: string): string | null {
   const h = req.headers.cookie;
@@ -59,7 +52,7 @@ export async function sessionFromRequest(store: Store, req: FastifyRequest, opts
   if (token === null || token === '') return null;
   if (!/^[A-Za-z0-9_-]{43}$/.test(token)) throw unauthorized('the console session is not valid; sign in again');
   const repo = new ConsoleRepo(store.db);
-  const row = await repo.sessionByToken(sha256(token));
+  const row = await repo.sessionByToken(hashSecret(token));
   const now = Date.now();
   if (!row || Date.parse(row.expires_at) <= now || Date.parse(row.last_seen_at) + SESSION_IDLE_MS <= now) {
     if (row) await repo.deleteSession(row.id);
@@ -67,7 +60,7 @@ export async function sessionFromRequest(store: Store, req: FastifyRequest, opts
   }
   if (opts.csrf && !SAFE.has(req.method)) {
     const sent = req.headers[CSRF_HEADER];
-    if (typeof sent !== 'string' || !sameHash(sha256(sent), row.csrf_hash)) {
+    if (typeof sent !== 'string' || !secretMatches(sent, row.csrf_hash)) {
       throw new ApiError(403, 'csrf_token_invalid', `a change made with a console session needs the session's CSRF token in the ${CSRF_HEADER} header`);
     }
   }
@@ -108,8 +101,8 @@ export async function startSession(
   const now = new Date();
   await repo.deleteExpired(now.toISOString(), new Date(now.getTime() - SESSION_IDLE_MS).toISOString());
   await repo.insertSession({
-    token_hash: sha256(token),
-    csrf_hash: sha256(csrf),
+    token_hash: hashSecret(token),
+    csrf_hash: hashSecret(csrf),
     tenant_id: 'tenantId' in who ? who.tenantId : null,
     user_id: 'userId' in who ? who.userId : null,
     operator_prefix: 'operatorPrefix' in who ? who.operatorPrefix : null,
