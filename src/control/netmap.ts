@@ -708,12 +708,7 @@ export class MapHub {
       for (const [id, v] of decodeViews(r.out)) t.views.set(id, v);
       t.good = true;
       this.metrics.compileSeconds.observe({ tenant: snap.tenant.name }, r.ms / 1000);
-      // A node whose view was missing (its stream attached while the previous
-      // compile ran) has a view now: its map must be built, even when the
-      // worker's compiled results did not change.
-      const acl = new Set(r.changed);
-      for (const id of missing) if (t.views.has(id)) acl.add(id);
-      return { acl, full: r.full };
+      return { acl: new Set(r.changed), full: r.full };
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       const backoff = f && f.policy === snap.policy ? Math.min(RETRY_MAX_MS, f.backoff * 2) : RETRY_MIN_MS;
@@ -767,7 +762,8 @@ export class MapHub {
       const view = t.inNet.has(nodeId) ? t.views.get(nodeId) : undefined;
       if (!view && t.inNet.has(nodeId)) {
         // Attached while this refresh compiled: no view yet. An empty map now
-        // would be wrong; the next refresh (scheduled here) computes it.
+        // would be wrong; the next refresh (scheduled here) computes it, and
+        // the stream, still waiting for its first map, gets one then.
         t.dirty = true;
         continue;
       }
