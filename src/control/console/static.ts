@@ -1,7 +1,7 @@
 // Serves the built console (dist/console, made by `npm run build`) on the
 // server's own port: hashed assets under /assets/ with a year-long immutable
 // cache, and index.html — without caching — for the console's own page paths
-// only (/, /signin, /tenants, /<tenant>/<page>). Nothing else is shadowed:
+// only (/, /signin, /tenants, /relays, /<tenant>/<page>). Nothing else is shadowed:
 // /api, /node, /relay, /healthz, /readyz and /metrics keep their routes and a
 // path the console does not know stays a JSON 404.
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
@@ -13,7 +13,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { errorBody } from '../errors.js';
 
 /** The tenant pages of the console (the client's router has the same list). */
-export const CONSOLE_PAGES = ['machines', 'routes', 'acls', 'users', 'keys', 'logs'] as const;
+export const CONSOLE_PAGES = ['machines', 'routes', 'acls', 'users', 'keys', 'logs',
+  'relays'] as const;
 
 /** The console's CSP; `nonce` allows the one <style> element the policy editor (CodeMirror) makes. */
 export const consoleCsp = (nonce: string): string => [
@@ -128,6 +129,7 @@ export function registerConsoleStatic(app: FastifyInstance, opts: { dir?: string
   app.get('/', page);
   app.get('/signin', page);
   app.get('/tenants', page);
+  app.get('/relays', page);
   app.get<{ Params: { tenant: string; page: string } }>('/:tenant/:page', async (req, reply) => {
     const { tenant, page: p } = req.params;
     if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(tenant) || !(CONSOLE_PAGES as readonly string[]).includes(p)) {

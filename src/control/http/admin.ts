@@ -100,9 +100,15 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
     },
   );
 
-  app.get('/tenants', { schema: doc('tenants', 'List tenants', {}, 'operator') }, async (req) => {
+  app.get('/tenants', { schema: doc('tenants', 'List tenants, each with its node count (nodes) and online nodes (online_nodes)', {}, 'operator') }, async (req) => {
     requireOperator(await principal(req));
-    return { tenants: (await store.listTenants()).map(tenantView) };
+    const [tenants, counts] = await Promise.all([store.listTenants(), store.nodeCountsByTenant()]);
+    return {
+      tenants: tenants.map((t) => {
+        const c = counts.get(t.id);
+        return { ...tenantView(t), nodes: c?.nodes ?? 0, online_nodes: c?.online ?? 0 };
+      }),
+    };
   });
 
   app.get<{ Params: TP }>('/tenants/:tenant', { schema: { ...doc('tenants', 'Get a tenant'), params: tenantParams } }, async (req) => {
@@ -302,10 +308,46 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
     return { nodes, users: new Map(users.map((u) => [u.id, u])), primaries: await repo.listPrimaries(), health };
   };
 
-  app.get<{ Params: TP }>('/tenants/:tenant/nodes', { schema: { ...doc('nodes', 'List nodes with addresses, tags, presence and routes'), params: tenantParams } }, async (req) => {
+  app.get<{ Params: TP; Querystring: { limit?: number; offset?: number; q?: string; status?: 'all' | 'online' | 'offline' } }>(
+    '/tenants/:tenant/nodes',
+    {
+      schema: {
+        ...doc('nodes', 'List nodes with addresses, tags, presence and routes. Without limit: every node (matching q/status); with limit: one page sorted by name. total counts the matches, counts the tenant\'s nodes by state'),
+        params: tenantParams,
+        querystring: {
+          type: 'object', additionalProperties: false,
+          properties: {
+            limit: { type: 'integer', minimum: 1, maximum: 1000, description: 'page size (sorts by name)' },
+            offset: { type: 'integer', minimum: 0, maximum: 10000000, default: 0, description: 'matches to skip (with limit)' },
+            q: { type: 'string', maxLength: 200, description: 'case-insensitive substring of name, host name, owner, address, tag or announced route' },
+            status: { type: 'string', enum: ['all', 'online', 'offline'], default: 'all' },
+          },
+        },
+      },
+    },
+    async (req) => {
+      const { t } = await tenantFor(req, req.params.tenant, 'read');
+      const { nodes, users, primaries, health } = await nodesOf(t);
+      const q = req.query;
+      const all = nodes.map((n) => nodeView(n, users, primaries, health));
+      const online = all.filter((n) => n.online).length;
+      const needle = (q.q ?? '').trim().toLowerCase();
+      let shown = all
+        .filter((n) => (q.status === 'online' ? n.online : q.status === 'offline' ? !n.online : true))
+        .filter((n) => !needle || [n.name, n.hostname, n.user ?? '', n.ipv4 ?? '', n.ipv6 ?? '', ...n.tags, ...n.announced_routes].some((x) => x.toLowerCase().includes(needle)));
+      const total = shown.length;
+      if (q.limit !== undefined) {
+        const off = q.offset ?? 0;
+        shown = shown.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.id - b.id)).slice(off, off + q.limit);
+      }
+      return { nodes: shown, total, counts: { all: all.length, online, offline: all.length - online } };
+    },
+  );
+
+  app.get<{ Params: TP }>('/tenants/:tenant/tags', { schema: { ...doc('nodes', 'The tags the live policy defines (the keys of tagOwners): what a node\'s tags may be set to'), params: tenantParams } }, async (req) => {
     const { t } = await tenantFor(req, req.params.tenant, 'read');
-    const { nodes, users, primaries, health } = await nodesOf(t);
-    return { nodes: nodes.map((n) => nodeView(n, users, primaries, health)) };
+    const pol = await store.tenant(t.id).currentPolicy();
+    return { tags: [...definedTags(pol?.text ?? '{}')].sort() };
   });
 
   app.get<{ Params: IP }>('/tenants/:tenant/nodes/:id', { schema: { ...doc('nodes', 'Get a node'), params: idParams } }, async (req) => {
@@ -516,19 +558,25 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
   );
 
   // ---- audit -------------------------------------------------------------------
-  app.get<{ Params: TP; Querystring: { since?: string; limit?: number; action?: string; after?: number } }>(
+  app.get<{ Params: TP; Querystring: { since?: string; until?: string; limit?: number; action?: string; actor?: string; object?: string; after?: number; before?: number; order?: 'asc' | 'desc'; offset?: number } }>(
     '/tenants/:tenant/audit',
     {
       schema: {
-        ...doc('audit', 'Audit entries, oldest first'),
+        ...doc('audit', 'Audit entries, oldest first (order=desc: newest first, with total, the number of matches)'),
         params: tenantParams,
         querystring: {
           type: 'object', additionalProperties: false,
           properties: {
             since: { ...TS, description: 'entries at or after this time' },
+            until: { ...TS, description: 'entries before this time' },
             limit: { type: 'integer', minimum: 1, maximum: 10000, default: 100 },
             action: { type: 'string', maxLength: 100 },
+            actor: { type: 'string', maxLength: 200, description: 'exact actor, e.g. user:alice' },
+            object: { type: 'string', maxLength: 200, description: 'object type (node) or type:id (node:3)' },
             after: { type: 'integer', minimum: 0, description: 'entries with seq greater than this (paging)' },
+            before: { type: 'integer', minimum: 1, description: 'entries with seq less than this (paging newest first)' },
+            order: { type: 'string', enum: ['asc', 'desc'], default: 'asc' },
+            offset: { type: 'integer', minimum: 0, maximum: 10000000, description: 'matches to skip' },
           },
         },
       },
@@ -536,13 +584,29 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
     async (req) => {
       const { t } = await tenantFor(req, req.params.tenant, 'read-audit');
       const q = req.query;
-      const rows = await store.tenant(t.id).listAudit({
+      const colon = q.object?.indexOf(':') ?? -1;
+      const filter = {
         ...(q.since ? { since: new Date(q.since).toISOString() } : {}),
+        ...(q.until ? { until: new Date(q.until).toISOString() } : {}),
         ...(q.action ? { action: q.action } : {}),
-        ...(q.after !== undefined ? { afterSeq: q.after } : {}),
-        limit: q.limit ?? 100,
-      });
+        ...(q.actor ? { actor: q.actor } : {}),
+        ...(q.object ? (colon < 0 ? { objectType: q.object } : { objectType: q.object.slice(0, colon), objectId: q.object.slice(colon + 1) }) : {}),
+      };
+      const desc = q.order === 'desc';
+      const repo = store.tenant(t.id);
+      const [rows, total] = await Promise.all([
+        repo.listAudit({
+          ...filter,
+          ...(q.after !== undefined ? { afterSeq: q.after } : {}),
+          ...(q.before !== undefined ? { beforeSeq: q.before } : {}),
+          ...(q.offset ? { offset: q.offset } : {}),
+          newestFirst: desc,
+          limit: q.limit ?? 100,
+        }),
+        desc ? repo.countAudit(filter) : Promise.resolve(undefined),
+      ]);
       return {
+        ...(total !== undefined ? { total } : {}),
         entries: rows.map((r) => ({
           seq: r.seq, ts: r.ts, actor: r.actor, action: r.action, object_type: r.object_type, object_id: r.object_id,
           before: r.before === null ? null : (JSON.parse(r.before) as unknown),

@@ -51,6 +51,7 @@ type S = FastifySchema & RouteDoc;
 const doc = (summary: string, auth = 'operator'): S => ({ tags: ['relays'], summary, 'x-auth': auth });
 const NAME = { type: 'string', pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$' } as const;
 const idParams = { type: 'object', required: ['id'], properties: { id: { type: 'integer', minimum: 1 } }, additionalProperties: false } as const;
+const tenantOnlyParams = { type: 'object', required: ['tenant'], properties: { tenant: NAME }, additionalProperties: false } as const;
 const nodeParams = {
   type: 'object', required: ['tenant', 'id'], additionalProperties: false,
   properties: { tenant: NAME, id: { type: 'integer', minimum: 1 } },
@@ -131,12 +132,34 @@ export function registerRelayAdminRoutes(app: FastifyInstance, deps: RelayDeps):
 
   app.get('/relays', { schema: doc('List relays (a tenant key: its dedicated relays)', 'apikey') }, async (req) => {
     const p = await authenticate(store, req);
-    const all = await store.listRelays();
+    const [all, tenants, links] = await Promise.all([
+      store.listRelays(), store.listTenants(), store.linkCountsByRelay(p.kind === 'operator' ? undefined : p.tenantId),
+    ]);
+    const names = new Map(tenants.map((t) => [t.id, t.name]));
     const mine = p.kind === 'operator' ? all : all.filter((r) => r.tenant_id === p.tenantId);
-    const out = [];
-    for (const r of mine) out.push(relayView(r, await tenantName(r)));
-    return { relays: out };
+    return {
+      relays: mine.map((r) => ({
+        ...relayView(r, r.tenant_id === null ? null : (names.get(r.tenant_id) ?? null)),
+        tenants: (links.get(r.id) ?? []).map((l) => ({ tenant: names.get(l.tenant_id) ?? null, links: l.links, last_seen: l.last_seen })),
+      })),
+    };
   });
+
+  app.get<{ Params: { tenant: string } }>(
+    '/tenants/:tenant/relays',
+    { schema: { ...doc('The relays serving a tenant (shared and its dedicated ones): live state, last report, and this tenant\'s links on each (never another tenant\'s)', 'apikey'), params: tenantOnlyParams } },
+    async (req) => {
+      const p = await authenticate(store, req);
+      const t = await resolveTenant(store, p, req.params.tenant, 'read');
+      const [relays, links] = await Promise.all([store.tenant(t.id).relaysServing(), store.linkCountsByRelay(t.id)]);
+      return {
+        relays: relays.map((r) => {
+          const l = links.get(r.id)?.[0];
+          return { ...relayView(r, r.tenant_id === null ? null : t.name), dedicated: r.tenant_id !== null, links: l?.links ?? 0, last_seen: l?.last_seen ?? null };
+        }),
+      };
+    },
+  );
 
   app.get<{ Params: { id: number } }>('/relays/:id', { schema: { ...doc('Get a relay', 'apikey'), params: idParams } }, async (req) => {
     const p = await authenticate(store, req);

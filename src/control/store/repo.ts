@@ -19,6 +19,9 @@ import { auditHash, GENESIS_HASH, type ChainEntry } from '../audit.js';
 import { ApiError, notFound } from '../errors.js';
 import { electWithPrevious, type AclNode } from '../policy-engine.js';
 
+/** Audit list filters: all exact matches except the time range (since inclusive, until exclusive). */
+export interface AuditFilter { since?: string; until?: string; action?: string; actor?: string; objectType?: string; objectId?: string }
+
 type Conn = Kysely<Database>; // a Transaction is a Kysely too
 
 export const nowIso = (): string => new Date().toISOString();
@@ -227,12 +230,27 @@ export class TenantRepo {
   }
 
   // ---- audit ---------------------------------------------------------------------
-  listAudit(opts: { since?: string; limit?: number; action?: string; afterSeq?: number }): Promise<AuditRow[]> {
-    let q = this.sel('audit').selectAll();
-    if (opts.since) q = q.where('ts', '>=', opts.since);
-    if (opts.action) q = q.where('action', '=', opts.action);
+  listAudit(opts: AuditFilter & { limit?: number; afterSeq?: number; beforeSeq?: number; newestFirst?: boolean; offset?: number }): Promise<AuditRow[]> {
+    let q = this.auditWhere(this.sel('audit').selectAll(), opts);
     if (opts.afterSeq !== undefined) q = q.where('seq', '>', opts.afterSeq);
-    return q.orderBy('seq').limit(opts.limit ?? 100).execute();
+    if (opts.beforeSeq !== undefined) q = q.where('seq', '<', opts.beforeSeq);
+    q = q.orderBy('seq', opts.newestFirst ? 'desc' : 'asc').limit(opts.limit ?? 100);
+    if (opts.offset) q = q.offset(opts.offset);
+    return q.execute();
+  }
+  /** How many entries match the filter (for a paged, newest-first listing). */
+  async countAudit(opts: AuditFilter): Promise<number> {
+    const r = await this.auditWhere(this.sel('audit').select((eb) => eb.fn.countAll<number | string>().as('n')), opts).executeTakeFirst();
+    return Number(r?.n ?? 0);
+  }
+  private auditWhere<O>(q: SelectQueryBuilder<Database, 'audit', O>, f: AuditFilter): SelectQueryBuilder<Database, 'audit', O> {
+    if (f.since) q = q.where('ts', '>=', f.since);
+    if (f.until) q = q.where('ts', '<', f.until);
+    if (f.action) q = q.where('action', '=', f.action);
+    if (f.actor) q = q.where('actor', '=', f.actor);
+    if (f.objectType) q = q.where('object_type', '=', f.objectType);
+    if (f.objectId !== undefined) q = q.where('object_id', '=', f.objectId);
+    return q;
   }
   allAudit(): Promise<AuditRow[]> {
     return this.sel('audit').selectAll().orderBy('seq').execute();
@@ -457,6 +475,35 @@ export class Store {
   // ---- tenants (operator scope) ------------------------------------------------
   listTenants(): Promise<TenantRow[]> {
     return this.db.selectFrom('tenants').selectAll().orderBy('id').execute();
+  }
+  /** Per tenant id: its node count and how many are online (one grouped query for all tenants). */
+  async nodeCountsByTenant(): Promise<Map<number, { nodes: number; online: number }>> {
+    const rows = await this.db.selectFrom('nodes')
+      .select((eb) => [
+        'tenant_id',
+        eb.fn.countAll<number | string>().as('nodes'),
+        eb.fn.sum<number | string | null>(sql<number>`case when online = 1 and coalesce(unseen, 0) <> 1 then 1 else 0 end`).as('online'),
+      ])
+      .groupBy('tenant_id').execute();
+    return new Map(rows.map((r) => [r.tenant_id, { nodes: Number(r.nodes), online: Number(r.online ?? 0) }]));
+  }
+  /** Per relay id: each tenant's link count on it and when the relay last saw one of them (one grouped query; `tenantId` limits it to one tenant). */
+  async linkCountsByRelay(tenantId?: number): Promise<Map<number, { tenant_id: number; links: number; last_seen: string | null }[]>> {
+    let q = this.db.selectFrom('relay_links')
+      .select((eb) => [
+        'relay_id', 'tenant_id',
+        eb.fn.countAll<number | string>().as('links'),
+        eb.fn.max<string | null>('last_seen_at').as('last_seen'),
+      ])
+      .groupBy(['relay_id', 'tenant_id']);
+    if (tenantId !== undefined) q = q.where('tenant_id', '=', tenantId);
+    const out = new Map<number, { tenant_id: number; links: number; last_seen: string | null }[]>();
+    for (const r of await q.orderBy('relay_id').orderBy('tenant_id').execute()) {
+      const list = out.get(r.relay_id) ?? [];
+      list.push({ tenant_id: r.tenant_id, links: Number(r.links), last_seen: r.last_seen ?? null });
+      out.set(r.relay_id, list);
+    }
+    return out;
   }
   getTenantByName(name: string): Promise<TenantRow | undefined> {
     return this.db.selectFrom('tenants').selectAll().where('name', '=', name).executeTakeFirst();
