@@ -1,4 +1,4 @@
-import { useEffect, type ReactNode } from 'react';
+import { useEffect, useState, type ReactNode } from 'react';
 import { useQuery, useMutation, useQueryClient } from '@tanstack/react-query';
 import { Navigate, NavLink, Outlet, useLocation, useNavigate, useParams } from 'react-router';
 import { api, ApiError, setCsrf, setUnauthorizedHandler, type Session } from './api';
@@ -87,23 +87,23 @@ function TenantFrame({ title, children }: { title: string; children: ReactNode }
   );
 }
 
-export function OperatorPage({ children }: { children: ReactNode }) {
+export function OperatorPage({ title = 'Tenants', children }: { title?: string; children: ReactNode }) {
   return (
     <RequireSession>
-      <OperatorFrame>{children}</OperatorFrame>
+      <OperatorFrame title={title}>{children}</OperatorFrame>
     </RequireSession>
   );
 }
 
-function OperatorFrame({ children }: { children: ReactNode }) {
+function OperatorFrame({ title, children }: { title: string; children: ReactNode }) {
   const s = useSession();
   useEffect(() => {
-    document.title = 'Tenants · Larktun';
-  }, []);
+    document.title = `${title} · Larktun`;
+  }, [title]);
   if (s.kind !== 'operator') return <Navigate to={`/${s.tenant}/machines`} replace />;
   return (
     <Frame tenant={null}>
-      <h1>Tenants</h1>
+      <h1>{title}</h1>
       {children}
     </Frame>
   );
@@ -129,8 +129,13 @@ function Frame({ tenant, live = false, children }: { tenant: string | null; live
         { to: 'users', label: 'Users', show: true },
         { to: 'keys', label: 'Keys', show: true },
         { to: 'logs', label: 'Logs', show: can(s, 'audit') },
+        { to: 'relays', label: 'Relays', show: true },
       ]
     : [];
+  // Phone width: the nav folds behind a Menu button and opens as a full-width list.
+  const loc = useLocation();
+  const [menu, setMenu] = useState(false);
+  useEffect(() => setMenu(false), [loc.pathname]);
   return (
     <div className="app">
       <a className="skip" href="#main">Skip to content</a>
@@ -139,8 +144,10 @@ function Frame({ tenant, live = false, children }: { tenant: string | null; live
           <span className="logo" aria-hidden="true">L</span> Larktun
           {tenant && <span className="tenant-name" title="tenant">{tenant}</span>}
         </div>
-        <nav aria-label="Main">
+        <button type="button" className="menu-button" aria-expanded={menu} aria-controls="main-nav" onClick={() => setMenu(!menu)}>Menu</button>
+        <nav aria-label="Main" id="main-nav" className={menu ? 'open' : ''}>
           {s.kind === 'operator' && <NavLink to="/tenants" end>Tenants</NavLink>}
+          {s.kind === 'operator' && <NavLink to="/relays" end>All relays</NavLink>}
           {pages.filter((p) => p.show).map((p) => (
             <NavLink key={p.to} to={`/${tenant}/${p.to}`}>{p.label}</NavLink>
           ))}

@@ -162,3 +162,42 @@ export function parsePolicyError(s: string): { line: number; col: number; messag
   const m = /^[^:]*:(\d+):(\d+):\s*(.*)$/s.exec(s);
   return m ? { line: Number(m[1]), col: Number(m[2]), message: m[3] as string } : { line: 1, col: 1, message: s };
 }
+
+// ---- pages: paged lists, tenants with counts, relays ---------------------------------
+
+/** GET /tenants/{t}/nodes?limit=…: one page of the matches, their total, and the tenant's counts. */
+export interface NodePage {
+  nodes: NodeInfo[];
+  total: number;
+  counts: { all: number; online: number; offline: number };
+}
+
+export interface TenantWithCounts extends TenantInfo {
+  nodes: number;
+  online_nodes: number;
+}
+
+/** A relay as the operator sees it (GET /relays): with each tenant's links on it. */
+export interface RelayInfo {
+  id: number;
+  name: string;
+  endpoints: string[];
+  tenant: string | null;
+  live: boolean;
+  last_report: string | null;
+  created_at: string;
+  tenants: { tenant: string | null; links: number; last_seen: string | null }[];
+}
+
+/** A relay serving a tenant (GET /tenants/{t}/relays): only that tenant's links. */
+export interface TenantRelayInfo {
+  id: number;
+  name: string;
+  endpoints: string[];
+  tenant: string | null;
+  dedicated: boolean;
+  live: boolean;
+  last_report: string | null;
+  links: number;
+  last_seen: string | null;
+}

@@ -1,5 +1,5 @@
-import { Fragment, useMemo, useState } from 'react';
-import { useQuery } from '@tanstack/react-query';
+import { Fragment, useEffect, useState } from 'react';
+import { keepPreviousData, useQuery } from '@tanstack/react-query';
 import { useParams } from 'react-router';
 import { usePoll } from '../live';
 import { api, enc, type AuditEntry } from '../api';
@@ -7,9 +7,18 @@ import { when } from '../format';
 import { ErrorText, Loading, Pager } from '../ui';
 
 const PAGE = 100;
-const MATCH_LIMIT = 1000;
 
 interface Verify { ok: boolean; entries: number; broken_at?: number; reason?: string }
+
+/** A text filter, settled for 300 ms (one request per pause in typing). */
+function useSettled(value: string, ms = 300): string {
+  const [v, setV] = useState(value);
+  useEffect(() => {
+    const t = setTimeout(() => setV(value), ms);
+    return () => clearTimeout(t);
+  }, [value, ms]);
+  return v;
+}
 
 export function Logs() {
   const { tenant = '' } = useParams();
@@ -18,33 +27,32 @@ export function Logs() {
   const [actor, setActor] = useState('');
   const [object, setObject] = useState('');
   const [since, setSince] = useState('');
+  const [until, setUntil] = useState('');
   const [page, setPage] = useState(0);
   const [open, setOpen] = useState<number | null>(null);
 
   const verify = useQuery({ queryKey: ['audit', tenant, 'verify'], queryFn: () => api<Verify>('GET', `/tenants/${enc(tenant)}/audit/verify`), refetchInterval: poll });
-  const total = verify.data?.entries ?? 0;
-  const serverFilter = action.trim() !== '' || since !== '';
-  // Unfiltered: newest first, a page of 100 by sequence number. Filtered by action or
-  // time: the server's matches (up to 1000, from the oldest), newest first.
-  const after = serverFilter ? 0 : Math.max(0, total - PAGE * (page + 1));
-  const limit = serverFilter ? MATCH_LIMIT : Math.min(PAGE, Math.max(1, total - PAGE * page));
-  const qs = new URLSearchParams({ after: String(after), limit: String(limit) });
-  if (action.trim()) qs.set('action', action.trim());
-  if (since) qs.set('since', new Date(since).toISOString());
+  // The server filters (exact action, actor and object, a time range) and pages,
+  // newest first; total is the number of matches.
+  const f = { action: useSettled(action.trim()), actor: useSettled(actor.trim()), object: useSettled(object.trim()) };
+  const qs = new URLSearchParams({ order: 'desc', limit: String(PAGE), offset: String(page * PAGE) });
+  if (f.action) qs.set('action', f.action);
+  if (f.actor) qs.set('actor', f.actor);
+  if (f.object) qs.set('object', f.object);
+  const sinceIso = since && !Number.isNaN(Date.parse(since)) ? new Date(since).toISOString() : '';
+  const untilIso = until && !Number.isNaN(Date.parse(until)) ? new Date(until).toISOString() : '';
+  if (sinceIso) qs.set('since', sinceIso);
+  if (untilIso) qs.set('until', untilIso);
   const entries = useQuery({
     queryKey: ['audit', tenant, qs.toString()],
-    queryFn: () => api<{ entries: AuditEntry[] }>('GET', `/tenants/${enc(tenant)}/audit?${qs.toString()}`),
-    enabled: verify.isSuccess,
+    queryFn: () => api<{ entries: AuditEntry[]; total: number }>('GET', `/tenants/${enc(tenant)}/audit?${qs.toString()}`),
+    refetchInterval: poll,
+    placeholderData: keepPreviousData,
   });
-  const rows = useMemo(() => {
-    const a = actor.trim().toLowerCase();
-    const o = object.trim().toLowerCase();
-    return [...(entries.data?.entries ?? [])]
-      .reverse()
-      .filter((e) => !a || e.actor.toLowerCase().includes(a))
-      .filter((e) => !o || `${e.object_type}:${e.object_id}`.toLowerCase().includes(o));
-  }, [entries.data, actor, object]);
-  const pages = serverFilter ? 1 : Math.max(1, Math.ceil(total / PAGE));
+  const rows = entries.data?.entries ?? [];
+  const total = entries.data?.total ?? 0;
+  const pages = Math.max(1, Math.ceil(total / PAGE));
+  const reset = <T,>(set: (v: T) => void) => (v: T) => { set(v); setPage(0); };
 
   return (
     <section aria-label="Audit log">
@@ -57,14 +65,15 @@ export function Logs() {
             : `Hash chain BROKEN at entry ${verify.data.broken_at ?? '?'}: ${verify.data.reason ?? ''}`}
         </p>
       )}
-      <div className="toolbar filters">
-        <label>Action<input value={action} onChange={(e) => { setAction(e.target.value); setPage(0); }} placeholder="policy.set" /></label>
-        <label>Actor<input value={actor} onChange={(e) => setActor(e.target.value)} placeholder="user:alice" /></label>
-        <label>Object<input value={object} onChange={(e) => setObject(e.target.value)} placeholder="node:3" /></label>
-        <label>Since<input type="datetime-local" value={since} onChange={(e) => { setSince(e.target.value); setPage(0); }} /></label>
+      <div className="toolbar filters" role="search" aria-label="Filter the audit log">
+        <label>Action<input value={action} onChange={(e) => reset(setAction)(e.target.value)} placeholder="policy.set" /></label>
+        <label>Actor<input value={actor} onChange={(e) => reset(setActor)(e.target.value)} placeholder="user:alice" /></label>
+        <label>Object<input value={object} onChange={(e) => reset(setObject)(e.target.value)} placeholder="node:3" /></label>
+        <label>From<input type="datetime-local" value={since} onChange={(e) => reset(setSince)(e.target.value)} /></label>
+        <label>Until<input type="datetime-local" value={until} onChange={(e) => reset(setUntil)(e.target.value)} /></label>
       </div>
-      {serverFilter && entries.data && entries.data.entries.length === MATCH_LIMIT && <p className="muted small">Showing the first {MATCH_LIMIT} matches; narrow the time to see later ones.</p>}
-      {entries.isPending && verify.isSuccess && <Loading what="entries" />}
+      {entries.data && <p className="muted small" data-total={total}>{total === 1 ? '1 entry' : `${total} entries`}{f.action || f.actor || f.object || sinceIso || untilIso ? ' match' : ''}, newest first.</p>}
+      {entries.isPending && <Loading what="entries" />}
       <ErrorText error={entries.error} />
       <table className="grid">
         <thead><tr><th scope="col">#</th><th scope="col">Time</th><th scope="col">Actor</th><th scope="col">Action</th><th scope="col">Object</th><th scope="col"><span className="sr-only">Details</span></th></tr></thead>
@@ -94,7 +103,7 @@ export function Logs() {
         </tbody>
       </table>
       {entries.data && rows.length === 0 && <p className="empty">No entry matches.</p>}
-      <Pager page={page} pages={pages} onPage={setPage} />
+      <Pager page={Math.min(page, pages - 1)} pages={pages} onPage={setPage} />
     </section>
   );
 }

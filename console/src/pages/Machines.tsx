@@ -1,15 +1,15 @@
-import { useMemo, useState, type FormEvent } from 'react';
-import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
+import { useEffect, useState, type FormEvent } from 'react';
+import { keepPreviousData, useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
 import { Link, useParams } from 'react-router';
 import { usePoll } from '../live';
-import { api, enc, type NodeInfo } from '../api';
+import { api, enc, type NodeInfo, type NodePage } from '../api';
 import { ago, rtt } from '../format';
 import { can, useSession } from '../session';
 import { Confirm, ErrorText, Loading, Modal, Pager, Status } from '../ui';
 
 const PAGE = 50;
 type Filter = 'all' | 'online' | 'offline';
-type Action = { kind: 'rename' | 'expire' | 'delete'; node: NodeInfo } | null;
+type Action = { kind: 'rename' | 'tags' | 'expire' | 'delete'; node: NodeInfo } | null;
 
 function os(n: NodeInfo): string {
   const h = n.hostinfo;
@@ -17,38 +17,56 @@ function os(n: NodeInfo): string {
   return parts.join(' · ');
 }
 
+/** The search text, settled for 200 ms (one request per pause in typing, not per key). */
+function useSettled(value: string, ms = 200): string {
+  const [v, setV] = useState(value);
+  useEffect(() => {
+    const t = setTimeout(() => setV(value), ms);
+    return () => clearTimeout(t);
+  }, [value, ms]);
+  return v;
+}
+
 export function Machines() {
   const { tenant = '' } = useParams();
   const poll = usePoll();
   const s = useSession();
   const qc = useQueryClient();
-  const q = useQuery({
-    queryKey: ['nodes', tenant],
-    queryFn: () => api<{ nodes: NodeInfo[] }>('GET', `/tenants/${enc(tenant)}/nodes`),
-    refetchInterval: poll,
-  });
   const [search, setSearch] = useState('');
   const [filter, setFilter] = useState<Filter>('all');
   const [page, setPage] = useState(0);
   const [action, setAction] = useState<Action>(null);
   const [newName, setNewName] = useState('');
+  const [newTags, setNewTags] = useState<string[]>([]);
+  const needle = useSettled(search.trim());
+  // The server pages, searches and filters: the browser holds one page of 50.
+  const qs = new URLSearchParams({ limit: String(PAGE), offset: String(page * PAGE), status: filter });
+  if (needle) qs.set('q', needle);
+  const q = useQuery({
+    queryKey: ['nodes', tenant, qs.toString()],
+    queryFn: () => api<NodePage>('GET', `/tenants/${enc(tenant)}/nodes?${qs.toString()}`),
+    refetchInterval: poll,
+    placeholderData: keepPreviousData,
+  });
+  const tags = useQuery({
+    queryKey: ['tags', tenant],
+    queryFn: () => api<{ tags: string[] }>('GET', `/tenants/${enc(tenant)}/tags`),
+    enabled: action?.kind === 'tags',
+  });
 
   const nodes = q.data?.nodes ?? [];
-  const counts = { all: nodes.length, online: nodes.filter((n) => n.online).length, offline: nodes.filter((n) => !n.online).length };
-  const shown = useMemo(() => {
-    const needle = search.trim().toLowerCase();
-    return nodes
-      .filter((n) => (filter === 'all' ? true : filter === 'online' ? n.online : !n.online))
-      .filter((n) => !needle || [n.name, n.hostname, n.user ?? '', n.ipv4 ?? '', n.ipv6 ?? '', ...n.tags, ...n.announced_routes].some((x) => x.toLowerCase().includes(needle)))
-      .sort((a, b) => a.name.localeCompare(b.name));
-  }, [nodes, search, filter]);
-  const pages = Math.max(1, Math.ceil(shown.length / PAGE));
+  const counts = q.data?.counts ?? { all: 0, online: 0, offline: 0 };
+  const pages = Math.max(1, Math.ceil((q.data?.total ?? 0) / PAGE));
   const cur = Math.min(page, pages - 1);
+  useEffect(() => {
+    if (page > pages - 1) setPage(pages - 1);
+  }, [page, pages]);
 
   const change = useMutation({
     mutationFn: async (a: NonNullable<Action>) => {
       const base = `/tenants/${enc(tenant)}/nodes/${a.node.id}`;
       if (a.kind === 'rename') return api('PATCH', base, { name: newName.trim() });
+      if (a.kind === 'tags') return api('PUT', `${base}/tags`, { tags: newTags });
       if (a.kind === 'expire') return api('POST', `${base}/expire`);
       return api('DELETE', base);
     },
@@ -61,6 +79,7 @@ export function Machines() {
   const open = (a: NonNullable<Action>) => {
     change.reset();
     setNewName(a.node.name);
+    setNewTags(a.node.tags);
     setAction(a);
   };
   const mayChange = can(s, 'nodes');
@@ -90,7 +109,7 @@ export function Machines() {
               <tr><th scope="col">Machine</th><th scope="col">Owner</th><th scope="col">Addresses</th><th scope="col">Status</th><th scope="col">Relay RTT</th><th scope="col">Routes</th>{mayChange && <th scope="col"><span className="sr-only">Actions</span></th>}</tr>
             </thead>
             <tbody>
-              {shown.slice(cur * PAGE, cur * PAGE + PAGE).map((n) => (
+              {nodes.map((n) => (
                 <tr key={n.id} data-node={n.id}>
                   <td>
                     <div className="strong">{n.name}</div>
@@ -110,6 +129,7 @@ export function Machines() {
                   {mayChange && (
                     <td className="row-actions">
                       <button type="button" onClick={() => open({ kind: 'rename', node: n })} aria-label={`Rename ${n.name}`}>Rename</button>
+                      <button type="button" onClick={() => open({ kind: 'tags', node: n })} aria-label={`Edit tags of ${n.name}`}>Tags</button>
                       <button type="button" onClick={() => open({ kind: 'expire', node: n })} aria-label={`Expire ${n.name}`} disabled={n.expired}>Expire</button>
                       <button type="button" className="danger" onClick={() => open({ kind: 'delete', node: n })} aria-label={`Delete ${n.name}`}>Delete</button>
                     </td>
@@ -118,7 +138,7 @@ export function Machines() {
               ))}
             </tbody>
           </table>
-          {shown.length === 0 && <p className="empty">{nodes.length === 0 ? 'No machines yet. Create an auth key on the Keys page and run larktun up with it.' : 'No machine matches.'}</p>}
+          {nodes.length === 0 && <p className="empty">{counts.all === 0 ? 'No machines yet. Create an auth key on the Keys page and run larktun up with it.' : 'No machine matches.'}</p>}
           <Pager page={cur} pages={pages} onPage={setPage} />
         </>
       )}
@@ -129,6 +149,36 @@ export function Machines() {
           <div className="actions">
             <button type="button" onClick={() => setAction(null)}>Cancel</button>
             <button type="submit" className="primary" disabled={change.isPending}>Rename</button>
+          </div>
+        </form>
+      </Modal>
+      <Modal open={action?.kind === 'tags'} title={`Tags of ${action?.node.name ?? ''}`} onClose={() => setAction(null)}>
+        <form onSubmit={(e: FormEvent) => { e.preventDefault(); if (action) change.mutate(action); }} aria-label="Edit tags">
+          {tags.isPending && <Loading what="the policy's tags" />}
+          <ErrorText error={tags.error} />
+          {tags.data && tags.data.tags.length === 0 && <p className="muted">The policy defines no tags. Add them under <code>tagOwners</code> on the Access controls page.</p>}
+          {tags.data && (
+            <fieldset className="tag-choices">
+              <legend className="small-h">Tags the policy defines</legend>
+              {tags.data.tags.map((t) => (
+                <label key={t} className="check-label">
+                  <input type="checkbox" checked={newTags.includes(t)} onChange={(e) => setNewTags(e.target.checked ? [...newTags, t].sort() : newTags.filter((x) => x !== t))} />
+                  <span className="mono">{t}</span>
+                </label>
+              ))}
+            </fieldset>
+          )}
+          {tags.data && newTags.filter((t) => !tags.data.tags.includes(t)).map((t) => (
+            <p key={t} className="muted small">
+              <span className="mono">{t}</span> is no longer in the policy&apos;s tagOwners: saving removes it.{' '}
+              <button type="button" className="link" onClick={() => setNewTags(newTags.filter((x) => x !== t))}>Remove it</button>
+            </p>
+          ))}
+          <p className="muted small">A tagged machine is owned by its tags, not by a user; its access follows the tags&apos; rules.</p>
+          <ErrorText error={change.error} />
+          <div className="actions">
+            <button type="button" onClick={() => setAction(null)}>Cancel</button>
+            <button type="submit" className="primary" disabled={change.isPending || !tags.data || newTags.some((t) => !tags.data.tags.includes(t))}>Save tags</button>
           </div>
         </form>
       </Modal>
