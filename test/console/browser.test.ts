@@ -557,7 +557,13 @@ function suite(backend: Backend): void {
         await dlg.getByRole('alert').filter({ hasText: 'too small' }).waitFor();
         await dlg.getByRole('button', { name: 'Cancel' }).click();
         assert.equal((await op.get('/api/v1/tenants/beta')).body.pool4, '100.64.0.0/10');
-        // Every relay with its links per tenant.
+        // Every relay with its links per tenant (edge-fra reports again, so it is live).
+        const edgeLinks: Json[] = [];
+        for (const [nm, id] of Object.entries(ids)) {
+          const r = await op.get(`/api/v1/tenants/${nm === 'beta-only-node' ? 'beta' : 'acme'}/nodes/${id}/links`);
+          edgeLinks.push(...(r.body.links as Json[]).filter((l) => l.relay === edge.id));
+        }
+        assert.equal((await op.as(edge.token).post('/relay/v1/health', { links: edgeLinks.map((l) => ({ link_id: l.link_id, last_seen_ms_ago: 200 })) })).status, 200);
         await o.page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'All relays' }).click();
         await o.page.waitForURL('**/relays');
         await o.page.locator('tr[data-relay]').first().waitFor();
@@ -566,6 +572,8 @@ function suite(backend: Backend): void {
         assert.deepEqual(await edgeRow.locator('[data-links]').evaluateAll((els) => els.map((x) => x.getAttribute('data-links'))), ['acme:6', 'beta:1']);
         assert.deepEqual(await o.page.locator('tr[data-relay="beta-secret-relay"] [data-links]').evaluateAll((els) => els.map((x) => x.getAttribute('data-links'))), ['beta:1']);
         await edgeRow.getByText('shared').waitFor();
+        await edgeRow.getByText('Live', { exact: true }).waitFor();
+        await o.page.locator('tr[data-relay="acme-hub"]').getByText('Not live').waitFor();
         await shot(o.page, 'relays');
         // Switch into a tenant.
         await o.page.goto('/tenants');

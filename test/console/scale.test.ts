@@ -39,6 +39,9 @@ before(async () => {
       assert.equal(r.status, 201, r.text);
     }
   }));
+  // A shared relay: every node gets a link on it (the Relays page counts 1 000).
+  const rel = await op.post('/api/v1/relays', { name: 'edge', endpoints: ['203.0.113.1:18020'] });
+  assert.equal(rel.status, 201, rel.text);
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true });
 });
 
@@ -49,7 +52,7 @@ after(async () => {
   cleanup(dir);
 });
 
-test(`Machines and Routes with ${N} machines`, { skip }, async () => {
+test(`every tenant page with ${N} machines; Machines and Logs page on the server`, { skip }, async () => {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, baseURL: srv.url });
   const page = await ctx.newPage();
   await page.goto('/signin');
@@ -74,6 +77,8 @@ test(`Machines and Routes with ${N} machines`, { skip }, async () => {
     // 1 s is the goal on a quiet machine; the bound leaves room for a loaded shared CI host.
     assert.ok(ms < 10_000, `${label} rendered in ${ms} ms`);
   }
+  await page.goto('/big/relays');
+  assert.equal(await page.locator('tr[data-relay="edge"] [data-links]').getAttribute('data-links'), String(N));
   // Machines: the server sends one page of 50 (sorted by name), with the total and the counts.
   const resp = page.waitForResponse((r) => r.url().includes('/api/v1/tenants/big/nodes?'));
   await page.goto('/big/machines');
@@ -110,6 +115,28 @@ test(`Machines and Routes with ${N} machines`, { skip }, async () => {
   await page.getByRole('button', { name: 'Next' }).click();
   await page.locator(`tr[data-seq="${logs.total - 100}"]`).waitFor();
   process.stdout.write(`# console logs next page (${logs.total} entries) = ${Date.now() - t0} ms\n`);
+  // The operator's pages: tenant counts (one grouped query) and links per tenant.
+  const o = await browser.newContext({ viewport: { width: 1280, height: 800 }, baseURL: srv.url });
+  const op = await o.newPage();
+  await op.goto('/signin');
+  await op.getByRole('tab', { name: 'Operator' }).click();
+  await op.getByLabel('Operator key').fill(srv.operatorKey());
+  await op.getByRole('button', { name: 'Sign in' }).click();
+  await op.waitForURL('**/tenants');
+  for (const [path, ready, label] of [['/tenants', 'tr[data-tenant="big"]', 'tenants'], ['/relays', 'tr[data-relay="edge"]', 'operator relays']] as const) {
+    const t1 = Date.now();
+    await op.goto(path);
+    await op.locator(ready).waitFor();
+    const ms = Date.now() - t1;
+    times.push(`${label} ${ms}`);
+    process.stdout.write(`# console load ${label} (${N} nodes) = ${ms} ms\n`);
+    assert.ok(ms < 10_000, `${label} rendered in ${ms} ms`);
+  }
+  await op.goto('/tenants');
+  assert.equal(await op.locator('tr[data-tenant="big"] [data-nodes]').getAttribute('data-nodes'), String(N));
+  await op.goto('/relays');
+  assert.equal(await op.locator('tr[data-relay="edge"] [data-links]').getAttribute('data-links'), `big:${N}`);
+  await o.close();
   process.stdout.write(`# console pages (${N} nodes): ${times.join(', ')} ms\n`);
   await ctx.close();
 });

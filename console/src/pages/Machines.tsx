@@ -174,7 +174,7 @@ export function Machines() {
               <button type="button" className="link" onClick={() => setNewTags(newTags.filter((x) => x !== t))}>Remove it</button>
             </p>
           ))}
-          <p className="muted small">A tagged machine is owned by its tags, not by a user; its access follows the tags&apos; rules.</p>
+          <p className="muted small">The policy&apos;s rules that name these tags apply to this machine from its next map on.</p>
           <ErrorText error={change.error} />
           <div className="actions">
             <button type="button" onClick={() => setAction(null)}>Cancel</button>
