@@ -157,6 +157,10 @@ for (const b of backends()) {
       assert.deepEqual(byTag.body.nodes.map((n: Json) => n.name), ['web-1', 'web-2']);
       const byRoute = await admin.get('/api/v1/tenants/acme/nodes?limit=50&q=10.30.');
       assert.deepEqual(byRoute.body.nodes.map((n: Json) => n.name), ['mike']);
+      for (const q of ['%', "' or 1=1 --", '.*']) {
+        const r = await admin.get(`/api/v1/tenants/acme/nodes?limit=50&q=${encodeURIComponent(q)}`);
+        assert.deepEqual([r.status, r.body.total], [200, 0], `q=${q} is a plain substring`);
+      }
       const past = await admin.get('/api/v1/tenants/acme/nodes?limit=50&offset=100');
       assert.deepEqual([past.body.nodes.length, past.body.total], [0, 7]);
       // abuse: out-of-range and unknown parameters are refused, another tenant sees nothing
@@ -221,6 +225,12 @@ for (const b of backends()) {
       assert.deepEqual([f.total, f.entries.length, f.entries[0].action], [3, 1, 'node.rename'], 'total counts the matches');
       const older = (await admin.get(`/api/v1/tenants/acme/audit?order=desc&before=${n - 1}&limit=2`)).body.entries;
       assert.deepEqual(older.map((e: Json) => e.seq), [n - 2, n - 3]);
+      // Filters are values, never query text.
+      for (const q of [`actor=${encodeURIComponent("' or 1=1 --")}`, `object=${encodeURIComponent("node:1' or '1'='1")}`, `action=${encodeURIComponent('%')}`]) {
+        const r = await admin.get(`/api/v1/tenants/acme/audit?order=desc&${q}`);
+        assert.equal(r.status, 200, q);
+        assert.deepEqual([r.body.total, r.body.entries.length], [0, 0], q);
+      }
       for (const q of ['order=up', 'until=yesterday', `actor=${'a'.repeat(201)}`, 'before=0', 'offset=-2']) {
         assert.equal((await admin.get(`/api/v1/tenants/acme/audit?${q}`)).status, 400, q);
       }
