@@ -178,7 +178,7 @@ export function Machines() {
           <ErrorText error={change.error} />
           <div className="actions">
             <button type="button" onClick={() => setAction(null)}>Cancel</button>
-            <button type="submit" className="primary" disabled={change.isPending || !tags.data || newTags.some((t) => !tags.data.tags.includes(t))}>Save tags</button>
+            <button type="submit" className="primary" disabled={change.isPending || !tags.data || newTags.some((t) => !tags.data.tags.includes(t)) || newTags.join(' ') === [...(action?.node.tags ?? [])].sort().join(' ')}>Save tags</button>
           </div>
         </form>
       </Modal>
