@@ -84,6 +84,14 @@ function suite(backend: Backend): void {
       await page.waitForURL(`**/${tenant}/machines`);
     }
 
+    /** Waits for "Saved as version N"; a refused save fails at once with the server's message (e.g. a compile worker busy on a loaded machine). */
+    async function savedOrSay(page: Page): Promise<void> {
+      const saved = page.getByText(/Saved as version \d+/);
+      const refused = page.getByRole('dialog').getByRole('alert');
+      await saved.or(refused).first().waitFor({ timeout: 60_000 });
+      if (!(await saved.isVisible())) assert.fail(`the save was refused: ${await refused.first().textContent()}`);
+    }
+
     /** Waits (up to 10 s) until exactly `n` elements match: lists refetch from the server after a filter changes. */
     async function rowsAre(page: Page, sel: string, n: number): Promise<void> {
       const deadline = Date.now() + 10_000;
@@ -330,7 +338,7 @@ function suite(backend: Backend): void {
         await page.locator('.cm-mergeView').waitFor();
         await shot(page, 'acls-diff');
         await page.getByRole('dialog').getByRole('button', { name: 'Save policy' }).click();
-        await page.getByText(/Saved as version \d+/).waitFor();
+        await savedOrSay(page);
         const live = await op.get('/api/v1/tenants/acme/policy');
         assert.match(live.body.policy, /"group:admins","alice@"/);
         assert.equal(live.body.created_by, 'user:alice');
@@ -341,7 +349,7 @@ function suite(backend: Backend): void {
         await page.getByRole('dialog').getByRole('button', { name: 'Restore into the editor' }).click();
         await page.getByRole('button', { name: 'Save…' }).click();
         await page.getByRole('dialog').getByRole('button', { name: 'Save policy' }).click();
-        await page.getByText(/Saved as version \d+/).waitFor();
+        await savedOrSay(page);
         await page.locator('tr[data-version="4"]').waitFor();
         const restored = await op.get('/api/v1/tenants/acme/policy');
         assert.equal(restored.body.version, 4);
