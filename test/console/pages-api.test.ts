@@ -276,6 +276,16 @@ for (const b of backends()) {
       assert.deepEqual(mine.map((r: Json) => [r.name, r.tenants.map((x: Json) => x.tenant)]), [['beta-relay', ['beta']]]);
     });
 
+    t('the Relays pages are console pages: /relays and /{tenant}/relays serve the app; other paths keep their 404', async () => {
+      for (const path of ['/relays', '/acme/relays']) {
+        const r = await fetch(`${srv.url}${path}`);
+        assert.equal(r.status, 200, path);
+        assert.equal(r.headers.get('cache-control'), 'no-store', path);
+        assert.match(await r.text(), /<div id="root">/, path);
+      }
+      for (const path of ['/relays/1', '/acme/relayz', '/ACME/relays']) assert.equal((await fetch(`${srv.url}${path}`)).status, 404, path);
+    });
+
     t('OpenAPI lists the new endpoints and parameters', async () => {
       const d = (await op.get('/api/v1/openapi.json')).body;
       assert.ok(d.paths['/api/v1/tenants/{tenant}/relays']?.get);
