@@ -129,6 +129,7 @@ function Frame({ tenant, live = false, children }: { tenant: string | null; live
         { to: 'users', label: 'Users', show: true },
         { to: 'keys', label: 'Keys', show: true },
         { to: 'logs', label: 'Logs', show: can(s, 'audit') },
+        { to: 'settings', label: 'Settings', show: can(s, 'admin') },
       ]
     : [];
   return (

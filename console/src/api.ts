@@ -118,6 +118,9 @@ export interface AuditEntry {
 export interface ConsoleUser {
   id: number;
   username: string;
+  email: string | null;
+  /** "password" or "sso" */
+  source: string;
   role: string;
   created_at: string;
   created_by: string;
@@ -161,4 +164,24 @@ export interface TenantInfo {
 export function parsePolicyError(s: string): { line: number; col: number; message: string } {
   const m = /^[^:]*:(\d+):(\d+):\s*(.*)$/s.exec(s);
   return m ? { line: Number(m[1]), col: Number(m[2]), message: m[3] as string } : { line: 1, col: 1, message: s };
+}
+
+// ---- single sign-on (OpenID Connect) ------------------------------------------------------
+
+export interface OidcConfig {
+  issuer: string;
+  client_id: string;
+  client_secret_set: boolean;
+  allowed_domains: string[];
+  new_user_role: 'admin' | 'operator' | 'auditor' | null;
+  enabled: boolean;
+  updated_at: string;
+  updated_by: string;
+}
+
+export interface OidcSettings {
+  oidc: OidcConfig | null;
+  /** The redirect URI to register at the provider (null: the server needs --public-url). */
+  redirect_uri: string | null;
+  start_path: string;
 }

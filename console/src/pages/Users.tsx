@@ -43,11 +43,13 @@ export function Users() {
       <ErrorText error={cu.error} />
       {cu.data && (
         <table className="grid">
-          <thead><tr><th scope="col">Username</th><th scope="col">Role</th><th scope="col">Last sign-in</th><th scope="col">Created</th>{mayAdmin && <th scope="col"><span className="sr-only">Actions</span></th>}</tr></thead>
+          <thead><tr><th scope="col">Username</th><th scope="col">Email</th><th scope="col">Sign-in</th><th scope="col">Role</th><th scope="col">Last sign-in</th><th scope="col">Created</th>{mayAdmin && <th scope="col"><span className="sr-only">Actions</span></th>}</tr></thead>
           <tbody>
             {cu.data.console_users.map((u) => (
               <tr key={u.id}>
                 <td className="strong">{u.username}</td>
+                <td>{u.email ?? ''}</td>
+                <td>{u.source === 'sso' ? <span className="badge" title="Signs in at the tenant's identity provider; no password">SSO</span> : <span className="muted small">password</span>}</td>
                 <td><span className="badge">{u.role}</span></td>
                 <td className="small">{ago(u.last_signin_at)}</td>
                 <td className="small">{when(u.created_at)} <span className="muted">by {u.created_by}</span></td>
