@@ -289,11 +289,17 @@ export function registerOidc(app: FastifyInstance, deps: OidcDeps): { discovery:
     reply.header('set-cookie', attrs.join('; '));
   };
 
-  const locked = (keys: { user?: string; ip: string }): SsoFailure | null => {
-    const u = keys.user ? users.delayFor([keys.user]) : { locked: false, retryAfterS: 0 };
+  /** As a password sign-in: refused while the address (or the tenant's email) is locked out, slowed after failures. */
+  const throttle = async (keys: { user?: string; ip: string }): Promise<void> => {
+    const u = keys.user ? users.delayFor([keys.user]) : { locked: false, retryAfterS: 0, delayMs: 0 };
     const i = ips.delayFor([keys.ip]);
-    if (u.locked || i.locked) return new SsoFailure('too_many_attempts', 429, `too many failed sign-ins; try again in ${Math.max(u.retryAfterS, i.retryAfterS)} s`);
-    return null;
+    if (u.locked || i.locked) throw new SsoFailure('too_many_attempts', 429, `too many failed sign-ins; try again in ${Math.max(u.retryAfterS, i.retryAfterS)} s`);
+    const delay = Math.max(u.delayMs, i.delayMs);
+    if (delay > 0) await new Promise<void>((r) => setTimeout(r, delay));
+  };
+  const locked = (keys: { ip: string }): SsoFailure | null => {
+    const i = ips.delayFor([keys.ip]);
+    return i.locked ? new SsoFailure('too_many_attempts', 429, `too many failed sign-ins; try again in ${i.retryAfterS} s`) : null;
   };
 
   app.get<{ Params: { tenant: string } }>(
@@ -359,8 +365,7 @@ export function registerOidc(app: FastifyInstance, deps: OidcDeps): { discovery:
       let tenant: TenantRow | null = null;
       let email: string | null = null;
       try {
-        const lock = locked({ ip: req.ip });
-        if (lock) throw lock;
+        await throttle({ ip: req.ip });
         if (typeof q.state !== 'string' || q.state === '') throw new SsoFailure('sso_state_invalid', 400, 'the sign-in has no state; start again');
         const st = await oidcRepo.takeState(hashSecret(q.state));
         if (!st || Date.parse(st.expires_at) <= Date.now()) throw new SsoFailure('sso_state_invalid', 400, 'this sign-in is unknown, was already used or has expired; start again');
@@ -409,8 +414,7 @@ export function registerOidc(app: FastifyInstance, deps: OidcDeps): { discovery:
         const allowed = JSON.parse(c.allowed_domains) as string[];
         if (!allowed.includes(domain)) throw new SsoFailure('sso_domain_not_allowed', 403, `email addresses of ${domain} may not sign in to this tenant`, tenant);
         const userKey = `user:${tenant.name}/${email}`;
-        const ulock = locked({ user: userKey, ip: req.ip });
-        if (ulock) throw ulock;
+        await throttle({ user: userKey, ip: req.ip });
 
         let u = await consoleRepo.getUserByEmail(tenant.id, email);
         if (!u) {
