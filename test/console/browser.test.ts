@@ -49,7 +49,7 @@ async function signIn(page: Page, tenant: string, username: string, password: st
   await page.getByLabel('Tenant', { exact: true }).fill(tenant);
   await page.getByLabel('Username').fill(username);
   await page.getByLabel('Password').fill(password);
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
   await page.waitForURL(`**/${tenant}/machines`);
 }
 
@@ -348,7 +348,7 @@ test('console in chromium: sign-in, machines, routes, policy, logs, users, keys,
     await o.page.goto('/signin');
     await o.page.getByRole('tab', { name: 'Operator' }).click();
     await o.page.getByLabel('Operator key').fill(srv.operatorKey());
-    await o.page.getByRole('button', { name: 'Sign in' }).click();
+    await o.page.getByRole('button', { name: 'Sign in', exact: true }).click();
     await o.page.waitForURL('**/tenants');
     await o.page.getByRole('link', { name: 'acme' }).waitFor();
     await o.page.getByRole('link', { name: 'beta' }).waitFor();
@@ -372,7 +372,7 @@ test('console in chromium: sign-in, machines, routes, policy, logs, users, keys,
     await page.getByLabel('Tenant', { exact: true }).fill('acme');
     await page.getByLabel('Username').fill('alice');
     await page.getByLabel('Password').fill('not-the-password');
-    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('button', { name: 'Sign in', exact: true }).click();
     await page.getByRole('alert').filter({ hasText: 'not right' }).waitFor();
     const times: number[] = [];
     for (let i = 0; i < 4; i++) {

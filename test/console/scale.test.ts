@@ -54,7 +54,7 @@ test(`Machines and Routes with ${N} machines`, { skip }, async () => {
   await page.getByLabel('Tenant', { exact: true }).fill('big');
   await page.getByLabel('Username').fill('admin');
   await page.getByLabel('Password').fill('big-admin-password');
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
   await page.waitForURL('**/big/machines');
   for (const [path, ready, label] of [['/big/machines', 'tr[data-node]', 'machines'], ['/big/routes', 'article.card', 'routes'], ['/big/logs', 'tr[data-seq]', 'logs']] as const) {
     const t0 = Date.now();
