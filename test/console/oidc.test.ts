@@ -432,14 +432,18 @@ test('SSO in chromium: a new user signs in, lands on Machines, and its change sh
   const form = page.getByRole('form', { name: 'Add a console user' });
   await form.getByLabel('Username').fill('frank');
   await form.getByLabel('Password').fill('frank-password-1');
+  await form.getByLabel('Email').fill('Frank@acme.example');
   await form.getByLabel('Role').selectOption('operator');
   await form.getByRole('button', { name: 'Add user' }).click();
   await page.getByRole('cell', { name: 'frank', exact: true }).waitFor();
+  await page.getByRole('cell', { name: 'frank@acme.example', exact: true }).waitFor();
   await page.goto('/acme/logs');
   const entry = page.locator('tr[data-seq]', { hasText: 'console_user.create' }).filter({ hasText: 'user:carol@acme.example' }).first();
   await entry.waitFor();
   const frankAudit = (await audit('acme', 'console_user.create')).find((x) => x.after.username === 'frank');
   assert.equal(frankAudit?.actor, 'user:carol@acme.example');
+  assert.equal(frankAudit?.after.email, 'frank@acme.example', 'an email given to a password user (to link it for SSO)');
+  assert.equal(frankAudit?.after.source, 'password');
 
   // Settings (admins): the config without its secret; the nav link is there.
   await page.getByRole('link', { name: 'Settings' }).click();

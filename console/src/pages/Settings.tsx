@@ -86,7 +86,7 @@ export function Settings() {
                 <option value="">existing users only</option>
               </select>
             </label>
-            <label className="check"><input type="checkbox" checked={enabled} onChange={(e) => setEnabled(e.target.checked)} /> Enabled</label>
+            <label className="check-label"><input type="checkbox" checked={enabled} onChange={(e) => setEnabled(e.target.checked)} /> Enabled</label>
             <button type="submit" className="primary" disabled={save.isPending}>Save</button>
             {cfg && <button type="button" className="danger" onClick={() => { remove.reset(); setConfirmDelete(true); }}>Remove</button>}
             {save.isSuccess && <span className="small" role="status">Saved.</span>}

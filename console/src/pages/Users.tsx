@@ -18,12 +18,14 @@ export function Users() {
   const [username, setUsername] = useState('');
   const [password, setPassword] = useState('');
   const [role, setRole] = useState('operator');
+  const [email, setEmail] = useState('');
   const [del, setDel] = useState<ConsoleUser | null>(null);
   const create = useMutation({
-    mutationFn: () => api<ConsoleUser>('POST', `/tenants/${enc(tenant)}/console-users`, { username: username.trim(), password, role }),
+    mutationFn: () => api<ConsoleUser>('POST', `/tenants/${enc(tenant)}/console-users`, { username: username.trim(), password, role, ...(email.trim() ? { email: email.trim() } : {}) }),
     onSuccess: () => {
       setUsername('');
       setPassword('');
+      setEmail('');
       void qc.invalidateQueries({ queryKey: ['console-users', tenant] });
     },
   });
@@ -64,6 +66,7 @@ export function Users() {
           <h3 className="small-h">Add a console user</h3>
           <label>Username<input value={username} onChange={(e) => setUsername(e.target.value)} required pattern="[A-Za-z0-9._@\-]{1,64}" autoComplete="off" /></label>
           <label>Password<input type="password" value={password} onChange={(e) => setPassword(e.target.value)} required minLength={10} maxLength={256} autoComplete="new-password" /></label>
+          <label>Email <span className="muted small">(optional, for SSO)</span><input type="email" value={email} onChange={(e) => setEmail(e.target.value)} maxLength={254} autoComplete="off" /></label>
           <label>Role
             <select value={role} onChange={(e) => setRole(e.target.value)}>
               <option value="admin">admin</option><option value="operator">operator</option><option value="auditor">auditor</option>
