@@ -449,6 +449,9 @@ test('SSO in chromium: a new user signs in, lands on Machines, and its change sh
   await page.getByRole('link', { name: 'Settings' }).click();
   await page.waitForURL('**/acme/settings');
   await page.locator('[data-redirect-uri]').waitFor();
+  const direct = await page.goto('/acme/settings');
+  assert.equal(direct?.status(), 200, 'the Settings page loads directly (a reload) too');
+  await page.locator('[data-redirect-uri]').waitFor();
   assert.equal(await page.getByLabel('Issuer URL').inputValue(), issuer);
   assert.equal(await page.getByLabel('Client secret').inputValue(), '', 'the secret is write-only');
   assert.ok(!(await page.content()).includes(CLIENT_SECRET));
