@@ -385,6 +385,17 @@ test('SSO callback abuse: forged, reused, expired and other-browser states; one 
   assert.ok(betaFailed.some((x) => x.after.reason === 'sso_exchange_failed' && x.actor === 'anonymous'));
   assert.equal((await audit('acme', 'console.signin')).length, 0, 'nobody signed in to acme');
   assert.equal((await op.get('/api/v1/tenants/acme/console-users')).body.console_users.length, 0, 'no acme user created');
+
+  // These failures count in the sign-in limiter of this address (10 free, then 250 ms doubling):
+  // a few more forged states and the answers slow down.
+  const times: number[] = [];
+  for (let i = 0; i < 4 && !times.some((ms) => ms >= 200); i++) {
+    const r = await raw(cb({ state: `forged-again-${i}-0123456789abcdef` }), { accept: 'application/json' });
+    assert.equal(r.body.error.code, 'sso_state_invalid');
+    times.push(r.ms);
+  }
+  process.stdout.write(`# oidc callbacks after 10+ failures from one address: ${times.join(', ')} ms\n`);
+  assert.ok(times.some((ms) => ms >= 200), `failed SSO callbacks are slowed: ${times.join(', ')} ms`);
 });
 
 test('SSO in chromium: a new user signs in, lands on Machines, and its change shows in Logs under its email', { skip }, async () => {
