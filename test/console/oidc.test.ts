@@ -7,7 +7,7 @@
 // its email), and the abuse cases: forged, reused, expired and other-browser
 // states; a state of one tenant with a code of another; disallowed and
 // unverified emails; another tenant's user; an unreachable or hanging
-// provider; a Host header that is not loopback.
+// provider; a Host header that is not loopback. Also --public-url.
 // Screenshots (1280×800, light) go to docs/console/ when
 // LARKTUN_CONSOLE_SCREENSHOTS=1, else to the test's temp directory.
 import { test, before, after } from 'node:test';
@@ -542,4 +542,30 @@ test('SSO refusals in chromium: a disallowed domain, an unverified email, anothe
   assert.equal((await betaAdmin.put('/api/v1/tenants/beta/oidc', { ...acmeConfig(), client_secret: undefined, allowed_domains: ['beta.example'], enabled: false })).status, 200);
   assert.equal((await raw('/api/v1/console/oidc/beta/start', { accept: 'application/json' })).body.error.code, 'sso_not_configured');
   assert.deepEqual(problems, []);
+});
+
+test('--public-url (or LARKTUN_PUBLIC_URL) sets the redirect URI whatever the Host; a bad one stops the server', { skip }, async () => {
+  const d = tempDir('larktun-console-oidc-pub-');
+  const s2 = await spawnServer({ dataDir: d, db: 'sqlite', extra: ['--public-url', 'https://larktun.example.com'] });
+  try {
+    const o = new Client(s2.url, s2.operatorKey());
+    assert.equal((await o.post('/api/v1/tenants', { name: 'acme' })).status, 201);
+    assert.equal((await o.put('/api/v1/tenants/acme/oidc', acmeConfig())).status, 200);
+    const want = 'https://larktun.example.com/api/v1/console/oidc/callback';
+    assert.equal((await o.get('/api/v1/tenants/acme/oidc')).body.redirect_uri, want);
+    const r = await fetch(`${s2.url}/api/v1/console/oidc/acme/start`, { redirect: 'manual' });
+    assert.equal(r.status, 302);
+    assert.equal(new URL(r.headers.get('location') as string).searchParams.get('redirect_uri'), want);
+  } finally {
+    await s2.stop();
+    cleanup(d);
+  }
+  const d2 = tempDir('larktun-console-oidc-pub-');
+  try {
+    const s3 = await spawnServer({ dataDir: d2, db: 'sqlite', env: { LARKTUN_PUBLIC_URL: 'https://larktun.example.com/console' } })
+      .then(async (s) => { await s.stop(); return 'started'; }, (err: Error) => err.message);
+    assert.match(s3, /must be http\(s\):\/\/host\[:port\] without a path/, 'a public URL with a path is refused at start');
+  } finally {
+    cleanup(d2);
+  }
 });
