@@ -130,6 +130,7 @@ function Frame({ tenant, live = false, children }: { tenant: string | null; live
         { to: 'keys', label: 'Keys', show: true },
         { to: 'logs', label: 'Logs', show: can(s, 'audit') },
         { to: 'relays', label: 'Relays', show: true },
+        { to: 'settings', label: 'Settings', show: can(s, 'admin') },
       ]
     : [];
   // Phone width: the nav folds behind a Menu button and opens as a full-width list.

@@ -118,6 +118,9 @@ export interface AuditEntry {
 export interface ConsoleUser {
   id: number;
   username: string;
+  email: string | null;
+  /** "password" or "sso" */
+  source: string;
   role: string;
   created_at: string;
   created_by: string;
@@ -200,4 +203,24 @@ export interface TenantRelayInfo {
   last_report: string | null;
   links: number;
   last_seen: string | null;
+}
+
+// ---- single sign-on (OpenID Connect) ------------------------------------------------------
+
+export interface OidcConfig {
+  issuer: string;
+  client_id: string;
+  client_secret_set: boolean;
+  allowed_domains: string[];
+  new_user_role: 'admin' | 'operator' | 'auditor' | null;
+  enabled: boolean;
+  updated_at: string;
+  updated_by: string;
+}
+
+export interface OidcSettings {
+  oidc: OidcConfig | null;
+  /** The redirect URI to register at the provider (null: the server needs --public-url). */
+  redirect_uri: string | null;
+  start_path: string;
 }

@@ -12,6 +12,7 @@ import { Users } from './pages/Users';
 import { Keys } from './pages/Keys';
 import { Tenants } from './pages/Tenants';
 import { OperatorRelays, TenantRelays } from './pages/Relays';
+import { Settings } from './pages/Settings';
 import './styles.css';
 
 // The policy editor (CodeMirror) loads when its page is opened.
@@ -44,6 +45,7 @@ const router = createBrowserRouter([
       { path: '/:tenant/logs', element: <TenantPage title="Logs"><Logs /></TenantPage> },
       { path: '/relays', element: <OperatorPage title="Relays"><OperatorRelays /></OperatorPage> },
       { path: '/:tenant/relays', element: <TenantPage title="Relays"><TenantRelays /></TenantPage> },
+      { path: '/:tenant/settings', element: <TenantPage title="Settings"><Settings /></TenantPage> },
       { path: '*', element: <p role="alert">This page does not exist.</p> },
     ],
   },

@@ -30,6 +30,7 @@ import { attachPool, CompilePool, compileLimits, warmFacts } from './compile/ind
 import { FACTS_MIN_BYTES } from './policy-engine.js';
 import { RateLimiter } from './ratelimit.js';
 import { registerConsoleApi } from './console/api.js';
+import { parsePublicUrl } from './console/oidc.js';
 import { registerConsoleStatic } from './console/static.js';
 import { ConsoleEvents } from './console/events.js';
 
@@ -76,6 +77,8 @@ export interface ServerOptions {
   maxStreamsPerNode?: number;
   /** POST …/policy/check per tenant: sustained rate per second and burst (default 1/s, 5; env LARKTUN_POLICY_CHECK_RATE, LARKTUN_POLICY_CHECK_BURST). */
   policyCheckRate?: { perSecond: number; burst: number };
+  /** The URL users and identity providers reach this server at, e.g. https://larktun.example.com (env LARKTUN_PUBLIC_URL); console SSO redirect URIs derive from it. */
+  publicUrl?: string;
 }
 
 function envMs(name: string): number | undefined {
@@ -135,6 +138,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const log = opts.logger ?? pino({ level: opts.logLevel ?? 'info', base: { svc: 'larktun-server' } });
   const dataDir = resolve(opts.dataDir ?? './larktun-data');
   const { host, port } = parseListen(opts.listen ?? '127.0.0.1:8080');
+  const publicUrlSpec = opts.publicUrl ?? (process.env.LARKTUN_PUBLIC_URL || undefined);
+  const publicUrl = publicUrlSpec === undefined ? null : parsePublicUrl(publicUrlSpec);
   const metricsListenSpec = opts.metricsListen ?? (process.env.LARKTUN_METRICS_LISTEN || undefined);
   const metricsAt = metricsListenSpec === undefined ? null : (() => {
     try {
@@ -389,7 +394,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       api.get('/openapi.json', { schema: { tags: ['meta'], summary: 'This document', 'x-auth': 'none' } as Record<string, unknown> }, async () => openapi.document(SERVER_VERSION));
       registerAdminRoutes(api, { store, pool, hub, policyChecks });
       registerRelayAdminRoutes(api, { store, relayHub, graceMs: timers.graceMs, healthTtlMs, openStreams });
-      registerConsoleApi(api, { store, log, events: consoleEvents, openStreams });
+      registerConsoleApi(api, { store, log, events: consoleEvents, openStreams, publicUrl });
     },
     { prefix: '/api/v1' },
   );

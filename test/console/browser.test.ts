@@ -80,7 +80,7 @@ function suite(backend: Backend): void {
       await page.getByLabel('Tenant', { exact: true }).fill(tenant);
       await page.getByLabel('Username').fill(username);
       await page.getByLabel('Password').fill(password);
-      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.getByRole('button', { name: 'Sign in', exact: true }).click();
       await page.waitForURL(`**/${tenant}/machines`);
     }
 
@@ -532,7 +532,7 @@ function suite(backend: Backend): void {
         await o.page.goto('/signin');
         await o.page.getByRole('tab', { name: 'Operator' }).click();
         await o.page.getByLabel('Operator key').fill(srv.operatorKey());
-        await o.page.getByRole('button', { name: 'Sign in' }).click();
+        await o.page.getByRole('button', { name: 'Sign in', exact: true }).click();
         await o.page.waitForURL('**/tenants');
         await o.page.getByRole('link', { name: 'acme', exact: true }).waitFor();
         await o.page.getByRole('link', { name: 'beta', exact: true }).waitFor();
@@ -605,7 +605,7 @@ function suite(backend: Backend): void {
         await page.getByLabel('Tenant', { exact: true }).fill('acme');
         await page.getByLabel('Username').fill('alice');
         await page.getByLabel('Password').fill('not-the-password');
-        await page.getByRole('button', { name: 'Sign in' }).click();
+        await page.getByRole('button', { name: 'Sign in', exact: true }).click();
         await page.getByRole('alert').filter({ hasText: 'not right' }).waitFor();
         const times: number[] = [];
         for (let i = 0; i < 4; i++) {

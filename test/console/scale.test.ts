@@ -59,7 +59,7 @@ test(`every tenant page with ${N} machines; Machines and Logs page on the server
   await page.getByLabel('Tenant', { exact: true }).fill('big');
   await page.getByLabel('Username').fill('admin');
   await page.getByLabel('Password').fill('big-admin-password');
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
   await page.waitForURL('**/big/machines');
   const pages = [
     ['/big/machines', 'tr[data-node]', 'machines'], ['/big/routes', 'article.card', 'routes'], ['/big/logs', 'tr[data-seq]', 'logs'],
@@ -132,7 +132,7 @@ test(`every tenant page with ${N} machines; Machines and Logs page on the server
   await op.goto('/signin');
   await op.getByRole('tab', { name: 'Operator' }).click();
   await op.getByLabel('Operator key').fill(srv.operatorKey());
-  await op.getByRole('button', { name: 'Sign in' }).click();
+  await op.getByRole('button', { name: 'Sign in', exact: true }).click();
   await op.waitForURL('**/tenants');
   for (const [path, ready, label] of [['/tenants', 'tr[data-tenant="big"]', 'tenants'], ['/relays', 'tr[data-relay="edge"]', 'operator relays']] as const) {
     const t1 = Date.now();

@@ -1,16 +1,35 @@
 import { useEffect, useState, type FormEvent } from 'react';
 import { useQueryClient } from '@tanstack/react-query';
-import { Navigate, useNavigate } from 'react-router';
-import { api, setCsrf, type Session } from '../api';
+import { Navigate, useNavigate, useSearchParams } from 'react-router';
+import { api, enc, setCsrf, type Session } from '../api';
 import { useSessionQuery } from '../Shell';
 import { ErrorText } from '../ui';
+
+/** What a failed single sign-on (…/signin?sso_error=CODE) means, in words. */
+const SSO_ERRORS: Record<string, string> = {
+  sso_not_configured: 'Single sign-on is not set up for this tenant.',
+  sso_provider_unreachable: 'The identity provider does not answer. Try again later or ask your admin.',
+  sso_state_invalid: 'This sign-in link was already used, has expired or was started in another browser. Start again.',
+  sso_denied: 'The identity provider did not sign you in.',
+  sso_exchange_failed: 'The sign-in could not be completed with the identity provider. Start again.',
+  sso_no_email: 'The identity provider did not give an email address.',
+  sso_email_unverified: 'Your email address is not verified at the identity provider.',
+  sso_domain_not_allowed: 'Your email domain may not sign in to this tenant.',
+  sso_no_account: 'Your email has no console account in this tenant. Ask an admin to add you.',
+  sso_username_taken: 'A console user with your email as its name exists already. Ask an admin to set its email.',
+  sso_no_redirect_uri: 'The server has no public URL set (--public-url), so single sign-on works only on its own machine.',
+  too_many_attempts: 'Too many failed sign-ins. Wait a few minutes and try again.',
+};
 
 export function SignIn() {
   const q = useSessionQuery();
   const qc = useQueryClient();
   const navigate = useNavigate();
+  const [params] = useSearchParams();
+  const ssoError = params.get('sso_error');
   const [mode, setMode] = useState<'user' | 'operator'>('user');
-  const [tenant, setTenant] = useState('');
+  const [tenant, setTenant] = useState(params.get('tenant') ?? '');
+  const [ssoMissing, setSsoMissing] = useState(false);
   const [username, setUsername] = useState('');
   const [password, setPassword] = useState('');
   const [key, setKey] = useState('');
@@ -40,6 +59,15 @@ export function SignIn() {
     }
   };
 
+  const sso = () => {
+    const t = tenant.trim().toLowerCase();
+    if (!t) {
+      setSsoMissing(true);
+      return;
+    }
+    window.location.assign(`/api/v1/console/oidc/${enc(t)}/start`);
+  };
+
   return (
     <main className="signin" id="main">
       <form onSubmit={submit} aria-labelledby="signin-title">
@@ -61,7 +89,16 @@ export function SignIn() {
           </label>
         )}
         <ErrorText error={error} />
+        {ssoError && <p className="error" role="alert" data-sso-error={ssoError}>{SSO_ERRORS[ssoError] ?? `Single sign-on failed (${ssoError}).`}</p>}
         <button type="submit" className="primary wide" disabled={busy}>{busy ? 'Signing in…' : 'Sign in'}</button>
+        {mode === 'user' && (
+          <>
+            <div className="or" aria-hidden="true"><span>or</span></div>
+            <button type="button" className="wide" onClick={sso}>Sign in with SSO</button>
+            {ssoMissing && !tenant.trim() && <p className="error small" role="alert">Enter your tenant first.</p>}
+            <span className="hint muted">Single sign-on needs only the tenant: you sign in at your organisation's identity provider.</span>
+          </>
+        )}
       </form>
     </main>
   );

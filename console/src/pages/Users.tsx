@@ -18,12 +18,14 @@ export function Users() {
   const [username, setUsername] = useState('');
   const [password, setPassword] = useState('');
   const [role, setRole] = useState('operator');
+  const [email, setEmail] = useState('');
   const [del, setDel] = useState<ConsoleUser | null>(null);
   const create = useMutation({
-    mutationFn: () => api<ConsoleUser>('POST', `/tenants/${enc(tenant)}/console-users`, { username: username.trim(), password, role }),
+    mutationFn: () => api<ConsoleUser>('POST', `/tenants/${enc(tenant)}/console-users`, { username: username.trim(), password, role, ...(email.trim() ? { email: email.trim() } : {}) }),
     onSuccess: () => {
       setUsername('');
       setPassword('');
+      setEmail('');
       void qc.invalidateQueries({ queryKey: ['console-users', tenant] });
     },
   });
@@ -43,11 +45,13 @@ export function Users() {
       <ErrorText error={cu.error} />
       {cu.data && (
         <table className="grid">
-          <thead><tr><th scope="col">Username</th><th scope="col">Role</th><th scope="col">Last sign-in</th><th scope="col">Created</th>{mayAdmin && <th scope="col"><span className="sr-only">Actions</span></th>}</tr></thead>
+          <thead><tr><th scope="col">Username</th><th scope="col">Email</th><th scope="col">Sign-in</th><th scope="col">Role</th><th scope="col">Last sign-in</th><th scope="col">Created</th>{mayAdmin && <th scope="col"><span className="sr-only">Actions</span></th>}</tr></thead>
           <tbody>
             {cu.data.console_users.map((u) => (
               <tr key={u.id}>
                 <td className="strong">{u.username}</td>
+                <td>{u.email ?? ''}</td>
+                <td>{u.source === 'sso' ? <span className="badge" title="Signs in at the tenant's identity provider; no password">SSO</span> : <span className="muted small">password</span>}</td>
                 <td><span className="badge">{u.role}</span></td>
                 <td className="small">{ago(u.last_signin_at)}</td>
                 <td className="small">{when(u.created_at)} <span className="muted">by {u.created_by}</span></td>
@@ -62,6 +66,7 @@ export function Users() {
           <h3 className="small-h">Add a console user</h3>
           <label>Username<input value={username} onChange={(e) => setUsername(e.target.value)} required pattern="[A-Za-z0-9._@\-]{1,64}" autoComplete="off" /></label>
           <label>Password<input type="password" value={password} onChange={(e) => setPassword(e.target.value)} required minLength={10} maxLength={256} autoComplete="new-password" /></label>
+          <label>Email <span className="muted small">(optional, for SSO)</span><input type="email" value={email} onChange={(e) => setEmail(e.target.value)} maxLength={254} autoComplete="off" /></label>
           <label>Role
             <select value={role} onChange={(e) => setRole(e.target.value)}>
               <option value="admin">admin</option><option value="operator">operator</option><option value="auditor">auditor</option>

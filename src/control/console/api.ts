@@ -19,6 +19,7 @@ import {
 } from './sessions.js';
 import { ConsoleRoutesView, routesOverview } from './routes-view.js';
 import type { ConsoleEvents } from './events.js';
+import { registerOidc } from './oidc.js';
 
 export interface ConsoleApiDeps {
   store: Store;
@@ -31,10 +32,13 @@ export interface ConsoleApiDeps {
   userLimiter?: SigninLimiter;
   /** Failed sign-ins per client address: some typos free, then slowed, then refused. */
   ipLimiter?: SigninLimiter;
+  /** The server's public URL (--public-url): SSO redirect URIs are derived from it. */
+  publicUrl?: URL | null;
 }
 
 const NAME = { type: 'string', pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$' } as const;
 const USERNAME = { type: 'string', pattern: '^[A-Za-z0-9._@-]{1,64}$', description: 'letters, digits and . _ @ -' } as const;
+const EMAIL = { type: ['string', 'null'], maxLength: 254, pattern: '^[^@\\s]+@[^@\\s]+$', description: 'matched (case-insensitively) by SSO sign-in; unique in the tenant' } as const;
 const PASSWORD = { type: 'string', minLength: PASSWORD_MIN, maxLength: PASSWORD_MAX } as const;
 const tenantParams = { type: 'object', required: ['tenant'], properties: { tenant: NAME }, additionalProperties: false } as const;
 const idParams = { type: 'object', required: ['tenant', 'id'], properties: { tenant: NAME, id: { type: 'integer', minimum: 1 } }, additionalProperties: false } as const;
@@ -43,7 +47,7 @@ type S = FastifySchema & RouteDoc;
 const doc = (tag: string, summary: string, extra: Record<string, unknown> = {}, auth = 'apikey'): S => ({ tags: [tag], summary, 'x-auth': auth, ...extra });
 
 export function consoleUserView(u: ConsoleUserRow) {
-  return { id: u.id, username: u.username, role: u.role, created_at: u.created_at, created_by: u.created_by, last_signin_at: u.last_signin_at };
+  return { id: u.id, username: u.username, email: u.email, source: u.source, role: u.role, created_at: u.created_at, created_by: u.created_by, last_signin_at: u.last_signin_at };
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -60,6 +64,8 @@ export function registerConsoleApi(app: FastifyInstance, deps: ConsoleApiDeps): 
     return { p, t: await resolveTenant(store, p, name, need) };
   };
   const secure = (req: FastifyRequest): boolean => req.protocol === 'https';
+  // Single sign-on (OpenID Connect): its failures count in the same limiters.
+  registerOidc(app, { store, log, publicUrl: deps.publicUrl ?? null, users, ips });
 
   // ---- sign-in, session, sign-out ----------------------------------------------------
   app.post<{ Body: { tenant?: string; username?: string; password?: string; operator_key?: string } }>(
@@ -101,7 +107,8 @@ export function registerConsoleApi(app: FastifyInstance, deps: ConsoleApiDeps): 
       const t = await store.getTenantByName(b.tenant);
       const u = t ? await repo.getUserByName(t.id, b.username) : undefined;
       // Unknown tenant or user: the same work and the same answer as a wrong password.
-      const ok = await verifyPassword(b.password, u?.password_hash ?? (await decoyHash()));
+      // An SSO user has no password: checked against the decoy, so it fails like a wrong one.
+      const ok = await verifyPassword(b.password, u && u.source !== 'sso' ? u.password_hash : await decoyHash());
       if (!t || !u || !ok) {
         users.failed([userKey]);
         ips.failed([ipKey]);
@@ -149,21 +156,23 @@ export function registerConsoleApi(app: FastifyInstance, deps: ConsoleApiDeps): 
     },
   );
 
-  app.post<{ Params: { tenant: string }; Body: { username: string; password: string; role: Role } }>(
+  app.post<{ Params: { tenant: string }; Body: { username: string; password: string; role: Role; email?: string | null } }>(
     '/tenants/:tenant/console-users',
     {
       schema: {
         ...doc('console', `Create a console user (password ${PASSWORD_MIN}..${PASSWORD_MAX} characters, stored as a scrypt hash); needs the operator key or the admin role`),
         params: tenantParams,
-        body: { type: 'object', additionalProperties: false, required: ['username', 'password', 'role'], properties: { username: USERNAME, password: PASSWORD, role: { type: 'string', enum: [...ROLES] } } },
+        body: { type: 'object', additionalProperties: false, required: ['username', 'password', 'role'], properties: { username: USERNAME, password: PASSWORD, role: { type: 'string', enum: [...ROLES] }, email: EMAIL } },
       },
     },
     async (req, reply) => {
       const { p, t } = await tenantFor(req, req.params.tenant, 'admin');
       const hash = await hashPassword(req.body.password);
       const { result } = await store.write(t.id, p.actor, async (tx) => {
+        const email = req.body.email ? req.body.email.toLowerCase() : null;
         if (await new ConsoleRepo(txConn(tx)).getUserByName(t.id, req.body.username)) throw conflict(`console user "${req.body.username}" already exists`);
-        const u = await new ConsoleRepo(txConn(tx)).insertUser(t.id, { username: req.body.username, password_hash: hash, role: req.body.role, created_at: nowIso(), created_by: p.actor });
+        if (email && (await new ConsoleRepo(txConn(tx)).getUserByEmail(t.id, email))) throw conflict(`a console user with email ${email} already exists`);
+        const u = await new ConsoleRepo(txConn(tx)).insertUser(t.id, { username: req.body.username, password_hash: hash, role: req.body.role, email, created_at: nowIso(), created_by: p.actor });
         await tx.audit('console_user.create', 'console_user', u.id, null, consoleUserView(u));
         return u;
       });
@@ -171,13 +180,13 @@ export function registerConsoleApi(app: FastifyInstance, deps: ConsoleApiDeps): 
     },
   );
 
-  app.patch<{ Params: { tenant: string; id: number }; Body: { password?: string; role?: Role } }>(
+  app.patch<{ Params: { tenant: string; id: number }; Body: { password?: string; role?: Role; email?: string | null } }>(
     '/tenants/:tenant/console-users/:id',
     {
       schema: {
-        ...doc('console', 'Change a console user\'s password or role (a new password ends the user\'s sessions)'),
+        ...doc('console', 'Change a console user\'s password, role or email (a new password ends the user\'s sessions; an SSO user has no password)'),
         params: idParams,
-        body: { type: 'object', additionalProperties: false, minProperties: 1, properties: { password: PASSWORD, role: { type: 'string', enum: [...ROLES] } } },
+        body: { type: 'object', additionalProperties: false, minProperties: 1, properties: { password: PASSWORD, role: { type: 'string', enum: [...ROLES] }, email: EMAIL } },
       },
     },
     async (req) => {
@@ -187,10 +196,17 @@ export function registerConsoleApi(app: FastifyInstance, deps: ConsoleApiDeps): 
         const r = new ConsoleRepo(txConn(tx));
         const u = await r.getUser(t.id, req.params.id);
         if (!u) throw notFound('console user');
-        await r.updateUser(t.id, u.id, { ...(hash ? { password_hash: hash } : {}), ...(req.body.role ? { role: req.body.role } : {}) });
+        if (hash && u.source === 'sso') throw conflict(`console user "${u.username}" signs in with SSO and has no password`);
+        const email = req.body.email === undefined ? undefined : req.body.email === null ? null : req.body.email.toLowerCase();
+        if (email) {
+          const other = await r.getUserByEmail(t.id, email);
+          if (other && other.id !== u.id) throw conflict(`a console user with email ${email} already exists`);
+        }
+        await r.updateUser(t.id, u.id, { ...(hash ? { password_hash: hash } : {}), ...(req.body.role ? { role: req.body.role } : {}), ...(email !== undefined ? { email } : {}) });
         if (hash) await r.deleteUserSessions(u.id);
-        const after = { ...consoleUserView(u), ...(req.body.role ? { role: req.body.role } : {}) };
-        await tx.audit(hash ? 'console_user.password' : 'console_user.role', 'console_user', u.id, { role: u.role }, { role: after.role, ...(hash ? { password_changed: true } : {}) });
+        const after = { ...consoleUserView(u), ...(req.body.role ? { role: req.body.role } : {}), ...(email !== undefined ? { email } : {}) };
+        const action = hash ? 'console_user.password' : req.body.role ? 'console_user.role' : 'console_user.email';
+        await tx.audit(action, 'console_user', u.id, { role: u.role, email: u.email }, { role: after.role, email: after.email, ...(hash ? { password_changed: true } : {}) });
         return after;
       });
       return result;

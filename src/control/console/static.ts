@@ -13,8 +13,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { errorBody } from '../errors.js';
 
 /** The tenant pages of the console (the client's router has the same list). */
-export const CONSOLE_PAGES = ['machines', 'routes', 'acls', 'users', 'keys', 'logs',
-  'relays'] as const;
+export const CONSOLE_PAGES = ['machines', 'routes', 'acls', 'users', 'keys', 'logs', 'relays', 'settings'] as const;
 
 /** The console's CSP; `nonce` allows the one <style> element the policy editor (CodeMirror) makes. */
 export const consoleCsp = (nonce: string): string => [

@@ -293,6 +293,48 @@ function migrations(backend: Backend): Record<string, Migration> {
         await db.schema.dropTable('console_users').ifExists().execute();
       },
     },
+    '0010_console_oidc': {
+      // Console single sign-on with OpenID Connect: one provider per tenant
+      // (its client secret is kept for the token request and never returned by
+      // the API), an optional email on console users (unique in a tenant; SSO
+      // users are matched by it) with their source ("password" or "sso": an
+      // SSO user has no password, password_hash is ''), and the pending
+      // sign-ins between /start and the callback (state and browser binding
+      // stored as SHA-256, single use, ~10 min).
+      async up(db: Db): Promise<void> {
+        await tenantRef(id(db.schema.createTable('console_oidc')))
+          .addColumn('issuer', 'text', (c) => c.notNull())
+          .addColumn('client_id', 'text', (c) => c.notNull())
+          .addColumn('client_secret', 'text')
+          .addColumn('allowed_domains', 'text', (c) => c.notNull())
+          .addColumn('new_user_role', 'text')
+          .addColumn('enabled', 'integer', (c) => c.notNull())
+          .addColumn('updated_at', 'text', (c) => c.notNull())
+          .addColumn('updated_by', 'text', (c) => c.notNull())
+          .addUniqueConstraint('console_oidc_tenant', ['tenant_id'])
+          .execute();
+        await db.schema.alterTable('console_users').addColumn('email', 'text').execute();
+        await db.schema.alterTable('console_users').addColumn('source', 'text', (c) => c.notNull().defaultTo('password')).execute();
+        await db.schema.createIndex('console_users_tenant_email').on('console_users').columns(['tenant_id', 'email']).unique().execute();
+        await tenantRef(id(db.schema.createTable('console_oidc_states')))
+          .addColumn('state_hash', 'text', (c) => c.notNull().unique())
+          .addColumn('browser_hash', 'text', (c) => c.notNull())
+          .addColumn('nonce', 'text', (c) => c.notNull())
+          .addColumn('code_verifier', 'text', (c) => c.notNull())
+          .addColumn('redirect_uri', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('expires_at', 'text', (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex('console_oidc_states_expires').on('console_oidc_states').column('expires_at').execute();
+      },
+      async down(db: Db): Promise<void> {
+        await db.schema.dropTable('console_oidc_states').ifExists().execute();
+        await db.schema.dropIndex('console_users_tenant_email').ifExists().execute();
+        await db.schema.alterTable('console_users').dropColumn('source').execute();
+        await db.schema.alterTable('console_users').dropColumn('email').execute();
+        await db.schema.dropTable('console_oidc').ifExists().execute();
+      },
+    },
   };
 }
 

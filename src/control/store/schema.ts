@@ -201,6 +201,8 @@ export interface Database {
   register_nonces: RegisterNoncesTable;
   console_users: ConsoleUsersTable;
   console_sessions: ConsoleSessionsTable;
+  console_oidc: ConsoleOidcTable;
+  console_oidc_states: ConsoleOidcStatesTable;
 }
 
 /** Tables whose rows belong to a tenant (everything but tenants and operator keys). */
@@ -232,6 +234,10 @@ export interface ConsoleUsersTable {
   created_at: string;
   created_by: string;
   last_signin_at: string | null;
+  /** Lower-case email (0010_console_oidc), unique in the tenant; SSO users are matched by it. */
+  email: string | null;
+  /** "password" or "sso" (an SSO user has no password: password_hash is ''). */
+  source: Generated<string>;
 }
 
 /** A console session: the cookie carries the token; only its SHA-256 is stored. */
@@ -253,3 +259,40 @@ export interface ConsoleSessionsTable {
 
 export type ConsoleUserRow = Selectable<ConsoleUsersTable>;
 export type ConsoleSessionRow = Selectable<ConsoleSessionsTable>;
+
+// ---- console single sign-on (migration 0010_console_oidc) --------------------------
+
+/** A tenant's OpenID Connect provider for console sign-in. */
+export interface ConsoleOidcTable {
+  id: Generated<number>;
+  tenant_id: number;
+  issuer: string;
+  client_id: string;
+  /** Sent to the provider's token endpoint; never returned by the API. null: a public client. */
+  client_secret: string | null;
+  /** JSON array of lower-case email domains. */
+  allowed_domains: string;
+  /** Role of console users created at their first SSO sign-in; null: only existing users. */
+  new_user_role: string | null;
+  enabled: number;
+  updated_at: string;
+  updated_by: string;
+}
+
+/** A sign-in between /start and the callback: single use, expires after ~10 min. */
+export interface ConsoleOidcStatesTable {
+  id: Generated<number>;
+  tenant_id: number;
+  /** SHA-256 of the state parameter. */
+  state_hash: string;
+  /** SHA-256 of the browser-binding cookie set by /start. */
+  browser_hash: string;
+  nonce: string;
+  code_verifier: string;
+  redirect_uri: string;
+  created_at: string;
+  expires_at: string;
+}
+
+export type ConsoleOidcRow = Selectable<ConsoleOidcTable>;
+export type ConsoleOidcStateRow = Selectable<ConsoleOidcStatesTable>;
