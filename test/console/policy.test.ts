@@ -1,0 +1,283 @@
+// The Access controls page's server side and the page itself: POST
+// …/policy/preview (the reach of a node under a draft, computed by the same
+// compile as the maps, never stored, within the compile budget and a per-tenant
+// rate), per-test results from …/policy/check, the console's templates passing
+// the server's check, and in chromium: an error at its line, tests results,
+// a template, a form edit that keeps a comment, a node's preview, and a save
+// that shows in Logs under the user's name.
+// Screenshots (1280×800, light) go to docs/console/ when LARKTUN_CONSOLE_SCREENSHOTS=1.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { Client, ROOT, backends, cleanup, registerNode, spawnServer, tempDir, type Json, type Res, type ServerProc } from '../control/harness.js';
+import { bigPolicy } from '../control/bigpolicy.js';
+import { TEMPLATES } from '../../console/src/pages/acls/templates.js';
+
+const LIVE = `// everyone reaches everyone
+{
+  "tagOwners": { "tag:router": ["autogroup:admin"], "tag:exit": ["autogroup:admin"] },
+  "acls": [ { "action": "accept", "src": ["*"], "dst": ["*:*"] } ],
+}
+`;
+
+// The draft: alice (group:eng) may ssh to the router, use its subnet on 443 and the exit node; nobody reaches bob.
+const DRAFT = `// draft
+{
+  "groups": { "group:eng": ["alice@acme.example"] },
+  "tagOwners": { "tag:router": ["autogroup:admin"], "tag:exit": ["autogroup:admin"] },
+  "acls": [
+    { "action": "accept", "src": ["group:eng"], "dst": ["tag:router:22", "10.1.0.0/16:443", "autogroup:internet:*"] },
+    { "action": "accept", "src": ["carol@acme.example"], "dst": ["tag:router:80"] },
+  ],
+}
+`;
+
+function assertError(r: Res<Json>, status: number, code: string): void {
+  assert.equal(r.status, status, r.text);
+  assert.equal(r.body.error.code, code, r.text);
+}
+
+const portsOf = (list: Json[], name: string): string[] | undefined => {
+  const p = list.find((x) => x.name === name);
+  return p ? (p.ports as Json[]).map((g) => `${(g.protocols as string[]).join('+')}:${g.ports as string}`).sort() : undefined;
+};
+
+for (const b of backends()) {
+  describe(`policy preview and check results (${b.name})`, () => {
+    let dir = '';
+    let srv: ServerProc;
+    let op: Client;
+    let skip: string | false = false;
+    const ids: Record<string, number> = {};
+
+    /** A tenant with alice's laptop, bob's pc, a router (10.1.0.0/16) and an exit node, all routes approved. */
+    async function tenant(name: string): Promise<Client> {
+      assert.equal((await op.post('/api/v1/tenants', { name })).status, 201);
+      const adm = op.as((await op.post(`/api/v1/tenants/${name}/apikeys`, { role: 'admin' })).body.key as string);
+      assert.equal((await adm.put(`/api/v1/tenants/${name}/policy`, { policy: LIVE })).status, 200);
+      for (const u of ['alice', 'bob', 'carol']) await adm.post(`/api/v1/tenants/${name}/users`, { name: u, email: `${u}@acme.example` });
+      const node = op.as(null);
+      const reg = async (body: Record<string, unknown>, key: string) => {
+        const r = await registerNode(node, { auth_key: key, ...body });
+        assert.equal(r.status, 201, r.text);
+        ids[`${name}/${body.hostname as string}`] = r.body.node.id as number;
+        return r.body.node.id as number;
+      };
+      for (const u of ['alice', 'bob']) {
+        const k = (await adm.post(`/api/v1/tenants/${name}/authkeys`, { user: u })).body.key as string;
+        await reg({ hostname: `${u}-laptop` }, k);
+      }
+      const tk = (await adm.post(`/api/v1/tenants/${name}/authkeys`, { tags: ['tag:router', 'tag:exit'], reusable: true })).body.key as string;
+      const router = await reg({ hostname: 'router', tags: ['tag:router'], routes: ['10.1.0.0/16'] }, tk);
+      const exit = await reg({ hostname: 'exit', tags: ['tag:exit'], exit_node: true }, tk);
+      assert.equal((await adm.post(`/api/v1/tenants/${name}/nodes/${router}/routes`, { approved: ['10.1.0.0/16'] })).status, 200);
+      assert.equal((await adm.post(`/api/v1/tenants/${name}/nodes/${exit}/routes`, { approved: ['0.0.0.0/0'] })).status, 200);
+      return adm;
+    }
+
+    before(async () => {
+      const db = await b.setup();
+      if (db.startsWith('skip:')) {
+        skip = db.slice(5);
+        return;
+      }
+      dir = tempDir('larktun-policy-');
+      // A small compile budget so the 20 000-host policy runs over it (a tenant this size compiles in a few ms);
+      // each tenant has its own buckets, so only the rate test meets the limit.
+      srv = await spawnServer({ dataDir: dir, db, env: { LARKTUN_COMPILE_BUDGET_MS: '400', LARKTUN_POLICY_MAX_RULES: '50', LARKTUN_POLICY_CHECK_RATE: '1', LARKTUN_POLICY_CHECK_BURST: '12' } });
+      op = new Client(srv.url, srv.operatorKey());
+    });
+
+    after(async () => {
+      if (skip) return;
+      await srv?.stop();
+      cleanup(dir);
+      await b.teardown();
+    });
+
+    test('a node\'s reach follows the draft: peers with ports, routes, exit nodes, inbound; nothing is stored', async (t) => {
+      if (skip) return t.skip(skip);
+      const adm = await tenant('acme');
+      const before = (await adm.get('/api/v1/tenants/acme/policy')).body;
+      const audit0 = (await adm.get('/api/v1/tenants/acme/audit?limit=10000')).body.entries.length as number;
+
+      // Under the live text everyone reaches everyone.
+      let r = await adm.post('/api/v1/tenants/acme/policy/preview', { policy: LIVE, node: 'alice-laptop' });
+      assert.equal(r.status, 200, r.text);
+      let s = r.body.subjects[0];
+      assert.equal(r.body.subjects.length, 1);
+      assert.equal(s.node.name, 'alice-laptop');
+      assert.equal(s.node.hypothetical, false);
+      assert.deepEqual(s.peers.map((p: Json) => p.name), ['bob-laptop', 'exit', 'router']);
+      assert.deepEqual(portsOf(s.peers, 'bob-laptop'), ['tcp+udp+icmp+ipv6-icmp:*']);
+      assert.deepEqual(s.routes.map((x: Json) => `${x.prefix as string} via ${x.via.name as string}`), ['10.1.0.0/16 via router']);
+      assert.deepEqual(s.exit_nodes.map((x: Json) => x.name), ['exit']);
+      assert.deepEqual(s.inbound.map((p: Json) => p.name), ['bob-laptop', 'exit', 'router']);
+
+      // Under the draft: only the router on 22, its subnet on 443, the exit node; bob is gone both ways.
+      r = await adm.post('/api/v1/tenants/acme/policy/preview', { policy: DRAFT, node: ids['acme/alice-laptop'] });
+      assert.equal(r.status, 200, r.text);
+      s = r.body.subjects[0];
+      assert.deepEqual(s.peers.map((p: Json) => p.name), ['router']);
+      assert.deepEqual(portsOf(s.peers, 'router'), ['tcp+udp+icmp+ipv6-icmp:22']);
+      assert.ok(s.peers[0].addresses.length >= 1);
+      assert.deepEqual(s.routes.map((x: Json) => `${x.prefix as string} via ${x.via.name as string}`), ['10.1.0.0/16 via router']);
+      assert.deepEqual(portsOf(s.routes.map((x: Json) => ({ ...x, name: 'r' })), 'r'), ['tcp+udp+icmp+ipv6-icmp:443']);
+      assert.deepEqual(s.exit_nodes.map((x: Json) => x.name), ['exit']);
+      assert.deepEqual(portsOf(s.exit_nodes, 'exit'), ['tcp+udp+icmp+ipv6-icmp:*']);
+      assert.deepEqual(s.inbound, [], 'nobody may open connections to alice under the draft');
+
+      // The router's side: alice may reach it on 22 (inbound), it reaches nobody.
+      r = await adm.post('/api/v1/tenants/acme/policy/preview', { policy: DRAFT, node: 'router' });
+      s = r.body.subjects[0];
+      assert.deepEqual(s.peers, []);
+      assert.deepEqual(s.inbound.map((p: Json) => p.name), ['alice-laptop']);
+      assert.deepEqual(portsOf(s.inbound, 'alice-laptop'), ['tcp+udp+icmp+ipv6-icmp:22']);
+
+      // A user: bob's nodes reach nothing under the draft.
+      r = await adm.post('/api/v1/tenants/acme/policy/preview', { policy: DRAFT, user: 'bob' });
+      assert.equal(r.status, 200, r.text);
+      assert.deepEqual(r.body.subjects.map((x: Json) => x.node.name), ['bob-laptop']);
+      assert.deepEqual(r.body.subjects[0].peers, []);
+      // A user without nodes: a new untagged node of theirs, at a free address of the pool.
+      r = await adm.post('/api/v1/tenants/acme/policy/preview', { policy: DRAFT, user: 'carol@acme.example' });
+      assert.equal(r.status, 200, r.text);
+      s = r.body.subjects[0];
+      assert.equal(s.node.hypothetical, true);
+      assert.equal(s.node.user, 'carol@acme.example');
+      assert.match(s.node.addresses[0], /^100\./);
+      const used = new Set<string>();
+      for (const n of (await adm.get('/api/v1/tenants/acme/nodes')).body.nodes as Json[]) for (const a of [n.ipv4, n.ipv6]) used.add(a as string);
+      assert.ok(!used.has(s.node.addresses[0]), 'the new node gets an unused address');
+      assert.deepEqual(s.peers.map((p: Json) => p.name), ['router']);
+      assert.deepEqual(portsOf(s.peers, 'router'), ['tcp+udp+icmp+ipv6-icmp:80']);
+
+      // Nothing was stored: the live policy, the node list and the audit log are as before.
+      const afterPol = (await adm.get('/api/v1/tenants/acme/policy')).body;
+      assert.equal(afterPol.version, before.version);
+      assert.equal(afterPol.policy, LIVE);
+      assert.equal(((await adm.get('/api/v1/tenants/acme/nodes')).body.nodes as Json[]).length, 4);
+      assert.equal((await adm.get('/api/v1/tenants/acme/audit?limit=10000')).body.entries.length, audit0);
+      // The OpenAPI document lists the route.
+      const spec = (await op.get('/api/v1/openapi.json')).body;
+      assert.ok(spec.paths['/api/v1/tenants/{tenant}/policy/preview']?.post, 'preview is in the OpenAPI document');
+    });
+
+    test('auditors may preview; other tenants\' nodes and users are not found; bad requests and invalid drafts are 400', async (t) => {
+      if (skip) return t.skip(skip);
+      const adm = await tenant('gamma');
+      const other = await tenant('delta');
+      const auditor = adm.as((await adm.post('/api/v1/tenants/gamma/apikeys', { role: 'auditor' })).body.key as string);
+      const r = await auditor.post('/api/v1/tenants/gamma/policy/preview', { policy: DRAFT, node: 'alice-laptop' });
+      assert.equal(r.status, 200, r.text);
+      assert.deepEqual(r.body.subjects[0].peers.map((p: Json) => p.name), ['router']);
+      // delta's node, by id and by name, through gamma: not found (and never delta's data).
+      assertError(await adm.post('/api/v1/tenants/gamma/policy/preview', { policy: DRAFT, node: ids['delta/alice-laptop'] }), 404, 'not_found');
+      assertError(await adm.post('/api/v1/tenants/gamma/policy/preview', { policy: DRAFT, node: 'no-such-node' }), 404, 'not_found');
+      assertError(await adm.post('/api/v1/tenants/gamma/policy/preview', { policy: DRAFT, user: 'nobody' }), 404, 'not_found');
+      // delta's key cannot preview gamma at all.
+      assert.equal((await other.post('/api/v1/tenants/gamma/policy/preview', { policy: DRAFT, node: 'alice-laptop' })).status, 403);
+      assertError(await adm.post('/api/v1/tenants/gamma/policy/preview', { policy: DRAFT }), 400, 'bad_request');
+      assertError(await adm.post('/api/v1/tenants/gamma/policy/preview', { policy: DRAFT, node: 'router', user: 'bob' }), 400, 'bad_request');
+      // An invalid draft: 400 with the same positioned errors check reports.
+      const bad = DRAFT.replace('"group:eng"]', '"group:nobody"]');
+      const p = await adm.post('/api/v1/tenants/gamma/policy/preview', { policy: bad, node: 'router' });
+      assertError(p, 400, 'invalid_policy');
+      const c = await adm.post('/api/v1/tenants/gamma/policy/check', { policy: bad });
+      assert.equal(c.body.valid, false);
+      assert.deepEqual(p.body.error.details.errors, c.body.errors);
+      assert.match(c.body.errors[0], /^policy\.hujson:6:\d+: .*group:nobody/);
+    });
+
+    test('check lists every test of the tests block with its outcome', async (t) => {
+      if (skip) return t.skip(skip);
+      const adm = await tenant('tests');
+      const withTests = DRAFT.replace(/\n}\n$/, `
+  "tests": [
+    { "src": "alice@acme.example", "accept": ["tag:router:22"], "deny": ["tag:router:80"] },
+    { "src": "bob@acme.example", "accept": ["tag:router:22"] },
+  ],
+}
+`);
+      const c = await adm.post('/api/v1/tenants/tests/policy/check', { policy: withTests });
+      assert.equal(c.status, 200, c.text);
+      assert.equal(c.body.valid, false);
+      assert.equal(c.body.errors.length, 1);
+      assert.deepEqual(c.body.tests.map((x: Json) => [x.test, x.src, x.dst, x.expect, x.pass]), [
+        [0, 'alice@acme.example', 'tag:router:22', 'accept', true],
+        [0, 'alice@acme.example', 'tag:router:80', 'deny', true],
+        [1, 'bob@acme.example', 'tag:router:22', 'accept', false],
+      ]);
+      const failed = c.body.tests[2];
+      assert.match(failed.message, /expected ALLOWED, got DENIED/);
+      assert.equal(c.body.errors[0], `policy.hujson:${failed.line as number}:${failed.col as number}: test(s) failed: ${failed.message as string}`);
+      // Fixed: valid, every test passes. A policy without tests has an empty list.
+      const fixed = await adm.post('/api/v1/tenants/tests/policy/check', { policy: withTests.replace('"bob@acme.example", "accept"', '"bob@acme.example", "deny"') });
+      assert.equal(fixed.body.valid, true, fixed.text);
+      assert.deepEqual(fixed.body.tests.map((x: Json) => x.pass), [true, true, true]);
+      assert.deepEqual((await adm.post('/api/v1/tenants/tests/policy/check', { policy: LIVE })).body.tests, []);
+    });
+
+    test('the console\'s templates pass the server\'s check', async (t) => {
+      if (skip) return t.skip(skip);
+      const adm = await tenant('tpl');
+      assert.deepEqual(TEMPLATES.map((x) => x.name), ['Basic', 'Enterprise', 'Home lab', 'Blank']);
+      for (const tpl of TEMPLATES) {
+        const c = await adm.post('/api/v1/tenants/tpl/policy/check', { policy: tpl.text });
+        assert.equal(c.status, 200, c.text);
+        assert.deepEqual(c.body.errors, [], `${tpl.name}: ${c.text}`);
+        assert.equal(c.body.valid, true);
+        if (tpl.name !== 'Blank') assert.ok(c.body.tests.length > 0 && c.body.tests.every((x: Json) => x.pass), `${tpl.name} has passing tests`);
+        assert.match(tpl.text, /^\/\/ /, `${tpl.name} is commented`);
+      }
+      const ent = TEMPLATES.find((x) => x.name === 'Enterprise')!.text;
+      for (const g of ['group:admin', 'group:developer', 'group:intern']) assert.ok(ent.includes(`"${g}"`), g);
+    });
+
+    test('a draft over the compile budget gets the same 422 as check and put; the pool recovers', async (t) => {
+      if (skip) return t.skip(skip);
+      const adm = await tenant('budget');
+      const big = bigPolicy();
+      const p = await adm.post('/api/v1/tenants/budget/policy/preview', { policy: big, node: 'router' });
+      assertError(p, 422, 'policy_over_budget');
+      assert.equal(p.body.error.details.limit, 'compile_time_ms');
+      const c = await adm.post('/api/v1/tenants/budget/policy/check', { policy: big });
+      assertError(c, 422, 'policy_over_budget');
+      assert.equal(c.body.error.details.limit, p.body.error.details.limit);
+      const u = await adm.put('/api/v1/tenants/budget/policy', { policy: big });
+      assertError(u, 422, 'policy_over_budget');
+      // Over a size cap (found before any compile) too, naming the cap as check does.
+      const rules = `{ "acls": [ ${Array.from({ length: 60 }, (_, i) => `{ "action": "accept", "src": ["*"], "dst": ["*:${i + 1}"] }`).join(', ')} ] }`;
+      const capped = await adm.post('/api/v1/tenants/budget/policy/preview', { policy: rules, node: 'router' });
+      assertError(capped, 422, 'policy_over_budget');
+      assert.deepEqual(capped.body.error.details, { limit: 'policy_rules', max: 50, value: 60 });
+      assert.deepEqual(capped.body.error, (await adm.post('/api/v1/tenants/budget/policy/check', { policy: rules })).body.error);
+      const ok = await adm.post('/api/v1/tenants/budget/policy/preview', { policy: DRAFT, node: 'alice-laptop' });
+      assert.equal(ok.status, 200, ok.text);
+      assert.deepEqual(ok.body.subjects[0].peers.map((x: Json) => x.name), ['router']);
+    });
+
+    test('previews are rate-limited per tenant (429 with Retry-After), apart from checks and other tenants', async (t) => {
+      if (skip) return t.skip(skip);
+      const adm = await tenant('hammer');
+      const quiet = await tenant('quiet');
+      const codes: number[] = [];
+      let limited: Res<Json> | null = null;
+      for (let i = 0; i < 24; i++) {
+        const r = await adm.post('/api/v1/tenants/hammer/policy/preview', { policy: LIVE, node: 'router' });
+        codes.push(r.status);
+        if (r.status === 429 && !limited) limited = r;
+      }
+      // burst 12 at 1/s: the first dozen pass, most of the rest are refused
+      assert.ok(codes.slice(0, 12).every((c) => c === 200), codes.join(','));
+      assert.ok(codes.filter((c) => c === 429).length >= 6, codes.join(','));
+      assert.ok(limited);
+      assertError(limited, 429, 'rate_limited');
+      assert.ok(Number(limited.headers.get('retry-after')) >= 1);
+      assert.equal((await quiet.post('/api/v1/tenants/quiet/policy/preview', { policy: LIVE, node: 'router' })).status, 200, 'another tenant is not limited');
+      assert.equal((await adm.post('/api/v1/tenants/hammer/policy/check', { policy: LIVE })).status, 200, 'checks have their own bucket');
+    });
+  });
+}
