@@ -284,3 +284,203 @@ for (const b of backends()) {
     });
   });
 }
+
+// ---- the page in chromium -------------------------------------------------------------
+
+const CHROMIUM = '/usr/bin/chromium';
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const browserSkip = !existsSync(CHROMIUM)
+  ? `${CHROMIUM} is missing (apt-get install chromium)`
+  : !existsSync(join(ROOT, 'dist', 'console', 'index.html')) ? 'the console is not built (npm run build:console)' : false;
+const shotsDir = process.env.LARKTUN_CONSOLE_SCREENSHOTS ? join(ROOT, 'docs', 'console') : null;
+
+// Line 7 is the acl the test breaks and mends; line 2 is the comment the form must keep.
+const PAGE_POLICY = `// acme's policy
+// keep me: the form view must not lose this comment
+{
+  "groups": { "group:eng": ["alice@acme.example"] },
+  "tagOwners": { "tag:router": ["group:eng"] },
+  "acls": [
+    { "action": "accept", "src": ["group:eng"], "dst": ["tag:router:22", "10.1.0.0/16:443"] },
+  ],
+  "tests": [
+    { "src": "alice@acme.example", "accept": ["tag:router:22"], "deny": ["tag:router:80"] },
+  ],
+}
+`;
+
+describe('Access controls page in chromium', { skip: browserSkip }, () => {
+  let dir = '';
+  let srv: ServerProc;
+  let op: Client;
+  let browser: Browser;
+  const streams: SseReader[] = [];
+  const ids: Record<string, number> = {};
+  const problems: string[] = [];
+
+  before(async () => {
+    dir = tempDir('larktun-policy-ui-');
+    // Typing checks the text as often as every 400 ms: a roomier rate than the default keeps every check answered (the limit itself is tested above).
+    srv = await spawnServer({ dataDir: dir, db: 'sqlite', env: { LARKTUN_POLICY_CHECK_RATE: '20', LARKTUN_POLICY_CHECK_BURST: '40' } });
+    op = new Client(srv.url, srv.operatorKey());
+    assert.equal((await op.post('/api/v1/tenants', { name: 'acme' })).status, 201);
+    assert.equal((await op.post('/api/v1/tenants/acme/console-users', { username: 'alice', password: 'alice-password-1', role: 'admin' })).status, 201);
+    for (const u of ['alice', 'bob']) await op.post('/api/v1/tenants/acme/users', { name: u, email: `${u}@acme.example` });
+    // The tests name tag:router, which needs a node first: a policy without them defines the tag.
+    assert.equal((await op.put('/api/v1/tenants/acme/policy', { policy: `${PAGE_POLICY.slice(0, PAGE_POLICY.indexOf('  "tests"'))}}\n` })).status, 200);
+    const node = op.as(null);
+    const reg = async (key: string, body: Record<string, unknown>, online: boolean) => {
+      const r = await registerNode(node, { auth_key: key, ...body });
+      assert.equal(r.status, 201, r.text);
+      ids[body.hostname as string] = r.body.node.id as number;
+      if (online) streams.push(await SseReader.open(`${srv.url}/node/v1/stream`, r.body.token as string));
+    };
+    for (const u of ['alice', 'bob']) await reg((await op.post('/api/v1/tenants/acme/authkeys', { user: u })).body.key as string, { hostname: `${u}-laptop` }, false);
+    await reg((await op.post('/api/v1/tenants/acme/authkeys', { tags: ['tag:router'] })).body.key as string, { hostname: 'router', tags: ['tag:router'], routes: ['10.1.0.0/16'] }, true);
+    assert.equal((await op.post(`/api/v1/tenants/acme/nodes/${ids.router}/routes`, { approved: ['10.1.0.0/16'] })).status, 200);
+    const pr = await op.put('/api/v1/tenants/acme/policy', { policy: PAGE_POLICY });
+    assert.equal(pr.status, 200, pr.text);
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true });
+  });
+
+  after(async () => {
+    for (const s of streams) s.close();
+    await browser?.close();
+    await srv?.stop();
+    cleanup(dir);
+  });
+
+  async function shot(page: Page, name: string): Promise<void> {
+    await page.screenshot({ path: join(shotsDir ?? dir, `${name}.png`) });
+  }
+
+  /** Replaces line `n` (1-based) of the editor with `text` (typed without spaces: a contenteditable may make them non-breaking). */
+  async function replaceLine(page: Page, n: number, text: string): Promise<void> {
+    await page.locator('.cm-content').click();
+    await page.keyboard.press('Control+Home');
+    for (let i = 1; i < n; i++) await page.keyboard.press('ArrowDown');
+    await page.keyboard.press('Home');
+    await page.keyboard.press('Shift+End');
+    await page.keyboard.insertText(text);
+  }
+
+  test('error at its line, tests results, a template, a form edit that keeps a comment, a node\'s preview, a save in Logs', async (t) => {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: 'light', baseURL: srv.url });
+    const page = await ctx.newPage();
+    page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    page.on('dialog', (d) => { problems.push(`dialog opened: ${d.message()}`); void d.dismiss(); });
+    await page.goto('/signin');
+    await page.getByLabel('Tenant', { exact: true }).fill('acme');
+    await page.getByLabel('Username').fill('alice');
+    await page.getByLabel('Password').fill('alice-password-1');
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.waitForURL('**/acme/machines');
+    await page.goto('/acme/acls');
+    const editor = page.locator('.cm-content');
+    await editor.waitFor();
+    const editorText = async () => page.evaluate(() => [...document.querySelectorAll('.cm-line')].map((l) => l.textContent).join('\n'));
+
+    await t.test('an error shows at its line; fixed, the check passes and the tests are listed', async () => {
+      assert.match((await page.locator('.cm-line').nth(6).textContent()) ?? '', /group:eng.*tag:router:22/);
+      await replaceLine(page, 7, '{"action":"accept","src":["group:nobody"],"dst":["*:*"]},');
+      const problem = page.locator('.problems li').first();
+      await problem.waitFor({ timeout: 15_000 });
+      assert.match((await problem.textContent()) ?? '', /^Line 7, column \d+: .*group:nobody/);
+      await page.locator('.cm-lint-marker-error').first().waitFor();
+      await replaceLine(page, 7, '{"action":"accept","src":["group:eng"],"dst":["tag:router:22","10.1.0.0/16:443"]},');
+      await page.getByText('The policy is valid and its tests pass.').waitFor({ timeout: 15_000 });
+      const results = page.getByRole('region', { name: 'Test results' });
+      await results.getByText('Tests: 2 of 2 passed').waitFor();
+      assert.equal(await results.locator('tr[data-test-result="pass"]').count(), 2);
+      assert.match((await results.locator('tr[data-test-result]').nth(1).textContent()) ?? '', /alice@acme\.example.*denied.*tag:router:80/);
+      // A failing expectation is listed as failed, with the server's reason.
+      await replaceLine(page, 10, '{"src":"alice@acme.example","accept":["tag:router:22","tag:router:80"]},');
+      await results.locator('tr[data-test-result="fail"]').waitFor({ timeout: 15_000 });
+      assert.match((await results.locator('tr[data-test-result="fail"]').textContent()) ?? '', /tag:router:80.*expected ALLOWED, got DENIED/);
+      await replaceLine(page, 10, '{"src":"alice@acme.example","accept":["tag:router:22"],"deny":["tag:router:80"]},');
+      await results.getByText('Tests: 2 of 2 passed').waitFor({ timeout: 15_000 });
+    });
+
+    await t.test('a template replaces the text after a confirm (the editor has changes) and passes the check', async () => {
+      await page.getByRole('button', { name: 'Templates…' }).click();
+      await page.getByRole('button', { name: 'Load the Enterprise template' }).click();
+      const confirm = page.getByRole('dialog', { name: /Replace your text with the Enterprise template/ });
+      await confirm.waitFor();
+      assert.match(await editorText(), /keep me/, 'nothing replaced before the confirm');
+      await confirm.getByRole('button', { name: 'Replace' }).click();
+      await page.getByText('The policy is valid and its tests pass.').waitFor({ timeout: 15_000 });
+      const text = await editorText();
+      assert.match(text, /"group:intern"/);
+      assert.match(text, /^\/\/ Enterprise: three roles\./);
+      // Back to the live text.
+      await page.getByRole('button', { name: 'Discard changes' }).click();
+      await page.getByRole('dialog').getByRole('button', { name: 'Discard' }).click();
+      assert.match(await editorText(), /keep me/);
+    });
+
+    await t.test('the form view adds a group and a rule to the same document; the comment stays', async () => {
+      await page.getByRole('tab', { name: 'Form' }).click();
+      const groups = page.getByRole('region', { name: 'Groups' });
+      await groups.locator('tr[data-entry="group:eng"]').waitFor();
+      const addGroup = page.getByRole('form', { name: 'Add to groups' });
+      await addGroup.getByLabel('Group').fill('group:ops');
+      await addGroup.getByLabel('Members').fill('alice@acme.example, bob@acme.example');
+      await addGroup.getByRole('button', { name: 'Add' }).click();
+      await groups.locator('tr[data-entry="group:ops"]').waitFor();
+      const addRule = page.getByRole('form', { name: 'Add an ACL rule' });
+      await addRule.getByLabel('Sources').fill('group:ops');
+      await addRule.getByLabel(/Destinations/).fill('tag:router:8080,8443');
+      await addRule.getByRole('button', { name: 'Add rule' }).click();
+      await page.locator('tr[data-acl="1"]').waitFor();
+      await page.getByText('The policy is valid and its tests pass.').waitFor({ timeout: 15_000 });
+      await shot(page, 'acls-form');
+      await page.getByRole('tab', { name: 'Text' }).click();
+      const text = await editorText();
+      assert.match(text, /\/\/ keep me: the form view must not lose this comment/);
+      assert.match(text, /^\/\/ acme's policy/);
+      assert.match(text, /"group:ops": \[\s*"alice@acme\.example",\s*"bob@acme\.example"\s*\]/);
+      assert.match(text, /"tag:router:8080,8443"/);
+      assert.match(text, /"tests"/, 'the rest of the document is untouched');
+    });
+
+    await t.test('preview shows the node\'s reach under the editor\'s text, before saving', async () => {
+      const preview = page.getByRole('region', { name: 'Preview' });
+      await preview.getByLabel('Node to preview').selectOption(String(ids['alice-laptop']));
+      await preview.getByRole('button', { name: 'Preview' }).click();
+      const card = preview.locator('[data-preview-node="alice-laptop"]');
+      await card.waitFor({ timeout: 15_000 });
+      const peer = card.locator('tr[data-kind="peer"]');
+      assert.equal(await peer.count(), 1);
+      const peerText = (await peer.textContent()) ?? '';
+      assert.match(peerText, /router/);
+      assert.match(peerText, /port 22/);
+      assert.match(peerText, /port 8080-8080|port 8080/, 'the rule added in the form (not saved yet) shows');
+      const route = (await card.locator('tr[data-kind="route"]').textContent()) ?? '';
+      assert.match(route, /10\.1\.0\.0\/16.*via router.*port 443/);
+      assert.equal(await card.locator('tr[data-kind="inbound"]').count(), 0);
+      await card.scrollIntoViewIfNeeded();
+      await shot(page, 'acls-preview');
+      // Nothing was saved by previewing.
+      assert.equal((await op.get('/api/v1/tenants/acme/policy')).body.policy, PAGE_POLICY);
+    });
+
+    await t.test('save shows the diff, then Logs shows the change under the user\'s name', async () => {
+      await page.getByRole('button', { name: 'Save…' }).click();
+      await page.getByRole('dialog').locator('.cm-mergeView').waitFor();
+      await page.getByRole('dialog').getByRole('button', { name: 'Save policy' }).click();
+      await page.getByText(/Saved as version \d+/).waitFor({ timeout: 15_000 });
+      const live = (await op.get('/api/v1/tenants/acme/policy')).body;
+      assert.match(live.policy, /keep me/);
+      assert.match(live.policy, /group:ops/);
+      assert.equal(live.created_by, 'user:alice');
+      await page.goto('/acme/logs');
+      const row = page.locator('tr[data-seq]', { hasText: 'policy.set' }).first();
+      await row.waitFor();
+      assert.match((await row.textContent()) ?? '', /user:alice/);
+      // (the one 401 is the session probe on the sign-in page, before signing in)
+      assert.deepEqual(problems.filter((p) => !/status of 401 /.test(p)), []);
+    });
+    await ctx.close();
+  });
+});
