@@ -84,8 +84,8 @@ function SubjectReach({ s }: { s: PreviewSubject }) {
   return (
     <div className="card" data-preview-node={s.node.name}>
       <div className="card-head">
-        <h3 className="small-h">
-          {s.node.name} <span className="mono muted">{s.node.addresses.join(', ')}</span>
+        <h3 className="preview-node">
+          {s.node.name} <span className="mono muted small">{s.node.addresses.join(', ')}</span>
           {s.node.hypothetical && <span className="badge">a new node of {s.node.user}</span>}
         </h3>
         <span className="muted small">{s.peers.length} peer{s.peers.length === 1 ? '' : 's'}, {s.routes.length} route{s.routes.length === 1 ? '' : 's'}, {s.exit_nodes.length} exit node{s.exit_nodes.length === 1 ? '' : 's'}, reachable from {s.inbound.length}</span>

@@ -1,8 +1,11 @@
 // The form view's model of a policy: groups, tagOwners, hosts and acls read
-// from the HuJSON text, and edits to them made with jsonc-parser's `modify`,
-// which rewrites only the value it is given — comments and formatting
-// everywhere else stay as they were. Pure (no React, no DOM).
-import { applyEdits, modify, parseTree, findNodeAtLocation, getNodeValue, type Edit, type Node, type ParseError } from 'jsonc-parser';
+// from the HuJSON text (jsonc-parser's syntax tree), and edits to them that
+// touch only the entry they change: a new entry goes after the last one, in
+// the same layout (one line each, or inline in a one-line object); a removed
+// one takes its own line (and its own trailing comment) with it; a changed
+// value is replaced where it stands. Comments and formatting everywhere else
+// stay as they were. Pure (no React, no DOM).
+import { applyEdits, findNodeAtLocation, getNodeValue, parseTree, type Edit, type JSONPath, type Node, type ParseError } from 'jsonc-parser';
 
 export type Section = 'groups' | 'tagOwners' | 'hosts';
 
@@ -24,7 +27,6 @@ export interface FormModel {
 
 export type FormRead = { ok: true; model: FormModel } | { ok: false; error: string };
 
-const FORMAT = { formattingOptions: { insertSpaces: true, tabSize: 2, eol: '\n' } } as const;
 const SECTIONS: (Section | 'acls')[] = ['groups', 'tagOwners', 'hosts', 'acls'];
 
 function topKeys(root: Node): Map<string, Node> {
@@ -87,28 +89,134 @@ export function readForm(text: string): FormRead {
   };
 }
 
-function keyOf(text: string, section: Section | 'acls'): string {
+function tree(text: string): Node {
   const root = parseTree(text, [], { allowTrailingComma: true, disallowComments: false });
-  return (root && realKey(root, section)) ?? section;
+  if (!root || root.type !== 'object') throw new Error('the policy is not an object');
+  return root;
+}
+
+/** A value on one line, spaced as people write policies: ["a", "b"], { "k": "v" }. */
+export function oneLine(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(oneLine).join(', ')}]`;
+  if (v !== null && typeof v === 'object') {
+    const e = Object.entries(v as Record<string, unknown>).filter(([, x]) => x !== undefined);
+    return e.length === 0 ? '{}' : `{ ${e.map(([k, x]) => `${JSON.stringify(k)}: ${oneLine(x)}`).join(', ')} }`;
+  }
+  return JSON.stringify(v);
+}
+
+const lineStart = (text: string, at: number): number => text.lastIndexOf('\n', at - 1) + 1;
+const lineEnd = (text: string, at: number): number => {
+  const i = text.indexOf('\n', at);
+  return i < 0 ? text.length : i;
+};
+const blank = (s: string): boolean => /^[ \t]*$/.test(s);
+const blankOrComment = (s: string): boolean => /^[ \t]*(\/\/.*)?$/.test(s);
+const indentOf = (text: string, at: number): string => /^[ \t]*/.exec(text.slice(lineStart(text, at)))?.[0] ?? '';
+
+/** Position just after the comma that follows `end` (skipping spaces and comments), or null when none follows. */
+function commaAfter(text: string, end: number): number | null {
+  let i = end;
+  for (;;) {
+    while (i < text.length && /\s/.test(text[i] as string)) i++;
+    if (text.startsWith('//', i)) i = lineEnd(text, i);
+    else if (text.startsWith('/*', i)) {
+      const j = text.indexOf('*/', i + 2);
+      i = j < 0 ? text.length : j + 2;
+    } else break;
+  }
+  return text[i] === ',' ? i + 1 : null;
+}
+
+/** Adds `entry` (the source text of a property or element) at the end of the container. */
+function insertInto(text: string, container: Node, entry: string): Edit {
+  const kids = container.children ?? [];
+  const open = container.offset;
+  const close = container.offset + container.length - 1;
+  const oneLineContainer = !text.slice(open, close).includes('\n');
+  if (kids.length === 0) {
+    const inner = text.slice(open + 1, close);
+    if (oneLineContainer && blank(inner)) {
+      const content = container.type === 'object' ? `{ ${entry} }` : `[${entry}]`;
+      return { offset: open, length: container.length, content };
+    }
+    return { offset: open + 1, length: 0, content: `\n${indentOf(text, open)}  ${entry},` };
+  }
+  const last = kids[kids.length - 1] as Node;
+  const lastEnd = last.offset + last.length;
+  const comma = commaAfter(text, lastEnd);
+  if (oneLineContainer) {
+    return comma === null ? { offset: lastEnd, length: 0, content: `, ${entry}` } : { offset: comma, length: 0, content: ` ${entry},` };
+  }
+  // One entry per line: the new one on a line of its own after the last entry's line (past its comment).
+  const eol = lineEnd(text, comma ?? lastEnd);
+  const rest = text.slice(comma ?? lastEnd, eol);
+  const indent = indentOf(text, last.offset);
+  if (comma === null) {
+    if (blankOrComment(rest)) return { offset: lastEnd, length: eol - lastEnd, content: `,${rest}\n${indent}${entry},` };
+    return { offset: lastEnd, length: 0, content: `, ${entry}` };
+  }
+  if (blankOrComment(rest)) return { offset: eol, length: 0, content: `\n${indent}${entry},` };
+  return { offset: comma, length: 0, content: ` ${entry},` };
+}
+
+/** Removes a property or element: its own line when it has one (with its trailing comment), else inline with its comma. */
+function removeNode(text: string, n: Node): Edit {
+  let start = n.offset;
+  let end = n.offset + n.length;
+  const comma = commaAfter(text, end);
+  const afterComma = comma ?? end;
+  const ls = lineStart(text, start);
+  const le = lineEnd(text, afterComma);
+  if (blank(text.slice(ls, start)) && blankOrComment(text.slice(afterComma, le)) && !text.slice(end, afterComma).includes('\n')) {
+    return { offset: ls, length: Math.min(text.length, le + 1) - ls, content: '' };
+  }
+  if (comma !== null && !text.slice(end, comma).includes('\n')) {
+    end = comma;
+    while (end < text.length && (text[end] === ' ' || text[end] === '\t')) end++;
+  } else {
+    // the last one inline: take the comma before it instead
+    let i = start - 1;
+    while (i >= 0 && (text[i] === ' ' || text[i] === '\t')) i--;
+    if (text[i] === ',') start = i;
+  }
+  return { offset: start, length: end - start, content: '' };
+}
+
+/** Sets (a value) or removes (undefined) the entry at `path` = [section, key or index]; creates the section when missing. */
+function setAt(text: string, section: Section | 'acls', key: string | number, value: unknown, append = false): Edit[] {
+  const root = tree(text);
+  const sec = realKey(root, section);
+  const container = sec === null ? undefined : findNodeAtLocation(root, [sec]);
+  if (!container) {
+    if (value === undefined) return [];
+    const v = section === 'acls' ? [value] : { [key]: value };
+    return [insertInto(text, root, `${JSON.stringify(section)}: ${oneLine(v)}`)];
+  }
+  if (append) return [insertInto(text, container, oneLine(value))];
+  const path: JSONPath = [sec as string, key];
+  const node = findNodeAtLocation(root, path);
+  if (!node) {
+    if (value === undefined) return [];
+    return [insertInto(text, container, container.type === 'object' ? `${JSON.stringify(key)}: ${oneLine(value)}` : oneLine(value))];
+  }
+  if (value === undefined) return [removeNode(text, container.type === 'object' && node.parent ? node.parent : node)];
+  return [{ offset: node.offset, length: node.length, content: oneLine(value) }];
 }
 
 /** Sets (value) or removes (undefined) one entry of groups, tagOwners or hosts. */
 export function setEntry(text: string, section: Section, name: string, value: string[] | string | undefined): Edit[] {
-  return modify(text, [keyOf(text, section), name], value, FORMAT);
+  return setAt(text, section, name, value);
 }
 
 /** Replaces (rule) or removes (undefined) the acl at `index`. */
 export function setAcl(text: string, index: number, rule: AclRule | undefined): Edit[] {
-  return modify(text, [keyOf(text, 'acls'), index], rule, FORMAT);
+  return setAt(text, 'acls', index, rule);
 }
 
 /** Appends an acl (creating the acls array when there is none). */
 export function addAcl(text: string, rule: AclRule): Edit[] {
-  const key = keyOf(text, 'acls');
-  const root = parseTree(text, [], { allowTrailingComma: true, disallowComments: false });
-  const arr = root ? findNodeAtLocation(root, [key]) : undefined;
-  if (!arr || arr.type !== 'array') return modify(text, [key], [rule], FORMAT);
-  return modify(text, [key, arr.children?.length ?? 0], rule, { ...FORMAT, isArrayInsertion: true });
+  return setAt(text, 'acls', 0, rule, true);
 }
 
 /** The text after the edits (the page dispatches the same edits into the editor). */
