@@ -206,7 +206,8 @@ export default function Acls() {
             </ul>
           </>
         )}
-        {!checking && tests !== null && <TestsList tests={tests} onJump={(line, col) => jump({ line, col, message: '' })} />}
+        {/* (a text that does not parse has no tests to list: its errors say why) */}
+        {!checking && tests !== null && (tests.length > 0 || problems?.length === 0) && <TestsList tests={tests} onJump={(line, col) => jump({ line, col, message: '' })} />}
       </div>
       {live.data && <PreviewPanel tenant={tenant} getText={() => view.current?.state.doc.toString() ?? ''} />}
       <h2>History</h2>
