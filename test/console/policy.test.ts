@@ -379,7 +379,7 @@ describe('Access controls page in chromium', { skip: browserSkip }, () => {
     await page.goto('/acme/acls');
     const editor = page.locator('.cm-content');
     await editor.waitFor();
-    const editorText = async () => page.evaluate(() => [...document.querySelectorAll('.cm-line')].map((l) => l.textContent).join('\n'));
+    const editorText = async () => page.evaluate("[...document.querySelectorAll('.cm-line')].map((l) => l.textContent).join('\\n')") as Promise<string>;
 
     await t.test('an error shows at its line; fixed, the check passes and the tests are listed', async () => {
       assert.match((await page.locator('.cm-line').nth(6).textContent()) ?? '', /group:eng.*tag:router:22/);
@@ -435,7 +435,7 @@ describe('Access controls page in chromium', { skip: browserSkip }, () => {
       await page.locator('tr[data-acl="1"]').waitFor();
       await page.getByText('The policy is valid and its tests pass.').waitFor({ timeout: 15_000 });
       await page.getByRole('tab', { name: 'Form' }).scrollIntoViewIfNeeded();
-      await page.evaluate(() => window.scrollTo(0, 0));
+      await page.evaluate('window.scrollTo(0, 0)');
       await shot(page, 'acls-form');
       await page.getByRole('tab', { name: 'Text' }).click();
       const text = await editorText();
