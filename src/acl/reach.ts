@@ -64,21 +64,49 @@ function setOf(s: string): IPSet | null {
   let v = parsedSets.get(s);
   if (v === undefined) {
     v = IPSet.parse(s);
-    if (parsedSets.size > 4096) parsedSets.clear();
+    if (parsedSets.size > 65536) parsedSets.clear();
     parsedSets.set(s, v);
   }
   return v;
 }
 
+// A rule's sources as one set, made once per rule object (filters are shared
+// between results and a rule may list thousands of addresses).
+const sources = new WeakMap<FilterRule, IPSet>();
 function sourceHits(r: FilterRule, from: IPSet): boolean {
-  return r.SrcIPs.some((s) => setOf(s)?.overlaps(from) ?? false);
+  let set = sources.get(r);
+  if (!set) {
+    set = IPSet.unionAll(r.SrcIPs.map((s) => setOf(s) ?? IPSet.EMPTY));
+    sources.set(r, set);
+  }
+  return set.overlaps(from);
 }
 
+/**
+ * Whether a rule's sources include one of `addrs` (a node's own addresses),
+ * without building the set of its sources: each peer's filter is read once,
+ * and a rule may list thousands of single addresses, which can only hit by
+ * being one of ours (IPv4 text is canonical; IPv6 text is compared parsed).
+ */
+function sourceHitsAddrs(r: FilterRule, addrs: ReadonlySet<string>, from: IPSet): boolean {
+  for (const s of r.SrcIPs) {
+    if (s === '*' || addrs.has(s)) return true;
+    if (s.includes('/') || s.includes('-') || s.includes(':')) {
+      if (setOf(s)?.overlaps(from)) return true;
+    }
+  }
+  return false;
+}
+
+/** Who: a set of addresses (checked against each rule's sources as one set), or a node's own addresses (scanned). */
+type From = { set: IPSet } | { node: IPSet; addrs: ReadonlySet<string> };
+
 /** What `filter` (a receiver's) accepts from `from` towards addresses in `to`. */
-function grants(filter: readonly FilterRule[], from: IPSet, to: IPSet): PortGrant[] {
+function grants(filter: readonly FilterRule[], from: From, to: IPSet): PortGrant[] {
   const out = new Map<string, PortGrant>();
   for (const r of filter) {
-    if (!r.DstPorts || r.DstPorts.length === 0 || !sourceHits(r, from)) continue;
+    if (!r.DstPorts || r.DstPorts.length === 0) continue;
+    if (!('set' in from ? sourceHits(r, from.set) : sourceHitsAddrs(r, from.addrs, from.node))) continue;
     const protocols = protoNames(r);
     for (const d of r.DstPorts) {
       if (!(setOf(d.IP)?.overlaps(to) ?? false)) continue;
@@ -106,13 +134,14 @@ export function reachOf(subject: AclNode, nodes: ReadonlyMap<number, AclNode>, r
   const reach: Reach = { peers: [], routes: [], exitNodes: [], inbound: [] };
   if (!mine) return reach;
   const me = addrSet(subject);
+  const from: From = { node: me, addrs: new Set(addresses(subject)) };
   for (const peerId of mine.peers) {
     const peer = nodes.get(peerId);
     const theirs = result(peerId);
     if (!peer || !theirs) continue;
-    const out = grants(theirs.packetFilter, me, addrSet(peer));
+    const out = grants(theirs.packetFilter, from, addrSet(peer));
     if (out.length > 0) reach.peers.push(peerOf(peer, out));
-    const inbound = grants(mine.packetFilter, addrSet(peer), me);
+    const inbound = grants(mine.packetFilter, { set: addrSet(peer) }, me);
     if (inbound.length > 0) reach.inbound.push(peerOf(peer, inbound));
     const routes = mine.peerAllowedRoutes.get(peerId) ?? [];
     let exit = false;
@@ -121,10 +150,10 @@ export function reachOf(subject: AclNode, nodes: ReadonlyMap<number, AclNode>, r
         exit = true;
         continue;
       }
-      const ports = grants(theirs.packetFilter, me, setOf(prefix) ?? IPSet.EMPTY);
+      const ports = grants(theirs.packetFilter, from, setOf(prefix) ?? IPSet.EMPTY);
       reach.routes.push({ prefix, via: { id: peer.id, name: peer.name }, ports });
     }
-    if (exit) reach.exitNodes.push({ id: peer.id, name: peer.name, ports: grants(theirs.packetFilter, me, INTERNET) });
+    if (exit) reach.exitNodes.push({ id: peer.id, name: peer.name, ports: grants(theirs.packetFilter, from, INTERNET) });
   }
   const byName = (a: { name: string; id: number }, b: { name: string; id: number }) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.id - b.id);
   reach.peers.sort(byName);
