@@ -325,6 +325,7 @@ describe('Access controls page in chromium', { skip: browserSkip }, () => {
     op = new Client(srv.url, srv.operatorKey());
     assert.equal((await op.post('/api/v1/tenants', { name: 'acme' })).status, 201);
     assert.equal((await op.post('/api/v1/tenants/acme/console-users', { username: 'alice', password: 'alice-password-1', role: 'admin' })).status, 201);
+    assert.equal((await op.post('/api/v1/tenants/acme/console-users', { username: 'dana', password: 'dana-password-22', role: 'auditor' })).status, 201);
     for (const u of ['alice', 'bob']) await op.post('/api/v1/tenants/acme/users', { name: u, email: `${u}@acme.example` });
     // The tests name tag:router, which needs a node first: a policy without them defines the tag.
     assert.equal((await op.put('/api/v1/tenants/acme/policy', { policy: `${PAGE_POLICY.slice(0, PAGE_POLICY.indexOf('  "tests"'))}}\n` })).status, 200);
@@ -464,6 +465,16 @@ describe('Access controls page in chromium', { skip: browserSkip }, () => {
       assert.equal(await card.locator('tr[data-kind="inbound"]').count(), 0);
       await card.scrollIntoViewIfNeeded();
       await shot(page, 'acls-preview');
+      // A user: bob, in the group the form just added, reaches the router on its ports only (not 22).
+      await preview.getByRole('button', { name: 'User', exact: true }).click();
+      await preview.getByLabel('User to preview').selectOption('bob');
+      await preview.getByRole('button', { name: 'Preview' }).click();
+      const bob = preview.locator('[data-preview-node="bob-laptop"]');
+      await bob.waitFor({ timeout: 15_000 });
+      const bobPeer = (await bob.locator('tr[data-kind="peer"]').textContent()) ?? '';
+      assert.match(bobPeer, /router.*port 8080, port 8443$/);
+      assert.doesNotMatch(bobPeer, /port 22/);
+      assert.equal(await bob.locator('tr[data-kind="route"]').count(), 0);
       // Nothing was saved by previewing.
       assert.equal((await op.get('/api/v1/tenants/acme/policy')).body.policy, PAGE_POLICY);
     });
@@ -484,6 +495,32 @@ describe('Access controls page in chromium', { skip: browserSkip }, () => {
       // (the one 401 is the session probe on the sign-in page, before signing in)
       assert.deepEqual(problems.filter((p) => !/status of 401 /.test(p)), []);
     });
+    await ctx.close();
+  });
+
+  test('an auditor sees the page read-only: no templates, no form edits, but a preview', async () => {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: 'light', baseURL: srv.url });
+    const page = await ctx.newPage();
+    await page.goto('/signin');
+    await page.getByLabel('Tenant', { exact: true }).fill('acme');
+    await page.getByLabel('Username').fill('dana');
+    await page.getByLabel('Password').fill('dana-password-22');
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.waitForURL('**/acme/machines');
+    await page.goto('/acme/acls');
+    await page.locator('.cm-content').waitFor();
+    await page.getByText('read-only for the auditor role').waitFor();
+    assert.equal(await page.getByRole('button', { name: 'Templates…' }).count(), 0);
+    await page.getByRole('tab', { name: 'Form' }).click();
+    await page.locator('tr[data-entry="group:eng"]').waitFor();
+    assert.equal(await page.getByRole('form', { name: 'Add to groups' }).count(), 0);
+    assert.equal(await page.getByRole('button', { name: /^Remove / }).count(), 0);
+    const preview = page.getByRole('region', { name: 'Preview' });
+    await preview.getByLabel('Node to preview').selectOption(String(ids.router));
+    await preview.getByRole('button', { name: 'Preview' }).click();
+    const card = preview.locator('[data-preview-node="router"]');
+    await card.waitFor({ timeout: 15_000 });
+    assert.match((await card.locator('tr[data-kind="inbound"]').first().textContent()) ?? '', /alice-laptop.*port 22/);
     await ctx.close();
   });
 });

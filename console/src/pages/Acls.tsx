@@ -209,7 +209,7 @@ export default function Acls() {
         {/* (a text that does not parse has no tests to list: its errors say why) */}
         {!checking && tests !== null && (tests.length > 0 || problems?.length === 0) && <TestsList tests={tests} onJump={(line, col) => jump({ line, col, message: '' })} />}
       </div>
-      {live.data && <PreviewPanel tenant={tenant} getText={() => view.current?.state.doc.toString() ?? ''} />}
+      {live.data && <PreviewPanel tenant={tenant} text={docText} />}
       <h2>History</h2>
       <ErrorText error={versions.error ?? openVersion.error} />
       {versions.data && (

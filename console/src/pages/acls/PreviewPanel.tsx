@@ -29,15 +29,19 @@ function portsText(ports: PortGrant[]): string {
   }).join(', ');
 }
 
-export default function PreviewPanel({ tenant, getText }: { tenant: string; getText: () => string }) {
+/** `text`: the editor's current text (to say when a shown preview no longer matches it). */
+export default function PreviewPanel({ tenant, text }: { tenant: string; text: string }) {
   const [mode, setMode] = useState<'node' | 'user'>('node');
   const [node, setNode] = useState('');
   const [user, setUser] = useState('');
   const nodes = useQuery({ queryKey: ['nodes', tenant], queryFn: () => api<{ nodes: NodeInfo[] }>('GET', `/tenants/${enc(tenant)}/nodes`) });
   const users = useQuery({ queryKey: ['users', tenant], queryFn: () => api<{ users: NetUser[] }>('GET', `/tenants/${enc(tenant)}/users`) });
   const run = useMutation({
-    mutationFn: (body: { node?: number; user?: string }) =>
-      api<{ subjects: PreviewSubject[] }>('POST', `/tenants/${enc(tenant)}/policy/preview`, { policy: getText(), ...body }),
+    mutationFn: async (body: { node?: number; user?: string }) => {
+      const policy = text;
+      const r = await api<{ subjects: PreviewSubject[] }>('POST', `/tenants/${enc(tenant)}/policy/preview`, { policy, ...body });
+      return { ...r, policy };
+    },
   });
   const submit = (e: FormEvent) => {
     e.preventDefault();
@@ -74,6 +78,7 @@ export default function PreviewPanel({ tenant, getText }: { tenant: string; getT
       </form>
       <ErrorText error={nodes.error ?? users.error} />
       {invalid ? <p className="error" role="alert">The text has errors (listed above); fix them to preview.</p> : <ErrorText error={run.error} />}
+      {run.data && run.data.policy !== text && <p className="muted small" role="status" data-preview-stale>The text has changed since this preview: press Preview again to see its effect.</p>}
       {run.data && run.data.subjects.length === 0 && <p className="muted">No node to preview.</p>}
       {run.data?.subjects.map((s) => <SubjectReach key={s.node.id} s={s} />)}
     </section>
