@@ -557,7 +557,8 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
       let hypothetical: number | null = null;
       if (node !== undefined) {
         const key = String(node);
-        const row = /^[0-9]+$/.test(key) ? nodes.find((n) => n.id === Number(key)) : nodes.find((n) => n.name === key);
+        // an id, else a name (a node may be named with digits only)
+        const row = (/^[0-9]+$/.test(key) ? nodes.find((n) => n.id === Number(key)) : undefined) ?? nodes.find((n) => n.name === key);
         if (!row || !inNet.has(row.id)) throw notFound('node');
         subjects = [row.id];
       } else {
