@@ -4,7 +4,7 @@ import { IPSet } from '../net/ipset.js';
 import { Engine, type NodeResult } from './compile.js';
 import { Model } from './model.js';
 import { parsePolicy } from './parse.js';
-import { runPolicyTests, runSshTests } from './policytests.js';
+import { runPolicyTests, runSshTests, type TestOutcome } from './policytests.js';
 import { EXIT_V4, EXIT_V6, canonPrefix, sortRoutes } from './routes.js';
 import type { AclNetwork, AclNode, Alias, FilterRule, Policy, SSHPolicy } from './types.js';
 
@@ -23,12 +23,32 @@ export {
 export { INTERNET, DEFAULT_POOL } from './model.js';
 export type { NodeResult } from './compile.js';
 export { PeerList, type IdVec } from './peerlist.js';
+export { reachOf, type Reach, type ReachPeer, type ReachRoute, type ReachExit, type PortGrant } from './reach.js';
 export type * from './types.js';
+
+export type { TestOutcome } from './policytests.js';
+
+/** One expectation of the `tests` block as check reports it. */
+export interface TestResult {
+  /** 1-based line and column of the entry in the policy text. */
+  line: number;
+  col: number;
+  /** Index of the test in the block (0-based). */
+  test: number;
+  src: string;
+  proto?: string;
+  dst: string;
+  expect: 'accept' | 'deny';
+  pass: boolean;
+  message: string;
+}
 
 export interface CheckResult {
   valid: boolean;
   errors: string[];
   policy?: Policy;
+  /** Every expectation of the `tests` block, passed or failed, in policy order (when a network was given and the policy parsed). */
+  tests?: TestResult[];
 }
 
 /** Parse, validate and (when a network is given) run the policy's tests and sshTests. */
@@ -36,14 +56,18 @@ export function checkPolicy(text: string, net?: AclNetwork, file = 'policy.hujso
   const parsed = parsePolicy(text, file);
   if (!parsed.ok) return { valid: false, errors: parsed.errors };
   const policy = parsed.policy;
-  if (!net || (policy.tests.length === 0 && policy.sshTests.length === 0)) return { valid: true, errors: [], policy };
+  if (!net) return { valid: true, errors: [], policy };
+  if (policy.tests.length === 0 && policy.sshTests.length === 0) return { valid: true, errors: [], policy, tests: [] };
   const engine = new Engine(policy, new Model(net));
-  const failures = [...runPolicyTests(engine), ...runSshTests(engine)];
-  if (failures.length === 0) return { valid: true, errors: [], policy };
+  const outcomes: TestOutcome[] = [];
+  const failures = [...runPolicyTests(engine, outcomes), ...runSshTests(engine)];
+  const tests = outcomes.map(({ pos, ...o }): TestResult => ({ line: pos.line, col: pos.col, ...o }));
+  if (failures.length === 0) return { valid: true, errors: [], policy, tests };
   return {
     valid: false,
     errors: failures.map((f) => `${file}:${f.pos.line}:${f.pos.col}: test(s) failed: ${f.message}`),
     policy,
+    tests,
   };
 }
 

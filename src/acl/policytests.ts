@@ -61,22 +61,54 @@ export interface TestFailure {
   message: string;
 }
 
-export function runPolicyTests(engine: Engine): TestFailure[] {
+/** One expectation of the `tests` block (one entry of a test's accept or deny list) and how it came out. */
+export interface TestOutcome {
+  /** Position of the entry (of the test when its source failed). */
+  pos: Pos;
+  /** Index of the test in the block. */
+  test: number;
+  src: string;
+  proto?: string;
+  dst: string;
+  expect: 'accept' | 'deny';
+  pass: boolean;
+  /** Why it failed (the same text as the check's error), or what it verified. */
+  message: string;
+}
+
+/**
+ * Runs the `tests` block; returns the failures. With `outcomes`, every
+ * expectation (passed or failed) is also recorded there, in policy order.
+ */
+export function runPolicyTests(engine: Engine, outcomes?: TestOutcome[]): TestFailure[] {
   const out: TestFailure[] = [];
+  let index = -1;
   for (const t of engine.policy.tests) {
+    index++;
     const label = `${t.src}${t.proto ? ` (${t.proto})` : ''}`;
+    const entries = (): { d: (typeof t.accept)[number]; expect: 'accept' | 'deny' }[] => [
+      ...t.accept.map((d) => ({ d, expect: 'accept' as const })),
+      ...t.deny.map((d) => ({ d, expect: 'deny' as const })),
+    ];
+    const record = (pos: Pos, dst: string, expect: 'accept' | 'deny', pass: boolean, message: string): void => {
+      outcomes?.push({ pos, test: index, src: t.src, ...(t.proto ? { proto: t.proto } : {}), dst, expect, pass, message });
+    };
+    const srcFailed = (message: string): void => {
+      out.push({ pos: t.pos, message });
+      for (const e of entries()) record(t.pos, e.d.v, e.expect, false, message);
+    };
     const sa = parseAlias(t.src);
     if (!sa.ok) {
-      out.push({ pos: t.pos, message: `${label}: ${sa.error}` });
+      srcFailed(`${label}: ${sa.error}`);
       continue;
     }
     const src = resolveAddrs(engine, sa.value, t.src);
     if (!src.ok) {
-      out.push({ pos: t.pos, message: `${label}: ${src.error}` });
+      srcFailed(`${label}: ${src.error}`);
       continue;
     }
     if (src.addrs.length === 0) {
-      out.push({ pos: t.pos, message: `${label}: source ${JSON.stringify(t.src)} resolved to no IP addresses` });
+      srcFailed(`${label}: source ${JSON.stringify(t.src)} resolved to no IP addresses`);
       continue;
     }
     let protos = DEFAULT_PROTOS;
@@ -85,38 +117,36 @@ export function runPolicyTests(engine: Engine): TestFailure[] {
       if (p.ok) protos = p.value;
     }
     const check = (dsts: typeof t.accept, want: boolean): void => {
+      const expect = want ? 'accept' : 'deny';
       for (const d of dsts) {
+        const fail = (message: string): void => {
+          out.push({ pos: d.pos, message });
+          record(d.pos, d.v, expect, false, message);
+        };
         const hp = splitHostPort(d.v);
         if (!hp) {
-          out.push({ pos: d.pos, message: `${label} -> ${d.v}: destination must be host:port` });
+          fail(`${label} -> ${d.v}: destination must be host:port`);
           continue;
         }
         const ports = parsePorts(hp.ports);
         const da = parseAlias(hp.host);
         if (!ports.ok || !da.ok) {
-          out.push({ pos: d.pos, message: `${label} -> ${d.v}: ${!ports.ok ? ports.error : (da as { error: string }).error}` });
+          fail(`${label} -> ${d.v}: ${!ports.ok ? ports.error : (da as { error: string }).error}`);
           continue;
         }
         if (da.value.kind === 'prefix' && hp.host.includes('/')) {
-          out.push({ pos: d.pos, message: `${label} -> ${d.v}: destination must be a host or single IP address, not a CIDR prefix` });
+          fail(`${label} -> ${d.v}: destination must be a host or single IP address, not a CIDR prefix`);
           continue;
         }
         const dst = resolveAddrs(engine, da.value, hp.host);
         if (!dst.ok || dst.addrs.length === 0) {
-          out.push({
-            pos: d.pos,
-            message: `${label} -> ${d.v}: ${dst.ok ? 'destination resolved to no IP addresses' : dst.error}`,
-          });
+          fail(`${label} -> ${d.v}: ${dst.ok ? 'destination resolved to no IP addresses' : dst.error}`);
           continue;
         }
         const dset = IPSet.unionAll(dst.addrs);
         const ok = ports.value.every((p) => allowed(engine, src.addrs, dset, p.First, p.Last, protos));
-        if (ok !== want) {
-          out.push({
-            pos: d.pos,
-            message: `${label} -> ${d.v}: expected ${want ? 'ALLOWED' : 'DENIED'}, got ${ok ? 'ALLOWED' : 'DENIED'}`,
-          });
-        }
+        if (ok !== want) fail(`${label} -> ${d.v}: expected ${want ? 'ALLOWED' : 'DENIED'}, got ${ok ? 'ALLOWED' : 'DENIED'}`);
+        else record(d.pos, d.v, expect, true, `${label} -> ${d.v}: ${ok ? 'ALLOWED' : 'DENIED'} as expected`);
       }
     };
     check(t.accept, true);

@@ -143,7 +143,7 @@ export class ControlMetrics {
     });
     this.compileJobs = new Counter({
       name: 'larktun_compile_jobs_total',
-      help: 'Compile worker jobs by kind (sync_full: a tenant compiled from scratch or for a new policy; sync: an incremental update; check: a candidate policy; relay; facts) and result (ok, invalid, over_budget, error)',
+      help: 'Compile worker jobs by kind (sync_full: a tenant compiled from scratch or for a new policy; sync: an incremental update; check: a candidate policy; preview: the reach of some nodes under a candidate policy; relay; facts) and result (ok, invalid, over_budget, error)',
       labelNames: ['kind', 'result'],
       registers: [this.registry],
     });

@@ -9,14 +9,17 @@ import {
   compileNetwork,
   IncrementalCompiler,
   parsePolicy,
+  reachOf,
   type AclNetwork,
   type AclNode,
   type AclUser,
   type PeerList,
   type Policy,
+  type Reach,
+  type TestResult,
 } from '../acl/index.js';
 
-export type { AclNetwork, AclNode, AclUser } from '../acl/index.js';
+export type { AclNetwork, AclNode, AclUser, Reach, ReachPeer, ReachRoute, ReachExit, PortGrant, TestResult } from '../acl/index.js';
 export { PeerList } from '../acl/index.js';
 
 export interface PolicyCheck {
@@ -277,6 +280,8 @@ export interface PolicySizeCaps {
 export interface CandidateCheck {
   valid: boolean;
   errors: string[];
+  /** Every expectation of the `tests` block with its outcome (empty when the policy does not parse or has none). */
+  tests: TestResult[];
   /** The first cap the policy exceeds. */
   over: { limit: keyof PolicySizeCaps; value: number; max: number } | null;
   /** The compiled state (every node's result computed) when valid. */
@@ -289,8 +294,26 @@ export interface CandidateCheck {
  * Runs in a compile worker, under its time budget.
  */
 export function compileCandidate(text: string, net: AclNetwork, primaries: ReadonlyMap<string, number>, caps: PolicySizeCaps): CandidateCheck {
+  const r = parseWithCaps(text, caps);
+  if (!r.ok) return { valid: false, errors: r.errors, tests: [], over: r.over, compiler: null };
+  const p = r.policy;
+  let tests: TestResult[] = [];
+  if (p.tests.length > 0 || p.sshTests.length > 0) {
+    const c = checkPolicy(text, net);
+    tests = c.tests ?? [];
+    if (!c.valid) return { valid: false, errors: c.errors, tests, over: null, compiler: null };
+  }
+  const compiler = new AclTenantCompiler(p, net, primaries);
+  for (const n of net.nodes) compiler.view(n.id);
+  return { valid: true, errors: [], tests, over: null, compiler };
+}
+
+type Capped = { ok: true; policy: Policy } | { ok: false; errors: string[]; over: CandidateCheck['over'] };
+
+/** Parses `text` and checks it against the size caps (the first step of every candidate compile). */
+function parseWithCaps(text: string, caps: PolicySizeCaps): Capped {
   const r = parsePolicy(text);
-  if (!r.ok) return { valid: false, errors: r.errors, over: null, compiler: null };
+  if (!r.ok) return { ok: false, errors: r.errors, over: null };
   const p = r.policy;
   const groupSize = (a: { alias: { kind: string; name?: string } }): number =>
     a.alias.kind === 'group' && a.alias.name !== undefined ? Math.max(1, p.groups.get(a.alias.name)?.length ?? 1) : 1;
@@ -306,14 +329,35 @@ export function compileCandidate(text: string, net: AclNetwork, primaries: Reado
     const max = caps[limit];
     if (value > max) {
       const what = limit === 'maxHosts' ? 'hosts entries' : limit === 'maxRules' ? 'rules (acls + grants + ssh)' : 'source and destination entries over all rules (groups expanded)';
-      return { valid: false, errors: [`the policy has ${value} ${what}; the limit is ${max}`], over: { limit, value, max }, compiler: null };
+      return { ok: false, errors: [`the policy has ${value} ${what}; the limit is ${max}`], over: { limit, value, max } };
     }
   }
-  if (p.tests.length > 0 || p.sshTests.length > 0) {
-    const c = checkPolicy(text, net);
-    if (!c.valid) return { valid: false, errors: c.errors, over: null, compiler: null };
+  return { ok: true, policy: p };
+}
+
+export interface CandidatePreview {
+  valid: boolean;
+  errors: string[];
+  over: CandidateCheck['over'];
+  /** Per subject node id (in the order asked): its reach under the candidate. */
+  reach: [number, Reach][];
+}
+
+/**
+ * The reach of `subjects` (node ids of `net`) under a candidate policy, read
+ * off the same compile the nodes' maps come from. The policy's tests are not
+ * run (check does that): a draft whose test fails can still be previewed.
+ * Runs in a compile worker, under its time budget.
+ */
+export function previewCandidate(text: string, net: AclNetwork, primaries: ReadonlyMap<string, number>, caps: PolicySizeCaps, subjects: number[]): CandidatePreview {
+  const r = parseWithCaps(text, caps);
+  if (!r.ok) return { valid: false, errors: r.errors, over: r.over, reach: [] };
+  const inc = new IncrementalCompiler(r.policy, net, { previousPrimaries: primaries });
+  const nodes = new Map(net.nodes.map((n) => [n.id, n]));
+  const reach: [number, Reach][] = [];
+  for (const id of subjects) {
+    const n = nodes.get(id);
+    if (n) reach.push([id, reachOf(n, nodes, (x) => inc.result(x))]);
   }
-  const compiler = new AclTenantCompiler(p, net, primaries);
-  for (const n of net.nodes) compiler.view(n.id);
-  return { valid: true, errors: [], over: null, compiler };
+  return { valid: true, errors: [], over: null, reach };
 }

@@ -1,4 +1,5 @@
 import { useEffect, useRef, useState } from 'react';
+import type { Edit } from 'jsonc-parser';
 import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
 import { useParams } from 'react-router';
 import { EditorView, basicSetup } from 'codemirror';
@@ -10,6 +11,10 @@ import { api, ApiError, enc, parsePolicyError } from '../api';
 import { ago, when } from '../format';
 import { can, useSession } from '../session';
 import { Confirm, ErrorText, Loading, Modal } from '../ui';
+import FormView from './acls/FormView';
+import PreviewPanel from './acls/PreviewPanel';
+import TestsList, { type TestResult } from './acls/TestsList';
+import { TEMPLATES, type PolicyTemplate } from './acls/templates';
 
 interface LivePolicy { version: number; policy: string; created_at: string; created_by: string }
 interface Problem { line: number; col: number; message: string }
@@ -47,6 +52,12 @@ export default function Acls() {
   const [discardOpen, setDiscardOpen] = useState(false);
   const [saved, setSaved] = useState<number | null>(null);
   const [compare, setCompare] = useState<{ version: number; text: string } | null>(null);
+  const [tests, setTests] = useState<TestResult[] | null>(null);
+  const [tab, setTab] = useState<'text' | 'form'>('text');
+  // The editor's text as the form view reads it (the editor stays the one document).
+  const [docText, setDocText] = useState('');
+  const [templatesOpen, setTemplatesOpen] = useState(false);
+  const [pendingTemplate, setPendingTemplate] = useState<PolicyTemplate | null>(null);
   const versions = useQuery({ queryKey: ['policy', tenant, 'versions'], queryFn: () => api<{ versions: Version[] }>('GET', `/tenants/${enc(tenant)}/policy/versions`) });
   const openVersion = useMutation({
     mutationFn: (v: number) => api<LivePolicy>('GET', `/tenants/${enc(tenant)}/policy/versions/${v}`),
@@ -66,12 +77,14 @@ export default function Acls() {
       const text = v.state.doc.toString();
       setChecking(true);
       try {
-        const r = await api<{ valid: boolean; errors: string[] }>('POST', `/tenants/${enc(tenant)}/policy/check`, { policy: text });
+        const r = await api<{ valid: boolean; errors: string[]; tests?: TestResult[] }>('POST', `/tenants/${enc(tenant)}/policy/check`, { policy: text });
         const ps = r.errors.map(parsePolicyError);
         setProblems(ps);
+        setTests(r.tests ?? null);
         return toDiagnostics(v.state, ps);
       } catch (err) {
         setProblems([{ line: 1, col: 1, message: `could not check: ${err instanceof Error ? err.message : String(err)}` }]);
+        setTests(null);
         return [];
       } finally {
         setChecking(false);
@@ -85,10 +98,11 @@ export default function Acls() {
           cspNonce, basicSetup, json(), lintGutter(), check, theme,
           EditorView.contentAttributes.of({ 'aria-label': 'Policy (HuJSON)' }),
           EditorState.readOnly.of(!mayEdit),
-          EditorView.updateListener.of((u) => { if (u.docChanged) { setDirty(true); setSaved(null); } }),
+          EditorView.updateListener.of((u) => { if (u.docChanged) { setDirty(true); setSaved(null); setDocText(u.state.doc.toString()); } }),
         ],
       }),
     });
+    setDocText(liveText);
     return () => {
       view.current?.destroy();
       view.current = null;
@@ -116,10 +130,27 @@ export default function Acls() {
   const jump = (p: Problem) => {
     const v = view.current;
     if (!v) return;
+    setTab('text');
     const line = v.state.doc.line(Math.min(Math.max(1, p.line), v.state.doc.lines));
     const pos = Math.min(line.from + Math.max(0, p.col - 1), line.to);
     v.dispatch({ selection: { anchor: pos }, scrollIntoView: true });
     v.focus();
+  };
+
+  /** Replaces the editor's whole text (a template, a restored version): one undoable change. */
+  const replaceText = (text: string) => {
+    const v = view.current;
+    if (v) v.dispatch({ changes: { from: 0, to: v.state.doc.length, insert: text } });
+  };
+  /** The form view's edits, made to the same document (jsonc-parser edits are offsets into the current text). */
+  const applyFormEdits = (edits: Edit[]) => {
+    const v = view.current;
+    if (v && edits.length) v.dispatch({ changes: edits.map((e) => ({ from: e.offset, to: e.offset + e.length, insert: e.content })) });
+  };
+  const chooseTemplate = (t: PolicyTemplate) => {
+    setTemplatesOpen(false);
+    if (dirty) setPendingTemplate(t);
+    else replaceText(t.text);
   };
 
   const discard = () => {
@@ -139,13 +170,26 @@ export default function Acls() {
           <span className="spacer" />
           {mayEdit ? (
             <>
+              <button type="button" onClick={() => setTemplatesOpen(true)}>Templates…</button>
               <button type="button" onClick={() => setDiscardOpen(true)} disabled={!dirty}>Discard changes</button>
               <button type="button" className="primary" onClick={() => { save.reset(); setSaveOpen(true); }} disabled={!dirty}>Save…</button>
             </>
           ) : <span className="badge">read-only for the {s.role} role</span>}
         </div>
       )}
-      <div ref={host} className="editor" />
+      {live.data && (
+        <div className="segmented tabs" role="tablist" aria-label="Edit as">
+          <button type="button" role="tab" id="tab-text" aria-controls="panel-text" aria-selected={tab === 'text'} onClick={() => setTab('text')}>Text</button>
+          <button type="button" role="tab" id="tab-form" aria-controls="panel-form" aria-selected={tab === 'form'} onClick={() => setTab('form')}>Form</button>
+        </div>
+      )}
+      {/* The editor stays mounted under the form: it holds the one document both views edit. */}
+      <div ref={host} className="editor" id="panel-text" role="tabpanel" aria-labelledby="tab-text" hidden={tab !== 'text'} />
+      {tab === 'form' && live.data && (
+        <div id="panel-form" role="tabpanel" aria-labelledby="tab-form">
+          <FormView text={docText} readOnly={!mayEdit} onEdit={applyFormEdits} />
+        </div>
+      )}
       <div className="check" aria-live="polite">
         {saved !== null && <p className="ok-text" role="status">Saved as version {saved}.</p>}
         {checking && <p className="muted small">Checking…</p>}
@@ -162,7 +206,10 @@ export default function Acls() {
             </ul>
           </>
         )}
+        {/* (a text that does not parse has no tests to list: its errors say why) */}
+        {!checking && tests !== null && (tests.length > 0 || problems?.length === 0) && <TestsList tests={tests} onJump={(line, col) => jump({ line, col, message: '' })} />}
       </div>
+      {live.data && <PreviewPanel tenant={tenant} text={docText} />}
       <h2>History</h2>
       <ErrorText error={versions.error ?? openVersion.error} />
       {versions.data && (
@@ -197,6 +244,22 @@ export default function Acls() {
           <button type="button" className="primary" disabled={save.isPending} onClick={() => view.current && save.mutate(view.current.state.doc.toString())}>Save policy</button>
         </div>
       </Modal>
+      <Modal open={templatesOpen} title="Start from a template" onClose={() => setTemplatesOpen(false)}>
+        <p className="muted small">A template replaces the editor's text; nothing changes until you save it.</p>
+        <ul className="templates">
+          {TEMPLATES.map((t) => (
+            <li key={t.name}>
+              <button type="button" onClick={() => chooseTemplate(t)} aria-label={`Load the ${t.name} template`}>{t.name}</button>
+              <span className="muted small"> {t.description}</span>
+            </li>
+          ))}
+        </ul>
+        <div className="actions"><button type="button" onClick={() => setTemplatesOpen(false)}>Close</button></div>
+      </Modal>
+      <Confirm open={pendingTemplate !== null} title={`Replace your text with the ${pendingTemplate?.name ?? ''} template?`} action="Replace" danger
+        body={<p>The editor has changes that are not saved. They are replaced (Undo in the editor brings them back).</p>}
+        onConfirm={() => { if (pendingTemplate) replaceText(pendingTemplate.text); setPendingTemplate(null); }}
+        onClose={() => setPendingTemplate(null)} />
       <Confirm open={discardOpen} title="Discard your changes?" action="Discard" danger body={<p>The editor goes back to the live policy.</p>} onConfirm={discard} onClose={() => setDiscardOpen(false)} />
     </section>
   );

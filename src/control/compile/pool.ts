@@ -20,7 +20,7 @@ import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import type { ControlMetrics } from '../metrics.js';
 import type { AclNetwork } from '../policy-engine.js';
-import type { CheckJob, CheckResult, FactsResult, FromWorker, Job, JobResult, RelayJob, RelayResult, SizeBudget, SyncJob, SyncResult, ToWorker } from './protocol.js';
+import type { CheckJob, CheckResult, FactsResult, FromWorker, Job, JobResult, PreviewJob, PreviewResult, RelayJob, RelayResult, SizeBudget, SyncJob, SyncResult, ToWorker } from './protocol.js';
 
 export interface CompileLimits {
   /** Worker threads (default min(4, max(2, cores)); env LARKTUN_COMPILE_WORKERS). */
@@ -221,12 +221,12 @@ export class CompilePool {
     if (m.ok) {
       const r = m.result;
       const t = this.tenants.get(p.tenant);
-      const whole = r.kind === 'check' || r.kind === 'relay' || (r.kind === 'sync' && r.full);
+      const whole = r.kind === 'check' || r.kind === 'preview' || r.kind === 'relay' || (r.kind === 'sync' && r.full);
       if (t && whole) t.fullMs = r.ms;
       if (t && p.job.kind === 'sync') t.syncedPolicy = p.job.policy;
       const kind = r.kind === 'sync' && r.full ? 'sync_full' : r.kind;
       this.metrics?.compileJobSeconds.observe({ kind }, r.ms / 1000);
-      this.finish(p, r.kind === 'check' && !r.valid ? 'invalid' : 'ok', r);
+      this.finish(p, (r.kind === 'check' || r.kind === 'preview') && !r.valid ? 'invalid' : 'ok', r);
     } else {
       this.finish(p, 'error', new Error(m.error));
     }
@@ -373,6 +373,12 @@ export class CompilePool {
   async check(tenant: number, policy: string, net: AclNetwork, primaries: ReadonlyMap<string, number>, keep: boolean): Promise<CheckResult> {
     const job: CheckJob = { kind: 'check', tenant, policy, net, primaries: [...primaries], size: this.limits.size, keep };
     return (await this.submit(job, null)) as CheckResult;
+  }
+
+  /** The reach of `subjects` under a candidate policy (a whole compile, within the budget; never coalesced). */
+  async preview(tenant: number, policy: string, net: AclNetwork, primaries: ReadonlyMap<string, number>, subjects: number[]): Promise<PreviewResult> {
+    const job: PreviewJob = { kind: 'preview', tenant, policy, net, primaries: [...primaries], size: this.limits.size, subjects };
+    return (await this.submit(job, null)) as PreviewResult;
   }
 
   /** A whole-tenant compile for relays (queued ones of a tenant coalesce). */

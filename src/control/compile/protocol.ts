@@ -1,7 +1,7 @@
 // Messages between the server's event loop and its compile workers
 // (compile/worker.ts). Everything here crosses a thread boundary by structured
 // clone: plain data, typed arrays and Maps only — no class instances.
-import type { AclNetwork } from '../../acl/index.js';
+import type { AclNetwork, Reach, TestResult } from '../../acl/index.js';
 
 /** Size caps checked by the worker after parsing (the byte cap is checked before). */
 export interface SizeBudget {
@@ -38,6 +38,18 @@ export interface CheckJob {
   keep: boolean;
 }
 
+/** The reach of some nodes under a candidate policy (POST …/policy/preview), within the budget. */
+export interface PreviewJob {
+  kind: 'preview';
+  tenant: number;
+  policy: string;
+  net: AclNetwork;
+  primaries: [string, number][];
+  size: SizeBudget;
+  /** Node ids of `net` whose reach is asked for. */
+  subjects: number[];
+}
+
 /** A whole-tenant compile for the relays' view: primaries, the global filter and exit choices. */
 export interface RelayJob {
   kind: 'relay';
@@ -56,7 +68,7 @@ export interface FactsJob {
   policy: string;
 }
 
-export type Job = SyncJob | CheckJob | RelayJob | FactsJob;
+export type Job = SyncJob | CheckJob | RelayJob | FactsJob | PreviewJob;
 
 /** One node's compiled view in transit: its peers are `bases[base]` minus the id at `cut` (base length: none). */
 export interface WireView {
@@ -93,7 +105,18 @@ export interface CheckResult {
   errors: string[];
   /** A size cap the policy exceeds (then valid is false and errors says so). */
   over: { limit: keyof SizeBudget; value: number; max: number } | null;
+  /** Every expectation of the policy's `tests` block with its outcome. */
+  tests: TestResult[];
   facts: string | null;
+  ms: number;
+}
+
+export interface PreviewResult {
+  kind: 'preview';
+  valid: boolean;
+  errors: string[];
+  over: { limit: keyof SizeBudget; value: number; max: number } | null;
+  reach: [number, Reach][];
   ms: number;
 }
 
@@ -113,7 +136,7 @@ export interface FactsResult {
   ms: number;
 }
 
-export type JobResult = SyncResult | CheckResult | RelayResult | FactsResult;
+export type JobResult = SyncResult | CheckResult | RelayResult | FactsResult | PreviewResult;
 
 /** Main → worker. `drop`: forget a tenant's state (it moved to another worker). */
 export type ToWorker = { id: number; job: Job } | { id: 0; drop: number };

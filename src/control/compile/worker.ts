@@ -5,10 +5,10 @@
 // worker whose job runs too long, so nothing here needs to check the clock.
 import { parentPort } from 'node:worker_threads';
 import {
-  compileCandidate, compileForRelayNow, newTenantCompilerFrom, policyFacts, FACTS_MIN_BYTES,
+  compileCandidate, compileForRelayNow, previewCandidate, newTenantCompilerFrom, policyFacts, FACTS_MIN_BYTES,
   type AclNetwork, type AclNode, type TenantCompiler,
 } from '../policy-engine.js';
-import type { CheckJob, FactsJob, FromWorker, Job, JobResult, RelayJob, SyncJob, ToWorker, WireView, WireViews } from './protocol.js';
+import type { CheckJob, FactsJob, PreviewJob, FromWorker, Job, JobResult, RelayJob, SyncJob, ToWorker, WireView, WireViews } from './protocol.js';
 
 /** Tenants whose compiled state a worker keeps (least recently used dropped first). */
 const MAX_TENANTS = 256;
@@ -124,7 +124,7 @@ function check(job: CheckJob): JobResult {
     c.compiler.changedNodes();
     candidates.set(job.tenant, { policy: job.policy, compiler: c.compiler, nodes: new Map(job.net.nodes.map((n) => [n.id, n])) });
   }
-  return { kind: 'check', valid: c.valid, errors: c.errors, over: c.over, facts: c.valid ? facts(job.policy) : null, ms: performance.now() - t0 };
+  return { kind: 'check', valid: c.valid, errors: c.errors, over: c.over, tests: c.tests, facts: c.valid ? facts(job.policy) : null, ms: performance.now() - t0 };
 }
 
 function relay(job: RelayJob): JobResult {
@@ -132,6 +132,12 @@ function relay(job: RelayJob): JobResult {
   const c = compileForRelayNow(job.policy, job.net, new Map(job.primaries), new Map(job.wishes));
   if (!c) return { kind: 'relay', ok: false, primaries: [], globalFilter: [], exitFor: [], ms: performance.now() - t0 };
   return { kind: 'relay', ok: true, primaries: [...c.primaries], globalFilter: c.globalFilter, exitFor: [...c.exitFor], ms: performance.now() - t0 };
+}
+
+function preview(job: PreviewJob): JobResult {
+  const t0 = performance.now();
+  const c = previewCandidate(job.policy, job.net, new Map(job.primaries), job.size, job.subjects);
+  return { kind: 'preview', valid: c.valid, errors: c.errors, over: c.over, reach: c.reach, ms: performance.now() - t0 };
 }
 
 function factsJob(job: FactsJob): JobResult {
@@ -149,6 +155,8 @@ function run(job: Job): { result: JobResult; transfer: ArrayBuffer[] } {
       return { result: relay(job), transfer: [] };
     case 'facts':
       return { result: factsJob(job), transfer: [] };
+    case 'preview':
+      return { result: preview(job), transfer: [] };
   }
 }
 

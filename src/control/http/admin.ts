@@ -1,14 +1,14 @@
 // Admin API routes under /api/v1. Handlers authenticate, resolve the tenant
 // (which enforces isolation and roles), then call the repository/service layer.
 // Every body, path parameter and query string is validated by its JSON schema.
-import type { FastifyInstance, FastifyRequest, FastifySchema } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify';
 import type { Store, TenantTx } from '../store/repo.js';
 import { nowIso } from '../store/repo.js';
 import { ApiError, badRequest, conflict, notFound } from '../errors.js';
 import { newSecret } from '../secrets.js';
 import { authenticate, requireOperator, resolveTenant, ROLES, type Permission, type Principal } from './auth.js';
 import {
-  apiKeyView, authKeyView, canonicalRoutes, nodeAuditView, nodeView, runAutoApprove,
+  allocateAddresses, apiKeyView, authKeyView, canonicalRoutes, nodeAuditView, nodeView, runAutoApprove,
   tenantView, userView, validateTagSyntax,
 } from '../service.js';
 import { DEFAULT_POLICY, definedTags, rememberFacts } from '../policy-engine.js';
@@ -480,15 +480,16 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
   const { pool, hub, policyChecks } = deps;
   const overBudget = (limit: string, max: number, message: string, value?: number) =>
     new ApiError(422, 'policy_over_budget', `${message}; the live policy is unchanged`, { limit, max, ...(value !== undefined ? { value } : {}) });
-  const checkText = async (t: TenantRow, text: string, keep: boolean): Promise<CheckResult> => {
+  const byteCap = (text: string): void => {
     const lim = pool.limits;
     const bytes = Buffer.byteLength(text);
     if (bytes > lim.maxBytes) throw overBudget('policy_bytes', lim.maxBytes, `the policy is ${bytes} bytes; the limit is ${lim.maxBytes} (LARKTUN_POLICY_MAX_BYTES)`, bytes);
-    const repo = store.tenant(t.id);
-    const [users, nodes, primaries] = await Promise.all([repo.listUsers(), repo.listNodes(), repo.listPrimaries()]);
-    let c: CheckResult;
+  };
+  /** Runs a compile job, mapping the pool's refusals to API errors. */
+  const inPool = async <R extends { errors: string[]; over: CheckResult['over'] }>(run: () => Promise<R>): Promise<R> => {
+    let c: R;
     try {
-      c = await pool.check(t.id, text, aclNetwork(t, users, nodes), primaries, keep);
+      c = await run();
     } catch (err) {
       if (err instanceof BudgetError) throw overBudget(err.limit, err.max, err.message);
       if (err instanceof QueueFullError) throw new ApiError(429, 'compile_busy', `${err.message}; try again shortly`);
@@ -500,8 +501,23 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
       const name = { maxHosts: 'policy_hosts', maxRules: 'policy_rules', maxEntries: 'policy_entries' }[c.over.limit];
       throw overBudget(name, c.over.max, `${c.errors[0] ?? 'the policy is too large'} (${env})`, c.over.value);
     }
+    return c;
+  };
+  const checkText = async (t: TenantRow, text: string, keep: boolean): Promise<CheckResult> => {
+    byteCap(text);
+    const repo = store.tenant(t.id);
+    const [users, nodes, primaries] = await Promise.all([repo.listUsers(), repo.listNodes(), repo.listPrimaries()]);
+    const c = await inPool(() => pool.check(t.id, text, aclNetwork(t, users, nodes), primaries, keep));
     if (c.facts !== null) rememberFacts(text, c.facts);
     return c;
+  };
+  /** One token of the tenant's bucket (`kind` keeps check and preview in separate buckets of the same rate), or 429. */
+  const takeToken = (req: FastifyRequest, reply: FastifyReply, t: TenantRow, kind: 'check' | 'preview'): void => {
+    const wait = policyChecks.take(kind === 'check' ? String(t.id) : `${kind}:${t.id}`);
+    if (wait <= 0) return;
+    req.server.log.debug({ tenant: t.name }, `policy ${kind} rate limited`);
+    reply.header('retry-after', String(Math.max(1, Math.ceil(wait))));
+    throw new ApiError(429, 'rate_limited', `policy ${kind}s for this tenant are limited to ${policyChecks.perSecond}/s (burst ${policyChecks.burst}); retry in ${Math.ceil(wait)} s`, { retry_after_s: Math.ceil(wait) });
   };
 
   app.put<{ Params: TP; Body: { policy: string } }>(
@@ -546,14 +562,75 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
     async (req, reply) => {
       const { t } = await tenantFor(req, req.params.tenant, 'read');
       // Every role (the read-only auditor too) shares the tenant's bucket.
-      const wait = policyChecks.take(String(t.id));
-      if (wait > 0) {
-        req.server.log.debug({ tenant: t.name }, 'policy check rate limited');
-        reply.header('retry-after', String(Math.max(1, Math.ceil(wait))));
-        throw new ApiError(429, 'rate_limited', `policy checks for this tenant are limited to ${policyChecks.perSecond}/s (burst ${policyChecks.burst}); retry in ${Math.ceil(wait)} s`, { retry_after_s: Math.ceil(wait) });
-      }
+      takeToken(req, reply, t, 'check');
       const c = await checkText(t, req.body.policy, false);
-      return { valid: c.valid, errors: c.errors };
+      // tests: every expectation of the tests block, passed or failed (errors still lists the failures).
+      return { valid: c.valid, errors: c.errors, tests: c.tests };
+    },
+  );
+
+  app.post<{ Params: TP; Body: { policy: string; node?: number | string; user?: string } }>(
+    '/tenants/:tenant/policy/preview',
+    {
+      schema: {
+        ...doc('policy', 'What a node (or each node of a user, or a new untagged node of that user when it has none) may reach under a draft policy: peers with ports, subnet routes, exit nodes, and who may reach it. Computed by the same compile as the maps, within the compile budget; nothing is stored. Invalid draft: 400 invalid_policy with positioned errors (its tests are not run); over the budget: 422 policy_over_budget; rate-limited per tenant: 429 rate_limited'),
+        params: tenantParams,
+        body: {
+          type: 'object', additionalProperties: false, required: ['policy'],
+          properties: {
+            policy: policyBody.properties.policy,
+            node: { anyOf: [ID, { type: 'string', minLength: 1, maxLength: 253 }], description: 'a node id or name of the tenant' },
+            user: { type: 'string', minLength: 1, maxLength: 320, description: 'a user name (login) or email of the tenant' },
+          },
+        },
+      },
+    },
+    async (req, reply) => {
+      const { t } = await tenantFor(req, req.params.tenant, 'read');
+      const { policy: text, node, user } = req.body;
+      if ((node === undefined) === (user === undefined)) throw badRequest('give exactly one of node and user');
+      takeToken(req, reply, t, 'preview');
+      byteCap(text);
+      const repo = store.tenant(t.id);
+      const [users, nodes, primaries] = await Promise.all([repo.listUsers(), repo.listNodes(), repo.listPrimaries()]);
+      const net = aclNetwork(t, users, nodes);
+      const inNet = new Map(net.nodes.map((n) => [n.id, n]));
+      let subjects: number[];
+      let hypothetical: number | null = null;
+      if (node !== undefined) {
+        const key = String(node);
+        // an id, else a name (a node may be named with digits only)
+        const row = (/^[0-9]+$/.test(key) ? nodes.find((n) => n.id === Number(key)) : undefined) ?? nodes.find((n) => n.name === key);
+        if (!row || !inNet.has(row.id)) throw notFound('node');
+        subjects = [row.id];
+      } else {
+        const login = (user as string).toLowerCase();
+        const u = users.find((x) => x.name.toLowerCase() === login) ?? users.find((x) => (x.email ?? '').toLowerCase() === login);
+        if (!u) throw notFound('user');
+        subjects = nodes.filter((n) => n.user_id === u.id && jsonList(n.tags).length === 0 && inNet.has(n.id)).map((n) => n.id);
+        if (subjects.length === 0) {
+          // A node this user would register next: untagged, at the next free addresses.
+          const addr = await allocateAddresses(repo, t, nodes.length);
+          hypothetical = nodes.reduce((m, n) => Math.max(m, n.id), 0) + 1;
+          net.nodes.push({
+            id: hypothetical, name: `new node of ${u.name}`, user: u.email ?? u.name, tags: [],
+            ipv4: addr.ipv4, ipv6: addr.ipv6, announced_routes: [], approved_routes: [], online: true,
+          });
+          subjects = [hypothetical];
+        }
+      }
+      const c = await inPool(() => pool.preview(t.id, text, net, primaries, subjects));
+      if (!c.valid) throw new ApiError(400, 'invalid_policy', `the policy has ${c.errors.length} error(s)`, { errors: c.errors });
+      const byId = new Map(net.nodes.map((n) => [n.id, n]));
+      return {
+        subjects: c.reach.map(([id, r]) => {
+          const n = byId.get(id);
+          return {
+            node: { id, name: n?.name ?? '', addresses: [n?.ipv4, n?.ipv6].filter((a): a is string => !!a), tags: n?.tags ?? [], user: n?.user ?? null, hypothetical: id === hypothetical },
+            peers: r.peers, routes: r.routes, exit_nodes: r.exitNodes, inbound: r.inbound,
+          };
+        }),
+      };
     },
   );
 
