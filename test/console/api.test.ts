@@ -163,9 +163,11 @@ for (const b of backends()) {
       }
       const alice = sessionClient(srv.url, (await signIn(srv.url, { tenant: 'acme', username: 'alice', password: PW })).signed!);
       let v: Json = null;
-      for (let i = 0; i < 50; i++) {
+      // Both streams must have been seen (each router's presence is written when its stream attaches):
+      // wait for r1 primary and r2 online, not only for a primary.
+      for (let i = 0; i < 100; i++) {
         v = (await alice.get('/api/v1/tenants/acme/routes')).body;
-        if (v.routes[0]?.primary) break;
+        if (v.routes[0]?.primary && v.routes[0].routers.every((x: Json) => x.state !== 'offline')) break;
         await new Promise((r) => setTimeout(r, 100));
       }
       assert.deepEqual(v.routes.map((r: Json) => r.prefix), ['10.9.0.0/16', '172.20.0.0/24']);
