@@ -143,6 +143,9 @@ function newWorker(heapMb: number): Worker {
   return new Worker(boot, { eval: true, resourceLimits });
 }
 
+/** Longest a job waits while a worker is still loading (see submit). */
+const LOADING_WAIT_MS = 60_000;
+
 export class CompilePool {
   private readonly slots: Slot[] = [];
   private readonly tenants = new Map<number, TenantQueue>();
@@ -271,13 +274,22 @@ export class CompilePool {
       // A job waits at most for a few budgets (the workers it may use are busy
       // with jobs that each end within the budget); longer means no worker is
       // coming (they fail to start): the caller gets an error, not a hang.
-      p.expiry = setTimeout(() => {
+      const expire = (): void => {
         const i = tq.queue.indexOf(p);
         if (i < 0) return;
+        // A worker that is still loading is coming (a restart after a budget kill
+        // loads the compiler again, slow on a saturated machine): wait on for it,
+        // up to LOADING_WAIT_MS in all, before calling the pool unavailable.
+        if (this.slots.some((s) => !s.ready) && performance.now() - p.queuedAt < LOADING_WAIT_MS) {
+          p.expiry = setTimeout(expire, this.maxWaitMs());
+          p.expiry.unref();
+          return;
+        }
         tq.queue.splice(i, 1);
         this.metrics?.compileJobs.inc({ kind: p.job.kind, result: 'error' });
-        for (const w of p.waiters) w.reject(new NoWorkerError(`no compile worker became free within ${this.maxWaitMs()} ms`));
-      }, this.maxWaitMs());
+        for (const w of p.waiters) w.reject(new NoWorkerError(`no compile worker became free within ${Math.round(performance.now() - p.queuedAt)} ms`));
+      };
+      p.expiry = setTimeout(expire, this.maxWaitMs());
       p.expiry.unref();
       tq.queue.push(p);
       this.pump();
