@@ -365,7 +365,7 @@ static bool deliver(usock *s, uint32_t count) {
   napi_open_handle_scope(env, &scope);
   napi_value cb, recv, arg, result;
   napi_get_reference_value(env, s->cb, &cb);
-  napi_get_undefined(env, &recv);
+  napi_get_global(env, &recv);
   napi_create_uint32(env, count, &arg);
   s->in_cb = true;
   napi_status st = napi_make_callback(env, s->actx, recv, cb, 1, &arg, &result);
