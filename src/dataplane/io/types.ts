@@ -91,3 +91,10 @@ export function envFlag(name: string, env: NodeJS.ProcessEnv = process.env): boo
   if (v === undefined || v === '') return undefined;
   return !/^(0|false|off|no)$/i.test(v.trim());
 }
+
+/** One line for `larktun status`: which path and which offloads. */
+export function ioSummary(s: UdpIoStatus): string {
+  if (s.path === 'dgram') return `dgram${s.reason ? ` (${s.reason})` : ''}`;
+  const off = `GRO ${s.gro ? 'on' : 'off'}, GSO ${s.gso ? 'on' : 'off'}`;
+  return `batch (recvmmsg/sendmmsg), ${off}${s.offload_reason ? ` (${s.offload_reason})` : ''}`;
+}
