@@ -82,6 +82,8 @@ export class BatchPorts implements UdpIo {
   readonly socks: BatchSock[] = [];
   private readonly words = new AddrWords();
   private flushQueued = false;
+  private rxBatches = 0;
+  private rxMaxBatch = 0;
   private closed = false;
   private offloadReason: string | null;
   private readonly flushTask = (): void => {
@@ -130,6 +132,8 @@ export class BatchPorts implements UdpIo {
     const views = sock.rxViews;
     const names = sock.names;
     this.n.start(h, sock.rxArena, meta.buffer as ArrayBuffer, RX_SLOTS, BUF_SIZE, (count: number) => {
+      this.rxBatches++;
+      if (count > this.rxMaxBatch) this.rxMaxBatch = count;
       for (let i = 0; i < count; i++) {
         const o = i * META_WORDS;
         try {
@@ -220,6 +224,8 @@ export class BatchPorts implements UdpIo {
       tx_datagrams: 0,
       gso_sends: 0,
       gso_fallbacks: 0,
+      rx_batches: this.rxBatches,
+      rx_max_batch: this.rxMaxBatch,
     };
     for (const s of this.socks) {
       const x = this.n.stats(s.h);

@@ -129,6 +129,8 @@ export class DgramPorts implements UdpIo {
       tx_datagrams: 0,
       gso_sends: 0,
       gso_fallbacks: 0,
+      rx_batches: 0,
+      rx_max_batch: 0,
     };
   }
 

@@ -63,6 +63,9 @@ export interface UdpIoStatus {
   tx_datagrams: number;
   gso_sends: number;
   gso_fallbacks: number;
+  /** Receive batches handed to the engine, and the largest (at most the arena's slots). */
+  rx_batches: number;
+  rx_max_batch: number;
 }
 
 export interface UdpIo {
