@@ -335,7 +335,7 @@ async function ioPaths(): Promise<void> {
       sinks.push(await startSink(host, [2]));
       const flow = { from: 1, to: RELAY_ID, psk: pskOf(1), src: v4(1), dst: v4(2), proto: 'udp', sport: 40000, dport: 5000, bytes: BYTES } as const;
       const load0 = os.loadavg()[0]!;
-      const r = await measure(host, `relay_io ${io}`, { flows: [flow], batch: true });
+      const r = await measure(host, `relay_io ${io}`, { flows: [flow], batch: true }, { profileMs: PROFILE_MS });
       const st = await host.req<Record<string, unknown>>('io');
       const { id: _id, ...ioStatus } = st;
       process.stdout.write(
@@ -353,6 +353,7 @@ async function ioPaths(): Promise<void> {
           drops_in_window: r.drops_in_window,
           young_alloc_bytes_per_packet: r.heap['young_alloc_bytes_per_packet'],
           gc_events: r.heap['gc_events'],
+          alloc_sites: r.alloc_sites,
           io_status: ioStatus,
           loadavg_1m: [Math.round(load0 * 100) / 100, Math.round(os.loadavg()[0]! * 100) / 100],
           machine: `${os.cpus().length}x ${os.cpus()[0]?.model ?? 'cpu'}, node ${process.version}`,

@@ -367,7 +367,8 @@ for (const [name, env] of [
 ] as const) {
   test(`the relay and node engine suites pass over the ${name} path`, { timeout: 180_000 }, async () => {
     const r = await runTests(['test/dataplane/relay.test.ts', 'test/dataplane/engine.test.ts', 'test/dataplane/relay-rtt.test.ts'], env);
-    assert.equal(r.code, 0, r.out.slice(-3000));
+    const failed = r.out.split('\n').filter((l) => /^\s*not ok/.test(l));
+    assert.equal(r.code, 0, `${failed.join('\n')}\n${r.out.slice(-4000)}`);
     assert.match(r.out, /# fail 0/);
     const pass = /# pass (\d+)/.exec(r.out);
     assert.ok(pass && Number(pass[1]) >= 20, `ran ${pass?.[1]} tests`);

@@ -5,11 +5,20 @@
 //
 // Receive: the addon drains a readable socket into RX_SLOTS fixed slots plus a
 // meta table (length, port, family, address words) and calls onBatch(count)
-// once per batch; the engine's handler gets each slot as a Buffer view made
-// once at start (read in place, valid during the call) and the source address
-// as a cached string (AddrNames: no formatting for a known address).
-// Send: `nextBuffer(sock)` is the socket's next free tx slot, `send()` records
-// the destination in the tx meta table. Queued datagrams go to the kernel in
+// once per batch; each datagram is handed to the engine in one per-layer
+// receive buffer (copied out of its slot with copyWithin, which allocates
+// nothing, unlike Buffer#copy of a range), with the source address as a cached
+// string (AddrNames: no formatting for a known address).
+// Send: `nextBuffer(sock)` is the socket's seal buffer (an extra slot of its tx
+// arena); `send()` copies the sealed bytes into the next tx slot (copyWithin) and records the destination in the tx meta
+// table.
+//
+// Why the copies: the wire layer (src/wire/views.ts) caches the exact-length
+// views sodium needs for a few buffers it sees again and again. Handing it one
+// of 256 rotating slots instead defeats that cache and costs a fresh typed-array
+// view per datagram and direction (~210 B of young-generation garbage per
+// forwarded packet, measured with bench/relay); a memcpy of at most 1.5 KB into
+// a fixed buffer is cheaper than that allocation and its GC. Queued datagrams go to the kernel in
 // one sendmmsg when the receive batch ends, when the current JavaScript task
 // ends (a microtask: TUN batches, timers), or when the tx arena is full, so a
 // datagram never waits for more traffic.
@@ -56,13 +65,21 @@ export function loadNativeUdp(): NativeUdp | Error {
 export const RX_SLOTS = 256;
 export const TX_SLOTS = 256;
 
+/** Byte offset of the extra slot (after the RX_SLOTS/TX_SLOTS the addon uses) that datagrams are handed over / sealed in. */
+const RX_HANDOVER = RX_SLOTS * BUF_SIZE;
+const TX_SEAL = TX_SLOTS * BUF_SIZE;
+
 export class BatchSock implements UdpSock {
-  readonly rxArena = new ArrayBuffer(RX_SLOTS * BUF_SIZE);
+  readonly rxArena = new ArrayBuffer((RX_SLOTS + 1) * BUF_SIZE);
+  readonly rxBytes = new Uint8Array(this.rxArena);
   readonly rxMeta = new Int32Array(RX_SLOTS * META_WORDS);
-  readonly rxViews: Buffer[] = [];
-  readonly txArena = new ArrayBuffer(TX_SLOTS * BUF_SIZE);
+  /** The handover slot as a Buffer: what the engine's handler gets. */
+  readonly rxBuf = Buffer.from(this.rxArena, RX_HANDOVER, BUF_SIZE);
+  readonly txArena = new ArrayBuffer((TX_SLOTS + 1) * BUF_SIZE);
+  readonly txBytes = new Uint8Array(this.txArena);
   readonly txMeta = new Int32Array(TX_SLOTS * META_WORDS);
-  readonly txViews: Buffer[] = [];
+  /** The seal slot as a Buffer: what nextBuffer() returns. */
+  readonly sealBuf = Buffer.from(this.txArena, TX_SEAL, BUF_SIZE);
   txCount = 0;
   readonly names: AddrNames;
   port = 0;
@@ -71,8 +88,6 @@ export class BatchSock implements UdpSock {
     readonly family: 4 | 6,
     readonly h: Handle,
   ) {
-    for (let i = 0; i < RX_SLOTS; i++) this.rxViews.push(Buffer.from(this.rxArena, i * BUF_SIZE, BUF_SIZE));
-    for (let i = 0; i < TX_SLOTS; i++) this.txViews.push(Buffer.from(this.txArena, i * BUF_SIZE, BUF_SIZE));
     this.names = new AddrNames(this.rxMeta);
   }
 }
@@ -129,15 +144,19 @@ export class BatchPorts implements UdpIo {
     const handler = this.opts.onDatagram;
     const log = this.opts.log;
     const meta = sock.rxMeta;
-    const views = sock.rxViews;
+    const bytes = sock.rxBytes;
     const names = sock.names;
+    const rxBuf = sock.rxBuf;
     this.n.start(h, sock.rxArena, meta.buffer as ArrayBuffer, RX_SLOTS, BUF_SIZE, (count: number) => {
       this.rxBatches++;
       if (count > this.rxMaxBatch) this.rxMaxBatch = count;
       for (let i = 0; i < count; i++) {
         const o = i * META_WORDS;
+        const len = meta[o]!;
+        // len > BUF_SIZE: truncated (did not fit a slot); the engine counts it malformed.
+        if (len <= BUF_SIZE) bytes.copyWithin(RX_HANDOVER, i * BUF_SIZE, i * BUF_SIZE + len);
         try {
-          handler(views[i]!, meta[o]!, names.name(i), meta[o + 1]!, sock);
+          handler(rxBuf, len, names.name(i), meta[o + 1]!, sock);
         } catch (err) {
           log(`datagram handler error: ${(err as Error).message}`);
         }
@@ -149,9 +168,7 @@ export class BatchPorts implements UdpIo {
   }
 
   nextBuffer(sock: UdpSock): Buffer {
-    const s = sock as BatchSock;
-    if (s.txCount === TX_SLOTS) this.flushSock(s);
-    return s.txViews[s.txCount]!;
+    return (sock as BatchSock).sealBuf;
   }
 
   send(sock: UdpSock, buf: Buffer, len: number, port: number, addr: string): void {
@@ -164,8 +181,8 @@ export class BatchPorts implements UdpIo {
     }
     if (s.txCount === TX_SLOTS) this.flushSock(s);
     const i = s.txCount;
-    const slot = s.txViews[i]!;
-    if (buf !== slot) buf.copy(slot, 0, 0, len);
+    if (buf === s.sealBuf) s.txBytes.copyWithin(i * BUF_SIZE, TX_SEAL, TX_SEAL + len);
+    else s.txBytes.set(len === buf.length ? buf : buf.subarray(0, len), i * BUF_SIZE);
     const m = s.txMeta;
     const o = i * META_WORDS;
     m[o] = len;
