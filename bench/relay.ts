@@ -325,6 +325,9 @@ async function measure(
  * in both runs so that it can offer more than either relay forwards; the load
  * average is printed with each line (the machine is shared).
  */
+/** Young-generation bytes per relayed packet the batched path may allocate (it is ~35 B: heap numbers in the engine and wire code). */
+const ALLOC_BOUND = Number(process.env.BENCH_ALLOC_BOUND ?? 64);
+
 async function ioPaths(): Promise<void> {
   for (const io of ['dgram', 'batch'] as const) {
     const host = await RelayHost.start({ LARKTUN_UDP_BATCH: io === 'batch' ? '1' : '0' });
@@ -337,6 +340,12 @@ async function ioPaths(): Promise<void> {
       const load0 = os.loadavg()[0]!;
       const r = await measure(host, `relay_io ${io}`, { flows: [flow], batch: true }, { profileMs: PROFILE_MS });
       const st = await host.req<Record<string, unknown>>('io');
+      const perPacket = r.heap['young_alloc_bytes_per_packet'] as number | null;
+      const allocOk = perPacket !== null && perPacket <= ALLOC_BOUND;
+      if (io === 'batch' && !allocOk) {
+        progress(`relay_io batch: ${perPacket} B/packet allocated, above the bound of ${ALLOC_BOUND}`);
+        process.exitCode = 1;
+      }
       const { id: _id, ...ioStatus } = st;
       process.stdout.write(
         `${JSON.stringify({
@@ -352,6 +361,7 @@ async function ioPaths(): Promise<void> {
           offered_pps: r.offered_pps,
           drops_in_window: r.drops_in_window,
           young_alloc_bytes_per_packet: r.heap['young_alloc_bytes_per_packet'],
+          ...(io === 'batch' ? { alloc_bound_bytes: ALLOC_BOUND, alloc_bound_ok: allocOk } : {}),
           gc_events: r.heap['gc_events'],
           alloc_sites: r.alloc_sites,
           io_status: ioStatus,

@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createUdpIo, ioSummary, type UdpIo, type DatagramHandler } from '../../src/dataplane/io/index.js';
 import { RX_SLOTS } from '../../src/dataplane/io/batch.js';
-import { formatAddr, parseAddr } from '../../src/dataplane/io/addr.js';
+import { AddrNames, META_WORDS, formatAddr, parseAddr } from '../../src/dataplane/io/addr.js';
 import { Engine } from '../../src/dataplane/engine.js';
 import { RelayEngine } from '../../src/dataplane/relay.js';
 import { parsePrefix } from '../../src/net/addr.js';
@@ -83,6 +83,71 @@ test('addresses are named as node:dgram names them (inet_ntop) and parse back', 
   assert.equal(parseAddr('1::2::3'), null);
   assert.equal(parseAddr('12345::'), null);
   assert.equal(formatAddr(parseAddr('2001:0db8:0000:0000:0000:0000:0000:0001')!.bytes, 0, 6), '2001:db8::1');
+});
+
+test('the address table names 20 000 distinct sources right while they evict each other', () => {
+  const meta = new Int32Array(4 * META_WORDS);
+  const bytes = new Uint8Array(meta.buffer);
+  const names = new AddrNames(meta);
+  const put = (slot: number, family: 4 | 6, addr: Uint8Array): void => {
+    meta.fill(0, slot * META_WORDS, (slot + 1) * META_WORDS);
+    meta[slot * META_WORDS + 2] = family;
+    bytes.set(addr, (slot * META_WORDS + 3) * 4);
+  };
+  for (let round = 0; round < 2; round++) {
+    for (let i = 0; i < 10_000; i++) {
+      const v4 = new Uint8Array([10, (i >> 16) & 255, (i >> 8) & 255, i & 255]);
+      put(i & 3, 4, v4);
+      assert.equal(names.name(i & 3), `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`);
+      const v6 = parseAddr(`fd00::1:${i.toString(16)}`)!.bytes;
+      put((i + 1) & 3, 6, v6);
+      assert.equal(names.name((i + 1) & 3), `fd00::1:${i.toString(16)}`);
+    }
+  }
+  // Same bytes, other family: not the same address.
+  put(0, 4, new Uint8Array([0, 0, 0, 0]));
+  assert.equal(names.name(0), '0.0.0.0');
+  put(0, 6, new Uint8Array(16));
+  assert.equal(names.name(0), '::');
+  // A known address is a hit: formatted once.
+  const before = names.misses;
+  for (let i = 0; i < 1000; i++) names.name(0);
+  assert.equal(names.misses, before);
+});
+
+test('IPv6: both paths exchange datagrams over ::1 byte for byte and name the source as dgram does', async () => {
+  for (const mode of MODES) {
+    const got: { hex: string; from: string }[] = [];
+    const io = createUdpIo(
+      { ports: [0], bindHost4: '127.0.0.1', bindHost6: '::1', onDatagram: (m, len, addr, port) => void got.push({ hex: m.subarray(0, len).toString('hex'), from: `${addr}:${port}` }), onSendError: () => {}, log: () => {}, batch: mode.batch, offload: mode.offload },
+      {},
+    );
+    await io.start();
+    const peer = dgram.createSocket({ type: 'udp6', ipv6Only: true });
+    const back: string[] = [];
+    peer.on('message', (m) => back.push(m.toString('hex')));
+    await new Promise<void>((r) => peer.bind(0, '::1', () => r()));
+    try {
+      const p6 = io.boundAddresses().find((a) => a.family === 6);
+      assert.ok(p6, `${mode.name}: an IPv6 socket`);
+      const list = Array.from({ length: 20 }, (_, i) => Buffer.alloc(100 + i, i));
+      for (const d of list) peer.send(d, p6.port, '::1');
+      await waitFor('20 over IPv6', () => got.length === 20);
+      assert.deepEqual(got.map((g) => g.hex), list.map((d) => d.toString('hex')));
+      assert.ok(got.every((g) => g.from === `::1:${peer.address().port}`), got[0]!.from);
+      const sock = io.sockFor(6)!;
+      for (const d of list) {
+        const b = io.nextBuffer(sock);
+        d.copy(b);
+        io.send(sock, b, d.length, peer.address().port, '::1');
+      }
+      await waitFor('20 back over IPv6', () => back.length === 20);
+      assert.deepEqual(back, list.map((d) => d.toString('hex')));
+    } finally {
+      await io.close();
+      peer.close();
+    }
+  }
 });
 
 test('send: every path puts the subnetra vectors (and GSO runs) on the wire byte for byte, in order', async () => {
