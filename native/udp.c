@@ -24,8 +24,9 @@
  * Send: the caller fills tx slots and the same meta layout, then calls send():
  * sendmmsg, and with UDP_SEGMENT one GSO super-datagram per run of consecutive
  * equal-length datagrams to the same destination (iovecs point into the
- * caller's slots: nothing is copied). A failed GSO send (EIO: no checksum
- * offload on the route) turns GSO off for this socket and resends plainly.
+ * caller's slots: nothing is copied). A GSO send the route refuses is resent
+ * plainly: EINVAL/EMSGSIZE (segment larger than the path MTU allows) limits GSO to
+ * smaller segments, EIO (no checksum offload) turns it off for the socket.
  */
 #define _GNU_SOURCE
 #include <node_api.h>
@@ -81,6 +82,8 @@ typedef struct {
   struct sockaddr_storage taddr[BATCH];
   char tctl[BATCH][CMSG_SPACE(sizeof(uint16_t))];
   uint32_t tsegs[BATCH];
+  /* Largest segment size GSO is used for: lowered when the route refuses a size (EINVAL: above its MTU). */
+  uint32_t gso_limit;
   double st_rx_sys, st_rx_dg, st_gro_dg, st_tx_sys, st_tx_dg, st_gso, st_gso_fb;
 } usock;
 
@@ -275,6 +278,7 @@ static napi_value udp_open(napi_env env, napi_callback_info info) {
   s->fd = fd;
   s->family = family;
   s->env = env;
+  s->gso_limit = 65535;
   if (offload) {
     int zero = 0;
     /* Probing with 0 (no default segment size) tells whether the kernel has UDP GSO. */
@@ -594,7 +598,7 @@ static napi_value udp_send(napi_env env, napi_callback_info info) {
       uint32_t len = (uint32_t)m[0];
       if (len > ss) len = ss;
       uint32_t segs = 1;
-      if (s->gso && len > 0) {
+      if (s->gso && len > 0 && len <= s->gso_limit) {
         uint32_t bytes = len;
         while (j + segs < count && segs < GSO_MAX_SEGS && bytes + len <= GSO_MAX_BYTES) {
           const int32_t *n = meta + (size_t)(j + segs) * META_WORDS;
@@ -640,15 +644,23 @@ static napi_value udp_send(napi_env env, napi_callback_info info) {
         failed += count - i;
         break;
       }
-      if (s->tsegs[0] > 1 && (e == EIO || e == EINVAL || e == EOPNOTSUPP)) {
-        /* The route cannot segment: no GSO on this socket from now on. */
-        s->gso = false;
+      if (s->tsegs[0] > 1 && (e == EIO || e == EINVAL || e == EMSGSIZE || e == EOPNOTSUPP)) {
+        /* EINVAL/EMSGSIZE: this segment size does not fit the route's MTU; only smaller
+         * runs use GSO from now on. EIO/EOPNOTSUPP: the route cannot segment at
+         * all (no checksum offload): no GSO on this socket. Resent plainly. */
+        uint32_t seg = (uint32_t)meta[(size_t)i * META_WORDS];
+        if ((e == EINVAL || e == EMSGSIZE) && seg > 576) s->gso_limit = seg - 1;
+        else s->gso = false;
         s->st_gso_fb++;
         continue;
       }
       failed += s->tsegs[0];
       i += s->tsegs[0];
       continue;
+    }
+    if (r == 0) { /* nothing taken: treat as a full buffer */
+      failed += count - i;
+      break;
     }
     for (int k = 0; k < r; k++) {
       i += s->tsegs[k];

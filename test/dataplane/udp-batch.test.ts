@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import os from 'node:os';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createUdpIo, ioSummary, type UdpIo, type DatagramHandler } from '../../src/dataplane/io/index.js';
 import { RX_SLOTS } from '../../src/dataplane/io/batch.js';
@@ -19,6 +19,7 @@ import { parsePrefix } from '../../src/net/addr.js';
 import { WireTx, WireRx, RxCode } from '../../src/wire/index.js';
 import { udp } from './packets.js';
 import { loadVectors, hex } from '../wire/vectors.js';
+import { netnsSkipReason } from '../e2e/netns.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -282,6 +283,27 @@ test('status: offloads on where the kernel has them; forced off or dgram, it say
   assert.equal(rs.io.gro, false);
   assert.equal(rs.io.gso, false);
   assert.equal(rs.io.offload_reason, 'offloads turned off by configuration');
+});
+
+test('GSO on a path with a small MTU: the refused run is resent plainly, smaller runs keep GSO', async (t) => {
+  const skip = netnsSkipReason();
+  if (skip) return t.skip(skip);
+  const ns = `lkgso${process.pid}`;
+  assert.equal(spawnSync('ip', ['netns', 'add', ns]).status, 0);
+  try {
+    assert.equal(spawnSync('ip', ['-n', ns, 'link', 'set', 'lo', 'mtu', '1300', 'up']).status, 0);
+    const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, '--import', 'tsx', path.join(ROOT, 'test', 'dataplane', 'udp-gso-mtu.ts')], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { ok: boolean; received: number; send_errors: number; status: { gso: boolean; gso_sends: number; gso_fallbacks: number; tx_datagrams: number } };
+    assert.equal(out.ok, true, `received ${out.received} of 200, bytes and order checked`);
+    assert.equal(out.send_errors, 0);
+    assert.equal(out.status.gso_fallbacks, 1, 'one refused GSO run, then 1400-byte runs go out plainly');
+    assert.equal(out.status.gso, true, 'GSO stays on for segments that fit');
+    assert.ok(out.status.gso_sends >= 2, `gso_sends=${out.status.gso_sends}: the 1000-byte runs`);
+    assert.equal(out.status.tx_datagrams, 200);
+  } finally {
+    spawnSync('ip', ['netns', 'del', ns]);
+  }
 });
 
 // ---- the node engine over each path --------------------------------------------------
