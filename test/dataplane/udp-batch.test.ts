@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { createUdpIo, ioSummary, type UdpIo, type DatagramHandler } from '../../src/dataplane/io/index.js';
+import { createUdpIo, createUdpIoWith, ioSummary, type UdpIo, type DatagramHandler } from '../../src/dataplane/io/index.js';
 import { RX_SLOTS } from '../../src/dataplane/io/batch.js';
 import { AddrNames, META_WORDS, formatAddr, parseAddr } from '../../src/dataplane/io/addr.js';
 import { Engine } from '../../src/dataplane/engine.js';
@@ -273,6 +273,16 @@ test('status: offloads on where the kernel has them; forced off or dgram, it say
   const sd = envDgram.status();
   await envDgram.close();
   assert.deepEqual([sd.path, sd.reason, sd.gro, sd.gso], ['dgram', 'LARKTUN_UDP_BATCH=0', false, false]);
+
+  // The addon missing (not built, other OS): dgram, said in status and logged once.
+  const logs: string[] = [];
+  const noAddon = createUdpIoWith(() => new Error('UDP addon not built (x.node is missing)'), { ports: [0], bindHost4: '127.0.0.1', bindHost6: null, onDatagram: () => {}, onSendError: () => {}, log: (m) => logs.push(m) }, {});
+  await noAddon.start();
+  const sn = noAddon.status();
+  await noAddon.close();
+  assert.deepEqual([sn.path, sn.reason], ['dgram', 'UDP addon not built (x.node is missing)']);
+  assert.deepEqual(logs, ['batched UDP unavailable (UDP addon not built (x.node is missing)); using node:dgram']);
+  assert.equal(ioSummary(sn), 'dgram (UDP addon not built (x.node is missing))');
 
   // The relay engine reports its path in status(); with offloads off it still forwards.
   const relay = new RelayEngine({ listenPorts: [0], bindHost4: '127.0.0.1', bindHost6: null, udpOffload: false });
