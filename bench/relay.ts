@@ -176,9 +176,9 @@ class RelayHost {
     });
   }
 
-  static start(): Promise<RelayHost> {
+  static start(env: Record<string, string> = {}): Promise<RelayHost> {
     const extra = (process.env.BENCH_RELAY_HOST_ARGS ?? '').split(' ').filter(Boolean);
-    const proc = fork(path.join(TOOLS, 'relay-host.ts'), [], { execArgv: ['--import', 'tsx', '--expose-gc', ...extra], cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const proc = fork(path.join(TOOLS, 'relay-host.ts'), [], { execArgv: ['--import', 'tsx', '--expose-gc', ...extra], cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     return new Promise((resolve, reject) => {
       proc.once('message', (m: { ready?: boolean; port?: number }) => (m.ready ? resolve(new RelayHost(proc, m.port!)) : reject(new Error('relay-host did not start'))));
       proc.once('exit', (code) => reject(new Error(`relay-host exited (${code})`)));
@@ -316,9 +316,71 @@ async function measure(
   return r;
 }
 
+// ---- I/O paths ---------------------------------------------------------------------
+
+/**
+ * Relay forwarding of 1400-byte datagrams (one tenant, A → B, allow-all) with
+ * the relay on the node:dgram path and on the batched path (recvmmsg/sendmmsg,
+ * GRO/GSO), one JSON line each. The generator sends through the batched layer
+ * in both runs so that it can offer more than either relay forwards; the load
+ * average is printed with each line (the machine is shared).
+ */
+/** Young-generation bytes per relayed packet the batched path may allocate (it is ~35 B: heap numbers in the engine and wire code). */
+const ALLOC_BOUND = Number(process.env.BENCH_ALLOC_BOUND ?? 64);
+
+async function ioPaths(): Promise<void> {
+  for (const io of ['dgram', 'batch'] as const) {
+    const host = await RelayHost.start({ LARKTUN_UDP_BATCH: io === 'batch' ? '1' : '0' });
+    const sinks: ChildProcess[] = [];
+    try {
+      const links = [linkSpec(1, 1), linkSpec(2, 2)];
+      await host.req('view', { views: [relayView(`io-${io}`, host.port, [tenant(1, links, ALLOW_ALL)])] });
+      sinks.push(await startSink(host, [2]));
+      const flow = { from: 1, to: RELAY_ID, psk: pskOf(1), src: v4(1), dst: v4(2), proto: 'udp', sport: 40000, dport: 5000, bytes: BYTES } as const;
+      const load0 = os.loadavg()[0]!;
+      const r = await measure(host, `relay_io ${io}`, { flows: [flow], batch: true }, { profileMs: PROFILE_MS });
+      const st = await host.req<Record<string, unknown>>('io');
+      const perPacket = r.heap['young_alloc_bytes_per_packet'] as number | null;
+      const allocOk = perPacket !== null && perPacket <= ALLOC_BOUND;
+      if (io === 'batch' && !allocOk) {
+        progress(`relay_io batch: ${perPacket} B/packet allocated, above the bound of ${ALLOC_BOUND}`);
+        process.exitCode = 1;
+      }
+      const { id: _id, ...ioStatus } = st;
+      process.stdout.write(
+        `${JSON.stringify({
+          bench: 'relay_io',
+          io,
+          packet_bytes: BYTES,
+          window_s: SECONDS,
+          pps: r.pps,
+          gbit_s: r.gbit_s,
+          cpu_pct: r.cpu_pct,
+          pps_per_core: r.pps_per_core,
+          rx_pps: r.rx_pps,
+          offered_pps: r.offered_pps,
+          drops_in_window: r.drops_in_window,
+          young_alloc_bytes_per_packet: r.heap['young_alloc_bytes_per_packet'],
+          ...(io === 'batch' ? { alloc_bound_bytes: ALLOC_BOUND, alloc_bound_ok: allocOk } : {}),
+          gc_events: r.heap['gc_events'],
+          alloc_sites: r.alloc_sites,
+          io_status: ioStatus,
+          loadavg_1m: [Math.round(load0 * 100) / 100, Math.round(os.loadavg()[0]! * 100) / 100],
+          machine: `${os.cpus().length}x ${os.cpus()[0]?.model ?? 'cpu'}, node ${process.version}`,
+        })}\n`,
+      );
+    } finally {
+      for (const s of sinks) s.kill();
+      await host.stop();
+    }
+  }
+}
+
 // ---- main -----------------------------------------------------------------------
 
 async function main(): Promise<void> {
+  await ioPaths();
+  if (process.env.BENCH_RELAY_IO_ONLY === '1') return;
   const host = await RelayHost.start();
   const sinks: ChildProcess[] = [];
   try {

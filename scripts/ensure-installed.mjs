@@ -34,9 +34,12 @@ if (!existsSync(installed) || statSync(path.join(root, 'package-lock.json')).mti
 }
 const built = path.join(root, 'dist', 'cli', 'main.js');
 const addon = path.join(root, 'native', 'build', 'Release', 'larktun_tun.node');
+const udpAddon = path.join(root, 'native', 'build', 'Release', 'larktun_udp.node');
 const stale =
   !existsSync(built) ||
   !existsSync(addon) ||
+  !existsSync(udpAddon) ||
+  statSync(path.join(root, 'native', 'udp.c')).mtimeMs > statSync(udpAddon).mtimeMs ||
   newest(path.join(root, 'src')) > statSync(built).mtimeMs ||
   statSync(path.join(root, 'native', 'tun.c')).mtimeMs > statSync(addon).mtimeMs;
 if (stale) run(['run', 'build']);

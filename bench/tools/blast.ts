@@ -9,7 +9,7 @@
 //     several links, round-robin; each from its own source port, or all from one
 //     (`shared_socket`); inner ICMP or UDP
 import { WireTx } from '../../src/wire/index.js';
-import { blast, innerIPv4, readStdin, udpSocket, type BlastFlow, type InnerSpec } from './wiregen.js';
+import { blast, blastBatched, innerIPv4, readStdin, udpSocket, type BlastFlow, type InnerSpec } from './wiregen.js';
 
 export interface BlastSpec {
   /** HOST:PORT of the relay / hub. */
@@ -18,6 +18,8 @@ export interface BlastSpec {
   /** Send every flow from one socket (one source port) instead of one socket per flow. */
   shared_socket?: boolean;
   obfuscate?: boolean;
+  /** Send through the batched UDP layer (sendmmsg + GSO) instead of node:dgram. */
+  batch?: boolean;
   flows: ({ from: number; to: number; psk: string } & InnerSpec)[];
 }
 
@@ -28,6 +30,16 @@ const splitTarget = (target: string): { host: string; port: number } => {
 
 async function fromSpec(spec: BlastSpec): Promise<void> {
   const { host, port } = splitTarget(spec.target);
+  if (spec.batch) {
+    const fl = spec.flows.map((f) => ({
+      tx: new WireTx({ psk: Buffer.from(f.psk, 'hex'), from: f.from, to: f.to, obfuscate: spec.obfuscate ?? true }),
+      inner: innerIPv4(f),
+      host,
+      port,
+    }));
+    process.stdout.write(`${JSON.stringify(await blastBatched(fl, spec.seconds, spec.shared_socket ?? false))}\n`);
+    return;
+  }
   const shared = spec.shared_socket ? await udpSocket() : null;
   const flows: BlastFlow[] = [];
   for (const f of spec.flows) {

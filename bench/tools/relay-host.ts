@@ -22,6 +22,7 @@ type Req =
   | { id: number; op: 'window-end'; tenant?: number }
   | { id: number; op: 'heap-profile'; ms: number }
   | { id: number; op: 'endpoints' }
+  | { id: number; op: 'io' }
   | { id: number; op: 'stop' };
 
 // Every bench sender and sink shares 127.0.0.1, like many nodes behind one NAT:
@@ -163,6 +164,8 @@ async function handle(m: Req): Promise<Record<string, unknown>> {
     }
     case 'heap-profile':
       return heapProfile(m.ms);
+    case 'io':
+      return { ...engine.ioStatus() };
     case 'endpoints': {
       const byPort = new Map<string, number>();
       let learned = 0;

@@ -102,6 +102,48 @@ export function blast(flows: readonly BlastFlow[], seconds: number): Promise<Bla
   });
 }
 
+/**
+ * The same load sent through the batched UDP layer (src/dataplane/io: sealed
+ * straight into its send arena, sendmmsg with UDP GSO), so that a generator
+ * process can offer more than a relay forwards: one socket per flow, or one
+ * for all (`shared`).
+ */
+export async function blastBatched(flows: readonly Omit<BlastFlow, 'sock'>[], seconds: number, shared: boolean): Promise<BlastResult> {
+  const { createUdpIo } = await import('../../src/dataplane/io/index.js');
+  const ios: ReturnType<typeof createUdpIo>[] = [];
+  for (let i = 0; i < (shared ? 1 : flows.length); i++) {
+    const io = createUdpIo({ ports: [0], bindHost4: '0.0.0.0', bindHost6: null, onDatagram: () => {}, onSendError: () => {}, log: () => {}, batch: true });
+    await io.start();
+    ios.push(io);
+  }
+  const socks = flows.map((_, i) => ios[shared ? 0 : i]!);
+  const n = flows.length;
+  let f = 0;
+  let sent = 0;
+  const end = Date.now() + seconds * 1000;
+  const t0 = process.hrtime.bigint();
+  const r = await new Promise<BlastResult>((resolve) => {
+    function burst(): void {
+      for (let k = 0; k < 1024; k++) {
+        const fl = flows[f]!;
+        const io = socks[f]!;
+        f = f + 1 === n ? 0 : f + 1;
+        const sock = io.socks[0]!;
+        const out = io.nextBuffer(sock);
+        const len = fl.tx.seal(fl.inner, 0, fl.inner.length, out);
+        io.send(sock, out, len, fl.port, fl.host);
+        sent++;
+      }
+      for (const io of ios) io.flush();
+      if (Date.now() < end) setImmediate(burst);
+      else resolve({ sent, seconds: Number(process.hrtime.bigint() - t0) / 1e9 });
+    }
+    burst();
+  });
+  for (const io of ios) await io.close();
+  return r;
+}
+
 /** Reads all of stdin. */
 export async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];

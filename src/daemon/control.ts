@@ -9,6 +9,7 @@ import { formatPrefix, prefixEqual } from '../net/addr.js';
 import { formatRule, type FwdRule } from '../net/lpm.js';
 import type { Engine } from '../dataplane/engine.js';
 import { COUNTER_NAMES } from '../dataplane/counters.js';
+import { ioSummary, type UdpIoStatus } from '../dataplane/io/types.js';
 import { CommandError, parseCommand } from './commands.js';
 
 export const VERSION = '0.1.0';
@@ -54,6 +55,8 @@ export interface StatusJson {
   rules: number;
   peers: PeerStatus[];
   counters: Record<string, number>;
+  /** The UDP I/O path (batched or dgram) and its offloads. */
+  udp_io: UdpIoStatus;
 }
 
 export function statusJson(ctx: ControlContext): StatusJson {
@@ -81,6 +84,7 @@ export function statusJson(ctx: ControlContext): StatusJson {
       tx_packets: p.txPackets,
     })),
     counters: e.counters.toJSON(),
+    udp_io: e.ioStatus(),
   };
 }
 
@@ -88,6 +92,7 @@ export function statusText(s: StatusJson): string {
   const lines = [
     `larktund ${s.version} [running] mode=${s.mode} role=${s.role} local_id=${s.local_id}`,
     `udp_ports=${s.listen_ports.join(',')} tun=${s.tun ?? '-'} obfuscate=${s.obfuscate} rules=${s.rules} uptime=${s.uptime_seconds}s`,
+    `udp_io=${ioSummary(s.udp_io)}`,
     `peers (${s.peers.length}):`,
   ];
   for (const p of s.peers) {

@@ -27,6 +27,7 @@ import { SseClient } from './sse.js';
 import { DEFAULT_PREFS, PrefsError, prefsForSet, prefsForUp, type PrefFlags, type Prefs } from './prefs.js';
 import { applyPatch, applyPresence, checkMap, findPeer, planFromMap, type DataplanePlan, type NodeMap } from './mapplan.js';
 import { VERSION } from './control.js';
+import { ioSummary, type UdpIoStatus } from '../dataplane/io/types.js';
 import { generateNodeKey, nodeKeyOf, signRegistration, type NodeKeyPair } from '../control/nodekey.js';
 import type { OsNetDesired } from './osnet.js';
 
@@ -821,6 +822,7 @@ export class ManagedNode {
       uptime_seconds: Math.round((now - this.startedAt) / 1000),
       counters: this.engine ? this.engine.counters.toJSON() : {},
       filter: this.filter.counters.toJSON(),
+      udp_io: this.engine ? this.engine.ioStatus() : null,
     };
   }
 }
@@ -899,6 +901,7 @@ export function managedStatusText(s: Record<string, unknown>): string {
     peers: { name: string; addresses: string[]; online: boolean; exit_node: boolean; routes: string[]; last_ping_ms: number | null }[];
     routes_in_use: string[];
     exit_node: { wanted: string; in_use: string | null; problem: string | null } | null;
+    udp_io?: UdpIoStatus | null;
   };
   const lines: string[] = [];
   lines.push(`state: ${st.state}${st.server.url ? `   server: ${st.server.url} (${st.server.connected ? 'connected' : `not connected${st.server.error ? `: ${st.server.error}` : ''}`})` : ''}`);
@@ -911,6 +914,7 @@ export function managedStatusText(s: Record<string, unknown>): string {
     const rtt = st.relay.rtt_ms !== undefined && st.relay.rtt_ms !== null ? `rtt ${st.relay.rtt_ms} ms, ` : '';
     lines.push(`relay: ${st.relay.name} ${st.relay.endpoint ?? ''} (${st.relay.online ? 'online' : 'offline'}, ${rtt}${heard})`);
   }
+  if (st.udp_io) lines.push(`udp io: ${ioSummary(st.udp_io)}`);
   if (st.exit_node) lines.push(`exit node: ${st.exit_node.in_use ?? `none (${st.exit_node.problem ?? 'waiting'})`}`);
   if (st.routes_in_use.length) lines.push(`routes in use: ${st.routes_in_use.join(', ')}`);
   if (st.peers.length) {

@@ -17,6 +17,7 @@
 // relay stops talking to the server (no more views, no more health reports) and
 // says so in the log and in status(); it keeps forwarding with the view it has
 // until it is stopped.
+import { ioSummary } from '../dataplane/io/types.js';
 import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { RelayEngine, RelayViewError, type RelayStatus, type RelayView } from '../dataplane/relay.js';
@@ -99,7 +100,7 @@ export async function runRelay(opts: RunRelayOptions): Promise<RelayHandle> {
     log,
   });
   await engine.start();
-  log(`relay listening on UDP ${engine.boundAddresses().map((a) => `${a.family === 6 ? 'IPv6' : 'IPv4'}:${a.port}`).join(', ')}`);
+  log(`relay listening on UDP ${engine.boundAddresses().map((a) => `${a.family === 6 ? 'IPv6' : 'IPv4'}:${a.port}`).join(', ')}; I/O: ${ioSummary(engine.ioStatus())}`);
 
   let control = 'connecting';
   let controlError: string | null = null;

@@ -13,10 +13,10 @@ import { ForwardingTable, PrefixMatcher, type FwdRule } from '../net/lpm.js';
 import { WireRx, WireTx, RxCode, HEADER_LEN, MAX_PLAINTEXT, OVERHEAD } from '../wire/index.js';
 import { Counters } from './counters.js';
 import type { FilterState } from './filter.js';
-import { BUF_SIZE, UdpPorts, type UdpSock } from './udp.js';
+import { BUF_SIZE, createUdpIo, type UdpIo, type UdpIoStatus, type UdpSock } from './io/index.js';
 import { ScanLimiter, UNTRIED } from './scanlimit.js';
 
-export { BindError } from './udp.js';
+export { BindError } from './io/index.js';
 
 export const ONLINE_WINDOW_MS = 90_000;
 
@@ -53,6 +53,10 @@ export interface EngineOptions {
   bindHost6?: string | null;
   tun: TunSink | null;
   log?: (msg: string) => void;
+  /** UDP I/O path: batched (native recvmmsg/sendmmsg) or node:dgram; default from LARKTUN_UDP_BATCH, batched when unset. */
+  udpBatch?: boolean;
+  /** UDP GRO/GSO on the batched path; default from LARKTUN_UDP_OFFLOAD, on when unset. */
+  udpOffload?: boolean;
 }
 
 /** Engines with at most this many peers try them all without a scan budget (a scan is cheap). */
@@ -139,7 +143,7 @@ export class Engine {
   private readonly byId: (Peer | undefined)[] = new Array<Peer | undefined>(65536);
   private readonly byAddr = new Map<string, Peer[]>();
   private table: ForwardingTable;
-  private readonly udp: UdpPorts;
+  private readonly udp: UdpIo;
   private readonly tun: TunSink | null;
   private readonly plain = Buffer.alloc(BUF_SIZE);
   /** The receiver that matched in findPeer (the current key or the previous one). */
@@ -162,15 +166,17 @@ export class Engine {
     this.table = ForwardingTable.build(opts.rules);
     this.tun = opts.tun;
     this.log = opts.log ?? (() => {});
-    this.udp = new UdpPorts({
+    this.udp = createUdpIo({
       ports: opts.listenPorts,
       bindHost4: opts.bindHost4,
       bindHost6: opts.bindHost6,
-      onDatagram: (msg, addr, port, sock) => this.onDatagram(msg, addr, port, sock),
-      onSendError: () => {
-        this.counters.drop_send_error++;
+      onDatagram: (msg, len, addr, port, sock) => this.onDatagram(msg, len, addr, port, sock),
+      onSendError: (n) => {
+        this.counters.drop_send_error += n;
       },
       log: this.log,
+      batch: opts.udpBatch,
+      offload: opts.udpOffload,
     });
   }
 
@@ -239,8 +245,7 @@ export class Engine {
 
   // ---- receive path -------------------------------------------------------
 
-  private onDatagram(msg: Buffer, addr: string, port: number, sock: UdpSock): void {
-    const len = msg.length;
+  private onDatagram(msg: Buffer, len: number, addr: string, port: number, sock: UdpSock): void {
     if (len < OVERHEAD || len > OVERHEAD + MAX_PLAINTEXT) {
       this.counters.drop_malformed++;
       return;
@@ -410,9 +415,9 @@ export class Engine {
       c.drop_no_endpoint++;
       return false;
     }
-    const out = this.udp.nextBuffer();
+    const out = this.udp.nextBuffer(sock);
     const n = peer.tx.seal(payload, 0, len, out, keepalive);
-    sock.s.send(out, 0, n, peer.port, peer.addr);
+    this.udp.send(sock, out, n, peer.port, peer.addr);
     c.udp_tx_packets++;
     c.udp_tx_bytes += n;
     peer.txPackets++;
@@ -524,6 +529,11 @@ export class Engine {
 
   boundAddresses(): { family: 4 | 6; port: number }[] {
     return this.udp.boundAddresses();
+  }
+
+  /** The UDP I/O path and its offloads (for status). */
+  ioStatus(): UdpIoStatus {
+    return this.udp.status();
   }
 
   async stop(): Promise<void> {

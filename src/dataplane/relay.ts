@@ -35,10 +35,10 @@ import { ForwardingTable, PrefixMatcher, type FwdRule } from '../net/lpm.js';
 import { WireRx, WireTx, RxCode, MAX_PLAINTEXT, OVERHEAD } from '../wire/index.js';
 import { Counters, type CounterName } from './counters.js';
 import { FilterState, PacketFilter } from './filter.js';
-import { BUF_SIZE, UdpPorts, type UdpSock } from './udp.js';
+import { BUF_SIZE, createUdpIo, type UdpIo, type UdpIoStatus, type UdpSock } from './io/index.js';
 import { DEFAULT_SCAN_LIMITS, ScanLimiter, UNTRIED, type ScanLimitOptions } from './scanlimit.js';
 
-export { BindError } from './udp.js';
+export { BindError } from './io/index.js';
 
 /** The relay's own id on every link (the server's RELAY_SELF_ID). */
 export const RELAY_LINK_ID = 65535;
@@ -455,6 +455,10 @@ export interface RelayEngineOptions {
   onlineMs?: number;
   /** Budget for trying every link's key on datagrams from unlearned endpoints (default DEFAULT_SCAN_LIMITS). */
   scanLimits?: ScanLimitOptions;
+  /** UDP I/O path: batched (native recvmmsg/sendmmsg) or node:dgram; default from LARKTUN_UDP_BATCH, batched when unset. */
+  udpBatch?: boolean;
+  /** UDP GRO/GSO on the batched path; default from LARKTUN_UDP_OFFLOAD, on when unset. */
+  udpOffload?: boolean;
 }
 
 export interface SetViewResult {
@@ -493,7 +497,7 @@ export class RelayEngine {
   readonly counters = new Counters();
   readonly startedAt = Date.now();
   private st: RelayState = EMPTY_STATE();
-  private readonly udp: UdpPorts;
+  private readonly udp: UdpIo;
   private readonly plain = Buffer.alloc(BUF_SIZE);
   /** The receiver that matched in findLink (current key or previous). */
   private matched: WireRx | null = null;
@@ -506,15 +510,17 @@ export class RelayEngine {
     this.log = opts.log ?? (() => {});
     this.onlineMs = opts.onlineMs ?? RELAY_ONLINE_MS;
     this.scan = new ScanLimiter(opts.scanLimits ?? DEFAULT_SCAN_LIMITS);
-    this.udp = new UdpPorts({
+    this.udp = createUdpIo({
       ports: opts.listenPorts,
       bindHost4: opts.bindHost4,
       bindHost6: opts.bindHost6,
-      onDatagram: (msg, addr, port, sock) => this.onDatagram(msg, addr, port, sock),
-      onSendError: () => {
-        this.counters.drop_send_error++;
+      onDatagram: (msg, len, addr, port, sock) => this.onDatagram(msg, len, addr, port, sock),
+      onSendError: (n) => {
+        this.counters.drop_send_error += n;
       },
       log: this.log,
+      batch: opts.udpBatch,
+      offload: opts.udpOffload,
     });
   }
 
@@ -532,6 +538,11 @@ export class RelayEngine {
 
   boundAddresses(): { family: 4 | 6; port: number }[] {
     return this.udp.boundAddresses();
+  }
+
+  /** The UDP I/O path and its offloads (for status). */
+  ioStatus(): UdpIoStatus {
+    return this.udp.status();
   }
 
   /** The view in force (null before the first). */
@@ -703,9 +714,8 @@ export class RelayEngine {
 
   // ---- receive path -------------------------------------------------------------
 
-  private onDatagram(msg: Buffer, addr: string, port: number, sock: UdpSock): void {
+  private onDatagram(msg: Buffer, len: number, addr: string, port: number, sock: UdpSock): void {
     const c = this.counters;
-    const len = msg.length;
     if (len < OVERHEAD || len > OVERHEAD + MAX_PLAINTEXT) {
       c.drop_malformed++;
       return;
@@ -834,9 +844,10 @@ export class RelayEngine {
    */
   private sendOn(to: RelayLink, pkt: Buffer, len: number, keepalive: boolean, now: number): void {
     const tx = to.heard === HEARD_PREVIOUS && to.txPrev !== null && now < to.prevUntilMs ? to.txPrev : to.tx;
-    const out = this.udp.nextBuffer();
+    const sock = to.sock!;
+    const out = this.udp.nextBuffer(sock);
     const n = tx.seal(pkt, 0, len, out, keepalive);
-    to.sock!.s.send(out, 0, n, to.port, to.addr!);
+    this.udp.send(sock, out, n, to.port, to.addr!);
     const c = this.counters;
     const tc = to.ns.counters;
     c.udp_tx_packets++;
@@ -921,6 +932,7 @@ export class RelayEngine {
       view_hash: v?.hash ?? null,
       uptime_s: Math.round((now - this.startedAt) / 1000),
       listen: this.udp.boundAddresses(),
+      io: this.udp.status(),
       counters: relayCounters(this.counters),
       tenants: [...st.namespaces.values()].map((ns) => ({
         tenant: ns.name,
@@ -985,6 +997,8 @@ export interface RelayStatus {
   view_hash: string | null;
   uptime_s: number;
   listen: { family: 4 | 6; port: number }[];
+  /** The UDP I/O path (batched or dgram) and which offloads are on. */
+  io: UdpIoStatus;
   counters: Record<string, number>;
   tenants: RelayTenantStatus[];
 }
