@@ -11,6 +11,7 @@ export interface ServerCliOptions {
   tlsKey?: string;
   logLevel: string;
   metricsListen?: string;
+  publicUrl?: string;
 }
 
 export async function runServer(o: ServerCliOptions): Promise<RunningServer> {
@@ -24,6 +25,7 @@ export async function runServer(o: ServerCliOptions): Promise<RunningServer> {
       ...(o.tlsCert ? { tlsCert: o.tlsCert } : {}),
       ...(o.tlsKey ? { tlsKey: o.tlsKey } : {}),
       ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
+      ...(o.publicUrl ? { publicUrl: o.publicUrl } : {}),
     });
   } catch (err) {
     fail(`larktun server: ${err instanceof Error ? err.message : String(err)}`);
@@ -60,6 +62,7 @@ export function registerServer(program: Command): void {
     .option('--tls-cert <file>', 'TLS certificate (PEM)')
     .option('--tls-key <file>', 'TLS private key (PEM)')
     .option('--metrics-listen <host:port>', 'also serve GET /metrics WITHOUT authentication on this address, for a local Prometheus (default $LARKTUN_METRICS_LISTEN; the API listener\'s /metrics needs the operator key)')
+    .option('--public-url <url>', 'the URL users reach this server at (https://ctl.example.com), for the links larktun up prints for interactive logins (default $LARKTUN_PUBLIC_URL, else the URL the node used)')
     .option('--log-level <level>', 'log level (trace, debug, info, warn, error)', 'info')
     .action(async (o: ServerCliOptions) => {
       await runServer(o);

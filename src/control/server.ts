@@ -30,6 +30,7 @@ import { attachPool, CompilePool, compileLimits, warmFacts } from './compile/ind
 import { FACTS_MIN_BYTES } from './policy-engine.js';
 import { RateLimiter } from './ratelimit.js';
 import { registerConsoleApi } from './console/api.js';
+import { NodeLogins } from './nodelogin.js';
 import { registerConsoleStatic } from './console/static.js';
 import { ConsoleEvents } from './console/events.js';
 
@@ -76,6 +77,8 @@ export interface ServerOptions {
   maxStreamsPerNode?: number;
   /** POST …/policy/check per tenant: sustained rate per second and burst (default 1/s, 5; env LARKTUN_POLICY_CHECK_RATE, LARKTUN_POLICY_CHECK_BURST). */
   policyCheckRate?: { perSecond: number; burst: number };
+  /** The server's public URL, for the links of interactive node logins (env LARKTUN_PUBLIC_URL; default: the URL the node used). */
+  publicUrl?: string;
 }
 
 function envMs(name: string): number | undefined {
@@ -384,12 +387,14 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     return reply.type(metrics.registry.contentType).send(text);
   });
 
+  const nodeLogins = new NodeLogins(store, metrics, { publicUrl: opts.publicUrl ?? (process.env['LARKTUN_PUBLIC_URL'] || undefined) });
   await app.register(
     async (api) => {
       api.get('/openapi.json', { schema: { tags: ['meta'], summary: 'This document', 'x-auth': 'none' } as Record<string, unknown> }, async () => openapi.document(SERVER_VERSION));
       registerAdminRoutes(api, { store, pool, hub, policyChecks });
       registerRelayAdminRoutes(api, { store, relayHub, graceMs: timers.graceMs, healthTtlMs, openStreams });
       registerConsoleApi(api, { store, log, events: consoleEvents, openStreams });
+      nodeLogins.registerAdminRoutes(api);
     },
     { prefix: '/api/v1' },
   );
@@ -399,6 +404,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
         store, hub, metrics, openStreams, keepaliveMs: opts.keepaliveMs, shuttingDown: () => shuttingDown, expiry,
         maxStreamsPerNode: opts.maxStreamsPerNode ?? envMs('LARKTUN_MAX_STREAMS_PER_NODE'),
       });
+      nodeLogins.registerNodeRoutes(node);
     },
     { prefix: '/node/v1' },
   );
