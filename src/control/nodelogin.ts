@@ -312,6 +312,7 @@ export class NodeLogins {
   /** An approved login's node token: a new one replaces the unshown token of approval; the login is used from then on. */
   private async collect(row: NodeLoginRow): Promise<Record<string, unknown>> {
     const s = newSecret('lknode');
+    const tenant = await this.store.getTenant(row.tenant_id); // before the transaction: SQLite has one connection
     const { result } = await this.store.write(row.tenant_id, `nodekey:${row.node_key.slice(8, 24)}`, async (tx) => {
       const cur = await tx.transaction.selectFrom('node_logins').selectAll().where('login_id', '=', row.login_id).where('tenant_id', '=', row.tenant_id).executeTakeFirst();
       if (!cur || cur.state !== 'approved') throw new ApiError(410, 'login_used', 'this login was completed already: its node token was handed out');
@@ -320,7 +321,6 @@ export class NodeLogins {
       await tx.updateNode(node.id, { token_prefix: s.prefix, token_hash: s.hash });
       await tx.transaction.updateTable('node_logins').set({ state: 'used' }).where('login_id', '=', cur.login_id).execute();
       await tx.audit('node_login.complete', 'node', node.id, { login: cur.login_id.slice(0, 8), state: 'approved' }, { login: cur.login_id.slice(0, 8), state: 'used' });
-      const tenant = await this.store.getTenant(row.tenant_id);
       return { node, tenant: tenant?.name ?? '', approvedBy: cur.approved_by };
     });
     const n = result.node;
