@@ -162,3 +162,24 @@ export function parsePolicyError(s: string): { line: number; col: number; messag
   const m = /^[^:]*:(\d+):(\d+):\s*(.*)$/s.exec(s);
   return m ? { line: Number(m[1]), col: Number(m[2]), message: m[3] as string } : { line: 1, col: 1, message: s };
 }
+
+// ---- interactive node login (larktun up without an auth key) ---------------------------
+
+export interface NodeLogin {
+  login_id: string;
+  tenant: string;
+  state: 'pending' | 'approved' | 'rejected' | 'expired' | 'used';
+  machine_name: string;
+  requested_tags: string[];
+  node_key: string;
+  key_fingerprint: string;
+  source_addr: string;
+  os: string | null;
+  version: string | null;
+  routes: string[];
+  created_at: string;
+  expires_at: string;
+  decided_by: string | null;
+  decided_at: string | null;
+  node: { id: number; name: string } | null;
+}

@@ -11,6 +11,7 @@ import { Logs } from './pages/Logs';
 import { Users } from './pages/Users';
 import { Keys } from './pages/Keys';
 import { Tenants } from './pages/Tenants';
+import { NodeLoginPage } from './pages/NodeLogin';
 import './styles.css';
 
 // The policy editor (CodeMirror) loads when its page is opened.
@@ -41,6 +42,7 @@ const router = createBrowserRouter([
       { path: '/:tenant/users', element: <TenantPage title="Users"><Users /></TenantPage> },
       { path: '/:tenant/keys', element: <TenantPage title="Keys"><Keys /></TenantPage> },
       { path: '/:tenant/logs', element: <TenantPage title="Logs"><Logs /></TenantPage> },
+      { path: '/login/:id', element: <NodeLoginPage /> },
       { path: '*', element: <p role="alert">This page does not exist.</p> },
     ],
   },

@@ -1,6 +1,6 @@
 import { useEffect, useState, type FormEvent } from 'react';
 import { useQueryClient } from '@tanstack/react-query';
-import { Navigate, useNavigate } from 'react-router';
+import { Navigate, useLocation, useNavigate } from 'react-router';
 import { api, setCsrf, type Session } from '../api';
 import { useSessionQuery } from '../Shell';
 import { ErrorText } from '../ui';
@@ -9,6 +9,9 @@ export function SignIn() {
   const q = useSessionQuery();
   const qc = useQueryClient();
   const navigate = useNavigate();
+  // Where a signed-out visitor was going (e.g. a node login link): back there after signing in.
+  const from = (useLocation().state as { from?: unknown } | null)?.from;
+  const back = typeof from === 'string' && /^\/login\/[A-Za-z0-9_-]{43}$/.test(from) ? from : null;
   const [mode, setMode] = useState<'user' | 'operator'>('user');
   const [tenant, setTenant] = useState('');
   const [username, setUsername] = useState('');
@@ -19,7 +22,7 @@ export function SignIn() {
   useEffect(() => {
     document.title = 'Sign in · Larktun';
   }, []);
-  if (q.data) return <Navigate to="/" replace />;
+  if (q.data) return <Navigate to={back ?? '/'} replace />;
 
   const submit = async (e: FormEvent) => {
     e.preventDefault();
@@ -32,7 +35,7 @@ export function SignIn() {
       qc.setQueryData(['session'], s);
       setPassword('');
       setKey('');
-      navigate(s.kind === 'operator' ? '/tenants' : `/${s.tenant}/machines`, { replace: true });
+      navigate(back ?? (s.kind === 'operator' ? '/tenants' : `/${s.tenant}/machines`), { replace: true });
     } catch (err) {
       setError(err);
     } finally {
