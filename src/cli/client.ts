@@ -122,12 +122,12 @@ export function registerClientVerbs(program: Command): void {
       if (!Number.isFinite(loginTimeout) || loginTimeout < 1) fail('larktun: --login-timeout must be a positive number of seconds', 2);
       type UpResult = {
         state: string; node: { name: string; tenant: string } | null; addresses: string[]; note?: string; warning?: string; elapsed_ms: number;
-        auth_url?: string; approved_by?: string;
+        auth_url?: string; key_fingerprint?: string; approved_by?: string;
       };
       let r = (await request({ op: 'up', flags, authkey: key, reset: o.reset === true, tenant: o.tenant ?? null }, (Number(o.timeout) + 15) * 1000)) as UpResult;
       if (r.auth_url !== undefined) {
         // As tailscale up does: the URL on its own line; the daemon polls, we wait.
-        process.stderr.write(`\nTo authenticate, visit:\n\n\t${r.auth_url}\n\n`);
+        process.stderr.write(`\nTo authenticate, visit:\n\n\t${r.auth_url}\n\n${r.key_fingerprint ? `The page shows this machine's key as ${r.key_fingerprint}\n\n` : ''}`);
         r = (await request({ op: 'login-wait', timeout_ms: loginTimeout * 1000 }, (loginTimeout + Number(o.timeout) + 30) * 1000)) as UpResult;
         process.stderr.write(`Success.${r.approved_by ? ` (approved by ${r.approved_by})` : ''}\n`);
       }

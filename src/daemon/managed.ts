@@ -27,7 +27,7 @@ import { SseClient } from './sse.js';
 import { DEFAULT_PREFS, PrefsError, prefsForSet, prefsForUp, type PrefFlags, type Prefs } from './prefs.js';
 import { applyPatch, applyPresence, checkMap, findPeer, planFromMap, type DataplanePlan, type NodeMap } from './mapplan.js';
 import { VERSION } from './control.js';
-import { generateNodeKey, nodeKeyOf, signRegistration, type NodeKeyPair } from '../control/nodekey.js';
+import { generateNodeKey, nodeKeyFingerprint, nodeKeyOf, signRegistration, type NodeKeyPair } from '../control/nodekey.js';
 import type { OsNetDesired } from './osnet.js';
 
 /** What the daemon needs from the OS side (OsNet implements it; tests may pass another). */
@@ -658,7 +658,7 @@ export class ManagedNode {
     pending.result.catch(() => undefined); // observed by loginWait; never unhandled
     this.pendingLogin = pending;
     this.opts.log(`interactive login started: waiting for approval at ${url}`);
-    return { state: 'NeedsLogin', auth_url: url, expires_at: pending.expiresAt, node: null, addresses: [] };
+    return { state: 'NeedsLogin', auth_url: url, key_fingerprint: nodeKeyFingerprint(pair.nodeKey), expires_at: pending.expiresAt, node: null, addresses: [] };
   }
 
   private async pollLogin(server: string, loginId: string, pollSecret: string, expiresAt: number, signal: AbortSignal): Promise<Record<string, unknown>> {

@@ -157,6 +157,7 @@ test('interactive node login: larktun up prints a URL, a console user approves i
   assert.equal(nodeKeyOf(state.node_private_key), state.node_key);
   assert.equal(n.node_key, state.node_key, 'registered with the daemon\'s own proven key');
   assert.equal(nodeKeyFingerprint(state.node_key), shownFingerprint, 'the page showed the fingerprint of that key');
+  assert.ok(up.out().includes(`The page shows this machine's key as ${shownFingerprint}\n`), 'larktun up printed it too, to compare');
   assert.match(state.token, /^lknode_/);
 
   await page.goto('/acme/machines');
