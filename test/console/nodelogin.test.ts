@@ -141,11 +141,13 @@ test('interactive node login: larktun up prints a URL, a console user approves i
   await page.getByRole('button', { name: 'Approve' }).click();
   const dialog = page.getByRole('dialog');
   await dialog.getByText('build-box joins tenant acme as alice.').waitFor();
+  const approvedAt = Date.now();
   await dialog.getByRole('button', { name: 'Approve' }).click();
   await page.getByTestId('outcome').waitFor();
   assert.match((await page.getByTestId('outcome').textContent()) ?? '', /Approved by alice: build-box/);
 
   assert.equal(await up.exit, 0, up.out());
+  process.stdout.write(`# node login: larktun up exited ${Date.now() - approvedAt} ms after Approve was clicked\n`);
   assert.match(up.out(), /Success\. \(approved by user:alice\)/);
   assert.match(up.out(), /build-box \(tenant acme\): (Running|Starting)/);
   const nodes = (await op.get('/api/v1/tenants/acme/nodes')).body.nodes as Json[];

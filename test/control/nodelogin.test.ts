@@ -162,6 +162,7 @@ for (const b of backends()) {
       assert.equal(got.status, 200, got.text);
       assert.match(got.body.token, /^lknode_/);
       assert.ok(Date.now() - t0 < 15_000, `woke on approval, not at the 25 s bound (${Date.now() - t0} ms)`);
+      process.stdout.write(`# node login (${b.name}): poll answered ${Date.now() - t0 - 300} ms after the approval was sent\n`);
     });
 
     test('reject: the node is told, nothing is made, the link cannot be approved afterwards', async (t) => {
@@ -343,6 +344,20 @@ for (const b of backends()) {
       assert.equal((await startLogin(srv.url, 'gamma', '127.0.1.11')).status, 429);
     });
 
+    test('races: of two approvals one wins; of two collecting polls one gets the token', async (t) => {
+      if (skip) return t.skip(skip);
+      const s = await startLogin(srv.url, 'acme', '127.0.0.11');
+      const path = `/api/v1/tenants/acme/node-logins/${s.body.login_id}`;
+      const [a, b2] = await Promise.all([sessions['acme/alice']!.post(`${path}/approve`, {}), sessions['acme/oscar']!.post(`${path}/approve`, {})]);
+      assert.deepEqual([a.status, b2.status].sort(), [200, 409], `${a.text} ${b2.text}`);
+      const [p1, p2] = await Promise.all([poll(op, s.body.login_id, s.body.poll_secret), poll(op, s.body.login_id, s.body.poll_secret)]);
+      assert.deepEqual([p1.status, p2.status].sort(), [200, 410], `${p1.text} ${p2.text}`);
+      const won = p1.status === 200 ? p1 : p2;
+      assert.equal((await op.as(won.body.token).post('/node/v1/hostinfo', {})).status, 200);
+      const nodes = ((await op.get('/api/v1/tenants/acme/nodes')).body.nodes as Json[]).filter((n) => n.node_key === s.id.nodeKey);
+      assert.equal(nodes.length, 1, 'one node');
+    });
+
     test('OpenAPI documents the node-login endpoints', async (t) => {
       if (skip) return t.skip(skip);
       const doc = (await op.get('/api/v1/openapi.json')).body;
@@ -352,3 +367,29 @@ for (const b of backends()) {
     });
   });
 }
+
+describe('interactive node login: a link expires by itself', () => {
+  test('a waiting poll ends with 410 login_expired at the expiry, and the console gets 410', async () => {
+    const dir = tempDir('larktun-nodelogin-ttl-');
+    const srv = await spawnServer({ dataDir: dir, db: 'sqlite', env: { LARKTUN_NODE_LOGIN_TTL_MS: '2000' } });
+    try {
+      const op = new Client(srv.url, srv.operatorKey());
+      assert.equal((await op.post('/api/v1/tenants', { name: 'acme' })).status, 201);
+      const s = await startLogin(srv.url, 'acme', '127.0.0.1');
+      assert.equal(s.status, 201);
+      const ttl = Date.parse(s.body.expires_at) - Date.now();
+      assert.ok(ttl <= 2000 && ttl > 0, `${ttl}`);
+      const t0 = Date.now();
+      const p = await poll(op, s.body.login_id, s.body.poll_secret, 25);
+      assert.equal(p.status, 410, p.text);
+      assert.equal(p.body.error.code, 'login_expired');
+      assert.ok(Date.now() - t0 < 12_000, `ended at the expiry, not at the 25 s bound (${Date.now() - t0} ms)`);
+      const v = await op.get(`/api/v1/tenants/acme/node-logins/${s.body.login_id}`);
+      assert.equal(v.status, 410);
+      assert.equal(v.body.error.code, 'login_expired');
+    } finally {
+      await srv.stop();
+      cleanup(dir);
+    }
+  });
+});

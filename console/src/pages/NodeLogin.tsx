@@ -48,7 +48,8 @@ export function NodeLoginPage() {
 function LoginDetails({ id, tenant, username, mayDecide }: { id: string; tenant: string; username: string; mayDecide: boolean }) {
   const qc = useQueryClient();
   const path = `/tenants/${enc(tenant)}/node-logins/${enc(id)}`;
-  const q = useQuery({ queryKey: ['node-login', tenant, id], queryFn: () => api<NodeLogin>('GET', path), refetchInterval: 5000 });
+  // Refreshed while pending: another user may decide it meanwhile.
+  const q = useQuery({ queryKey: ['node-login', tenant, id], queryFn: () => api<NodeLogin>('GET', path), refetchInterval: (qq) => (qq.state.data?.state === 'pending' ? 5000 : false) });
   const [ask, setAsk] = useState<'approve' | 'reject' | null>(null);
   const decide = useMutation({
     mutationFn: (what: 'approve' | 'reject') => api<NodeLogin>('POST', `${path}/${what}`, {}),
