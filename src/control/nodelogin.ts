@@ -232,6 +232,7 @@ export class NodeLogins {
         const nowS = now.toISOString();
         // Old rows go first (an hour past their expiry), then the bounds.
         await store.db.deleteFrom('node_logins').where('expires_at', '<=', new Date(now.getTime() - 3600_000).toISOString()).execute();
+        await store.db.updateTable('node_logins').set({ state: 'expired' }).where('state', '=', 'pending').where('expires_at', '<=', nowS).execute();
         const pending = (q: 'tenant_id' | 'source_addr', v: number | string) => store.db.selectFrom('node_logins')
           .select((eb) => eb.fn.countAll<number>().as('n')).where(q, '=', v).where('state', '=', 'pending').where('expires_at', '>', nowS)
           .executeTakeFirstOrThrow().then((r) => Number(r.n));

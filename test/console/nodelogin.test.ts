@@ -222,3 +222,19 @@ test('the login page: a hostile machine name is text; an auditor cannot approve;
   await ctx.close();
   assert.deepEqual(problems, []);
 });
+
+test('a link nobody approves expires: larktun up exits 1 saying so', { skip }, async () => {
+  const own = await spawnServer({ dataDir: join(dir, 'ttl-server'), db: 'sqlite', env: { LARKTUN_NODE_LOGIN_TTL_MS: '2500' } });
+  try {
+    const o = new Client(own.url, own.operatorKey());
+    assert.equal((await o.post('/api/v1/tenants', { name: 'acme' })).status, 201);
+    const { env } = await daemon('n3');
+    const up = run(BIN_LARKTUN, ['up', '--login-server', own.url, '--tenant', 'acme', '--hostname', 'forgotten'], env);
+    assert.equal(await up.exit, 1, up.out());
+    assert.match(up.out(), /To authenticate, visit:\n\n\t\S+\/login\/[A-Za-z0-9_-]{43}\n/);
+    assert.match(up.out(), /larktun: login link expired before anyone approved it: this node login has expired/);
+    assert.equal(((await o.get('/api/v1/tenants/acme/nodes')).body.nodes as Json[]).length, 0);
+  } finally {
+    await own.stop();
+  }
+});
