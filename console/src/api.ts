@@ -224,3 +224,24 @@ export interface OidcSettings {
   redirect_uri: string | null;
   start_path: string;
 }
+
+// ---- interactive node login (larktun up without an auth key) ---------------------------
+
+export interface NodeLogin {
+  login_id: string;
+  tenant: string;
+  state: 'pending' | 'approved' | 'rejected' | 'expired' | 'used';
+  machine_name: string;
+  requested_tags: string[];
+  node_key: string;
+  key_fingerprint: string;
+  source_addr: string;
+  os: string | null;
+  version: string | null;
+  routes: string[];
+  created_at: string;
+  expires_at: string;
+  decided_by: string | null;
+  decided_at: string | null;
+  node: { id: number; name: string } | null;
+}

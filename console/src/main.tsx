@@ -13,6 +13,7 @@ import { Keys } from './pages/Keys';
 import { Tenants } from './pages/Tenants';
 import { OperatorRelays, TenantRelays } from './pages/Relays';
 import { Settings } from './pages/Settings';
+import { NodeLoginPage } from './pages/NodeLogin';
 import './styles.css';
 
 // The policy editor (CodeMirror) loads when its page is opened.
@@ -46,6 +47,7 @@ const router = createBrowserRouter([
       { path: '/relays', element: <OperatorPage title="Relays"><OperatorRelays /></OperatorPage> },
       { path: '/:tenant/relays', element: <TenantPage title="Relays"><TenantRelays /></TenantPage> },
       { path: '/:tenant/settings', element: <TenantPage title="Settings"><Settings /></TenantPage> },
+      { path: '/login/:id', element: <NodeLoginPage /> },
       { path: '*', element: <p role="alert">This page does not exist.</p> },
     ],
   },

@@ -103,9 +103,11 @@ function show(o: FlagOpts, result: unknown, text: string): void {
 }
 
 export function registerClientVerbs(program: Command): void {
-  addFlagOptions(program.command('up').description('log this node in (first time: --login-server and --authkey) and connect it; flags set its preferences'), true)
+  addFlagOptions(program.command('up').description('log this node in (first time: --login-server and --authkey, or --tenant to be approved by a signed-in user of the tenant) and connect it; flags set its preferences'), true)
     .option('--timeout <seconds>', 'how long to wait for the network map', '30')
-    .action(async (o: FlagOpts & { timeout: string }) => {
+    .option('--tenant <name>', 'without --authkey: log in interactively to this tenant (prints a URL for a user of the tenant to approve the machine)')
+    .option('--login-timeout <seconds>', 'with --tenant: give up waiting for approval after this long (default: until the link expires)', '900')
+    .action(async (o: FlagOpts & { timeout: string; tenant?: string; loginTimeout: string }) => {
       const flags = prefFlags(o);
       try {
         prefsForUp(null, flags, true); // syntax and combination checks; the daemon checks the rest
@@ -113,9 +115,22 @@ export function registerClientVerbs(program: Command): void {
         if (err instanceof PrefsError) fail(`larktun: ${err.message}`, 2);
         throw err;
       }
-      const r = (await request({ op: 'up', flags, authkey: authKey(o.authkey), reset: o.reset === true }, (Number(o.timeout) + 15) * 1000)) as {
+      const key = authKey(o.authkey);
+      if (o.tenant !== undefined && key !== null) fail('larktun: --tenant is for logging in without --authkey (an auth key names its tenant)', 2);
+      if (o.tenant !== undefined && !/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(o.tenant)) fail(`larktun: --tenant "${o.tenant}" is not a tenant name`, 2);
+      const loginTimeout = Number(o.loginTimeout);
+      if (!Number.isFinite(loginTimeout) || loginTimeout < 1) fail('larktun: --login-timeout must be a positive number of seconds', 2);
+      type UpResult = {
         state: string; node: { name: string; tenant: string } | null; addresses: string[]; note?: string; warning?: string; elapsed_ms: number;
+        auth_url?: string; key_fingerprint?: string; approved_by?: string;
       };
+      let r = (await request({ op: 'up', flags, authkey: key, reset: o.reset === true, tenant: o.tenant ?? null }, (Number(o.timeout) + 15) * 1000)) as UpResult;
+      if (r.auth_url !== undefined) {
+        // As tailscale up does: the URL on its own line; the daemon polls, we wait.
+        process.stderr.write(`\nTo authenticate, visit:\n\n\t${r.auth_url}\n\n${r.key_fingerprint ? `The page shows this machine's key as ${r.key_fingerprint}\n\n` : ''}`);
+        r = (await request({ op: 'login-wait', timeout_ms: loginTimeout * 1000 }, (loginTimeout + Number(o.timeout) + 30) * 1000)) as UpResult;
+        process.stderr.write(`Success.${r.approved_by ? ` (approved by ${r.approved_by})` : ''}\n`);
+      }
       const lines = [`${r.node?.name ?? 'node'}${r.node ? ` (tenant ${r.node.tenant})` : ''}: ${r.state}${r.addresses.length ? `, ${r.addresses.map((a) => a.split('/')[0]).join(' ')}` : ''} (${r.elapsed_ms} ms)`];
       if (r.warning) lines.push(`warning: ${r.warning}`);
       if (r.note) lines.push(`note: ${r.note}`);

@@ -62,7 +62,7 @@ export function registerServer(program: Command): void {
     .option('--tls-cert <file>', 'TLS certificate (PEM)')
     .option('--tls-key <file>', 'TLS private key (PEM)')
     .option('--metrics-listen <host:port>', 'also serve GET /metrics WITHOUT authentication on this address, for a local Prometheus (default $LARKTUN_METRICS_LISTEN; the API listener\'s /metrics needs the operator key)')
-    .option('--public-url <url>', 'the URL browsers and identity providers reach this server at, e.g. https://larktun.example.com (default $LARKTUN_PUBLIC_URL); console SSO redirect URIs derive from it, without it only loopback requests can start SSO')
+    .option('--public-url <url>', 'the URL browsers, identity providers and nodes reach this server at, e.g. https://larktun.example.com (default $LARKTUN_PUBLIC_URL): console SSO redirect URIs and the links larktun up prints for interactive logins derive from it; without it only loopback requests can start SSO and login links use the URL the node used')
     .option('--log-level <level>', 'log level (trace, debug, info, warn, error)', 'info')
     .action(async (o: ServerCliOptions) => {
       await runServer(o);

@@ -12,7 +12,7 @@
 // (node_key and tenant as UTF-8). The label separates this signature from any
 // other use of the key; the nonce is single-use and bound to the auth key it was
 // issued for; the tenant name comes with the nonce.
-import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
 
 export const NODE_KEY_PREFIX = 'nodekey:';
 export const REGISTER_PROOF_LABEL = 'larktun-v1-node-register';
@@ -83,4 +83,15 @@ export function verifyRegistration(nodeKey: string, nonce: Buffer, tenant: strin
   } catch {
     return false; // not a point on the curve
   }
+}
+
+/**
+ * A short fingerprint of a node key for people to compare: "SHA256:" and the
+ * unpadded base64 of the SHA-256 of the raw 32-byte key (as ssh-keygen -l shows
+ * keys). A key that is not an Ed25519 node key is hashed as its text.
+ */
+export function nodeKeyFingerprint(nodeKey: string): string {
+  const m = NODE_KEY_RE.exec(nodeKey);
+  const raw = m ? Buffer.from(m[1] as string, 'hex') : Buffer.from(nodeKey, 'utf8');
+  return `SHA256:${createHash('sha256').update(raw).digest('base64').replace(/=+$/, '')}`;
 }

@@ -31,6 +31,7 @@ import { FACTS_MIN_BYTES } from './policy-engine.js';
 import { RateLimiter } from './ratelimit.js';
 import { registerConsoleApi } from './console/api.js';
 import { parsePublicUrl } from './console/oidc.js';
+import { NodeLogins } from './nodelogin.js';
 import { registerConsoleStatic } from './console/static.js';
 import { ConsoleEvents } from './console/events.js';
 
@@ -77,7 +78,7 @@ export interface ServerOptions {
   maxStreamsPerNode?: number;
   /** POST …/policy/check per tenant: sustained rate per second and burst (default 1/s, 5; env LARKTUN_POLICY_CHECK_RATE, LARKTUN_POLICY_CHECK_BURST). */
   policyCheckRate?: { perSecond: number; burst: number };
-  /** The URL users and identity providers reach this server at, e.g. https://larktun.example.com (env LARKTUN_PUBLIC_URL); console SSO redirect URIs derive from it. */
+  /** The URL browsers, identity providers and nodes reach this server at, e.g. https://larktun.example.com (env LARKTUN_PUBLIC_URL): console SSO redirect URIs and interactive node login links derive from it. */
   publicUrl?: string;
 }
 
@@ -389,12 +390,14 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     return reply.type(metrics.registry.contentType).send(text);
   });
 
+  const nodeLogins = new NodeLogins(store, metrics, publicUrl ? { publicUrl: publicUrl.toString() } : {});
   await app.register(
     async (api) => {
       api.get('/openapi.json', { schema: { tags: ['meta'], summary: 'This document', 'x-auth': 'none' } as Record<string, unknown> }, async () => openapi.document(SERVER_VERSION));
       registerAdminRoutes(api, { store, pool, hub, policyChecks });
       registerRelayAdminRoutes(api, { store, relayHub, graceMs: timers.graceMs, healthTtlMs, openStreams });
       registerConsoleApi(api, { store, log, events: consoleEvents, openStreams, publicUrl });
+      nodeLogins.registerAdminRoutes(api);
     },
     { prefix: '/api/v1' },
   );
@@ -404,6 +407,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
         store, hub, metrics, openStreams, keepaliveMs: opts.keepaliveMs, shuttingDown: () => shuttingDown, expiry,
         maxStreamsPerNode: opts.maxStreamsPerNode ?? envMs('LARKTUN_MAX_STREAMS_PER_NODE'),
       });
+      nodeLogins.registerNodeRoutes(node);
     },
     { prefix: '/node/v1' },
   );

@@ -1,6 +1,6 @@
 // The managed daemon's control socket. Same socket and framing as standalone
 // mode (one request line per connection, mode 0600), with JSON requests for the
-// client verbs: {"op":"up"|"set"|"down"|"logout"|"status"|"exit-nodes"|"ping", ...}
+// client verbs: {"op":"up"|"login-wait"|"set"|"down"|"logout"|"status"|"exit-nodes"|"ping", ...}
 // answered by one JSON line {"ok":true,"result":…} or {"ok":false,"error":{"code","message"}}.
 // The plain lines `status` and `status --json` work as in standalone mode.
 import type net from 'node:net';
@@ -12,6 +12,8 @@ export interface ClientRequest {
   op: string;
   flags?: PrefFlags;
   authkey?: string | null;
+  /** up without an auth key: log in interactively to this tenant (the answer carries the URL to approve at). */
+  tenant?: string | null;
   reset?: boolean;
   peer?: string;
   count?: number;
@@ -37,7 +39,10 @@ async function handle(node: ManagedNode, line: string): Promise<string> {
     let result: unknown;
     switch (req.op) {
       case 'up':
-        result = await node.up(req.flags ?? {}, req.authkey ?? null, req.reset === true);
+        result = await node.up(req.flags ?? {}, req.authkey ?? null, req.reset === true, typeof req.tenant === 'string' ? { tenant: req.tenant } : null);
+        break;
+      case 'login-wait':
+        result = await node.loginWait(Math.min(Math.max(req.timeout_ms ?? 600_000, 1000), 3600_000));
         break;
       case 'set':
         result = await node.set(req.flags ?? {});

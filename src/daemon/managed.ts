@@ -28,7 +28,7 @@ import { DEFAULT_PREFS, PrefsError, prefsForSet, prefsForUp, type PrefFlags, typ
 import { applyPatch, applyPresence, checkMap, findPeer, planFromMap, type DataplanePlan, type NodeMap } from './mapplan.js';
 import { VERSION } from './control.js';
 import { ioSummary, type UdpIoStatus } from '../dataplane/io/types.js';
-import { generateNodeKey, nodeKeyOf, signRegistration, type NodeKeyPair } from '../control/nodekey.js';
+import { generateNodeKey, nodeKeyFingerprint, nodeKeyOf, signRegistration, type NodeKeyPair } from '../control/nodekey.js';
 import type { OsNetDesired } from './osnet.js';
 
 /** What the daemon needs from the OS side (OsNet implements it; tests may pass another). */
@@ -91,6 +91,14 @@ export class ClientError extends Error {
 
 export type BackendState = 'NeedsLogin' | 'Stopped' | 'Starting' | 'Running';
 
+/** An interactive login waiting for approval (its poll secret lives only in pollLogin). */
+interface PendingLogin {
+  url: string;
+  expiresAt: string;
+  abort: AbortController;
+  result: Promise<Record<string, unknown>>;
+}
+
 const TUN_MTU = 1280;
 const FIRST_MAP_WAIT_MS = 20_000;
 
@@ -147,6 +155,7 @@ export class ManagedNode {
   private latencyTimer: NodeJS.Timeout | null = null;
   /** The relay RTT last reported to the server (relay id, ms, when). */
   private latencySent: { relayId: number; rttMs: number; at: number } | null = null;
+  private pendingLogin: PendingLogin | null = null;
 
   constructor(private readonly opts: ManagedOptions) {
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
@@ -279,14 +288,14 @@ export class ManagedNode {
     return this.apiAt(server, pathName, body, token);
   }
 
-  private async apiAt(server: string, pathName: string, body: unknown, token: string | null): Promise<Record<string, unknown>> {
+  private async apiAt(server: string, pathName: string, body: unknown, token: string | null, timeoutMs = 15_000): Promise<Record<string, unknown>> {
     let res: Response;
     try {
       res = await fetch(`${server}${pathName}`, {
         method: 'POST',
         headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
         body: JSON.stringify(body),
-        signal: AbortSignal.timeout(15_000),
+        signal: AbortSignal.timeout(timeoutMs),
       });
     } catch (err) {
       const e = err as Error & { cause?: Error };
@@ -543,7 +552,7 @@ export class ManagedNode {
 
   // ---- verbs ----------------------------------------------------------------
 
-  async up(flags: PrefFlags, authKey: string | null, reset: boolean): Promise<Record<string, unknown>> {
+  async up(flags: PrefFlags, authKey: string | null, reset: boolean, interactive: { tenant: string } | null = null): Promise<Record<string, unknown>> {
     const t0 = Date.now();
     let prefs: Prefs;
     try {
@@ -552,38 +561,48 @@ export class ManagedNode {
       if (err instanceof PrefsError) throw new ClientError('bad_flags', err.message);
       throw err;
     }
-    if (!prefs.loginServer) throw new ClientError('needs_login', 'this node has never logged in: give --login-server URL and --authkey KEY');
+    if (!prefs.loginServer) throw new ClientError('needs_login', 'this node has never logged in: give --login-server URL and --authkey KEY (or --tenant NAME to log in interactively)');
     const serverChanged = this.st.prefs.loginServer !== null && prefs.loginServer !== this.st.prefs.loginServer;
     const tagsChanged = this.st.token !== null && JSON.stringify(prefs.advertiseTags) !== JSON.stringify(this.st.prefs.advertiseTags);
     const mustLogin = !this.st.token || serverChanged || authKey !== null;
     if (mustLogin && authKey === null) {
-      throw new ClientError('needs_login', serverChanged ? `switching to ${prefs.loginServer} needs --authkey KEY` : 'this node is not logged in: give --authkey KEY');
+      if (interactive !== null) return this.startInteractiveLogin(prefs, interactive.tenant, serverChanged);
+      throw new ClientError('needs_login', serverChanged ? `switching to ${prefs.loginServer} needs --authkey KEY (or --tenant NAME to log in interactively)` : 'this node is not logged in: give --authkey KEY, or --tenant NAME to log in interactively');
     }
     if (tagsChanged && authKey === null) throw new ClientError('needs_login', 'changing --advertise-tags needs a new login: give --authkey KEY');
     if (prefs.exitNode !== null && this.map && !serverChanged) this.checkExitNode(prefs.exitNode);
     let login: Record<string, unknown> | null = null;
-    let serverWarning: string | null = null;
     if (authKey !== null) {
       // A new server gets a new identity (and never this server's token).
       const pair = serverChanged ? generateNodeKey() : this.identity();
       const priorToken = !serverChanged && this.st.token !== null && this.st.node_key !== pair.nodeKey ? this.st.token : null;
-      const r = await this.register(prefs.loginServer, authKey, pair, prefs, priorToken);
-      login = r;
-      if (typeof r['warning'] === 'string') serverWarning = r['warning'];
-      const node = r['node'] as { id: number; name: string };
-      if (serverChanged || (this.st.node && this.st.node.id !== node.id)) {
-        await this.stopDataplane();
-        this.map = null;
-        this.st.last_event_id = null;
-      }
-      this.st.node_key = pair.nodeKey;
-      this.st.node_private_key = pair.privateKey;
-      this.st.token = String(r['token']);
-      this.st.node = { id: node.id, name: node.name, tenant: String(r['tenant']) };
+      login = await this.register(prefs.loginServer, authKey, pair, prefs, priorToken);
+      this.cancelInteractiveLogin('replaced by a login with an auth key');
+      await this.adoptLogin(login, pair, serverChanged);
     }
     if (authKey === null && !serverChanged) {
       await this.proveKey(prefs.loginServer).catch((err: unknown) => this.opts.log(`proving the node key (the node keeps working with its token): ${(err as Error).message}`));
     }
+    return this.finishUp(prefs, login, mustLogin, t0);
+  }
+
+  /** Takes the node token and identity a registration (or an approved interactive login) gave. */
+  private async adoptLogin(r: Record<string, unknown>, pair: NodeKeyPair, serverChanged: boolean): Promise<void> {
+    const node = r['node'] as { id: number; name: string };
+    if (serverChanged || (this.st.node && this.st.node.id !== node.id)) {
+      await this.stopDataplane();
+      this.map = null;
+      this.st.last_event_id = null;
+    }
+    this.st.node_key = pair.nodeKey;
+    this.st.node_private_key = pair.privateKey;
+    this.st.token = String(r['token']);
+    this.st.node = { id: node.id, name: node.name, tenant: String(r['tenant']) };
+  }
+
+  /** The rest of up once logged in: save, connect (or reconnect), wait for the first map. */
+  private async finishUp(prefs: Prefs, login: Record<string, unknown> | null, mustLogin: boolean, t0: number): Promise<Record<string, unknown>> {
+    const serverWarning = login !== null && typeof login['warning'] === 'string' ? login['warning'] : null;
     this.st.prefs = prefs;
     this.st.want_running = true;
     this.save();
@@ -598,10 +617,97 @@ export class ManagedNode {
       logged_in: login !== null,
       node: this.st.node,
       addresses: this.map?.self.addresses ?? [],
+      ...(login !== null && typeof login['approved_by'] === 'string' ? { approved_by: login['approved_by'] } : {}),
       ...(ok ? {} : { note: `no network map yet from ${prefs.loginServer}; the daemon keeps trying (see larktun status)` }),
       ...(this.plan?.exitProblem && prefs.exitNode !== null ? { warning: serverWarning ? `${serverWarning}; ${this.plan.exitProblem}` : this.plan.exitProblem } : serverWarning ? { warning: serverWarning } : {}),
       elapsed_ms: Date.now() - t0,
     };
+  }
+
+  // ---- interactive login (larktun up without an auth key; src/control/nodelogin.ts) ----
+
+  /**
+   * Starts an interactive login: proves the node key to the tenant, gets the URL
+   * for a user to approve at, and polls in the background (the poll secret stays
+   * in this process). Answers at once with the URL; `loginWait` waits for the end.
+   */
+  private async startInteractiveLogin(prefs: Prefs, tenant: string, serverChanged: boolean): Promise<Record<string, unknown>> {
+    const server = prefs.loginServer as string;
+    this.cancelInteractiveLogin('replaced by a new larktun up');
+    const pair = serverChanged ? generateNodeKey() : this.identity();
+    const ch = await this.apiAt(server, '/node/v1/login/challenge', { tenant }, null);
+    const nonce = String(ch['nonce']);
+    const r = await this.apiAt(server, '/node/v1/login', {
+      tenant: String(ch['tenant']), node_key: pair.nodeKey, nonce,
+      signature: signRegistration(pair.privateKey, nonce, pair.nodeKey, String(ch['tenant'])),
+      ...this.hostinfoBody(prefs),
+      ...(prefs.advertiseTags.length ? { tags: prefs.advertiseTags } : {}),
+    }, null);
+    const url = typeof r['url'] === 'string' && /^https?:\/\//.test(r['url']) ? r['url'] : `${server}${String(r['path'])}`;
+    const abort = new AbortController();
+    const pending: PendingLogin = { url, expiresAt: String(r['expires_at']), abort, result: null as unknown as Promise<Record<string, unknown>> };
+    pending.result = this.pollLogin(server, String(r['login_id']), String(r['poll_secret']), Date.parse(pending.expiresAt), abort.signal).then(async (done) => {
+      if (this.pendingLogin !== pending) throw new ClientError('login_cancelled', 'this login was replaced by another larktun up');
+      this.pendingLogin = null;
+      await this.adoptLogin(done, pair, serverChanged);
+      this.opts.log(`logged in interactively as node ${String((done['node'] as { name: string }).name)}, approved by ${String(done['approved_by'])}`);
+      return this.finishUp(prefs, done, true, Date.now());
+    }, (err: unknown) => {
+      if (this.pendingLogin === pending) this.pendingLogin = null;
+      throw err;
+    });
+    pending.result.catch(() => undefined); // observed by loginWait; never unhandled
+    this.pendingLogin = pending;
+    this.opts.log(`interactive login started: waiting for approval at ${url}`);
+    return { state: 'NeedsLogin', auth_url: url, key_fingerprint: nodeKeyFingerprint(pair.nodeKey), expires_at: pending.expiresAt, node: null, addresses: [] };
+  }
+
+  private async pollLogin(server: string, loginId: string, pollSecret: string, expiresAt: number, signal: AbortSignal): Promise<Record<string, unknown>> {
+    let failures = 0;
+    for (;;) {
+      if (signal.aborted) throw new ClientError('login_cancelled', String(signal.reason ?? 'the login was cancelled'));
+      try {
+        const r = await this.apiAt(server, '/node/v1/login/poll', { login_id: loginId, poll_secret: pollSecret, wait_s: 25 }, null, 40_000);
+        failures = 0;
+        if (r['state'] === 'approved') return r;
+      } catch (err) {
+        if (err instanceof ClientError && ['login_rejected', 'login_expired', 'login_used', 'login_unknown', 'login_node_gone'].includes(err.code)) throw err;
+        // the server is unreachable or restarting: keep trying until the link expires
+        if (Date.now() >= expiresAt) throw new ClientError('login_expired', `the login link expired while ${server} could not be reached (${(err as Error).message})`);
+        failures++;
+        this.opts.log(`waiting for login approval: ${(err as Error).message}; retrying`);
+        await new Promise((res) => setTimeout(res, Math.min(10_000, 500 * 2 ** Math.min(failures, 5))));
+      }
+    }
+  }
+
+  private cancelInteractiveLogin(why: string): void {
+    const p = this.pendingLogin;
+    if (!p) return;
+    this.pendingLogin = null;
+    p.abort.abort(why);
+  }
+
+  /** Waits for the pending interactive login to end (approved: the result of up); cancels it after `timeoutMs`. */
+  async loginWait(timeoutMs: number): Promise<Record<string, unknown>> {
+    const p = this.pendingLogin;
+    if (!p) throw new ClientError('no_pending_login', 'no interactive login is pending: run larktun up --login-server URL --tenant NAME');
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_res, rej) => {
+      timer = setTimeout(() => {
+        this.cancelInteractiveLogin('gave up waiting');
+        rej(new ClientError('login_timeout', `no approval within ${Math.round(timeoutMs / 1000)} s: the login was cancelled (run larktun up again for a new link)`));
+      }, timeoutMs);
+    });
+    try {
+      return await Promise.race([p.result, timeout]);
+    } catch (err) {
+      if (err instanceof ClientError && err.code === 'login_rejected') throw new ClientError('login_rejected', `login rejected: ${err.message.replace(/^[^ ]+: /, '')}`);
+      if (err instanceof ClientError && err.code === 'login_expired') throw new ClientError('login_expired', `login link expired before anyone approved it: ${err.message.replace(/^[^ ]+: /, '')}`);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private checkExitNode(wanted: string): void {
@@ -651,6 +757,7 @@ export class ManagedNode {
   }
 
   async logout(): Promise<Record<string, unknown>> {
+    this.cancelInteractiveLogin('logged out');
     await this.down();
     this.map = null;
     this.plan = null;
@@ -767,6 +874,7 @@ export class ManagedNode {
       version: VERSION,
       mode: 'managed',
       state: this.backendState,
+      ...(this.pendingLogin ? { auth_url: this.pendingLogin.url } : {}),
       server: {
         url: this.st.prefs.loginServer,
         connected: this.serverState.connected,
@@ -895,6 +1003,7 @@ export function echoRequest6(src: Buffer, dst: Buffer, id: number, seq: number):
 export function managedStatusText(s: Record<string, unknown>): string {
   const st = s as {
     state: string;
+    auth_url?: string;
     server: { url: string | null; connected: boolean; error: string | null };
     self: { name: string; dns_name?: string; addresses?: string[]; tenant?: string; approved_routes?: string[]; primary_routes?: string[] } | null;
     relay: { name: string; endpoint: string | null; online: boolean; last_seen_age_seconds: number | null; rtt_ms?: number | null } | null;
@@ -905,6 +1014,7 @@ export function managedStatusText(s: Record<string, unknown>): string {
   };
   const lines: string[] = [];
   lines.push(`state: ${st.state}${st.server.url ? `   server: ${st.server.url} (${st.server.connected ? 'connected' : `not connected${st.server.error ? `: ${st.server.error}` : ''}`})` : ''}`);
+  if (st.auth_url) lines.push(`waiting for login approval at ${st.auth_url}`);
   if (st.self) {
     lines.push(`self:  ${st.self.name}${st.self.tenant ? ` (tenant ${st.self.tenant})` : ''}  ${(st.self.addresses ?? []).join(' ')}`);
     if (st.self.approved_routes?.length) lines.push(`       serving routes: ${st.self.approved_routes.join(', ')}${st.self.primary_routes?.length ? `  (primary for ${st.self.primary_routes.join(', ')})` : ''}`);

@@ -1,6 +1,6 @@
 import { useEffect, useState, type FormEvent } from 'react';
 import { useQueryClient } from '@tanstack/react-query';
-import { Navigate, useNavigate, useSearchParams } from 'react-router';
+import { Navigate, useLocation, useNavigate, useSearchParams } from 'react-router';
 import { api, enc, setCsrf, type Session } from '../api';
 import { useSessionQuery } from '../Shell';
 import { ErrorText } from '../ui';
@@ -27,6 +27,9 @@ export function SignIn() {
   const navigate = useNavigate();
   const [params] = useSearchParams();
   const ssoError = params.get('sso_error');
+  // Where a signed-out visitor was going (e.g. a node login link): back there after signing in.
+  const from = (useLocation().state as { from?: unknown } | null)?.from;
+  const back = typeof from === 'string' && /^\/login\/[A-Za-z0-9_-]{43}$/.test(from) ? from : null;
   const [mode, setMode] = useState<'user' | 'operator'>('user');
   const [tenant, setTenant] = useState(params.get('tenant') ?? '');
   const [ssoMissing, setSsoMissing] = useState(false);
@@ -38,7 +41,7 @@ export function SignIn() {
   useEffect(() => {
     document.title = 'Sign in · Larktun';
   }, []);
-  if (q.data) return <Navigate to="/" replace />;
+  if (q.data) return <Navigate to={back ?? '/'} replace />;
 
   const submit = async (e: FormEvent) => {
     e.preventDefault();
@@ -51,7 +54,7 @@ export function SignIn() {
       qc.setQueryData(['session'], s);
       setPassword('');
       setKey('');
-      navigate(s.kind === 'operator' ? '/tenants' : `/${s.tenant}/machines`, { replace: true });
+      navigate(back ?? (s.kind === 'operator' ? '/tenants' : `/${s.tenant}/machines`), { replace: true });
     } catch (err) {
       setError(err);
     } finally {

@@ -1,7 +1,7 @@
 // Serves the built console (dist/console, made by `npm run build`) on the
 // server's own port: hashed assets under /assets/ with a year-long immutable
 // cache, and index.html — without caching — for the console's own page paths
-// only (/, /signin, /tenants, /relays, /<tenant>/<page>). Nothing else is shadowed:
+// only (/, /signin, /tenants, /relays, /<tenant>/<page>, /login/<node login id>). Nothing else is shadowed:
 // /api, /node, /relay, /healthz, /readyz and /metrics keep their routes and a
 // path the console does not know stays a JSON 404.
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
@@ -129,6 +129,15 @@ export function registerConsoleStatic(app: FastifyInstance, opts: { dir?: string
   app.get('/signin', page);
   app.get('/tenants', page);
   app.get('/relays', page);
+  // An interactive node login's link (src/control/nodelogin.ts). A tenant named
+  // "login" keeps its pages: /login/machines etc. are its pages, not logins.
+  app.get<{ Params: { id: string } }>('/login/:id', async (req, reply) => {
+    const id = req.params.id;
+    if (!/^[A-Za-z0-9_-]{43}$/.test(id) && !(CONSOLE_PAGES as readonly string[]).includes(id)) {
+      return reply.code(404).send(errorBody('not_found', `no route GET ${req.url.split('?')[0]}`));
+    }
+    return page(req, reply);
+  });
   app.get<{ Params: { tenant: string; page: string } }>('/:tenant/:page', async (req, reply) => {
     const { tenant, page: p } = req.params;
     if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(tenant) || !(CONSOLE_PAGES as readonly string[]).includes(p)) {

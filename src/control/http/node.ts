@@ -10,7 +10,8 @@ import { newSecret, parseSecret, secretMatches } from '../secrets.js';
 import { bearer } from './auth.js';
 import { randomBytes } from 'node:crypto';
 import { NONCE_BYTES, REGISTER_PROOF_LABEL, verifyRegistration } from '../nodekey.js';
-import type { AuthKeyRow, NodeRow } from '../store/schema.js';
+import type { AuthKeyRow, NodeRow, TenantRow } from '../store/schema.js';
+import type { TenantTx } from '../store/repo.js';
 import {
   allocateAddresses, canonicalRoutes, nodeAuditView, runAutoApprove, uniqueNodeName, validateTagSyntax,
 } from '../service.js';
@@ -56,7 +57,7 @@ const hostinfoProps = {
   version: { type: 'string', maxLength: 100 },
 } as const;
 
-interface HostinfoBody {
+export interface HostinfoBody {
   hostname?: string;
   routes?: string[];
   exit_node?: boolean;
@@ -88,6 +89,16 @@ function announcedFrom(b: HostinfoBody, prev: string[]): string[] {
   return canonicalRoutes([...routes, ...(exitWanted ? ['0.0.0.0/0', '::/0'] : [])], 'routes');
 }
 
+/** The routes a node announces (canonical; exit routes are the exit_node flag, not listed); throws on bad syntax. */
+export function routesFromBody(b: HostinfoBody): string[] {
+  return announcedFrom(b, []).filter((r) => r !== '0.0.0.0/0' && r !== '::/0');
+}
+
+/** The endpoints a node sends (undefined when none); throws on one that is not host:port. */
+export function endpointsFromBody(b: HostinfoBody): string[] | undefined {
+  return endpointsFrom(b);
+}
+
 function endpointsFrom(b: HostinfoBody): string[] | undefined {
   if (!b.endpoints) return undefined;
   const bad = b.endpoints.filter((e) => parseHostPort(e) === null);
@@ -101,6 +112,94 @@ function hostinfoJson(b: HostinfoBody, prev: Record<string, unknown>): string {
   if (b.version !== undefined) next['version'] = b.version;
   if (b.use_exit_node !== undefined) next['use_exit_node'] = b.use_exit_node;
   return JSON.stringify(next);
+}
+
+/** What admitNode needs: the proven node, its owner and the token it gets. */
+export interface AdmitArgs {
+  tenant: TenantRow;
+  body: HostinfoBody & { hostname: string };
+  nodeKey: string;
+  /** Tags the node gets when new (sorted, unique). */
+  requested: string[];
+  /** The node named tags explicitly (re-registration keeps its tags and warns). */
+  tagsGiven: boolean;
+  /** Tags allowed without tagOwners (the auth key's own tags; none for an interactive login). */
+  freeTags: string[];
+  userId: number | null;
+  authKeyId: number | null;
+  ephemeral: number;
+  token: { prefix: string; hash: string };
+  /** The tenant's node with this key (or the unproven node of the prior token), if any. */
+  existing: NodeRow | undefined;
+  /** The unproven key the node moves from (existing found by token), else null. */
+  previousKey: string | null;
+  /** The refusal message of a tag neither free nor owned by the user. */
+  tagRefusal: (tag: string) => string;
+}
+
+/**
+ * The registration itself, inside the tenant's write transaction after the
+ * caller proved the node key and checked who may own the node: a re-registered
+ * node gets a new token and fresh hostinfo (its user and tags stay); a new node
+ * gets addresses, its tags (each free or owned by its user under tagOwners), a
+ * relay link and auto-approved routes. Used by /register (auth keys) and by an
+ * approved interactive login (src/control/nodelogin.ts).
+ */
+export async function admitNode(tx: TenantTx, metrics: ControlMetrics, a: AdmitArgs, seen: { tagsKept: string[] | null }): Promise<NodeRow> {
+  const { tenant, body: b, requested } = a;
+  const announcedBase = announcedFrom(b, []);
+  const endpoints = endpointsFrom(b) ?? [];
+  const now = nowIso();
+  let node: NodeRow;
+  const existing = a.existing;
+  if (existing) {
+    // Re-registration: new token, fresh hostinfo; user and tags stay as
+    // they are (as registered, or as an admin set them).
+    if (a.tagsGiven && JSON.stringify(requested) !== JSON.stringify(jsonList(existing.tags))) seen.tagsKept = jsonList(existing.tags);
+    const before = nodeAuditView(existing);
+    const updated = await tx.updateNode(existing.id, {
+      token_prefix: a.token.prefix, token_hash: a.token.hash, hostname: b.hostname, node_key: a.nodeKey, key_proven_at: now,
+      auth_key_id: a.authKeyId, ephemeral: a.ephemeral, expires_at: null,
+      announced_routes: JSON.stringify(announcedBase), endpoints: JSON.stringify(endpoints),
+      hostinfo: hostinfoJson(b, jsonObject(existing.hostinfo)),
+    });
+    if (!updated) throw new ApiError(500, 'internal', 'node vanished during registration');
+    node = updated;
+    if (a.previousKey !== null) await tx.audit('node.key.prove', 'node', node.id, { node_key: a.previousKey, key_proven: false }, { node_key: node.node_key, key_proven: true });
+    await tx.audit('node.reregister', 'node', node.id, before, nodeAuditView(node));
+  } else {
+    const pol = await tx.currentPolicy();
+    const policyText = pol?.text ?? '{}';
+    const needsOwner = requested.some((tag) => !a.freeTags.includes(tag));
+    const user = needsOwner && a.userId !== null ? ((await tx.getUser(a.userId)) ?? null) : null;
+    const notAllowed = requested.filter(
+      (tag) => !a.freeTags.includes(tag) && !userOwnsTag(policyText, tag, user ? { id: user.id, name: user.name, email: user.email } : null),
+    );
+    if (notAllowed.length) {
+      metrics.rejections.inc({ reason: 'tags_not_allowed' });
+      throw new ApiError(403, 'tags_not_allowed', a.tagRefusal(notAllowed[0] as string), { tags: notAllowed });
+    }
+    const count = await tx.countNodes();
+    if (count >= tenant.max_nodes) {
+      metrics.rejections.inc({ reason: 'max_nodes' });
+      throw new ApiError(409, 'limit_reached', `this tenant has reached its limit of ${tenant.max_nodes} nodes`);
+    }
+    const addrs = await allocateAddresses(tx, tenant, count);
+    node = await tx.insertNode({
+      name: await uniqueNodeName(tx, b.hostname), hostname: b.hostname, node_key: a.nodeKey, key_proven_at: now,
+      token_prefix: a.token.prefix, token_hash: a.token.hash, user_id: a.userId, tags: JSON.stringify(requested),
+      ipv4: addrs.ipv4, ipv6: addrs.ipv6, announced_routes: JSON.stringify(announcedBase), approved_routes: '[]',
+      exit_node_wish: b.exit_node ? 1 : 0, endpoints: JSON.stringify(endpoints), hostinfo: hostinfoJson(b, {}),
+      online: 0, last_seen: null, ephemeral: a.ephemeral, auth_key_id: a.authKeyId, expires_at: null,
+      created_at: now, updated_at: now,
+    });
+    await tx.audit('node.register', 'node', node.id, null, nodeAuditView(node));
+  }
+  await ensureLinks(tx, await tx.relaysServing(), [node.id]);
+  if (node.announced_routes === '[]') return node;
+  const pol = await tx.currentPolicy();
+  const changed = await runAutoApprove(tx, tenant, pol?.text ?? '{}', [node.id]);
+  return changed > 0 ? ((await tx.getNode(node.id)) ?? node) : node;
 }
 
 export async function authenticateNode(store: Store, req: FastifyRequest): Promise<NodeRow> {
@@ -209,8 +308,8 @@ export function registerNodeRoutes(app: FastifyInstance, deps: NodeDeps): void {
       const keyTags = jsonList(key.tags);
       const requested = b.tags ? [...new Set(b.tags)].sort() : keyTags;
       validateTagSyntax(requested);
-      const announcedBase = announcedFrom(b, []);
-      const endpoints = endpointsFrom(b) ?? [];
+      announcedFrom(b, []); // route and endpoint syntax: refused before the key is used
+      endpointsFrom(b);
       const s = newSecret('lknode');
       // A node registered before keys were proven has a key nobody can prove: its
       // token (sent as a bearer token) shows it is that node.
@@ -243,56 +342,11 @@ export function registerNodeRoutes(app: FastifyInstance, deps: NodeDeps): void {
             metrics.rejections.inc({ reason: 'auth_key_used' });
             throw unauthorized('this auth key has already been used');
           }
-          const now = nowIso();
-          let node: NodeRow;
-          if (existing) {
-            // Re-registration: new token, fresh hostinfo; user and tags stay as
-            // they are (as registered, or as an admin set them).
-            if (b.tags && JSON.stringify(requested) !== JSON.stringify(jsonList(existing.tags))) seen.tagsKept = jsonList(existing.tags);
-            const before = nodeAuditView(existing);
-            const updated = await tx.updateNode(existing.id, {
-              token_prefix: s.prefix, token_hash: s.hash, hostname: b.hostname, node_key: b.node_key, key_proven_at: now,
-              auth_key_id: k.id, ephemeral: k.ephemeral, expires_at: null,
-              announced_routes: JSON.stringify(announcedBase), endpoints: JSON.stringify(endpoints),
-              hostinfo: hostinfoJson(b, jsonObject(existing.hostinfo)),
-            });
-            if (!updated) throw new ApiError(500, 'internal', 'node vanished during registration');
-            node = updated;
-            if (previousKey !== null) await tx.audit('node.key.prove', 'node', node.id, { node_key: previousKey, key_proven: false }, { node_key: node.node_key, key_proven: true });
-            await tx.audit('node.reregister', 'node', node.id, before, nodeAuditView(node));
-          } else {
-            const pol = await tx.currentPolicy();
-            const policyText = pol?.text ?? '{}';
-            const needsOwner = requested.some((tag) => !keyTags.includes(tag));
-            const user = needsOwner && k.user_id !== null ? ((await tx.getUser(k.user_id)) ?? null) : null;
-            const notAllowed = requested.filter(
-              (tag) => !keyTags.includes(tag) && !userOwnsTag(policyText, tag, user ? { id: user.id, name: user.name, email: user.email } : null),
-            );
-            if (notAllowed.length) {
-              metrics.rejections.inc({ reason: 'tags_not_allowed' });
-              throw new ApiError(403, 'tags_not_allowed', `tag "${notAllowed[0]}" is not permitted for this auth key (not one of its tags, and the key's user does not own it in tagOwners)`, { tags: notAllowed });
-            }
-            const count = await tx.countNodes();
-            if (count >= tenant.max_nodes) {
-              metrics.rejections.inc({ reason: 'max_nodes' });
-              throw new ApiError(409, 'limit_reached', `this tenant has reached its limit of ${tenant.max_nodes} nodes`);
-            }
-            const addrs = await allocateAddresses(tx, tenant, count);
-            node = await tx.insertNode({
-              name: await uniqueNodeName(tx, b.hostname), hostname: b.hostname, node_key: b.node_key, key_proven_at: now,
-              token_prefix: s.prefix, token_hash: s.hash, user_id: k.user_id, tags: JSON.stringify(requested),
-              ipv4: addrs.ipv4, ipv6: addrs.ipv6, announced_routes: JSON.stringify(announcedBase), approved_routes: '[]',
-              exit_node_wish: b.exit_node ? 1 : 0, endpoints: JSON.stringify(endpoints), hostinfo: hostinfoJson(b, {}),
-              online: 0, last_seen: null, ephemeral: k.ephemeral, auth_key_id: k.id, expires_at: null,
-              created_at: now, updated_at: now,
-            });
-            await tx.audit('node.register', 'node', node.id, null, nodeAuditView(node));
-          }
-          await ensureLinks(tx, await tx.relaysServing(), [node.id]);
-          if (node.announced_routes === '[]') return node;
-          const pol = await tx.currentPolicy();
-          const changed = await runAutoApprove(tx, tenant, pol?.text ?? '{}', [node.id]);
-          return changed > 0 ? ((await tx.getNode(node.id)) ?? node) : node;
+          return admitNode(tx, metrics, {
+            tenant, body: b, nodeKey: b.node_key, requested, tagsGiven: b.tags !== undefined, freeTags: keyTags,
+            userId: k.user_id, authKeyId: k.id, ephemeral: k.ephemeral, token: s, existing, previousKey,
+            tagRefusal: (tag) => `tag "${tag}" is not permitted for this auth key (not one of its tags, and the key's user does not own it in tagOwners)`,
+          }, seen);
         });
       } catch (err) {
         if (seen.owner !== null) await refuse('takeover', err as ApiError, { tenantId: key.tenant_id, key, node: seen.owner, nodeKey: b.node_key });

@@ -335,6 +335,38 @@ function migrations(backend: Backend): Record<string, Migration> {
         await db.schema.dropTable('console_oidc').ifExists().execute();
       },
     },
+    '0011_node_login': {
+      // Interactive node login (larktun up without an auth key): a node that
+      // proved its key starts a login; a console user of the tenant approves or
+      // rejects it at /login/<login_id>. login_id (256 bits, in the URL) only
+      // names the login; the node polls with a separate secret (poll_hash:
+      // SHA-256) that never leaves it. node_id is the node made on approval,
+      // until the node collects its token (state used).
+      async up(db: Db): Promise<void> {
+        await tenantRef(db.schema.createTable('node_logins').addColumn('login_id', 'text', (c) => c.primaryKey()))
+          .addColumn('poll_hash', 'text', (c) => c.notNull())
+          .addColumn('node_key', 'text', (c) => c.notNull())
+          .addColumn('nonce', 'text', (c) => c.notNull())
+          .addColumn('signature', 'text', (c) => c.notNull())
+          .addColumn('hostname', 'text', (c) => c.notNull())
+          .addColumn('tags', 'text', (c) => c.notNull())
+          .addColumn('hostinfo', 'text', (c) => c.notNull())
+          .addColumn('source_addr', 'text', (c) => c.notNull())
+          .addColumn('state', 'text', (c) => c.notNull())
+          .addColumn('approved_by', 'text')
+          .addColumn('decided_at', 'text')
+          .addColumn('node_id', 'integer', (c) => c.references('nodes.id').onDelete('set null'))
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('expires_at', 'text', (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex('node_logins_tenant').on('node_logins').columns(['tenant_id', 'state', 'expires_at']).execute();
+        await db.schema.createIndex('node_logins_source').on('node_logins').columns(['source_addr', 'state', 'expires_at']).execute();
+        await db.schema.createIndex('node_logins_expiry').on('node_logins').column('expires_at').execute();
+      },
+      async down(db: Db): Promise<void> {
+        await db.schema.dropTable('node_logins').ifExists().execute();
+      },
+    },
   };
 }
 

@@ -620,7 +620,7 @@ export class Store {
    * dropped first; an auth key keeps about `perKey` pending nonces (its
    * oldest go); false when `total` nonces are pending (the caller refuses).
    */
-  async issueRegisterNonce(v: { nonce: string; tenantId: number; ttlMs: number } & ({ authKeyId: number } | { nodeId: number }), limits: { perKey: number; total: number }): Promise<boolean> {
+  async issueRegisterNonce(v: { nonce: string; tenantId: number; ttlMs: number } & ({ authKeyId: number } | { nodeId: number } | { login: true }), limits: { perKey: number; total: number }): Promise<boolean> {
     // Single statements, no transaction: no lock is held while waiting for
     // another. The total bound is soft by the few challenges in flight at once;
     // the per-key bound is exact once they finish (trimmed after the insert).
@@ -628,7 +628,8 @@ export class Store {
     await this.db.deleteFrom('register_nonces').where('expires_at', '<=', now.toISOString()).execute();
     const total = Number((await this.db.selectFrom('register_nonces').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow()).n);
     if (total >= limits.total) return false;
-    const owner = 'authKeyId' in v ? { auth_key_id: v.authKeyId, node_id: null } : { auth_key_id: null, node_id: v.nodeId };
+    // An interactive login's nonce (node_login.ts) has neither: it is bound to its tenant only.
+    const owner = 'authKeyId' in v ? { auth_key_id: v.authKeyId, node_id: null } : 'nodeId' in v ? { auth_key_id: null, node_id: v.nodeId } : { auth_key_id: null, node_id: null };
     await this.db.insertInto('register_nonces').values({
       nonce: v.nonce, tenant_id: v.tenantId, ...owner,
       expires_at: new Date(now.getTime() + v.ttlMs).toISOString(), created_at: now.toISOString(),
@@ -638,7 +639,8 @@ export class Store {
     // last trim, which keeps only the newest perKey nonces of this owner.
     const overflow = await (owner.auth_key_id !== null
       ? this.db.selectFrom('register_nonces').select('nonce').where('auth_key_id', '=', owner.auth_key_id)
-      : this.db.selectFrom('register_nonces').select('nonce').where('node_id', '=', owner.node_id))
+      : owner.node_id !== null ? this.db.selectFrom('register_nonces').select('nonce').where('node_id', '=', owner.node_id)
+        : this.db.selectFrom('register_nonces').select('nonce').where('tenant_id', '=', v.tenantId).where('auth_key_id', 'is', null).where('node_id', 'is', null))
       .orderBy('created_at', 'desc').orderBy('nonce').offset(limits.perKey).limit(1000).execute();
     if (overflow.length) await this.db.deleteFrom('register_nonces').where('nonce', 'in', overflow.map((m) => m.nonce)).execute();
     return true;

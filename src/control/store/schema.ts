@@ -203,6 +203,7 @@ export interface Database {
   console_sessions: ConsoleSessionsTable;
   console_oidc: ConsoleOidcTable;
   console_oidc_states: ConsoleOidcStatesTable;
+  node_logins: NodeLoginsTable;
 }
 
 /** Tables whose rows belong to a tenant (everything but tenants and operator keys). */
@@ -294,5 +295,36 @@ export interface ConsoleOidcStatesTable {
   expires_at: string;
 }
 
+// ---- interactive node login (migration 0011_node_login) ---------------------------
+
+/** A pending (or decided) interactive node login: `larktun up` without an auth key. */
+export interface NodeLoginsTable {
+  /** 32 random bytes, base64url: the id in the approval URL. */
+  login_id: string;
+  tenant_id: number;
+  /** SHA-256 (hex) of the poll secret only the node holds. */
+  poll_hash: string;
+  node_key: string;
+  /** The proof the node gave at start: the nonce and its Ed25519 signature. */
+  nonce: string;
+  signature: string;
+  hostname: string;
+  /** JSON string[]: the tags the node asks for. */
+  tags: string;
+  /** JSON: routes, exit_node, endpoints, os, version, use_exit_node as the node sent them. */
+  hostinfo: string;
+  source_addr: string;
+  /** pending | approved | rejected | expired | used */
+  state: string;
+  /** Actor that approved or rejected. */
+  approved_by: string | null;
+  decided_at: string | null;
+  /** The node made on approval. */
+  node_id: number | null;
+  created_at: string;
+  expires_at: string;
+}
+
 export type ConsoleOidcRow = Selectable<ConsoleOidcTable>;
 export type ConsoleOidcStateRow = Selectable<ConsoleOidcStatesTable>;
+export type NodeLoginRow = Selectable<NodeLoginsTable>;
