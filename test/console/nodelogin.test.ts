@@ -90,7 +90,7 @@ async function signInAt(page: Page, username: string, password: string): Promise
   await page.getByLabel('Tenant', { exact: true }).fill('acme');
   await page.getByLabel('Username').fill(username);
   await page.getByLabel('Password').fill(password);
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
 }
 
 before(async () => {

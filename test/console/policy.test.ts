@@ -375,7 +375,7 @@ describe('Access controls page in chromium', { skip: browserSkip }, () => {
     await page.getByLabel('Tenant', { exact: true }).fill('acme');
     await page.getByLabel('Username').fill('alice');
     await page.getByLabel('Password').fill('alice-password-1');
-    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('button', { name: 'Sign in', exact: true }).click();
     await page.waitForURL('**/acme/machines');
     await page.goto('/acme/acls');
     const editor = page.locator('.cm-content');
@@ -505,7 +505,7 @@ describe('Access controls page in chromium', { skip: browserSkip }, () => {
     await page.getByLabel('Tenant', { exact: true }).fill('acme');
     await page.getByLabel('Username').fill('dana');
     await page.getByLabel('Password').fill('dana-password-22');
-    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('button', { name: 'Sign in', exact: true }).click();
     await page.waitForURL('**/acme/machines');
     await page.goto('/acme/acls');
     await page.locator('.cm-content').waitFor();
