@@ -237,20 +237,26 @@ export class TunDevice {
       return;
     }
     const gso = hdr[1]! !== 0;
-    let n = 0;
-    const r = splitGso(hdr, 0, len, this.pktViews[slot]!, this.scratch, (p, l) => {
-      n++;
-      onPacket(p, l);
-    });
+    this.sink = onPacket;
+    this.emitted = 0;
+    const r = splitGso(hdr, 0, len, this.pktViews[slot]!, this.scratch, this.emit);
     if (r === SplitResult.Malformed) {
       if (this.counters) this.counters.drop_tun_vnet++;
       return;
     }
     if (gso) {
       this.gsoReads++;
-      this.gsoSegments += n;
+      this.gsoSegments += this.emitted;
     }
   }
+
+  // The split's callback, made once (no closure per read).
+  private sink: PacketHandler = () => {};
+  private emitted = 0;
+  private readonly emit = (p: Buffer, l: number): void => {
+    this.emitted++;
+    this.sink(p, l);
+  };
 
   private rawWrite(buf: Buffer, off: number, len: number): boolean {
     try {

@@ -3,7 +3,7 @@
 // (byte pairs, written out plainly here), not with the module's own helpers.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { splitGso, GroBatch, SplitResult, VNET_HDR_LEN, GSO_TCPV4, GSO_TCPV6, VNET_F_NEEDS_CSUM } from '../../src/dataplane/offload.js';
+import { splitGso, GroBatch, sum16, fold16, SplitResult, VNET_HDR_LEN, GSO_TCPV4, GSO_TCPV6, VNET_F_NEEDS_CSUM } from '../../src/dataplane/offload.js';
 
 // ---- reference checksums -------------------------------------------------
 
@@ -150,6 +150,24 @@ function tcpFields(p: Buffer): { ihl: number; seq: number; flags: number; payloa
   const doff = (p[ihl + 12]! >> 4) * 4;
   return { ihl, seq: p.readUInt32BE(ihl + 4), flags: p[ihl + 13]!, payload: p.subarray(ihl + doff), id: v6 ? 0 : p.readUInt16BE(4), hdr: p.subarray(ihl + 20, ihl + doff) };
 }
+
+test('sum16 equals the reference for every alignment, length and backing store', () => {
+  const plain = pattern(3000, 11);
+  const shared = Buffer.from(new SharedArrayBuffer(3001)).subarray(1); // odd byteOffset
+  plain.copy(shared);
+  const pooled = Buffer.from(plain.subarray(0, 200)); // may sit at any offset in the pool
+  for (const buf of [plain, shared, pooled]) {
+    for (const off of [0, 1, 2, 3, 5, 6]) {
+      for (const len of [0, 1, 2, 3, 15, 16, 17, 18, 19, 61, 64, 191, buf.length - off]) {
+        if (off + len > buf.length) continue;
+        const want = refSum(buf.subarray(off, off + len));
+        assert.equal(fold16(sum16(buf, off, len, 0)), want, `off ${off} len ${len}`);
+        // With an initial (big-endian domain) value carried in.
+        assert.equal(fold16(sum16(buf, off, len, 0x1fffe)), refSum([...buf.subarray(off, off + len), ...(len & 1 ? [0] : []), 0xff, 0xff, 0xff, 0xff]), `off ${off} len ${len} with initial`);
+      }
+    }
+  }
+});
 
 // ---- split (read side) ---------------------------------------------------
 
