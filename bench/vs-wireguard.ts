@@ -16,10 +16,15 @@
 //                of every tunnel daemon on the path per GB delivered by iperf3 TCP
 //   retransmits  iperf3 TCP retransmits (reordering or loss in the tunnel)
 // Each measurement prints one JSON line with both values and the ratio
-// larktun / wireguard-go (for RTT and CPU lower is better: ratio < 1 wins).
+// larktun / wireguard-go (for RTT and CPU lower is better: ratio < 1 wins), and
+// the same for larktund with LARKTUN_TUN_OFFLOAD=0 (larktun_plain, ratio_plain):
+// the TUN offloads' own effect, measured in the same run.
 //
-// BENCH_SECONDS (default 8) sets each iperf3 run. On a shared machine the load
-// average is printed first: the ratios only mean something when it is low.
+// Both topologies are up at once and every measurement alternates between the
+// two, BENCH_ROUNDS times (default 3; medians reported), so that load from other
+// processes falls on both alike. BENCH_SECONDS (default 8) sets each iperf3 run.
+// The load average is printed first and last: on a shared machine the absolute
+// figures move with it, the ratios much less.
 // Not part of CI; skip it with `npm run bench -- -vs-wireguard`.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -30,7 +35,9 @@ import { Lab, netnsSkipReason, nsExec, sleep, hexKey, type DaemonHandle } from '
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
 const MTU = 1420;
 const HZ = 100; // USER_HZ
-const IMPLS = (process.env.BENCH_IMPLS ?? 'wireguard-go,larktun').split(',');
+// larktun-plain: larktund with LARKTUN_TUN_OFFLOAD=0 (the TUN path without offloads).
+const IMPLS = (process.env.BENCH_IMPLS ?? 'wireguard-go,larktun,larktun-plain').split(',');
+const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
 const progress = (msg: string): void => {
   process.stderr.write(`bench/vs-wireguard: ${msg}\n`);
 };
@@ -57,7 +64,7 @@ interface Topology {
 }
 
 function underlay(lab: Lab, impl: string): { nsA: string; nsHub: string; nsB: string } {
-  const t = impl === 'larktun' ? 'l' : 'w';
+  const t = impl === 'larktun' ? 'l' : impl === 'larktun-plain' ? 'p' : 'w';
   const nsHub = lab.addNs(`${t}hub`);
   const nsA = lab.addNs(`${t}a`);
   const nsB = lab.addNs(`${t}b`);
@@ -125,11 +132,13 @@ async function wireguardTopology(lab: Lab): Promise<Topology> {
   };
 }
 
-async function larktunTopology(lab: Lab): Promise<Topology> {
-  const ns = underlay(lab, 'larktun');
+async function larktunTopology(lab: Lab, impl: 'larktun' | 'larktun-plain'): Promise<Topology> {
+  const ns = underlay(lab, impl);
+  const env: Record<string, string> = { LARKTUN_TUN_OFFLOAD: impl === 'larktun-plain' ? '0' : '1' };
+  const n = impl === 'larktun-plain' ? 'vsp' : 'vs';
   const pskA = hexKey(0x5a);
   const pskB = hexKey(0x5b);
-  const hub = await lab.daemon(ns.nsHub, 'vs-hub', {
+  const hub = await lab.daemon(ns.nsHub, `${n}-hub`, {
     role: 'hub',
     virtual_subnet: '10.89.0.0/24',
     local_id: 1,
@@ -141,7 +150,7 @@ async function larktunTopology(lab: Lab): Promise<Topology> {
       { id: 2, name: 'a', allowed_src: '10.89.0.2/32', psk: pskA },
       { id: 3, name: 'b', endpoint: '198.18.2.2:18020', allowed_src: '10.89.0.3/32', psk: pskB },
     ],
-  }, [], {}, process.env.BENCH_HUB_NODE_ARGS ? process.env.BENCH_HUB_NODE_ARGS.split(' ') : []);
+  }, [], env);
   const spoke = (id: number, psk: string, ep: string): unknown => ({
     role: 'spoke',
     virtual_subnet: '10.89.0.0/24',
@@ -152,11 +161,11 @@ async function larktunTopology(lab: Lab): Promise<Topology> {
     keepalive_secs: 5,
     peers: [{ id: 1, name: 'hub', endpoint: ep, allowed_src: '10.89.0.0/24', psk }],
   });
-  const a = await lab.daemon(ns.nsA, 'vs-a', spoke(2, pskA, '198.18.1.1:18020'));
-  const b = await lab.daemon(ns.nsB, 'vs-b', spoke(3, pskB, '198.18.2.1:18020'));
+  const a = await lab.daemon(ns.nsA, `${n}-a`, spoke(2, pskA, '198.18.1.1:18020'), [], env);
+  const b = await lab.daemon(ns.nsB, `${n}-b`, spoke(3, pskB, '198.18.2.1:18020'), [], env);
   const all: DaemonHandle[] = [a, hub, b];
   return {
-    impl: 'larktun',
+    impl,
     ...ns,
     pidsDirect: [a.proc.pid!, hub.proc.pid!],
     pidsRelay: [a.proc.pid!, hub.proc.pid!, b.proc.pid!],
@@ -225,17 +234,61 @@ interface Results {
   ping_relay_ms: number;
 }
 
-async function measureAll(topo: Topology): Promise<Results> {
-  progress(`${topo.impl}: ping`);
-  const ping_direct_ms = pingAvgMs(topo.nsA, '10.89.0.1');
-  const ping_relay_ms = pingAvgMs(topo.nsA, '10.89.0.3');
-  progress(`${topo.impl}: iperf3 TCP direct`);
-  const tcp_direct = await iperfTcp(topo, topo.nsHub, '10.89.0.1', topo.pidsDirect);
-  progress(`${topo.impl}: iperf3 TCP via the hub`);
-  const tcp_relay = await iperfTcp(topo, topo.nsB, '10.89.0.3', topo.pidsRelay);
-  progress(`${topo.impl}: iperf3 UDP 64-byte`);
-  const udp64_pps = await iperfUdp64(topo);
-  return { tcp_direct, tcp_relay, udp64_pps, ping_direct_ms, ping_relay_ms };
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+
+function medianTcp(rs: TcpResult[]): TcpResult {
+  return {
+    gbit_s: median(rs.map((r) => r.gbit_s)),
+    retransmits: median(rs.map((r) => r.retransmits)),
+    cpu_s_per_gb: median(rs.map((r) => r.cpu_s_per_gb)),
+    bytes: median(rs.map((r) => r.bytes)),
+  };
+}
+
+/**
+ * Both topologies are up at once; each measurement runs for one implementation
+ * and then the other (the order alternates per round), so that load from other
+ * processes on a shared machine falls on both alike. Medians over the rounds.
+ */
+async function measureInterleaved(topos: Topology[]): Promise<Record<string, Results>> {
+  const raw = new Map<string, { td: TcpResult[]; tr: TcpResult[]; u: number[]; pd: number[]; pr: number[] }>();
+  for (const t of topos) raw.set(t.impl, { td: [], tr: [], u: [], pd: [], pr: [] });
+  for (let round = 0; round < ROUNDS; round++) {
+    const order = round % 2 === 0 ? topos : [...topos].reverse();
+    const each = async (what: string, f: (t: Topology) => Promise<void>): Promise<void> => {
+      for (const t of order) {
+        progress(`round ${round + 1}/${ROUNDS} ${t.impl}: ${what}`);
+        await f(t);
+      }
+    };
+    await each('ping', async (t) => {
+      raw.get(t.impl)!.pd.push(pingAvgMs(t.nsA, '10.89.0.1'));
+      raw.get(t.impl)!.pr.push(pingAvgMs(t.nsA, '10.89.0.3'));
+    });
+    await each('iperf3 TCP direct', async (t) => {
+      raw.get(t.impl)!.td.push(await iperfTcp(t, t.nsHub, '10.89.0.1', t.pidsDirect));
+    });
+    await each('iperf3 TCP via the hub', async (t) => {
+      raw.get(t.impl)!.tr.push(await iperfTcp(t, t.nsB, '10.89.0.3', t.pidsRelay));
+    });
+    await each('iperf3 UDP 64-byte', async (t) => {
+      raw.get(t.impl)!.u.push(await iperfUdp64(t));
+    });
+  }
+  const out: Record<string, Results> = {};
+  for (const [impl, r] of raw) {
+    out[impl] = {
+      tcp_direct: medianTcp(r.td),
+      tcp_relay: medianTcp(r.tr),
+      udp64_pps: median(r.u),
+      ping_direct_ms: median(r.pd),
+      ping_relay_ms: median(r.pr),
+    };
+  }
+  return out;
 }
 
 const r3 = (n: number): number => Number(n.toFixed(3));
@@ -259,45 +312,55 @@ async function main(): Promise<void> {
       bench: 'vs-wireguard',
       machine: `${os.cpus().length}x ${os.cpus()[0]?.model ?? 'cpu'}, node ${process.version}, kernel ${os.release()}`,
       loadavg_at_start: os.loadavg().map((l) => Number(l.toFixed(2))),
-      tun_offload: process.env.LARKTUN_TUN_OFFLOAD ?? 'default',
+      implementations: IMPLS,
       seconds: SECONDS,
+      rounds: ROUNDS,
       mtu: MTU,
     })}\n`,
   );
-  const results: Record<string, Results> = {};
-  for (const impl of IMPLS) {
-    const lab = new Lab();
-    try {
-      const topo = impl === 'larktun' ? await larktunTopology(lab) : await wireguardTopology(lab);
-      results[impl] = await measureAll(topo);
-      await topo.stop();
-    } finally {
-      lab.cleanup();
+  const lab = new Lab();
+  let results: Record<string, Results>;
+  try {
+    const topos: Topology[] = [];
+    for (const impl of IMPLS) {
+      if (impl === 'larktun' || impl === 'larktun-plain') topos.push(await larktunTopology(lab, impl));
+      else if (impl === 'wireguard-go') topos.push(await wireguardTopology(lab));
+      else throw new Error(`BENCH_IMPLS: unknown implementation ${impl} (wireguard-go, larktun, larktun-plain)`);
     }
+    results = await measureInterleaved(topos);
+    for (const t of topos) await t.stop();
+  } finally {
+    lab.cleanup();
   }
   const l = results.larktun;
+  const p = results['larktun-plain'];
   const w = results['wireguard-go'];
-  const line = (metric: string, lv: number | undefined, wv: number | undefined, extra: Record<string, unknown> = {}): void => {
+  const ratio = (a: number | undefined, b: number | undefined): number | null => (a !== undefined && b !== undefined && b > 0 ? r3(a / b) : null);
+  const line = (metric: string, pick: (r: Results) => number, extra: Record<string, unknown> = {}): void => {
+    const lv = l && pick(l);
+    const pv = p && pick(p);
+    const wv = w && pick(w);
     process.stdout.write(
       `${JSON.stringify({
         bench: 'vs-wireguard',
         metric,
         larktun: lv === undefined ? null : r3(lv),
         wireguard_go: wv === undefined ? null : r3(wv),
-        ratio: lv !== undefined && wv !== undefined && wv > 0 ? r3(lv / wv) : null,
+        ratio: ratio(lv, wv),
+        ...(p ? { larktun_plain: r3(pv!), ratio_plain: ratio(pv, wv) } : {}),
         ...extra,
       })}\n`,
     );
   };
-  line('tcp_direct_gbit_s', l?.tcp_direct.gbit_s, w?.tcp_direct.gbit_s, { target_ratio: 1.5 });
-  line('tcp_relay_gbit_s', l?.tcp_relay.gbit_s, w?.tcp_relay.gbit_s, { target_ratio: 1.5 });
-  line('udp64_pps_delivered', l?.udp64_pps, w?.udp64_pps, { target_ratio: 2 });
-  line('ping_direct_avg_ms', l?.ping_direct_ms, w?.ping_direct_ms);
-  line('ping_relay_avg_ms', l?.ping_relay_ms, w?.ping_relay_ms);
-  line('cpu_s_per_gb_direct', l?.tcp_direct.cpu_s_per_gb, w?.tcp_direct.cpu_s_per_gb);
-  line('cpu_s_per_gb_relay', l?.tcp_relay.cpu_s_per_gb, w?.tcp_relay.cpu_s_per_gb);
-  line('tcp_retransmits_direct', l?.tcp_direct.retransmits, w?.tcp_direct.retransmits);
-  line('tcp_retransmits_relay', l?.tcp_relay.retransmits, w?.tcp_relay.retransmits);
+  line('tcp_direct_gbit_s', (r) => r.tcp_direct.gbit_s, { target_ratio: 1.5 });
+  line('tcp_relay_gbit_s', (r) => r.tcp_relay.gbit_s, { target_ratio: 1.5 });
+  line('udp64_pps_delivered', (r) => r.udp64_pps, { target_ratio: 2 });
+  line('ping_direct_avg_ms', (r) => r.ping_direct_ms);
+  line('ping_relay_avg_ms', (r) => r.ping_relay_ms);
+  line('cpu_s_per_gb_direct', (r) => r.tcp_direct.cpu_s_per_gb);
+  line('cpu_s_per_gb_relay', (r) => r.tcp_relay.cpu_s_per_gb);
+  line('tcp_retransmits_direct', (r) => r.tcp_direct.retransmits);
+  line('tcp_retransmits_relay', (r) => r.tcp_relay.retransmits);
   process.stdout.write(`${JSON.stringify({ bench: 'vs-wireguard', loadavg_at_end: os.loadavg().map((x) => Number(x.toFixed(2))) })}\n`);
 }
 
