@@ -5,12 +5,13 @@
  * packet logic (virtio_net_hdr parsing, segmentation, coalescing, checksums)
  * lives in TypeScript (src/dataplane/offload.ts). Nothing else lives here.
  *
- *   open(name: string, opts?: { multiQueue?: boolean, offload?: boolean })
+ *   open(name: string, opts?: { multiQueue?: boolean, offload?: boolean, offloadMask?: number })
  *     -> { fd: number, name: string, vnetHdr: boolean, offloads: number, note: string }
  *
  * With offload: the device is created with IFF_VNET_HDR (every read and write
  * starts with a 10-byte struct virtio_net_hdr) and TUNSETOFFLOAD is tried with
- * TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6, then TSO4 only, then CSUM only, then none.
+ * TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6, then TSO4 only, then CSUM only, then none
+ * (only the sets inside offloadMask, default all three flags).
  * A kernel that refuses IFF_VNET_HDR gets a plain device (vnetHdr false).
  * `offloads` is the TUN_F_* mask in force; `note` says what was refused.
  */
@@ -60,6 +61,7 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
   }
   int multi = 0;
   int offload = 0;
+  unsigned mask = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
   if (argc >= 2) {
     napi_valuetype t;
     napi_typeof(env, argv[1], &t);
@@ -73,6 +75,11 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
       if (napi_get_named_property(env, argv[1], "offload", &off) == napi_ok) {
         bool b = false;
         if (napi_get_value_bool(env, off, &b) == napi_ok) offload = b;
+      }
+      napi_value m;
+      if (napi_get_named_property(env, argv[1], "offloadMask", &m) == napi_ok) {
+        uint32_t v;
+        if (napi_get_value_uint32(env, m, &v) == napi_ok) mask = v;
       }
     }
   }
@@ -109,17 +116,23 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
       TUN_F_CSUM | TUN_F_TSO4,
       TUN_F_CSUM,
     };
+    int refused = 0;
     for (size_t i = 0; i < sizeof tries / sizeof tries[0]; i++) {
+      if ((tries[i] & ~mask) != 0) continue;
       if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)tries[i]) == 0) {
         offloads = tries[i];
         break;
       }
-      if (i == 0) snprintf(note, sizeof note, "kernel refused TUN_F_CSUM|TSO4|TSO6 (%s)", strerror(errno));
+      if (!refused) {
+        refused = 1;
+        snprintf(note, sizeof note, "kernel refused TUNSETOFFLOAD csum%s%s (%s)", tries[i] & TUN_F_TSO4 ? "|tso4" : "",
+                 tries[i] & TUN_F_TSO6 ? "|tso6" : "", strerror(errno));
+      }
     }
     if (offloads == 0) {
       /* The header stays (it was fixed at TUNSETIFF); no offloads are in force. */
       ioctl(fd, TUNSETOFFLOAD, 0UL);
-      snprintf(note, sizeof note, "kernel refused every TUNSETOFFLOAD (%s)", strerror(errno));
+      if (refused) snprintf(note, sizeof note, "kernel refused every TUNSETOFFLOAD (%s)", strerror(errno));
     }
   } else {
     memset(&ifr, 0, sizeof ifr);

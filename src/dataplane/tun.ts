@@ -23,7 +23,7 @@ import type { Counters } from './counters.js';
 interface NativeTun {
   open(
     name: string,
-    opts?: { multiQueue?: boolean; offload?: boolean },
+    opts?: { multiQueue?: boolean; offload?: boolean; offloadMask?: number },
   ): { fd: number; name: string; vnetHdr?: boolean; offloads?: number; note?: string };
 }
 
@@ -66,10 +66,17 @@ const SLOTS = 1024;
 const VNET_SLOT_SIZE = VNET_HDR_LEN + MAX_GSO_PACKET + 1; // 65546: a read that fills it is too large
 const VNET_SLOTS = 256;
 
-/** Offloads unless LARKTUN_TUN_OFFLOAD is 0/off/false/no. */
-export function offloadWanted(env: NodeJS.ProcessEnv = process.env): boolean {
+/**
+ * LARKTUN_TUN_OFFLOAD: unset, 1 or on: every offload (TSO + checksum, GRO on
+ * write); csum: checksum offload only (vnet header, no TSO, no coalescing);
+ * 0 or off: the plain device. The TUN_F_* mask to ask for (0: plain), or an error.
+ */
+export function offloadMask(env: NodeJS.ProcessEnv = process.env): number {
   const v = (env.LARKTUN_TUN_OFFLOAD ?? '').trim().toLowerCase();
-  return !(v === '0' || v === 'off' || v === 'false' || v === 'no');
+  if (v === '' || v === '1' || v === 'on') return TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+  if (v === 'csum') return TUN_F_CSUM;
+  if (v === '0' || v === 'off') return 0;
+  throw new Error(`LARKTUN_TUN_OFFLOAD must be 1, csum or 0, got "${env.LARKTUN_TUN_OFFLOAD}"`);
 }
 
 export type PacketHandler = (buf: Buffer, len: number) => void;
@@ -127,12 +134,15 @@ export class TunDevice {
 
   /**
    * Opens (creates) the TUN device; throws with the device name and reason.
-   * Offloads are on unless `offload` is false (default: LARKTUN_TUN_OFFLOAD).
+   * `offloadMask`: the TUN_F_* flags to ask for, 0 for a plain device
+   * (default: from LARKTUN_TUN_OFFLOAD, see offloadMask()).
    */
-  static open(name: string, opts: { offload?: boolean } = {}): TunDevice {
-    const want = opts.offload ?? offloadWanted();
-    const t = loadNative().open(name, { offload: want });
-    const note = want ? (t.note ?? '') : 'off: LARKTUN_TUN_OFFLOAD=0';
+  static open(name: string, opts: { offloadMask?: number } = {}): TunDevice {
+    const mask = opts.offloadMask ?? offloadMask();
+    const t = loadNative().open(name, { offload: mask !== 0, offloadMask: mask });
+    let note = t.note ?? '';
+    if (mask === 0) note = 'off: LARKTUN_TUN_OFFLOAD=0';
+    else if ((mask & TUN_F_TSO4) === 0 && note === '') note = 'no TSO: LARKTUN_TUN_OFFLOAD=csum';
     return new TunDevice(t.name, t.fd, t.vnetHdr === true, t.offloads ?? 0, note);
   }
 
