@@ -1,11 +1,13 @@
-// CPU profile of larktund during iperf3 TCP through the tunnel (root, Linux):
-// spoke A → HUB (the hub's own TUN address), MTU 1420, both daemons run with
-// `node --cpu-prof`; prints the top functions by self time for each daemon
-// (the sender A: TUN read, split, seal, send; the hub: receive, open, route,
-// coalesce, TUN write), as JSON lines. Not a benchmark of its own (bench/tools
-// is not run by `npm run bench`):
+// CPU profile of larktund during iperf3 TCP through the tunnel (root, Linux),
+// MTU 1420, every daemon run with `node --cpu-prof`; prints the top functions
+// by self time for each daemon as JSON lines. Not a benchmark of its own
+// (bench/tools is not run by `npm run bench`):
 //
-//   node --import tsx bench/tools/profile-tun.ts [seconds] [top]
+//   node --import tsx bench/tools/profile-tun.ts [seconds] [top] [direct|relay]
+//
+// direct: spoke A → HUB's own TUN address (A: TUN read, split, seal, send;
+//         hub: receive, open, route, coalesce, TUN write)
+// relay:  spoke A → HUB → spoke B (the hub only opens, routes and re-seals)
 import { spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -13,6 +15,7 @@ import { Lab, netnsSkipReason, nsExec, ping, sleep, hexKey } from '../../test/e2
 
 const SECONDS = Number(process.argv[2] ?? 10);
 const TOP = Number(process.argv[3] ?? 15);
+const MODE = process.argv[4] === 'relay' ? 'relay' : 'direct';
 
 interface ProfileNode {
   id: number;
@@ -51,23 +54,37 @@ async function main(): Promise<void> {
   try {
     const nsHub = lab.addNs('phub');
     const nsA = lab.addNs('pa');
+    const nsB = lab.addNs('pb');
     lab.link(nsA, 'ua', '198.18.1.2/24', nsHub, 'ha', '198.18.1.1/24');
+    lab.link(nsB, 'ub', '198.18.2.2/24', nsHub, 'hb', '198.18.2.1/24');
     const psk = hexKey(0x70);
-    const dirs = { hub: path.join(lab.dir, 'prof-hub'), a: path.join(lab.dir, 'prof-a') };
+    const pskB = hexKey(0x71);
+    const dirs: Record<string, string> = { hub: path.join(lab.dir, 'prof-hub'), a: path.join(lab.dir, 'prof-a') };
+    if (MODE === 'relay') dirs.b = path.join(lab.dir, 'prof-b');
     for (const d of Object.values(dirs)) mkdirSync(d);
     const hub = await lab.daemon(nsHub, 'hub', {
       role: 'hub', virtual_subnet: '10.67.0.0/24', local_id: 1, local_tun_ip: '10.67.0.1/24', local_tun_mtu: 1420,
       local_routes: ['10.67.0.1/32'], listen_port: 18020,
-      peers: [{ id: 2, name: 'a', allowed_src: '10.67.0.2/32', psk }],
+      peers: [
+        { id: 2, name: 'a', allowed_src: '10.67.0.2/32', psk },
+        { id: 3, name: 'b', endpoint: '198.18.2.2:18020', allowed_src: '10.67.0.3/32', psk: pskB },
+      ],
     }, [], {}, ['--cpu-prof', `--cpu-prof-dir=${dirs.hub}`]);
     const a = await lab.daemon(nsA, 'a', {
       role: 'spoke', virtual_subnet: '10.67.0.0/24', local_id: 2, local_tun_ip: '10.67.0.2/24', local_tun_mtu: 1420, listen_port: 18020,
       peers: [{ id: 1, name: 'hub', endpoint: '198.18.1.1:18020', allowed_src: '10.67.0.0/24', psk }],
     }, [], {}, ['--cpu-prof', `--cpu-prof-dir=${dirs.a}`]);
-    ping(nsA, '10.67.0.1', 3);
-    const srv = spawn('ip', ['netns', 'exec', nsHub, 'iperf3', '-s', '-1'], { stdio: 'ignore' });
+    const b = MODE === 'relay'
+      ? await lab.daemon(nsB, 'b', {
+        role: 'spoke', virtual_subnet: '10.67.0.0/24', local_id: 3, local_tun_ip: '10.67.0.3/24', local_tun_mtu: 1420, listen_port: 18020,
+        peers: [{ id: 1, name: 'hub', endpoint: '198.18.2.1:18020', allowed_src: '10.67.0.0/24', psk: pskB }],
+      }, [], {}, ['--cpu-prof', `--cpu-prof-dir=${dirs.b}`])
+      : null;
+    const dst = MODE === 'relay' ? '10.67.0.3' : '10.67.0.1';
+    ping(nsA, dst, 3);
+    const srv = spawn('ip', ['netns', 'exec', MODE === 'relay' ? nsB : nsHub, 'iperf3', '-s', '-1'], { stdio: 'ignore' });
     await sleep(400);
-    const r = nsExec(nsA, `iperf3 -c 10.67.0.1 -t ${SECONDS} -J`, { allowFail: true, timeoutMs: (SECONDS + 30) * 1000 });
+    const r = nsExec(nsA, `iperf3 -c ${dst} -t ${SECONDS} -J`, { allowFail: true, timeoutMs: (SECONDS + 30) * 1000 });
     srv.kill();
     let gbit = 0;
     try {
@@ -78,13 +95,14 @@ async function main(): Promise<void> {
     const offload = JSON.parse(a.cli('status --json').out).tun_offload as unknown;
     await a.stop();
     await hub.stop();
+    await b?.stop();
     for (const [who, dir] of Object.entries(dirs)) {
       const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
       if (files.length === 0) {
         process.stdout.write(`${JSON.stringify({ profile: who, error: 'no .cpuprofile written' })}\n`);
         continue;
       }
-      process.stdout.write(`${JSON.stringify({ profile: who, iperf3_gbit_s: Number(gbit.toFixed(3)), tun_offload: offload, file: path.join(dir, files[0]!), ...summarize(path.join(dir, files[0]!)) })}\n`);
+      process.stdout.write(`${JSON.stringify({ profile: who, mode: MODE, iperf3_gbit_s: Number(gbit.toFixed(3)), tun_offload: offload, file: path.join(dir, files[0]!), ...summarize(path.join(dir, files[0]!)) })}\n`);
     }
   } finally {
     lab.cleanup();

@@ -1,6 +1,8 @@
 // TUN offloads end to end, in namespaces: spoke A and a hub with a TUN,
 //
-//   [A] 198.18.1.2 ──── 198.18.1.1 [HUB]     overlay 10.66.0.0/24 + fd66::/64, MTU 1420
+//   [A] 198.18.1.2 ──── 198.18.1.1 [HUB] 10.68.0.1 ──── 10.68.0.10 [LAN]
+//   overlay 10.66.0.0/24 + fd66::/64, MTU 1420; the hub publishes 10.68.0.0/24
+//   (with offloads only) and forwards what its TUN gives it onto the LAN veth.
 //
 // iperf3 TCP A → HUB (IPv4 and IPv6) with offloads on (A reads TSO segments and
 // splits them, the hub coalesces on write), then the same with
@@ -19,6 +21,7 @@ const skip = netnsSkipReason(['iperf3', 'tcpdump', 'ping']);
 const lab = new Lab();
 /** Namespaces of the pair with offloads (on) and the plain pair (off). */
 const ns = { on: { a: '', hub: '' }, off: { a: '', hub: '' }, csum: { a: '', hub: '' } };
+let nsLan = '';
 let nsA = '';
 let nsHub = '';
 const running: DaemonHandle[] = [];
@@ -48,7 +51,7 @@ async function startPair(env: Record<string, string>, tag: 'on' | 'off' | 'csum'
     local_id: 1,
     local_tun_ip: ['10.66.0.1/24', 'fd66::1/64'],
     local_tun_mtu: 1420,
-    local_routes: ['10.66.0.1/32', 'fd66::1/128'],
+    local_routes: ['10.66.0.1/32', 'fd66::1/128', ...(tag === 'on' ? ['10.68.0.0/24'] : [])],
     listen_port: 18020,
     peers: [{ id: 2, name: 'a', allowed_src: ['10.66.0.2/32', 'fd66::2/128'], psk: PSK }],
   }, [], env);
@@ -59,10 +62,10 @@ async function startPair(env: Record<string, string>, tag: 'on' | 'off' | 'csum'
     local_tun_ip: ['10.66.0.2/24', 'fd66::2/64'],
     local_tun_mtu: 1420,
     local_routes: ['10.66.0.2/32', 'fd66::2/128'],
-    remote_routes: ['10.66.0.0/24', 'fd66::/64'],
+    remote_routes: ['10.66.0.0/24', 'fd66::/64', ...(tag === 'on' ? ['10.68.0.0/24'] : [])],
     keepalive_secs: 1,
     listen_port: 18020,
-    peers: [{ id: 1, name: 'hub', endpoint: '198.18.1.1:18020', allowed_src: ['10.66.0.0/24', 'fd66::/64'], psk: PSK }],
+    peers: [{ id: 1, name: 'hub', endpoint: '198.18.1.1:18020', allowed_src: ['10.66.0.0/24', 'fd66::/64', ...(tag === 'on' ? ['10.68.0.0/24'] : [])], psk: PSK }],
   }, [], env);
   running.push(hub, a);
   assert.equal(ping(nsA, '10.66.0.1', 3, { wait: 2 }), 3, `tunnel up\n${hub.log()}\n${a.log()}`);
@@ -74,8 +77,8 @@ interface Iperf {
   retransmits: number;
 }
 
-async function iperf(dst: string, extra = ''): Promise<Iperf> {
-  const srv = spawn('ip', ['netns', 'exec', nsHub, 'iperf3', '-s', '-1', '-p', '5201'], { stdio: 'ignore' });
+async function iperf(dst: string, extra = '', serverNs = nsHub): Promise<Iperf> {
+  const srv = spawn('ip', ['netns', 'exec', serverNs, 'iperf3', '-s', '-1', '-p', '5201'], { stdio: 'ignore' });
   await sleep(500);
   try {
     const r = nsExec(nsA, `iperf3 -c ${dst} -p 5201 -t 3 -J ${extra}`, { allowFail: true, timeoutMs: 60_000 });
@@ -169,6 +172,10 @@ before(() => {
     ns[tag].a = lab.addNs(`${tag}a`);
     lab.link(ns[tag].a, 'ua', '198.18.1.2/24', ns[tag].hub, 'ha', '198.18.1.1/24');
   }
+  nsLan = lab.addNs('onlan');
+  lab.link(ns.on.hub, 'lanh', '10.68.0.1/24', nsLan, 'lan0', '10.68.0.10/24');
+  nsExec(nsLan, 'ip route add default via 10.68.0.1');
+  nsExec(ns.on.hub, 'sysctl -qw net.ipv4.ip_forward=1');
 });
 
 after(async () => {
@@ -194,6 +201,13 @@ test('offloads on: TSO reads are split, writes coalesced, TCP (IPv4 + IPv6) deli
       assert.ok(order.ahead <= result.retransmits + kernelDrops, `data ahead of sequence without a retransmission: ${JSON.stringify(order)}, retransmits ${result.retransmits}`);
       assert.ok(order.behind <= result.retransmits + kernelDrops, `data behind sequence without a retransmission: ${JSON.stringify(order)}, retransmits ${result.retransmits}`);
     }
+    // Coalesced segments the hub's kernel forwards (re-segments) onto a real link.
+    const gro0 = statusOf(hub).tun_offload.gro_writes;
+    const lan = await iperf('10.68.0.10', '', nsLan);
+    const gro1 = statusOf(hub).tun_offload.gro_writes;
+    t.diagnostic(`offload on, A → LAN behind the hub: ${(lan.bytes / 1e6).toFixed(1)} MB in 3 s, retransmits ${lan.retransmits}, ${gro1 - gro0} coalesced writes`);
+    assert.ok(lan.bytes > 10e6, `TCP through the hub to its LAN: ${lan.bytes} bytes`);
+    assert.ok(gro1 > gro0, 'the forwarded flow was coalesced on the hub');
     const sa = statusOf(a);
     const sh = statusOf(hub);
     t.diagnostic(`A: ${JSON.stringify(sa.tun_offload)}`);
