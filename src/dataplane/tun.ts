@@ -65,6 +65,8 @@ const SLOTS = 1024;
 /** With a vnet header a read can be a 64 KiB segment: fewer, larger slots (pages are touched only when used). */
 const VNET_SLOT_SIZE = VNET_HDR_LEN + MAX_GSO_PACKET + 1; // 65546: a read that fills it is too large
 const VNET_SLOTS = 256;
+/** Packets handled before UDP receive and timers get a turn (see drain). */
+const DRAIN_BUDGET = 512;
 
 /**
  * LARKTUN_TUN_OFFLOAD: unset, 1 or on: every offload (TSO + checksum, GRO on
@@ -208,43 +210,46 @@ export class TunDevice {
 
   private async drain(onPacket: PacketHandler): Promise<void> {
     const ctrl = this.ctrl;
-    let batch = 0;
     while (this.running) {
       const written = Atomics.load(ctrl, 0);
       if (written === this.consumed) {
         const w = Atomics.waitAsync(ctrl, 0, written);
         if (w.async) await w.value;
-        batch = 0;
         continue;
       }
+      // Everything the reader has published is one batch, but a batch of large
+      // segments can be thousands of packets: after DRAIN_BUDGET packets, UDP
+      // receive (ACKs, pings) and timers get a turn before the rest.
       const slots = this.slots;
-      while (this.consumed !== written) {
+      let packets = 0;
+      while (this.consumed !== written && packets < DRAIN_BUDGET) {
         const slot = this.consumed % slots;
         try {
-          if (this.vnetHdr) this.deliverVnet(slot, onPacket);
-          else onPacket(this.slotViews[slot]!, this.lens[slot]!);
+          if (this.vnetHdr) packets += this.deliverVnet(slot, onPacket);
+          else {
+            onPacket(this.slotViews[slot]!, this.lens[slot]!);
+            packets++;
+          }
         } catch (err) {
           process.stderr.write(`larktund: packet handler error: ${(err as Error).message}\n`);
+          packets++;
         }
         this.consumed = (this.consumed + 1) | 0;
         Atomics.store(ctrl, 1, this.consumed);
       }
       Atomics.notify(ctrl, 1);
-      // Let UDP receive and timers run between large bursts.
-      if (++batch >= 8) {
-        batch = 0;
-        await new Promise<void>((r) => setImmediate(r));
-      }
+      if (packets >= DRAIN_BUDGET) await new Promise<void>((r) => setImmediate(r));
     }
   }
 
-  private deliverVnet(slot: number, onPacket: PacketHandler): void {
+  /** Delivers one read of a vnet-header device; returns the packets it made. */
+  private deliverVnet(slot: number, onPacket: PacketHandler): number {
     const len = this.lens[slot]!;
     const hdr = this.slotViews[slot]!;
     if (len >= this.slotSize) {
       // Larger than any segment the kernel may hand us (the read was truncated).
       if (this.counters) this.counters.drop_tun_vnet++;
-      return;
+      return 1;
     }
     const gso = hdr[1]! !== 0;
     this.sink = onPacket;
@@ -252,12 +257,13 @@ export class TunDevice {
     const r = splitGso(hdr, 0, len, this.pktViews[slot]!, this.scratch, this.emit);
     if (r === SplitResult.Malformed) {
       if (this.counters) this.counters.drop_tun_vnet++;
-      return;
+      return 1;
     }
     if (gso) {
       this.gsoReads++;
       this.gsoSegments += this.emitted;
     }
+    return this.emitted;
   }
 
   // The split's callback, made once (no closure per read).
