@@ -11,7 +11,7 @@
 //                relays sealed datagrams in userspace)
 //   udp64        iperf3 UDP A → HUB with 64-byte payloads, unlimited rate:
 //                packets/s delivered (sent minus lost)
-//   ping         idle RTT A → HUB and A → B, average of 50 pings
+//   ping         idle RTT A → HUB and A → B, average and median of 50 pings
 //   cpu_s_per_gb CPU seconds (utime + stime from /proc/<pid>/stat, all threads)
 //                of every tunnel daemon on the path per GB delivered by iperf3 TCP
 //   retransmits  iperf3 TCP retransmits (reordering or loss in the tunnel)
@@ -219,11 +219,13 @@ async function iperfUdp64(topo: Topology): Promise<number> {
   }
 }
 
-function pingAvgMs(ns: string, dst: string): number {
+/** Average and median RTT (ms) of 50 pings, after 3 to warm the path. */
+function pingStats(ns: string, dst: string): { avg: number; median: number } {
   nsExec(ns, `ping -n -q -c 3 -i 0.2 ${dst}`, { allowFail: true });
-  const r = nsExec(ns, `ping -n -q -c 50 -i 0.05 ${dst}`, { allowFail: true, timeoutMs: 30_000 });
-  const m = /= [\d.]+\/([\d.]+)\//.exec(r.out);
-  return m ? Number(m[1]) : NaN;
+  const r = nsExec(ns, `ping -n -c 50 -i 0.05 ${dst}`, { allowFail: true, timeoutMs: 30_000 });
+  const t = [...r.out.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
+  if (t.length === 0) return { avg: NaN, median: NaN };
+  return { avg: t.reduce((a, b) => a + b, 0) / t.length, median: median(t) };
 }
 
 interface Results {
@@ -232,12 +234,14 @@ interface Results {
   udp64_pps: number;
   ping_direct_ms: number;
   ping_relay_ms: number;
+  ping_direct_median_ms: number;
+  ping_relay_median_ms: number;
 }
 
-const median = (xs: number[]): number => {
+function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
+}
 
 function medianTcp(rs: TcpResult[]): TcpResult {
   return {
@@ -254,8 +258,8 @@ function medianTcp(rs: TcpResult[]): TcpResult {
  * processes on a shared machine falls on both alike. Medians over the rounds.
  */
 async function measureInterleaved(topos: Topology[]): Promise<Record<string, Results>> {
-  const raw = new Map<string, { td: TcpResult[]; tr: TcpResult[]; u: number[]; pd: number[]; pr: number[] }>();
-  for (const t of topos) raw.set(t.impl, { td: [], tr: [], u: [], pd: [], pr: [] });
+  const raw = new Map<string, { td: TcpResult[]; tr: TcpResult[]; u: number[]; pd: number[]; pr: number[]; pdm: number[]; prm: number[] }>();
+  for (const t of topos) raw.set(t.impl, { td: [], tr: [], u: [], pd: [], pr: [], pdm: [], prm: [] });
   for (let round = 0; round < ROUNDS; round++) {
     const order = round % 2 === 0 ? topos : [...topos].reverse();
     const each = async (what: string, f: (t: Topology) => Promise<void>): Promise<void> => {
@@ -265,8 +269,13 @@ async function measureInterleaved(topos: Topology[]): Promise<Record<string, Res
       }
     };
     await each('ping', async (t) => {
-      raw.get(t.impl)!.pd.push(pingAvgMs(t.nsA, '10.89.0.1'));
-      raw.get(t.impl)!.pr.push(pingAvgMs(t.nsA, '10.89.0.3'));
+      const r = raw.get(t.impl)!;
+      const d = pingStats(t.nsA, '10.89.0.1');
+      const v = pingStats(t.nsA, '10.89.0.3');
+      r.pd.push(d.avg);
+      r.pdm.push(d.median);
+      r.pr.push(v.avg);
+      r.prm.push(v.median);
     });
     await each('iperf3 TCP direct', async (t) => {
       raw.get(t.impl)!.td.push(await iperfTcp(t, t.nsHub, '10.89.0.1', t.pidsDirect));
@@ -286,6 +295,8 @@ async function measureInterleaved(topos: Topology[]): Promise<Record<string, Res
       udp64_pps: median(r.u),
       ping_direct_ms: median(r.pd),
       ping_relay_ms: median(r.pr),
+      ping_direct_median_ms: median(r.pdm),
+      ping_relay_median_ms: median(r.prm),
     };
   }
   return out;
@@ -357,6 +368,8 @@ async function main(): Promise<void> {
   line('udp64_pps_delivered', (r) => r.udp64_pps, { target_ratio: 2 });
   line('ping_direct_avg_ms', (r) => r.ping_direct_ms);
   line('ping_relay_avg_ms', (r) => r.ping_relay_ms);
+  line('ping_direct_median_ms', (r) => r.ping_direct_median_ms);
+  line('ping_relay_median_ms', (r) => r.ping_relay_median_ms);
   line('cpu_s_per_gb_direct', (r) => r.tcp_direct.cpu_s_per_gb);
   line('cpu_s_per_gb_relay', (r) => r.tcp_relay.cpu_s_per_gb);
   line('tcp_retransmits_direct', (r) => r.tcp_direct.retransmits);
