@@ -280,8 +280,9 @@ export class GroBatch {
       const doff = (pkt[ihl + 12]! >> 4) * 4;
       const hdrEnd = ihl + doff;
       const fl = pkt[ihl + 13]!;
-      // Plain data segments start a run; SYN/FIN/RST/URG and PSH (it ends a run) do not.
-      if (doff >= 20 && hdrEnd < len && (fl & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_PSH)) === 0 && (fl & TCP_ACK) !== 0) {
+      // Plain data segments start a run; SYN/FIN/RST/URG, PSH (it ends a run) and
+      // CWR (once per window reduction; re-segmenting would repeat or drop it) do not.
+      if (doff >= 20 && hdrEnd < len && (fl & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_PSH | TCP_CWR)) === 0 && (fl & TCP_ACK) !== 0) {
         pkt.copy(this.run, VNET_HDR_LEN, 0, len);
         this.runLen = len;
         this.segs = 1;

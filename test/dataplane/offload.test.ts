@@ -393,7 +393,7 @@ test('another flow, another ack, a larger segment, changed options or a segment 
   assert.equal(tcpFields(writes[1]!.pkt).seq, 1501);
 });
 
-test('non-TCP, SYN and PSH-started packets go out at once, behind the pending run', () => {
+test('non-TCP, SYN, PSH and CWR packets go out at once, behind the pending run', () => {
   const { b, writes } = batch();
   const [s1, s2] = segments(false, 2, 1000);
   const udp = udpPacket(Buffer.from('ping-like'));
@@ -409,9 +409,12 @@ test('non-TCP, SYN and PSH-started packets go out at once, behind the pending ru
   b.add(syn, syn.length);
   b.add(psh, psh.length);
   assert.equal(writes.length, 4, 'SYN and a PSH segment are not held either');
+  const cwr = tcpPacket({ flags: ACK | CWR, payload: pattern(1000), sport: 998 });
+  b.add(cwr, cwr.length);
+  assert.equal(writes.length, 5, 'a CWR segment is not held');
   assert.equal(b.pending, false);
   b.flush();
-  assert.equal(writes.length, 4);
+  assert.equal(writes.length, 5);
 });
 
 test('a run stops before 64 KiB; a packet whose IP length disagrees with its size is not merged', () => {
