@@ -1,15 +1,19 @@
 // `npm run bench`: runs every bench/*.ts (or those named on the command line) in
 // its own process; each prints one JSON line. Benchmarks never gate CI.
+// A name with a leading '-' skips it: `npm run bench -- -vs-wireguard`.
 import { readdirSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const dir = path.dirname(fileURLToPath(import.meta.url));
-const wanted = process.argv.slice(2);
+const args = process.argv.slice(2);
+const wanted = args.filter((a) => !a.startsWith('-'));
+const skipped = args.filter((a) => a.startsWith('-')).map((a) => a.slice(1));
 const files = readdirSync(dir)
   .filter((f) => f.endsWith('.ts') && f !== 'run.ts')
   .filter((f) => wanted.length === 0 || wanted.some((w) => f.includes(w)))
+  .filter((f) => !skipped.some((s) => f.includes(s)))
   .sort();
 let failed = 0;
 for (const f of files) {

@@ -1,9 +1,19 @@
 /*
  * larktun_tun: the one thing JavaScript cannot do by itself - open a Linux TUN
- * device (TUNSETIFF ioctl). Packets are read and written from JS on the returned
- * file descriptor; nothing else lives here.
+ * device (TUNSETIFF ioctl) and set its offloads (TUNSETVNETHDRSZ, TUNSETOFFLOAD).
+ * Packets are read and written from JS on the returned file descriptor; all
+ * packet logic (virtio_net_hdr parsing, segmentation, coalescing, checksums)
+ * lives in TypeScript (src/dataplane/offload.ts). Nothing else lives here.
  *
- *   open(name: string, opts?: { multiQueue?: boolean }) -> { fd: number, name: string }
+ *   open(name: string, opts?: { multiQueue?: boolean, offload?: boolean, offloadMask?: number })
+ *     -> { fd: number, name: string, vnetHdr: boolean, offloads: number, note: string }
+ *
+ * With offload: the device is created with IFF_VNET_HDR (every read and write
+ * starts with a 10-byte struct virtio_net_hdr) and TUNSETOFFLOAD is tried with
+ * TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6, then TSO4 only, then CSUM only, then none
+ * (only the sets inside offloadMask, default all three flags).
+ * A kernel that refuses IFF_VNET_HDR gets a plain device (vnetHdr false).
+ * `offloads` is the TUN_F_* mask in force; `note` says what was refused.
  */
 #define _GNU_SOURCE
 #include <node_api.h>
@@ -50,6 +60,8 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
     return NULL;
   }
   int multi = 0;
+  int offload = 0;
+  unsigned mask = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
   if (argc >= 2) {
     napi_valuetype t;
     napi_typeof(env, argv[1], &t);
@@ -59,26 +71,91 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
         bool b = false;
         if (napi_get_value_bool(env, mq, &b) == napi_ok) multi = b;
       }
+      napi_value off;
+      if (napi_get_named_property(env, argv[1], "offload", &off) == napi_ok) {
+        bool b = false;
+        if (napi_get_value_bool(env, off, &b) == napi_ok) offload = b;
+      }
+      napi_value m;
+      if (napi_get_named_property(env, argv[1], "offloadMask", &m) == napi_ok) {
+        uint32_t v;
+        if (napi_get_value_uint32(env, m, &v) == napi_ok) mask = v;
+      }
     }
   }
 
   int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
   if (fd < 0) return throw_errno(env, "cannot open /dev/net/tun for", name, errno);
   struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
-  ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (multi ? IFF_MULTI_QUEUE : 0);
-  strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
-  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
-    int err = errno;
-    close(fd);
-    return throw_errno(env, "cannot create TUN device", name, err);
+  char note[160] = "";
+  int vnet = 0;
+  unsigned offloads = 0;
+  if (offload) {
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | IFF_VNET_HDR | (multi ? IFF_MULTI_QUEUE : 0);
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &ifr) == 0) {
+      vnet = 1;
+    } else if (errno == EINVAL) {
+      snprintf(note, sizeof note, "kernel refused IFF_VNET_HDR (%s)", strerror(errno));
+    } else {
+      int err = errno;
+      close(fd);
+      return throw_errno(env, "cannot create TUN device", name, err);
+    }
   }
-  napi_value result, fd_v, name_v;
+  if (vnet) {
+    int sz = 10; /* sizeof(struct virtio_net_hdr): no mergeable-buffer count */
+    if (ioctl(fd, TUNSETVNETHDRSZ, &sz) < 0) {
+      int err = errno;
+      close(fd);
+      return throw_errno(env, "cannot set the vnet header size of", name, err);
+    }
+    static const unsigned tries[] = {
+      TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+      TUN_F_CSUM | TUN_F_TSO4,
+      TUN_F_CSUM,
+    };
+    int refused = 0;
+    for (size_t i = 0; i < sizeof tries / sizeof tries[0]; i++) {
+      if ((tries[i] & ~mask) != 0) continue;
+      if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)tries[i]) == 0) {
+        offloads = tries[i];
+        break;
+      }
+      if (!refused) {
+        refused = 1;
+        snprintf(note, sizeof note, "kernel refused TUNSETOFFLOAD csum%s%s (%s)", tries[i] & TUN_F_TSO4 ? "|tso4" : "",
+                 tries[i] & TUN_F_TSO6 ? "|tso6" : "", strerror(errno));
+      }
+    }
+    if (offloads == 0) {
+      /* The header stays (it was fixed at TUNSETIFF); no offloads are in force. */
+      ioctl(fd, TUNSETOFFLOAD, 0UL);
+      if (refused) snprintf(note, sizeof note, "kernel refused every TUNSETOFFLOAD (%s)", strerror(errno));
+    }
+  } else {
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (multi ? IFF_MULTI_QUEUE : 0);
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+      int err = errno;
+      close(fd);
+      return throw_errno(env, "cannot create TUN device", name, err);
+    }
+  }
+  napi_value result, fd_v, name_v, vnet_v, off_v, note_v;
   napi_create_object(env, &result);
   napi_create_int32(env, fd, &fd_v);
   napi_create_string_utf8(env, ifr.ifr_name, NAPI_AUTO_LENGTH, &name_v);
   napi_set_named_property(env, result, "fd", fd_v);
   napi_set_named_property(env, result, "name", name_v);
+  napi_get_boolean(env, vnet, &vnet_v);
+  napi_set_named_property(env, result, "vnetHdr", vnet_v);
+  napi_create_uint32(env, offloads, &off_v);
+  napi_set_named_property(env, result, "offloads", off_v);
+  napi_create_string_utf8(env, note, NAPI_AUTO_LENGTH, &note_v);
+  napi_set_named_property(env, result, "note", note_v);
   return result;
 }
 

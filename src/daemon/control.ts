@@ -8,6 +8,7 @@ import path from 'node:path';
 import { formatPrefix, prefixEqual } from '../net/addr.js';
 import { formatRule, type FwdRule } from '../net/lpm.js';
 import type { Engine } from '../dataplane/engine.js';
+import type { TunOffloadStatus } from '../dataplane/tun.js';
 import { COUNTER_NAMES } from '../dataplane/counters.js';
 import { ioSummary, type UdpIoStatus } from '../dataplane/io/types.js';
 import { CommandError, parseCommand } from './commands.js';
@@ -29,6 +30,8 @@ export interface ControlContext {
   role: string;
   tunName: string | null;
   stateDir: string;
+  /** The TUN's offloads (absent without a TUN). */
+  tunOffload?: () => TunOffloadStatus;
 }
 
 export interface PeerStatus {
@@ -50,6 +53,7 @@ export interface StatusJson {
   local_id: number;
   listen_ports: number[];
   tun: string | null;
+  tun_offload: TunOffloadStatus | null;
   obfuscate: boolean;
   uptime_seconds: number;
   rules: number;
@@ -70,6 +74,7 @@ export function statusJson(ctx: ControlContext): StatusJson {
     local_id: e.localId,
     listen_ports: e.listenPorts(),
     tun: ctx.tunName,
+    tun_offload: ctx.tunOffload ? ctx.tunOffload() : null,
     obfuscate: e.obfuscate,
     uptime_seconds: Math.floor((now - e.startedAt) / 1000),
     rules: e.rules.length,
@@ -93,6 +98,7 @@ export function statusText(s: StatusJson): string {
     `larktund ${s.version} [running] mode=${s.mode} role=${s.role} local_id=${s.local_id}`,
     `udp_ports=${s.listen_ports.join(',')} tun=${s.tun ?? '-'} obfuscate=${s.obfuscate} rules=${s.rules} uptime=${s.uptime_seconds}s`,
     `udp_io=${ioSummary(s.udp_io)}`,
+    ...(s.tun_offload ? [`tun_offload: ${offloadLine(s.tun_offload)}`] : []),
     `peers (${s.peers.length}):`,
   ];
   for (const p of s.peers) {
@@ -108,6 +114,12 @@ export function statusText(s: StatusJson): string {
   lines.push(`traffic: ${traffic.map((k) => `${k}=${c[k]}`).join(' ')}`);
   lines.push(`drops:   ${drops.map((k) => `${k.slice(5)}=${c[k]}`).join(' ')}`);
   return `${lines.join('\n')}\n`;
+}
+
+function offloadLine(o: TunOffloadStatus): string {
+  const on = o.vnet_hdr ? [...o.offloads, ...(o.gro ? ['gro'] : [])] : [];
+  const what = !o.vnet_hdr ? 'off' : on.length ? on.join(',') : 'vnet_hdr only';
+  return `${what}${o.note ? ` (${o.note})` : ''} gso_reads=${o.gso_reads}/${o.gso_segments} gro_writes=${o.gro_writes}/${o.gro_segments}`;
 }
 
 export function policyText(rules: readonly FwdRule[]): string {

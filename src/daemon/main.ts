@@ -242,7 +242,7 @@ async function run(flags: DaemonFlags): Promise<void> {
     if (err instanceof BindError) throw new Exit(err.message, 1);
     throw err;
   }
-  if (tun) tun.start(engine.onTunPacket);
+  if (tun) tun.start(engine.onTunPacket, engine.counters);
 
   let metrics: MetricsServer | null = null;
   if (metricsAt) {
@@ -256,12 +256,12 @@ async function run(flags: DaemonFlags): Promise<void> {
   }
 
   const sockPath = defaultSocketPath();
-  const ctx = { engine, role: cfg.role, tunName: tun ? tun.name : null, stateDir };
+  const ctx = { engine, role: cfg.role, tunName: tun ? tun.name : null, stateDir, tunOffload: tun ? () => tun!.offloadStatus() : undefined };
   const control = await startControlServer(sockPath, ctx);
 
   log(
     `${VERSION} running: role=${cfg.role} local_id=${cfg.localId} udp=${cfg.listenPorts.join(',')} ` +
-      `tun=${tun ? tun.name : 'none'} peers=${cfg.peers.length} rules=${rules.length} control=${sockPath}`,
+      `tun=${tun ? `${tun.name} offload=${tun.offloadText()}` : 'none'} peers=${cfg.peers.length} rules=${rules.length} control=${sockPath}`,
   );
 
   await waitForSignal();

@@ -473,7 +473,7 @@ export class ManagedNode {
       engine.setFilter(this.filter);
       await engine.start();
       this.engine = engine;
-      this.tun?.start(engine.onTunPacket);
+      this.tun?.start(engine.onTunPacket, engine.counters);
     } else {
       this.engine.setPeers(plan.peers);
       this.engine.setRules(plan.rules);
@@ -924,6 +924,7 @@ export class ManagedNode {
       exit_node: this.st.prefs.exitNode === null ? null : { wanted: this.st.prefs.exitNode, in_use: this.plan?.exitNode?.name ?? null, problem: this.plan?.exitProblem ?? null },
       prefs: this.st.prefs,
       tun: this.tun?.name ?? null,
+      tun_offload: this.tun?.offloadStatus() ?? null,
       listen_ports: this.engine?.listenPorts() ?? [],
       apply_error: this.applyError,
       first_map_seconds: this.firstMapAt !== null && this.upAt !== null ? (this.firstMapAt - this.upAt) / 1000 : null,

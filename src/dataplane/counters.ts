@@ -29,6 +29,7 @@ export const COUNTER_HELP = {
   drop_no_endpoint: 'packets for a peer whose address is not known yet',
   drop_send_error: 'datagrams the kernel refused to send or TUN writes that failed',
   drop_not_ip: 'TUN or tunnel payloads that are not IPv4/IPv6',
+  drop_tun_vnet: 'packets read from the TUN with a virtio_net_hdr (offload header) that does not describe them',
 } as const;
 
 export type CounterName = keyof typeof COUNTER_HELP;
@@ -60,6 +61,7 @@ export class Counters {
   drop_no_endpoint = 0;
   drop_send_error = 0;
   drop_not_ip = 0;
+  drop_tun_vnet = 0;
 
   /** Counts a datagram the wire layer refused, under the drop reason its RxCode names. */
   rxDrop(code: number): void {

@@ -1,6 +1,15 @@
-// TUN device: opened by the native addon (the ioctl is the only native code),
+// TUN device: opened by the native addon (the ioctls are the only native code),
 // read by a worker thread doing blocking reads into a shared ring, written with
 // synchronous writes from the main thread (a TUN write never blocks for long).
+//
+// Offloads (default; LARKTUN_TUN_OFFLOAD=0 turns them off): the device is opened
+// with IFF_VNET_HDR and TSO/checksum offload, so the kernel hands us TCP
+// segments of up to 64 KiB (one read, one wakeup) that offload.ts splits into
+// MSS-sized packets in place of many small reads; on the write side consecutive
+// segments of one TCP flow are coalesced into one large segment, flushed when
+// the event loop has no more input for this turn (setImmediate), so a lone
+// packet (a ping) waits for nothing. Without a kernel feature the device falls
+// back stepwise (see native/tun.c) and `offloadStatus()` says what is in use.
 import { createRequire } from 'node:module';
 import { closeSync, existsSync, writeSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
@@ -8,8 +17,36 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
+import { GroBatch, splitGso, SplitResult, VNET_HDR_LEN, MAX_GSO_PACKET } from './offload.js';
+import type { Counters } from './counters.js';
+
 interface NativeTun {
-  open(name: string, opts?: { multiQueue?: boolean }): { fd: number; name: string };
+  open(
+    name: string,
+    opts?: { multiQueue?: boolean; offload?: boolean; offloadMask?: number },
+  ): { fd: number; name: string; vnetHdr?: boolean; offloads?: number; note?: string };
+}
+
+const TUN_F_CSUM = 0x01;
+const TUN_F_TSO4 = 0x02;
+const TUN_F_TSO6 = 0x04;
+
+/** What the TUN device does beyond moving single packets (reported by `status`). */
+export interface TunOffloadStatus {
+  /** Every read and write carries a virtio_net_hdr. */
+  vnet_hdr: boolean;
+  /** Kernel offloads in force: csum, tso4, tso6. */
+  offloads: string[];
+  /** Consecutive TCP segments written as one (needs tso4). */
+  gro: boolean;
+  /** Why something is off (LARKTUN_TUN_OFFLOAD=0 or what the kernel refused); empty when all is on. */
+  note: string;
+  /** Large segments read and split, and the packets they made. */
+  gso_reads: number;
+  gso_segments: number;
+  /** Large segments written, and the packets merged into them. */
+  gro_writes: number;
+  gro_segments: number;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -25,6 +62,24 @@ function loadNative(): NativeTun {
 
 export const SLOT_SIZE = 2048;
 const SLOTS = 1024;
+/** With a vnet header a read can be a 64 KiB segment: fewer, larger slots (pages are touched only when used). */
+const VNET_SLOT_SIZE = VNET_HDR_LEN + MAX_GSO_PACKET + 1; // 65546: a read that fills it is too large
+const VNET_SLOTS = 256;
+/** Packets handled before UDP receive and timers get a turn (see drain). */
+const DRAIN_BUDGET = 512;
+
+/**
+ * LARKTUN_TUN_OFFLOAD: unset, 1 or on: every offload (TSO + checksum, GRO on
+ * write); csum: checksum offload only (vnet header, no TSO, no coalescing);
+ * 0 or off: the plain device. The TUN_F_* mask to ask for (0: plain), or an error.
+ */
+export function offloadMask(env: NodeJS.ProcessEnv = process.env): number {
+  const v = (env.LARKTUN_TUN_OFFLOAD ?? '').trim().toLowerCase();
+  if (v === '' || v === '1' || v === 'on') return TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+  if (v === 'csum') return TUN_F_CSUM;
+  if (v === '0' || v === 'off') return 0;
+  throw new Error(`LARKTUN_TUN_OFFLOAD must be 1, csum or 0, got "${env.LARKTUN_TUN_OFFLOAD}"`);
+}
 
 export type PacketHandler = (buf: Buffer, len: number) => void;
 
@@ -36,31 +91,98 @@ export class TunDevice {
   private readonly data: Buffer;
   /** One view per slot, made once: handlers get a Buffer without allocation. */
   private readonly slotViews: Buffer[];
+  /** The packet after the vnet header, per slot (vnet mode only). */
+  private readonly pktViews: Buffer[];
+  private readonly slots: number;
+  private readonly slotSize: number;
   private worker: Worker | null = null;
   private running = false;
   private consumed = 0;
+  readonly vnetHdr: boolean;
+  private readonly offloads: number;
+  private readonly note: string;
+  /** Segments of a split read are built here, one after another. */
+  private readonly scratch: Buffer;
+  private readonly gro: GroBatch | null;
+  private flushScheduled = false;
+  private counters: Counters | null = null;
+  private gsoReads = 0;
+  private gsoSegments = 0;
 
-  private constructor(name: string, fd: number) {
+  private constructor(name: string, fd: number, vnetHdr: boolean, offloads: number, note: string) {
     this.name = name;
     this.fd = fd;
+    this.vnetHdr = vnetHdr;
+    this.offloads = offloads;
+    this.note = note;
+    this.slots = vnetHdr ? VNET_SLOTS : SLOTS;
+    this.slotSize = vnetHdr ? VNET_SLOT_SIZE : SLOT_SIZE;
     const ctrl = new SharedArrayBuffer(4 * 4);
-    const lens = new SharedArrayBuffer(4 * SLOTS);
-    const data = new SharedArrayBuffer(SLOTS * SLOT_SIZE);
+    const lens = new SharedArrayBuffer(4 * this.slots);
+    const data = new SharedArrayBuffer(this.slots * this.slotSize);
     this.ctrl = new Int32Array(ctrl);
     this.lens = new Int32Array(lens);
     this.data = Buffer.from(data);
     this.slotViews = [];
-    for (let i = 0; i < SLOTS; i++) this.slotViews.push(this.data.subarray(i * SLOT_SIZE, (i + 1) * SLOT_SIZE));
+    this.pktViews = [];
+    for (let i = 0; i < this.slots; i++) {
+      const at = i * this.slotSize;
+      this.slotViews.push(this.data.subarray(at, at + this.slotSize));
+      if (vnetHdr) this.pktViews.push(this.data.subarray(at + VNET_HDR_LEN, at + this.slotSize));
+    }
+    this.scratch = vnetHdr ? Buffer.alloc(MAX_GSO_PACKET) : Buffer.alloc(0);
+    this.gro = vnetHdr ? new GroBatch((b, o, l) => this.rawWrite(b, o, l), (offloads & TUN_F_TSO4) !== 0) : null;
   }
 
-  /** Opens (creates) the TUN device; throws with the device name and reason. */
-  static open(name: string): TunDevice {
-    const t = loadNative().open(name);
-    return new TunDevice(t.name, t.fd);
+  /**
+   * Opens (creates) the TUN device; throws with the device name and reason.
+   * `offloadMask`: the TUN_F_* flags to ask for, 0 for a plain device
+   * (default: from LARKTUN_TUN_OFFLOAD, see offloadMask()).
+   */
+  static open(name: string, opts: { offloadMask?: number } = {}): TunDevice {
+    const mask = opts.offloadMask ?? offloadMask();
+    const t = loadNative().open(name, { offload: mask !== 0, offloadMask: mask });
+    let note = t.note ?? '';
+    if (mask === 0) note = 'off: LARKTUN_TUN_OFFLOAD=0';
+    else if ((mask & TUN_F_TSO4) === 0 && note === '') note = 'no TSO: LARKTUN_TUN_OFFLOAD=csum';
+    return new TunDevice(t.name, t.fd, t.vnetHdr === true, t.offloads ?? 0, note);
   }
 
-  /** Starts the reader thread and delivers each packet to `onPacket` on the main thread. */
-  start(onPacket: PacketHandler): void {
+  /** What is in use, for `status`. */
+  offloadStatus(): TunOffloadStatus {
+    const o = this.offloads;
+    const names = [
+      ...(o & TUN_F_CSUM ? ['csum'] : []),
+      ...(o & TUN_F_TSO4 ? ['tso4'] : []),
+      ...(o & TUN_F_TSO6 ? ['tso6'] : []),
+    ];
+    return {
+      vnet_hdr: this.vnetHdr,
+      offloads: names,
+      gro: this.vnetHdr && (o & TUN_F_TSO4) !== 0,
+      note: this.note,
+      gso_reads: this.gsoReads,
+      gso_segments: this.gsoSegments,
+      gro_writes: this.gro?.superPackets ?? 0,
+      gro_segments: this.gro?.coalesced ?? 0,
+    };
+  }
+
+  /** One line for logs and `status` text. */
+  offloadText(): string {
+    const s = this.offloadStatus();
+    if (!s.vnet_hdr) return `off${s.note ? ` (${s.note.replace(/^off: /, '')})` : ''}`;
+    const on = [...s.offloads, ...(s.gro ? ['gro'] : [])];
+    return `${on.length ? on.join(',') : 'vnet_hdr only'}${s.note ? ` (${s.note})` : ''}`;
+  }
+
+  /**
+   * Starts the reader thread and delivers each packet to `onPacket` on the main
+   * thread (a large segment as its MSS-sized packets). Malformed vnet headers
+   * are counted in `counters.drop_tun_vnet`.
+   */
+  start(onPacket: PacketHandler, counters?: Counters): void {
+    this.counters = counters ?? null;
     if (this.running) return;
     this.running = true;
     const workerFile = new URL(
@@ -73,8 +195,8 @@ export class TunDevice {
         ctrl: this.ctrl.buffer,
         lens: this.lens.buffer,
         data: this.data.buffer,
-        slots: SLOTS,
-        slotSize: SLOT_SIZE,
+        slots: this.slots,
+        slotSize: this.slotSize,
       },
     });
     this.worker.unref();
@@ -88,36 +210,71 @@ export class TunDevice {
 
   private async drain(onPacket: PacketHandler): Promise<void> {
     const ctrl = this.ctrl;
-    let batch = 0;
     while (this.running) {
       const written = Atomics.load(ctrl, 0);
       if (written === this.consumed) {
         const w = Atomics.waitAsync(ctrl, 0, written);
         if (w.async) await w.value;
-        batch = 0;
         continue;
       }
-      while (this.consumed !== written) {
-        const slot = this.consumed % SLOTS;
+      // Everything the reader has published is one batch, but a batch of large
+      // segments can be thousands of packets: after DRAIN_BUDGET packets, UDP
+      // receive (ACKs, pings) and timers get a turn before the rest.
+      const slots = this.slots;
+      let packets = 0;
+      while (this.consumed !== written && packets < DRAIN_BUDGET) {
+        const slot = this.consumed % slots;
         try {
-          onPacket(this.slotViews[slot]!, this.lens[slot]!);
+          if (this.vnetHdr) packets += this.deliverVnet(slot, onPacket);
+          else {
+            onPacket(this.slotViews[slot]!, this.lens[slot]!);
+            packets++;
+          }
         } catch (err) {
           process.stderr.write(`larktund: packet handler error: ${(err as Error).message}\n`);
+          packets++;
         }
         this.consumed = (this.consumed + 1) | 0;
         Atomics.store(ctrl, 1, this.consumed);
       }
       Atomics.notify(ctrl, 1);
-      // Let UDP receive and timers run between large bursts.
-      if (++batch >= 8) {
-        batch = 0;
-        await new Promise<void>((r) => setImmediate(r));
-      }
+      if (packets >= DRAIN_BUDGET) await new Promise<void>((r) => setImmediate(r));
     }
   }
 
-  /** Writes one IP packet into the kernel; returns false on failure. */
-  write(buf: Buffer, off: number, len: number): boolean {
+  /** Delivers one read of a vnet-header device; returns the packets it made. */
+  private deliverVnet(slot: number, onPacket: PacketHandler): number {
+    const len = this.lens[slot]!;
+    const hdr = this.slotViews[slot]!;
+    if (len >= this.slotSize) {
+      // Larger than any segment the kernel may hand us (the read was truncated).
+      if (this.counters) this.counters.drop_tun_vnet++;
+      return 1;
+    }
+    const gso = hdr[1]! !== 0;
+    this.sink = onPacket;
+    this.emitted = 0;
+    const r = splitGso(hdr, 0, len, this.pktViews[slot]!, this.scratch, this.emit);
+    if (r === SplitResult.Malformed) {
+      if (this.counters) this.counters.drop_tun_vnet++;
+      return 1;
+    }
+    if (gso) {
+      this.gsoReads++;
+      this.gsoSegments += this.emitted;
+    }
+    return this.emitted;
+  }
+
+  // The split's callback, made once (no closure per read).
+  private sink: PacketHandler = () => {};
+  private emitted = 0;
+  private readonly emit = (p: Buffer, l: number): void => {
+    this.emitted++;
+    this.sink(p, l);
+  };
+
+  private rawWrite(buf: Buffer, off: number, len: number): boolean {
     try {
       return writeSync(this.fd, buf, off, len) === len;
     } catch {
@@ -125,7 +282,34 @@ export class TunDevice {
     }
   }
 
+  private readonly flushNow = (): void => {
+    this.flushScheduled = false;
+    this.gro?.flush();
+  };
+
+  /**
+   * Writes one IP packet into the kernel; returns false on failure. With
+   * offloads a TCP data segment may be held until the end of this event-loop
+   * turn to be coalesced with the ones after it (the bytes are copied).
+   */
+  write(buf: Buffer, off: number, len: number): boolean {
+    const gro = this.gro;
+    if (gro === null) return this.rawWrite(buf, off, len);
+    const ok = gro.add(off === 0 ? buf : buf.subarray(off, off + len), len);
+    if (gro.pending && !this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushNow);
+    }
+    return ok;
+  }
+
+  /** Writes whatever is held for coalescing now. */
+  flush(): void {
+    this.gro?.flush();
+  }
+
   close(): void {
+    this.flush();
     this.running = false;
     Atomics.store(this.ctrl, 2, 1);
     Atomics.notify(this.ctrl, 1);

@@ -1,0 +1,112 @@
+// CPU profile of larktund during iperf3 TCP through the tunnel (root, Linux),
+// MTU 1420, every daemon run with `node --cpu-prof`; prints the top functions
+// by self time for each daemon as JSON lines. Not a benchmark of its own
+// (bench/tools is not run by `npm run bench`):
+//
+//   node --import tsx bench/tools/profile-tun.ts [seconds] [top] [direct|relay]
+//
+// direct: spoke A → HUB's own TUN address (A: TUN read, split, seal, send;
+//         hub: receive, open, route, coalesce, TUN write)
+// relay:  spoke A → HUB → spoke B (the hub only opens, routes and re-seals)
+import { spawn } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { Lab, netnsSkipReason, nsExec, ping, sleep, hexKey } from '../../test/e2e/netns.js';
+
+const SECONDS = Number(process.argv[2] ?? 10);
+const TOP = Number(process.argv[3] ?? 15);
+const MODE = process.argv[4] === 'relay' ? 'relay' : 'direct';
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  hitCount?: number;
+}
+
+function summarize(file: string): { total_ms: number; top: { fn: string; self_pct: number }[] } {
+  const prof = JSON.parse(readFileSync(file, 'utf8')) as { nodes: ProfileNode[]; samples: number[]; timeDeltas: number[]; startTime: number; endTime: number };
+  const byId = new Map(prof.nodes.map((n) => [n.id, n]));
+  const self = new Map<string, number>();
+  let total = 0;
+  for (let i = 0; i < prof.samples.length; i++) {
+    const n = byId.get(prof.samples[i]!)!;
+    const dt = prof.timeDeltas[i] ?? 0;
+    const f = n.callFrame;
+    const where = f.url ? `${path.basename(f.url)}:${f.lineNumber + 1}` : '';
+    const key = `${f.functionName || '(anonymous)'}${where ? ` ${where}` : ''}`;
+    self.set(key, (self.get(key) ?? 0) + dt);
+    total += dt;
+  }
+  const top = [...self.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, TOP)
+    .map(([fn, us]) => ({ fn, self_pct: Number(((100 * us) / total).toFixed(1)) }));
+  return { total_ms: Math.round(total / 1000), top };
+}
+
+async function main(): Promise<void> {
+  const skip = netnsSkipReason(['iperf3']);
+  if (skip) {
+    process.stdout.write(`${JSON.stringify({ profile: 'tun', skipped: skip })}\n`);
+    return;
+  }
+  const lab = new Lab();
+  try {
+    const nsHub = lab.addNs('phub');
+    const nsA = lab.addNs('pa');
+    const nsB = lab.addNs('pb');
+    lab.link(nsA, 'ua', '198.18.1.2/24', nsHub, 'ha', '198.18.1.1/24');
+    lab.link(nsB, 'ub', '198.18.2.2/24', nsHub, 'hb', '198.18.2.1/24');
+    const psk = hexKey(0x70);
+    const pskB = hexKey(0x71);
+    const dirs: Record<string, string> = { hub: path.join(lab.dir, 'prof-hub'), a: path.join(lab.dir, 'prof-a') };
+    if (MODE === 'relay') dirs.b = path.join(lab.dir, 'prof-b');
+    for (const d of Object.values(dirs)) mkdirSync(d);
+    const hub = await lab.daemon(nsHub, 'hub', {
+      role: 'hub', virtual_subnet: '10.67.0.0/24', local_id: 1, local_tun_ip: '10.67.0.1/24', local_tun_mtu: 1420,
+      local_routes: ['10.67.0.1/32'], listen_port: 18020,
+      peers: [
+        { id: 2, name: 'a', allowed_src: '10.67.0.2/32', psk },
+        { id: 3, name: 'b', endpoint: '198.18.2.2:18020', allowed_src: '10.67.0.3/32', psk: pskB },
+      ],
+    }, [], {}, ['--cpu-prof', `--cpu-prof-dir=${dirs.hub}`]);
+    const a = await lab.daemon(nsA, 'a', {
+      role: 'spoke', virtual_subnet: '10.67.0.0/24', local_id: 2, local_tun_ip: '10.67.0.2/24', local_tun_mtu: 1420, listen_port: 18020,
+      peers: [{ id: 1, name: 'hub', endpoint: '198.18.1.1:18020', allowed_src: '10.67.0.0/24', psk }],
+    }, [], {}, ['--cpu-prof', `--cpu-prof-dir=${dirs.a}`]);
+    const b = MODE === 'relay'
+      ? await lab.daemon(nsB, 'b', {
+        role: 'spoke', virtual_subnet: '10.67.0.0/24', local_id: 3, local_tun_ip: '10.67.0.3/24', local_tun_mtu: 1420, listen_port: 18020,
+        peers: [{ id: 1, name: 'hub', endpoint: '198.18.2.1:18020', allowed_src: '10.67.0.0/24', psk: pskB }],
+      }, [], {}, ['--cpu-prof', `--cpu-prof-dir=${dirs.b}`])
+      : null;
+    const dst = MODE === 'relay' ? '10.67.0.3' : '10.67.0.1';
+    ping(nsA, dst, 3);
+    const srv = spawn('ip', ['netns', 'exec', MODE === 'relay' ? nsB : nsHub, 'iperf3', '-s', '-1'], { stdio: 'ignore' });
+    await sleep(400);
+    const r = nsExec(nsA, `iperf3 -c ${dst} -t ${SECONDS} -J`, { allowFail: true, timeoutMs: (SECONDS + 30) * 1000 });
+    srv.kill();
+    let gbit = 0;
+    try {
+      gbit = (JSON.parse(r.out) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 1e9;
+    } catch {
+      /* reported as 0 */
+    }
+    const offload = JSON.parse(a.cli('status --json').out).tun_offload as unknown;
+    await a.stop();
+    await hub.stop();
+    await b?.stop();
+    for (const [who, dir] of Object.entries(dirs)) {
+      const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
+      if (files.length === 0) {
+        process.stdout.write(`${JSON.stringify({ profile: who, error: 'no .cpuprofile written' })}\n`);
+        continue;
+      }
+      process.stdout.write(`${JSON.stringify({ profile: who, mode: MODE, iperf3_gbit_s: Number(gbit.toFixed(3)), tun_offload: offload, file: path.join(dir, files[0]!), ...summarize(path.join(dir, files[0]!)) })}\n`);
+    }
+  } finally {
+    lab.cleanup();
+  }
+}
+
+await main();

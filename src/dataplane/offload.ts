@@ -1,0 +1,378 @@
+// TUN offloads in TypeScript: the virtio_net_hdr that a TUN opened with
+// IFF_VNET_HDR puts in front of every packet, TCP segmentation of the large
+// segments the kernel hands us (TSO, read side) and coalescing of consecutive
+// TCP segments into one large segment for the kernel (GRO, write side).
+//
+// struct virtio_net_hdr (10 bytes, little-endian on the hosts we run on):
+//   u8 flags (1 = NEEDS_CSUM), u8 gso_type (0 none, 1 TCPV4, 4 TCPV6, |0x80 ECN),
+//   u16 hdr_len, u16 gso_size, u16 csum_start, u16 csum_offset
+//
+// Read side: a GSO packet (gso_type TCPV4/TCPV6) is one TCP segment of up to
+// 64 KiB with a partial checksum; split() cuts it into gso_size-payload
+// segments with their own IP length, IPv4 id and checksum, TCP sequence number,
+// flags (FIN/PSH only on the last, CWR only on the first) and a full TCP
+// checksum. A non-GSO packet with NEEDS_CSUM gets its checksum completed in
+// place. Anything else in the header (UDP GSO, which we never enable, a
+// csum_start that does not point at the TCP header, a gso_size of 0) is malformed.
+//
+// Write side: GroBatch collects consecutive segments of one TCP flow (same
+// addresses, ports, ack, window, options and flags, sequence numbers in order,
+// equal payload sizes except a shorter last one, PSH only on the last) and
+// writes them as one packet with a GSO header; every other packet goes out at
+// once behind a zero header, after whatever was pending (order is kept).
+// The kernel re-segments (or delivers the large segment to the local TCP stack).
+
+import { endianness } from 'node:os';
+
+export const VNET_HDR_LEN = 10;
+export const VNET_F_NEEDS_CSUM = 1;
+export const GSO_NONE = 0;
+export const GSO_TCPV4 = 1;
+export const GSO_TCPV6 = 4;
+export const GSO_ECN = 0x80;
+
+const TCP_FIN = 0x01;
+const TCP_SYN = 0x02;
+const TCP_RST = 0x04;
+const TCP_PSH = 0x08;
+const TCP_ACK = 0x10;
+const TCP_URG = 0x20;
+const TCP_CWR = 0x80;
+
+/** Largest packet a GSO header may describe (the IPv4 total length field). */
+export const MAX_GSO_PACKET = 65535;
+
+const LITTLE = endianness() === 'LE';
+
+/** Byte-at-a-time reference path (odd start or big-endian host). */
+function sum16Slow(buf: Buffer, off: number, len: number, initial: number): number {
+  let s = initial;
+  const end = off + (len & ~1);
+  let i = off;
+  for (; i + 3 < end; i += 4) s += buf.readUInt32BE(i);
+  for (; i < end; i += 2) s += (buf[i]! << 8) | buf[i + 1]!;
+  if (len & 1) s += buf[off + len - 1]! << 8;
+  return s;
+}
+
+// Word views of the last buffer summed (the hot path sums one or two buffers:
+// the split scratch and the TUN ring), made once per backing store.
+let viewAb: ArrayBufferLike | null = null;
+let view16: Uint16Array<ArrayBufferLike> = new Uint16Array(0);
+let view32: Uint32Array<ArrayBufferLike> = new Uint32Array(0);
+
+/**
+ * One's-complement sum of `len` bytes at `off` (as big-endian 16-bit words),
+ * added to `initial`; not folded or complemented. On little-endian hosts the
+ * bytes are summed as native 32-bit words and the folded result byte-swapped
+ * (RFC 1071: the sum does not depend on byte order), four bytes per load.
+ */
+export function sum16(buf: Buffer, off: number, len: number, initial: number): number {
+  let start = buf.byteOffset + off;
+  if (!LITTLE || (start & 1) !== 0 || len < 16) return sum16Slow(buf, off, len, initial);
+  const ab = buf.buffer;
+  if (ab !== viewAb) {
+    viewAb = ab;
+    view16 = new Uint16Array(ab, 0, ab.byteLength >>> 1);
+    view32 = new Uint32Array(ab, 0, ab.byteLength >>> 2);
+  }
+  let s = 0;
+  let n = len;
+  if ((start & 2) !== 0) {
+    s += view16[start >>> 1]!;
+    start += 2;
+    n -= 2;
+  }
+  const w0 = start >>> 2;
+  const w1 = w0 + (n >>> 2);
+  const v = view32;
+  for (let i = w0; i < w1; i++) s += v[i]!;
+  let at = w1 << 2;
+  if ((n & 2) !== 0) {
+    s += view16[at >>> 1]!;
+    at += 2;
+  }
+  if ((n & 1) !== 0) s += buf[at - buf.byteOffset]!; // low byte of a little-endian word
+  const f = fold16(s);
+  return initial + (((f & 0xff) << 8) | (f >>> 8));
+}
+
+/** Folds a sum16() to 16 bits (not complemented). */
+export function fold16(s: number): number {
+  // Split rather than shift: s may exceed 2^32.
+  let x = (s % 0x10000) + Math.floor(s / 0x10000);
+  while (x > 0xffff) x = (x & 0xffff) + (x >>> 16);
+  return x;
+}
+
+/** The pseudo-header sum for a TCP segment of `tcpLen` bytes in the IP packet at `pkt` (v4 or v6). */
+export function pseudoSum(pkt: Buffer, v6: boolean, tcpLen: number): number {
+  if (v6) return sum16(pkt, 8, 32, 6 + tcpLen);
+  return sum16(pkt, 12, 8, 6 + tcpLen);
+}
+
+function ipv4HeaderChecksum(pkt: Buffer, ihl: number): void {
+  pkt[10] = 0;
+  pkt[11] = 0;
+  pkt.writeUInt16BE(~fold16(sum16(pkt, 0, ihl, 0)) & 0xffff, 10);
+}
+
+/** Full TCP checksum of the segment at pkt[ihl..len) (field zeroed first). */
+function tcpChecksum(pkt: Buffer, v6: boolean, ihl: number, len: number): void {
+  pkt[ihl + 16] = 0;
+  pkt[ihl + 17] = 0;
+  const s = sum16(pkt, ihl, len - ihl, pseudoSum(pkt, v6, len - ihl));
+  pkt.writeUInt16BE(~fold16(s) & 0xffff, ihl + 16);
+}
+
+/** Where the IP header ends and the protocol, for a TCP-offload candidate; null when not one. */
+function ipHeader(pkt: Buffer, len: number, exactLen: boolean): { v6: boolean; ihl: number } | null {
+  if (len < 1) return null;
+  const v = pkt[0]! >> 4;
+  if (v === 4) {
+    const ihl = (pkt[0]! & 15) * 4;
+    if (ihl < 20 || len < ihl + 20 || pkt[9] !== 6) return null;
+    if (exactLen && pkt.readUInt16BE(2) !== len) return null;
+    // Fragments (MF or an offset) are never segments we can split or merge.
+    if ((pkt.readUInt16BE(6) & 0x3fff) !== 0) return null;
+    return { v6: false, ihl };
+  }
+  if (v === 6) {
+    if (len < 60 || pkt[6] !== 6) return null; // TCP right after the fixed header only
+    if (exactLen && pkt.readUInt16BE(4) + 40 !== len) return null;
+    return { v6: true, ihl: 40 };
+  }
+  return null;
+}
+
+export const enum SplitResult {
+  /** Delivered (in place or as segments). */
+  Ok = 0,
+  /** The vnet header or the packet it describes does not make sense: dropped. */
+  Malformed = 1,
+}
+
+/**
+ * Handles one packet read from an IFF_VNET_HDR TUN: `buf[off..off+10)` is the
+ * virtio_net_hdr, the IP packet follows (`len` counts both). Calls `emit` once
+ * per resulting IP packet; `emit` must finish with the bytes before it returns
+ * (segments are built one after another in `scratch`, at least 64 KiB).
+ */
+export function splitGso(
+  buf: Buffer,
+  off: number,
+  len: number,
+  pkt: Buffer,
+  scratch: Buffer,
+  emit: (p: Buffer, len: number) => void,
+): SplitResult {
+  if (len < VNET_HDR_LEN) return SplitResult.Malformed;
+  const flags = buf[off]!;
+  const gsoType = buf[off + 1]! & ~GSO_ECN;
+  const gsoSize = buf.readUInt16LE(off + 4);
+  const csumStart = buf.readUInt16LE(off + 6);
+  const csumOffset = buf.readUInt16LE(off + 8);
+  const plen = len - VNET_HDR_LEN;
+  if (plen <= 0) return SplitResult.Malformed;
+  if (gsoType === GSO_NONE) {
+    if ((flags & VNET_F_NEEDS_CSUM) !== 0) {
+      if (csumStart + csumOffset + 2 > plen) return SplitResult.Malformed;
+      // The field holds the pseudo-header sum: sum from csum_start to the end, complement.
+      const s = sum16(pkt, csumStart, plen - csumStart, 0);
+      pkt.writeUInt16BE(~fold16(s) & 0xffff, csumStart + csumOffset);
+    }
+    emit(pkt, plen);
+    return SplitResult.Ok;
+  }
+  if (gsoType !== GSO_TCPV4 && gsoType !== GSO_TCPV6) return SplitResult.Malformed;
+  const ip = ipHeader(pkt, plen, false);
+  if (ip === null || ip.v6 !== (gsoType === GSO_TCPV6)) return SplitResult.Malformed;
+  const { v6, ihl } = ip;
+  if (gsoSize === 0 || csumStart !== ihl || csumOffset !== 16) return SplitResult.Malformed;
+  const doff = (pkt[ihl + 12]! >> 4) * 4;
+  const hdrEnd = ihl + doff;
+  if (doff < 20 || hdrEnd > plen) return SplitResult.Malformed;
+  const payload = plen - hdrEnd;
+  if (payload <= gsoSize) {
+    // One segment: only the checksum is left to do.
+    if (!v6) {
+      pkt.writeUInt16BE(plen, 2);
+      ipv4HeaderChecksum(pkt, ihl);
+    } else pkt.writeUInt16BE(plen - 40, 4);
+    tcpChecksum(pkt, v6, ihl, plen);
+    emit(pkt, plen);
+    return SplitResult.Ok;
+  }
+  const seq0 = pkt.readUInt32BE(ihl + 4);
+  const id0 = v6 ? 0 : pkt.readUInt16BE(4);
+  const flags0 = pkt[ihl + 13]!;
+  const out = scratch;
+  pkt.copy(out, 0, 0, hdrEnd);
+  let i = 0;
+  for (let p = hdrEnd; p < plen; p += gsoSize, i++) {
+    const seg = Math.min(gsoSize, plen - p);
+    const total = hdrEnd + seg;
+    const last = p + seg >= plen;
+    pkt.copy(out, hdrEnd, p, p + seg);
+    if (!v6) {
+      out.writeUInt16BE(total, 2);
+      out.writeUInt16BE((id0 + i) & 0xffff, 4);
+      ipv4HeaderChecksum(out, ihl);
+    } else {
+      out.writeUInt16BE(total - 40, 4);
+    }
+    out.writeUInt32BE((seq0 + i * gsoSize) >>> 0, ihl + 4);
+    let f = flags0;
+    if (!last) f &= ~(TCP_FIN | TCP_PSH);
+    if (i > 0) f &= ~TCP_CWR;
+    out[ihl + 13] = f;
+    tcpChecksum(out, v6, ihl, total);
+    emit(out, total);
+  }
+  return SplitResult.Ok;
+}
+
+/** Writes bytes to the TUN; returns false when the kernel refused them. */
+export type RawWrite = (buf: Buffer, off: number, len: number) => boolean;
+
+/**
+ * The write side: `add()` takes each packet for the TUN (the bytes are copied,
+ * the caller may reuse its buffer), `flush()` writes what is pending. A packet
+ * that cannot join a TCP run is written at once behind a zero vnet header.
+ */
+export class GroBatch {
+  /** vnet header + the run being built. */
+  private readonly run = Buffer.alloc(VNET_HDR_LEN + MAX_GSO_PACKET);
+  private readonly runPkt = this.run.subarray(VNET_HDR_LEN);
+  /** vnet header + a packet written at once. */
+  private readonly single = Buffer.alloc(VNET_HDR_LEN + MAX_GSO_PACKET);
+  private runLen = 0; // IP bytes in run (0: no run)
+  private segs = 0;
+  private v6 = false;
+  private ihl = 0;
+  private hdrEnd = 0;
+  private gsoSize = 0;
+  private nextSeq = 0;
+  private closed = false; // the last segment was short or had PSH: nothing more joins
+  /** Packets merged into a larger one (each run of n segments counts n). */
+  coalesced = 0;
+  /** Large segments written (runs of two or more). */
+  superPackets = 0;
+  writeErrors = 0;
+
+  /** coalesce false: every packet goes out alone behind a zero header (no TSO on the device). */
+  constructor(
+    private readonly write: RawWrite,
+    private readonly coalesce = true,
+  ) {}
+
+  get pending(): boolean {
+    return this.runLen > 0;
+  }
+
+  /** Adds one IP packet; false when it had to be written at once and the write failed. */
+  add(pkt: Buffer, len: number): boolean {
+    if (this.runLen > 0 && this.extends(pkt, len)) return true;
+    this.flush();
+    const ip = this.coalesce ? ipHeader(pkt, len, true) : null;
+    if (ip !== null) {
+      const ihl = ip.ihl;
+      const doff = (pkt[ihl + 12]! >> 4) * 4;
+      const hdrEnd = ihl + doff;
+      const fl = pkt[ihl + 13]!;
+      // Plain data segments start a run; SYN/FIN/RST/URG, PSH (it ends a run) and
+      // CWR (once per window reduction; re-segmenting would repeat or drop it) do not.
+      if (doff >= 20 && hdrEnd < len && (fl & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_PSH | TCP_CWR)) === 0 && (fl & TCP_ACK) !== 0) {
+        pkt.copy(this.run, VNET_HDR_LEN, 0, len);
+        this.runLen = len;
+        this.segs = 1;
+        this.v6 = ip.v6;
+        this.ihl = ihl;
+        this.hdrEnd = hdrEnd;
+        this.gsoSize = len - hdrEnd;
+        this.nextSeq = (pkt.readUInt32BE(ihl + 4) + this.gsoSize) >>> 0;
+        this.closed = false;
+        return true;
+      }
+    }
+    const out = this.single;
+    out.fill(0, 0, VNET_HDR_LEN);
+    pkt.copy(out, VNET_HDR_LEN, 0, len);
+    if (this.write(out, 0, VNET_HDR_LEN + len)) return true;
+    this.writeErrors++;
+    return false;
+  }
+
+  /** Whether `pkt` continues the pending run; appends it when it does. */
+  private extends(pkt: Buffer, len: number): boolean {
+    if (this.closed) return false;
+    const r = this.run;
+    const b = VNET_HDR_LEN;
+    const ihl = this.ihl;
+    const hdrEnd = this.hdrEnd;
+    const seg = len - hdrEnd;
+    if (seg <= 0 || seg > this.gsoSize || this.runLen + seg > MAX_GSO_PACKET) return false;
+    if (pkt[0] !== r[b]) return false; // version and IHL
+    // The IP length must be the datagram's: bytes past it are not payload.
+    if (!this.v6 ? pkt.readUInt16BE(2) !== len : pkt.readUInt16BE(4) + 40 !== len) return false;
+    if (!this.v6) {
+      if (pkt[1] !== r[b + 1] || pkt[8] !== r[b + 8] || pkt[9] !== 6) return false; // TOS, TTL, proto
+      if ((pkt.readUInt16BE(6) & 0xffff) !== r.readUInt16BE(b + 6)) return false; // DF, no fragments
+      if (pkt.compare(r, b + 12, b + 20, 12, 20) !== 0) return false; // addresses
+      if (ihl > 20 && pkt.compare(r, b + 20, b + ihl, 20, ihl) !== 0) return false; // IP options
+    } else {
+      if (pkt[6] !== 6 || pkt.readUInt32BE(0) !== r.readUInt32BE(b) || pkt[7] !== r[b + 7]) return false;
+      if (pkt.compare(r, b + 8, b + 40, 8, 40) !== 0) return false;
+    }
+    if (((pkt[ihl + 12]! >> 4) * 4) !== hdrEnd - ihl) return false;
+    if (pkt.compare(r, b + ihl, b + ihl + 4, ihl, ihl + 4) !== 0) return false; // ports
+    if (pkt.readUInt32BE(ihl + 4) !== this.nextSeq) return false;
+    if (pkt.compare(r, b + ihl + 8, b + ihl + 12, ihl + 8, ihl + 12) !== 0) return false; // ack
+    const fl = pkt[ihl + 13]!;
+    const runFl = r[b + ihl + 13]!;
+    if ((fl & ~TCP_PSH) !== runFl) return false;
+    if (pkt.compare(r, b + ihl + 14, b + ihl + 16, ihl + 14, ihl + 16) !== 0) return false; // window
+    if (pkt.compare(r, b + ihl + 18, b + hdrEnd, ihl + 18, hdrEnd) !== 0) return false; // urg ptr + options
+    pkt.copy(r, b + this.runLen, hdrEnd, len);
+    this.runLen += seg;
+    this.segs++;
+    this.nextSeq = (this.nextSeq + seg) >>> 0;
+    if ((fl & TCP_PSH) !== 0) {
+      r[b + ihl + 13] = runFl | TCP_PSH;
+      this.closed = true;
+    }
+    if (seg < this.gsoSize) this.closed = true;
+    return true;
+  }
+
+  /** Writes the pending run (if any): one segment as it is, more as one GSO packet. */
+  flush(): void {
+    const len = this.runLen;
+    if (len === 0) return;
+    this.runLen = 0;
+    const r = this.run;
+    const b = VNET_HDR_LEN;
+    r.fill(0, 0, VNET_HDR_LEN);
+    if (this.segs > 1) {
+      const ihl = this.ihl;
+      const pkt = this.runPkt;
+      if (!this.v6) {
+        pkt.writeUInt16BE(len, 2);
+        ipv4HeaderChecksum(pkt, ihl);
+      } else {
+        pkt.writeUInt16BE(len - 40, 4);
+      }
+      // CHECKSUM_PARTIAL: the field holds the pseudo-header sum; the kernel completes it.
+      pkt.writeUInt16BE(fold16(pseudoSum(pkt, this.v6, len - ihl)), ihl + 16);
+      r[0] = VNET_F_NEEDS_CSUM;
+      r[1] = this.v6 ? GSO_TCPV6 : GSO_TCPV4;
+      r.writeUInt16LE(this.hdrEnd, 2);
+      r.writeUInt16LE(this.gsoSize, 4);
+      r.writeUInt16LE(ihl, 6);
+      r.writeUInt16LE(16, 8);
+      this.coalesced += this.segs;
+      this.superPackets++;
+    }
+    if (!this.write(r, 0, b + len)) this.writeErrors++;
+  }
+}
