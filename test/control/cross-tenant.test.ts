@@ -15,6 +15,10 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
     const ids: Record<string, number> = {};
     let aNodeToken = '';
     let relayToken = '';
+    /** beta's console user (admin), signed in: a session must stay in its tenant as a key does. */
+    let bs: Client;
+    /** An id shaped like an interactive login's (43 base64url characters). */
+    const loginId = 'A'.repeat(43);
 
     before(async () => {
       const db = await setup();
@@ -41,6 +45,9 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
       assert.equal(rel.status, 201, rel.text);
       ids['relay'] = rel.body.id;
       relayToken = rel.body.token;
+      ids['console_user'] = (await a.post('/api/v1/tenants/alpha/console-users', { username: 'secret-admin', password: 'console-password-1', role: 'admin' })).body.id;
+      assert.equal((await b.post('/api/v1/tenants/beta/console-users', { username: 'bea', password: 'console-password-1', role: 'admin' })).status, 201);
+      bs = await consoleSession(srv.url, 'beta', 'bea', 'console-password-1');
     });
     after(async () => {
       if (skip) return;
@@ -85,7 +92,38 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
       ['POST', `/api/v1/tenants/${tenant}/policy/check`, { policy: '{}' }],
       ['GET', `/api/v1/tenants/${tenant}/audit`],
       ['GET', `/api/v1/tenants/${tenant}/audit/verify`],
+      // console endpoints
+      ['GET', `/api/v1/tenants/${tenant}/routes`],
+      ['GET', `/api/v1/tenants/${tenant}/tags`],
+      ['GET', `/api/v1/tenants/${tenant}/relays`],
+      ['GET', `/api/v1/tenants/${tenant}/events`],
+      ['POST', `/api/v1/tenants/${tenant}/policy/preview`, { policy: '{}', node: 'secret-node' }],
+      ['GET', `/api/v1/tenants/${tenant}/console-users`],
+      ['POST', `/api/v1/tenants/${tenant}/console-users`, { username: 'mallory', password: 'console-password-1', role: 'admin' }],
+      ['PATCH', `/api/v1/tenants/${tenant}/console-users/${ids['console_user']}`, { role: 'auditor' }],
+      ['DELETE', `/api/v1/tenants/${tenant}/console-users/${ids['console_user']}`],
+      ['GET', `/api/v1/tenants/${tenant}/oidc`],
+      ['PUT', `/api/v1/tenants/${tenant}/oidc`, { issuer: 'http://127.0.0.1:9/', client_id: 'x', allowed_domains: ['evil.example'], new_user_role: 'admin', enabled: true }],
+      ['DELETE', `/api/v1/tenants/${tenant}/oidc`],
+      ['GET', `/api/v1/tenants/${tenant}/node-logins/${loginId}`],
+      ['POST', `/api/v1/tenants/${tenant}/node-logins/${loginId}/approve`, {}],
+      ['POST', `/api/v1/tenants/${tenant}/node-logins/${loginId}/reject`, {}],
     ];
+
+    it('every tenant-scoped operation of the OpenAPI document is in this suite', async (ctx) => {
+      if (skip) return ctx.skip(skip);
+      const doc = (await b.get('/api/v1/openapi.json')).body as Json;
+      const covered = new Set(endpoints('{tenant}').map(([m, p]) => `${m} ${p.split('?')[0]!.replace(/\/(\d+|A{43})(?=\/|$)/g, '/{id}')}`));
+      const missing: string[] = [];
+      for (const [path, ops] of Object.entries(doc.paths as Record<string, Record<string, unknown>>)) {
+        if (!path.startsWith('/api/v1/tenants/{tenant}')) continue;
+        for (const m of Object.keys(ops)) {
+          const key = `${m.toUpperCase()} ${path.replace(/\{[a-z_]+\}/g, (x) => (x === '{tenant}' ? x : '{id}'))}`;
+          if (!covered.has(key)) missing.push(key);
+        }
+      }
+      assert.deepEqual(missing, [], 'add these to endpoints() so another tenant is shown to get 404 on them');
+    });
 
     it("another tenant's key gets 404 on every endpoint of the tenant", async (ctx) => {
       if (skip) return ctx.skip(skip);
@@ -112,10 +150,18 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
       assert.ok(!v.text.includes('beta') && !v.text.includes('bob'));
     });
 
+    it("another tenant's console session gets 404 on every endpoint of the tenant", async (ctx) => {
+      if (skip) return ctx.skip(skip);
+      for (const [m, p, body] of endpoints('alpha')) check(await bs.req(m, p, body), `session ${m} ${p}`);
+      for (const [m, p, body] of endpoints('gamma')) assert.equal((await bs.req(m, p, body)).status, 404, `session ${m} ${p}`);
+      // and its own tenant's pages work with the same session: the 404s above are the tenant check, not a broken session
+      assert.equal((await bs.get('/api/v1/tenants/beta/console-users')).status, 200);
+    });
+
     it("own tenant with the other tenant's ids gets 404 (never acts on them)", async (ctx) => {
       if (skip) return ctx.skip(skip);
       for (const [m, p, body] of endpoints('beta')) {
-        if (!/\/(apikeys|users|authkeys|nodes)\/\d+/.test(p) && !p.endsWith('/authkeys')) continue;
+        if (!/\/(apikeys|users|authkeys|nodes|console-users)\/\d+/.test(p) && !p.endsWith('/authkeys')) continue;
         const r = await b.req(m, p, body);
         if (p.endsWith('/authkeys') && m === 'POST') {
           // user id of alpha → no such user in beta
@@ -138,6 +184,9 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
       assert.equal((await a.get('/api/v1/tenants/alpha/users')).body.users.length, 1);
       assert.equal((await a.get('/api/v1/tenants/alpha/apikeys')).body.apikeys.length, 2);
       assert.equal((await a.get('/api/v1/tenants/alpha/policy')).body.version, 1);
+      const cu = (await a.get('/api/v1/tenants/alpha/console-users')).body.console_users as Json[];
+      assert.deepEqual(cu.map((u) => [u.username, u.role]), [['secret-admin', 'admin']]);
+      assert.equal((await a.get('/api/v1/tenants/alpha/oidc')).body.oidc, null, 'no SSO provider was set on alpha');
       const audit = (await a.get('/api/v1/tenants/alpha/audit?limit=1000')).body.entries as Json[];
       assert.ok(audit.every((e) => !String(e.actor).includes('beta')));
       assert.equal((await a.get('/api/v1/tenants/alpha/audit/verify')).body.ok, true);
@@ -161,6 +210,18 @@ function isolationSuite(name: string, setup: () => Promise<string>, teardown: ()
       assert.equal(r2.status, 400, 'unknown fields are rejected');
     });
   });
+}
+
+/** A client carrying a console session (cookie + CSRF token), as the browser does. */
+async function consoleSession(url: string, tenant: string, username: string, password: string): Promise<Client> {
+  const r = await fetch(`${url}/api/v1/console/session`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tenant, username, password }) });
+  const body = (await r.json()) as Json;
+  assert.equal(r.status, 200, JSON.stringify(body));
+  const cookie = (r.headers.get('set-cookie') ?? '').split(';')[0] as string;
+  const c = new Client(url, null);
+  const req = c.req.bind(c);
+  c.req = (method, path, b, headers = {}) => req(method, path, b, { ...headers, cookie, 'x-csrf-token': body.csrf as string });
+  return c;
 }
 
 for (const b of backends()) isolationSuite(b.name, b.setup, b.teardown);
