@@ -3,7 +3,7 @@
 // by self time for each daemon as JSON lines. Not a benchmark of its own
 // (bench/tools is not run by `npm run bench`):
 //
-//   node --import tsx bench/tools/profile-tun.ts [seconds] [top] [direct|relay]
+//   node --import tsx bench/tools/profile-tun.ts [seconds] [top] [direct|relay] [tcp|udp64]
 //
 // direct: spoke A → HUB's own TUN address (A: TUN read, split, seal, send;
 //         hub: receive, open, route, coalesce, TUN write)
@@ -16,6 +16,8 @@ import { Lab, netnsSkipReason, nsExec, ping, sleep, hexKey } from '../../test/e2
 const SECONDS = Number(process.argv[2] ?? 10);
 const TOP = Number(process.argv[3] ?? 15);
 const MODE = process.argv[4] === 'relay' ? 'relay' : 'direct';
+// udp64: iperf3 UDP with 64-byte payloads at full rate instead of TCP (small-packet cost).
+const UDP64 = process.argv[5] === 'udp64';
 
 interface ProfileNode {
   id: number;
@@ -84,7 +86,7 @@ async function main(): Promise<void> {
     ping(nsA, dst, 3);
     const srv = spawn('ip', ['netns', 'exec', MODE === 'relay' ? nsB : nsHub, 'iperf3', '-s', '-1'], { stdio: 'ignore' });
     await sleep(400);
-    const r = nsExec(nsA, `iperf3 -c ${dst} -t ${SECONDS} -J`, { allowFail: true, timeoutMs: (SECONDS + 30) * 1000 });
+    const r = nsExec(nsA, `iperf3 -c ${dst} -t ${SECONDS} -J${UDP64 ? ' -u -l 64 -b 0' : ''}`, { allowFail: true, timeoutMs: (SECONDS + 30) * 1000 });
     srv.kill();
     let gbit = 0;
     try {
