@@ -73,6 +73,14 @@ for (const b of backends()) {
       await reg(ak, 'charlie', false);
       await reg(bk, 'beta-1', false);
       await reg(bk, 'beta-2', false);
+      // A stream's presence is written after it attaches: wait until all three are seen,
+      // so the tests read settled counts (under load PostgreSQL once showed 2 of 3).
+      for (let i = 0; ; i++) {
+        const t = ((await op.get('/api/v1/tenants')).body.tenants as Json[]).find((x) => x.name === 'acme');
+        if (t?.online_nodes === 3) break;
+        assert.ok(i < 200, `acme shows ${t?.online_nodes} online nodes after 10 s, expected 3`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
     });
     after(async () => {
       for (const s of streams) s.close();
