@@ -41,7 +41,7 @@ export const GSO_NONE = 0;
 export const GSO_TCPV4 = 1;
 export const GSO_TCPV6 = 4;
 export const GSO_UDP_L4 = 5;
-/** Datagrams per UDP GSO packet (the kernel's UDP_MAX_SEGMENTS is 64 on older kernels, 128 later). */
+/** Datagrams per UDP GSO packet: the kernel refuses a vnet header describing more than UDP_MAX_SEGMENTS (64 on older kernels). */
 export const MAX_UDP_SEGS = 64;
 export const GSO_ECN = 0x80;
 
