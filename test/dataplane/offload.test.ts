@@ -793,3 +793,14 @@ test('malformed UDP GSO reads are refused and nothing is emitted', () => {
     assert.equal(out.length, 0, what);
   }
 });
+
+test('LARKTUN_TUN_OFFLOAD levels: default asks for USO too, tso without it, csum, 0; anything else is refused', async () => {
+  const { offloadMask } = await import('../../src/dataplane/tun.js');
+  const CSUM = 0x01, TSO4 = 0x02, TSO6 = 0x04, USO4 = 0x20, USO6 = 0x40;
+  assert.equal(offloadMask({}), CSUM | TSO4 | TSO6 | USO4 | USO6);
+  assert.equal(offloadMask({ LARKTUN_TUN_OFFLOAD: 'on' }), CSUM | TSO4 | TSO6 | USO4 | USO6);
+  assert.equal(offloadMask({ LARKTUN_TUN_OFFLOAD: ' TSO ' }), CSUM | TSO4 | TSO6);
+  assert.equal(offloadMask({ LARKTUN_TUN_OFFLOAD: 'csum' }), CSUM);
+  assert.equal(offloadMask({ LARKTUN_TUN_OFFLOAD: '0' }), 0);
+  assert.throws(() => offloadMask({ LARKTUN_TUN_OFFLOAD: 'uso' }), /must be 1, tso, csum or 0, got "uso"/);
+});
