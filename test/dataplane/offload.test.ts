@@ -469,6 +469,8 @@ interface UdpSpec {
   flowLabel?: number;
   /** IPv4 only: send without a checksum (field 0). */
   noChecksum?: boolean;
+  /** Last byte of the destination address (default 1). */
+  dstLast?: number;
 }
 
 /** A UDP datagram with correct lengths and checksums (reference arithmetic). */
@@ -486,6 +488,7 @@ function udpDatagram(s: UdpSpec): Buffer {
     ip[7] = s.ttl ?? 64;
     Buffer.from('fd000000000000000000000000000002', 'hex').copy(ip, 8);
     Buffer.from('fd000000000000000000000000000001', 'hex').copy(ip, 24);
+    ip[39] = s.dstLast ?? 1;
   } else {
     ip = Buffer.alloc(20);
     ip[0] = 0x45;
@@ -496,7 +499,7 @@ function udpDatagram(s: UdpSpec): Buffer {
     ip[8] = s.ttl ?? 64;
     ip[9] = 17;
     Buffer.from([10, 89, 0, 2]).copy(ip, 12);
-    Buffer.from([10, 89, 0, 1]).copy(ip, 16);
+    Buffer.from([10, 89, 0, s.dstLast ?? 1]).copy(ip, 16);
     ip.writeUInt16BE(~refSum(ip) & 0xffff, 10);
   }
   const pkt = Buffer.concat([ip, u, s.payload]);
@@ -636,6 +639,7 @@ for (const v6 of [false, true]) {
 test('UDP runs: another flow, TOS, TTL, flow label, a larger payload or anything after a shorter one do not join', () => {
   const base = (o: Partial<UdpSpec> = {}, len = 64, id = 300): Buffer => udpDatagram({ payload: pattern(len), id, ...o });
   const cases: [string, Buffer][] = [
+    ['another destination address', base({ dstLast: 9 }, 64, 301)],
     ['another destination port', base({ dport: 9999 }, 64, 301)],
     ['another source port', base({ sport: 1 }, 64, 301)],
     ['another TOS', base({ tos: 0x10 }, 64, 301)],
@@ -656,7 +660,7 @@ test('UDP runs: another flow, TOS, TTL, flow label, a larger payload or anything
     assert.deepEqual(writes[1]!.pkt, second, `${what}: second unchanged`);
   }
   // IPv6: another flow label or traffic class ends the run.
-  for (const o of [{ flowLabel: 7 }, { tos: 0x20 }]) {
+  for (const o of [{ flowLabel: 7 }, { tos: 0x20 }, { dstLast: 9 }, { sport: 2 }, { ttl: 1 }]) {
     const { b, writes } = usoBatch();
     const a = udpDatagram({ v6: true, payload: pattern(64) });
     const c = udpDatagram({ v6: true, payload: pattern(64), ...o });
