@@ -36,6 +36,7 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
 const MTU = 1420;
 const HZ = 100; // USER_HZ
 // larktun-plain: larktund with LARKTUN_TUN_OFFLOAD=0 (the TUN path without offloads).
+// larktun takes LARKTUN_TUN_OFFLOAD from the environment when set (e.g. tso: without UDP segmentation offload).
 const IMPLS = (process.env.BENCH_IMPLS ?? 'wireguard-go,larktun,larktun-plain').split(',');
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
 const progress = (msg: string): void => {
@@ -134,7 +135,7 @@ async function wireguardTopology(lab: Lab): Promise<Topology> {
 
 async function larktunTopology(lab: Lab, impl: 'larktun' | 'larktun-plain'): Promise<Topology> {
   const ns = underlay(lab, impl);
-  const env: Record<string, string> = { LARKTUN_TUN_OFFLOAD: impl === 'larktun-plain' ? '0' : '1' };
+  const env: Record<string, string> = { LARKTUN_TUN_OFFLOAD: impl === 'larktun-plain' ? '0' : (process.env.LARKTUN_TUN_OFFLOAD ?? '1') };
   const n = impl === 'larktun-plain' ? 'vsp' : 'vs';
   const pskA = hexKey(0x5a);
   const pskB = hexKey(0x5b);

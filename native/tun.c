@@ -10,8 +10,10 @@
  *
  * With offload: the device is created with IFF_VNET_HDR (every read and write
  * starts with a 10-byte struct virtio_net_hdr) and TUNSETOFFLOAD is tried with
- * TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6, then TSO4 only, then CSUM only, then none
- * (only the sets inside offloadMask, default all three flags).
+ * TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6|TUN_F_USO4|TUN_F_USO6 (UDP segmentation
+ * offload, Linux >= 6.2; the kernel takes USO4 and USO6 only together), then
+ * without USO, then TSO4 only, then CSUM only, then none (only the sets inside
+ * offloadMask, default all five flags).
  * A kernel that refuses IFF_VNET_HDR gets a plain device (vnetHdr false).
  * `offloads` is the TUN_F_* mask in force; `note` says what was refused.
  */
@@ -25,6 +27,14 @@
 #include <sys/ioctl.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
+
+/* Older UAPI headers lack the UDP segmentation offload flags (Linux 6.2). */
+#ifndef TUN_F_USO4
+#define TUN_F_USO4 0x20
+#endif
+#ifndef TUN_F_USO6
+#define TUN_F_USO6 0x40
+#endif
 
 static napi_value throw_errno(napi_env env, const char *what, const char *name, int err) {
   char msg[256];
@@ -61,7 +71,7 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
   }
   int multi = 0;
   int offload = 0;
-  unsigned mask = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+  unsigned mask = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6;
   if (argc >= 2) {
     napi_valuetype t;
     napi_typeof(env, argv[1], &t);
@@ -112,6 +122,7 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
       return throw_errno(env, "cannot set the vnet header size of", name, err);
     }
     static const unsigned tries[] = {
+      TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6,
       TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
       TUN_F_CSUM | TUN_F_TSO4,
       TUN_F_CSUM,
@@ -125,8 +136,8 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
       }
       if (!refused) {
         refused = 1;
-        snprintf(note, sizeof note, "kernel refused TUNSETOFFLOAD csum%s%s (%s)", tries[i] & TUN_F_TSO4 ? "|tso4" : "",
-                 tries[i] & TUN_F_TSO6 ? "|tso6" : "", strerror(errno));
+        snprintf(note, sizeof note, "kernel refused TUNSETOFFLOAD csum%s%s%s (%s)", tries[i] & TUN_F_TSO4 ? "|tso4" : "",
+                 tries[i] & TUN_F_TSO6 ? "|tso6" : "", tries[i] & TUN_F_USO4 ? "|uso4|uso6" : "", strerror(errno));
       }
     }
     if (offloads == 0) {

@@ -14,6 +14,10 @@
 // checksum. A non-GSO packet with NEEDS_CSUM gets its checksum completed in
 // place. Anything else in the header (UDP GSO, which we never enable, a
 // csum_start that does not point at the TCP header, a gso_size of 0) is malformed.
+// With USO on the device (TUN_F_USO4|USO6) the kernel may also hand us a UDP
+// GSO packet (gso_type UDP_L4: one UDP header, gso_size-byte payloads back to
+// back); it is cut into datagrams with their own IP length, IPv4 id, UDP length
+// and full UDP checksum, exactly as the kernel's __udp_gso_segment would.
 //
 // Write side: GroBatch collects consecutive segments of one TCP flow (same
 // addresses, ports, ack, window, options and flags, sequence numbers in order,
@@ -21,6 +25,13 @@
 // writes them as one packet with a GSO header; every other packet goes out at
 // once behind a zero header, after whatever was pending (order is kept).
 // The kernel re-segments (or delivers the large segment to the local TCP stack).
+// With USO (`uso` true) consecutive UDP datagrams of one flow (same addresses,
+// ports, TOS/TTL/DF or traffic class/flow label/hop limit, IPv4 ids in sequence
+// unless DF is set, a non-zero checksum) with equal payload sizes (the last may
+// be shorter), at most 64 of them and 64 KiB, go out as one UDP_L4 GSO packet:
+// IP and UDP lengths describe the whole packet, the UDP checksum field holds the
+// (uncomplemented) pseudo-header sum over that length, and the kernel's
+// segmentation swaps the length for each datagram's and completes the sum.
 
 import { endianness } from 'node:os';
 
@@ -29,6 +40,9 @@ export const VNET_F_NEEDS_CSUM = 1;
 export const GSO_NONE = 0;
 export const GSO_TCPV4 = 1;
 export const GSO_TCPV6 = 4;
+export const GSO_UDP_L4 = 5;
+/** Datagrams per UDP GSO packet: the kernel refuses a vnet header describing more than UDP_MAX_SEGMENTS (64 on older kernels). */
+export const MAX_UDP_SEGS = 64;
 export const GSO_ECN = 0x80;
 
 const TCP_FIN = 0x01;
@@ -106,9 +120,44 @@ export function fold16(s: number): number {
 }
 
 /** The pseudo-header sum for a TCP segment of `tcpLen` bytes in the IP packet at `pkt` (v4 or v6). */
-export function pseudoSum(pkt: Buffer, v6: boolean, tcpLen: number): number {
-  if (v6) return sum16(pkt, 8, 32, 6 + tcpLen);
-  return sum16(pkt, 12, 8, 6 + tcpLen);
+export function pseudoSum(pkt: Buffer, v6: boolean, tcpLen: number, proto = 6): number {
+  if (v6) return sum16(pkt, 8, 32, proto + tcpLen);
+  return sum16(pkt, 12, 8, proto + tcpLen);
+}
+
+/** Full UDP checksum of the datagram at pkt[ihl..len) (field zeroed first; 0 is sent as 0xffff). */
+function udpChecksum(pkt: Buffer, v6: boolean, ihl: number, len: number): void {
+  pkt[ihl + 6] = 0;
+  pkt[ihl + 7] = 0;
+  const c = ~fold16(sum16(pkt, ihl, len - ihl, pseudoSum(pkt, v6, len - ihl, 17))) & 0xffff;
+  pkt.writeUInt16BE(c === 0 ? 0xffff : c, ihl + 6);
+}
+
+/**
+ * Where the IP header ends, for a UDP datagram that may join (or be cut from) a
+ * UDP GSO packet: IPv4 without fragmentation or IPv6 with UDP right after the
+ * fixed header. `exact`: the IP and UDP lengths must match `len` and the
+ * checksum must be present (a zero IPv4 checksum means none: never coalesced).
+ */
+function udpHeader(pkt: Buffer, len: number, exact: boolean): { v6: boolean; ihl: number } | null {
+  if (len < 1) return null;
+  const v = pkt[0]! >> 4;
+  let ihl: number;
+  let v6: boolean;
+  if (v === 4) {
+    ihl = (pkt[0]! & 15) * 4;
+    if (ihl < 20 || len < ihl + 8 || pkt[9] !== 17) return null;
+    if ((pkt.readUInt16BE(6) & 0x3fff) !== 0) return null;
+    if (exact && pkt.readUInt16BE(2) !== len) return null;
+    v6 = false;
+  } else if (v === 6) {
+    ihl = 40;
+    if (len < 48 || pkt[6] !== 17) return null;
+    if (exact && pkt.readUInt16BE(4) + 40 !== len) return null;
+    v6 = true;
+  } else return null;
+  if (exact && (pkt.readUInt16BE(ihl + 4) !== len - ihl || pkt.readUInt16BE(ihl + 6) === 0)) return null;
+  return { v6, ihl };
 }
 
 function ipv4HeaderChecksum(pkt: Buffer, ihl: number): void {
@@ -184,6 +233,7 @@ export function splitGso(
     emit(pkt, plen);
     return SplitResult.Ok;
   }
+  if (gsoType === GSO_UDP_L4) return splitUdp(pkt, plen, gsoSize, csumStart, csumOffset, scratch, emit);
   if (gsoType !== GSO_TCPV4 && gsoType !== GSO_TCPV6) return SplitResult.Malformed;
   const ip = ipHeader(pkt, plen, false);
   if (ip === null || ip.v6 !== (gsoType === GSO_TCPV6)) return SplitResult.Malformed;
@@ -232,6 +282,53 @@ export function splitGso(
   return SplitResult.Ok;
 }
 
+/** A UDP_L4 GSO packet (IPv4 or IPv6): datagrams of gsoSize payload bytes, the last may be shorter. */
+function splitUdp(
+  pkt: Buffer,
+  plen: number,
+  gsoSize: number,
+  csumStart: number,
+  csumOffset: number,
+  scratch: Buffer,
+  emit: (p: Buffer, len: number) => void,
+): SplitResult {
+  const ip = udpHeader(pkt, plen, false);
+  if (ip === null) return SplitResult.Malformed;
+  const { v6, ihl } = ip;
+  if (gsoSize === 0 || csumStart !== ihl || csumOffset !== 6) return SplitResult.Malformed;
+  const hdrEnd = ihl + 8;
+  if (plen - hdrEnd <= gsoSize) {
+    if (!v6) {
+      pkt.writeUInt16BE(plen, 2);
+      ipv4HeaderChecksum(pkt, ihl);
+    } else pkt.writeUInt16BE(plen - 40, 4);
+    pkt.writeUInt16BE(plen - ihl, ihl + 4);
+    udpChecksum(pkt, v6, ihl, plen);
+    emit(pkt, plen);
+    return SplitResult.Ok;
+  }
+  const id0 = v6 ? 0 : pkt.readUInt16BE(4);
+  const out = scratch;
+  pkt.copy(out, 0, 0, hdrEnd);
+  let i = 0;
+  for (let p = hdrEnd; p < plen; p += gsoSize, i++) {
+    const seg = Math.min(gsoSize, plen - p);
+    const total = hdrEnd + seg;
+    pkt.copy(out, hdrEnd, p, p + seg);
+    if (!v6) {
+      out.writeUInt16BE(total, 2);
+      out.writeUInt16BE((id0 + i) & 0xffff, 4);
+      ipv4HeaderChecksum(out, ihl);
+    } else {
+      out.writeUInt16BE(total - 40, 4);
+    }
+    out.writeUInt16BE(total - ihl, ihl + 4);
+    udpChecksum(out, v6, ihl, total);
+    emit(out, total);
+  }
+  return SplitResult.Ok;
+}
+
 /** Writes bytes to the TUN; returns false when the kernel refused them. */
 export type RawWrite = (buf: Buffer, off: number, len: number) => boolean;
 
@@ -254,16 +351,25 @@ export class GroBatch {
   private gsoSize = 0;
   private nextSeq = 0;
   private closed = false; // the last segment was short or had PSH: nothing more joins
+  private udp = false; // the run is UDP datagrams (USO), not TCP segments
+  private nextId = 0; // IPv4 id the next datagram must carry (-1: DF set, any id)
   /** Packets merged into a larger one (each run of n segments counts n). */
   coalesced = 0;
   /** Large segments written (runs of two or more). */
   superPackets = 0;
+  /** Datagrams merged into UDP GSO packets, and those packets (included in the two above). */
+  udpCoalesced = 0;
+  udpSuperPackets = 0;
   writeErrors = 0;
 
-  /** coalesce false: every packet goes out alone behind a zero header (no TSO on the device). */
+  /**
+   * coalesce false: no TCP runs (no TSO on the device); uso false: no UDP runs
+   * (no USO on the device). With neither every packet goes out alone behind a zero header.
+   */
   constructor(
     private readonly write: RawWrite,
     private readonly coalesce = true,
+    private readonly uso = false,
   ) {}
 
   get pending(): boolean {
@@ -272,8 +378,9 @@ export class GroBatch {
 
   /** Adds one IP packet; false when it had to be written at once and the write failed. */
   add(pkt: Buffer, len: number): boolean {
-    if (this.runLen > 0 && this.extends(pkt, len)) return true;
+    if (this.runLen > 0 && (this.udp ? this.extendsUdp(pkt, len) : this.extends(pkt, len))) return true;
     this.flush();
+    if (this.uso && this.startUdp(pkt, len)) return true;
     const ip = this.coalesce ? ipHeader(pkt, len, true) : null;
     if (ip !== null) {
       const ihl = ip.ihl;
@@ -292,6 +399,7 @@ export class GroBatch {
         this.gsoSize = len - hdrEnd;
         this.nextSeq = (pkt.readUInt32BE(ihl + 4) + this.gsoSize) >>> 0;
         this.closed = false;
+        this.udp = false;
         return true;
       }
     }
@@ -301,6 +409,61 @@ export class GroBatch {
     if (this.write(out, 0, VNET_HDR_LEN + len)) return true;
     this.writeErrors++;
     return false;
+  }
+
+  /** Starts a UDP run with `pkt` when it is a datagram that may be coalesced. */
+  private startUdp(pkt: Buffer, len: number): boolean {
+    const ip = udpHeader(pkt, len, true);
+    if (ip === null) return false;
+    const hdrEnd = ip.ihl + 8;
+    if (len <= hdrEnd) return false; // an empty datagram cannot set a gso_size
+    pkt.copy(this.run, VNET_HDR_LEN, 0, len);
+    this.runLen = len;
+    this.segs = 1;
+    this.v6 = ip.v6;
+    this.ihl = ip.ihl;
+    this.hdrEnd = hdrEnd;
+    this.gsoSize = len - hdrEnd;
+    this.nextId = ip.v6 || (pkt[6]! & 0x40) !== 0 ? -1 : (pkt.readUInt16BE(4) + 1) & 0xffff;
+    this.closed = false;
+    this.udp = true;
+    return true;
+  }
+
+  /** Whether the datagram `pkt` continues the pending UDP run; appends it when it does. */
+  private extendsUdp(pkt: Buffer, len: number): boolean {
+    if (this.closed || this.segs >= MAX_UDP_SEGS) return false;
+    const r = this.run;
+    const b = VNET_HDR_LEN;
+    const ihl = this.ihl;
+    const hdrEnd = this.hdrEnd;
+    const seg = len - hdrEnd;
+    if (seg <= 0 || seg > this.gsoSize || this.runLen + seg > MAX_GSO_PACKET) return false;
+    if (pkt[0] !== r[b]) return false; // version and IHL
+    if (!this.v6) {
+      if (pkt.readUInt16BE(2) !== len) return false;
+      if (pkt[1] !== r[b + 1] || pkt[8] !== r[b + 8] || pkt[9] !== 17) return false; // TOS, TTL, proto
+      if (pkt.readUInt16BE(6) !== r.readUInt16BE(b + 6)) return false; // same DF, no fragments
+      // The kernel numbers the datagrams it cuts from the first id on; without DF
+      // the id matters (reassembly), so only a run of consecutive ids joins.
+      if (this.nextId >= 0 && pkt.readUInt16BE(4) !== this.nextId) return false;
+      // Addresses as two words (cheaper than Buffer.compare at 64-byte packet rates).
+      if (pkt.readInt32LE(12) !== r.readInt32LE(b + 12) || pkt.readInt32LE(16) !== r.readInt32LE(b + 16)) return false;
+      if (ihl > 20 && pkt.compare(r, b + 20, b + ihl, 20, ihl) !== 0) return false; // IP options
+    } else {
+      if (pkt.readUInt16BE(4) + 40 !== len) return false;
+      // Version, traffic class, flow label; next header; hop limit; addresses.
+      if (pkt.readInt32LE(0) !== r.readInt32LE(b) || pkt[6] !== 17 || pkt[7] !== r[b + 7]) return false;
+      for (let i = 8; i < 40; i += 4) if (pkt.readInt32LE(i) !== r.readInt32LE(b + i)) return false;
+    }
+    if (pkt.readInt32LE(ihl) !== r.readInt32LE(b + ihl)) return false; // ports
+    if (pkt.readUInt16BE(ihl + 4) !== len - ihl || pkt.readUInt16BE(ihl + 6) === 0) return false;
+    pkt.copy(r, b + this.runLen, hdrEnd, len);
+    this.runLen += seg;
+    this.segs++;
+    if (this.nextId >= 0) this.nextId = (this.nextId + 1) & 0xffff;
+    if (seg < this.gsoSize) this.closed = true;
+    return true;
   }
 
   /** Whether `pkt` continues the pending run; appends it when it does. */
@@ -353,7 +516,30 @@ export class GroBatch {
     const r = this.run;
     const b = VNET_HDR_LEN;
     r.fill(0, 0, VNET_HDR_LEN);
-    if (this.segs > 1) {
+    if (this.segs > 1 && this.udp) {
+      const ihl = this.ihl;
+      const pkt = this.runPkt;
+      if (!this.v6) {
+        pkt.writeUInt16BE(len, 2);
+        ipv4HeaderChecksum(pkt, ihl);
+      } else {
+        pkt.writeUInt16BE(len - 40, 4);
+      }
+      // The UDP length and the pseudo-header describe the whole packet; the kernel
+      // replaces that length with each datagram's and completes the sum.
+      pkt.writeUInt16BE(len - ihl, ihl + 4);
+      pkt.writeUInt16BE(fold16(pseudoSum(pkt, this.v6, len - ihl, 17)), ihl + 6);
+      r[0] = VNET_F_NEEDS_CSUM;
+      r[1] = GSO_UDP_L4;
+      r.writeUInt16LE(this.hdrEnd, 2);
+      r.writeUInt16LE(this.gsoSize, 4);
+      r.writeUInt16LE(ihl, 6);
+      r.writeUInt16LE(6, 8);
+      this.coalesced += this.segs;
+      this.superPackets++;
+      this.udpCoalesced += this.segs;
+      this.udpSuperPackets++;
+    } else if (this.segs > 1) {
       const ihl = this.ihl;
       const pkt = this.runPkt;
       if (!this.v6) {

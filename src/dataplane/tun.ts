@@ -8,7 +8,9 @@
 // MSS-sized packets in place of many small reads; on the write side consecutive
 // segments of one TCP flow are coalesced into one large segment, flushed when
 // the event loop has no more input for this turn (setImmediate), so a lone
-// packet (a ping) waits for nothing. Without a kernel feature the device falls
+// packet (a ping) waits for nothing. With UDP segmentation offload (USO,
+// Linux >= 6.2) consecutive datagrams of one UDP flow are written the same way,
+// as one UDP GSO packet the kernel cuts back into datagrams. Without a kernel feature the device falls
 // back stepwise (see native/tun.c) and `offloadStatus()` says what is in use.
 import { createRequire } from 'node:module';
 import { closeSync, existsSync, writeSync } from 'node:fs';
@@ -30,15 +32,19 @@ interface NativeTun {
 const TUN_F_CSUM = 0x01;
 const TUN_F_TSO4 = 0x02;
 const TUN_F_TSO6 = 0x04;
+const TUN_F_USO4 = 0x20;
+const TUN_F_USO6 = 0x40;
 
 /** What the TUN device does beyond moving single packets (reported by `status`). */
 export interface TunOffloadStatus {
   /** Every read and write carries a virtio_net_hdr. */
   vnet_hdr: boolean;
-  /** Kernel offloads in force: csum, tso4, tso6. */
+  /** Kernel offloads in force: csum, tso4, tso6, uso4, uso6. */
   offloads: string[];
   /** Consecutive TCP segments written as one (needs tso4). */
   gro: boolean;
+  /** Consecutive UDP datagrams of one flow written as one (needs uso4+uso6). */
+  uso: boolean;
   /** Why something is off (LARKTUN_TUN_OFFLOAD=0 or what the kernel refused); empty when all is on. */
   note: string;
   /** Large segments read and split, and the packets they made. */
@@ -47,6 +53,9 @@ export interface TunOffloadStatus {
   /** Large segments written, and the packets merged into them. */
   gro_writes: number;
   gro_segments: number;
+  /** Of those, the UDP GSO packets written and the datagrams merged into them. */
+  uso_writes: number;
+  uso_segments: number;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -69,16 +78,18 @@ const VNET_SLOTS = 256;
 const DRAIN_BUDGET = 512;
 
 /**
- * LARKTUN_TUN_OFFLOAD: unset, 1 or on: every offload (TSO + checksum, GRO on
- * write); csum: checksum offload only (vnet header, no TSO, no coalescing);
- * 0 or off: the plain device. The TUN_F_* mask to ask for (0: plain), or an error.
+ * LARKTUN_TUN_OFFLOAD: unset, 1 or on: every offload (TSO + USO + checksum,
+ * TCP and UDP coalescing on write); tso: the same without USO (UDP written one
+ * datagram per write); csum: checksum offload only (vnet header, no TSO, no
+ * coalescing); 0 or off: the plain device. The TUN_F_* mask to ask for (0: plain), or an error.
  */
 export function offloadMask(env: NodeJS.ProcessEnv = process.env): number {
   const v = (env.LARKTUN_TUN_OFFLOAD ?? '').trim().toLowerCase();
-  if (v === '' || v === '1' || v === 'on') return TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+  if (v === '' || v === '1' || v === 'on') return TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6;
+  if (v === 'tso') return TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
   if (v === 'csum') return TUN_F_CSUM;
   if (v === '0' || v === 'off') return 0;
-  throw new Error(`LARKTUN_TUN_OFFLOAD must be 1, csum or 0, got "${env.LARKTUN_TUN_OFFLOAD}"`);
+  throw new Error(`LARKTUN_TUN_OFFLOAD must be 1, tso, csum or 0, got "${env.LARKTUN_TUN_OFFLOAD}"`);
 }
 
 export type PacketHandler = (buf: Buffer, len: number) => void;
@@ -131,7 +142,9 @@ export class TunDevice {
       if (vnetHdr) this.pktViews.push(this.data.subarray(at + VNET_HDR_LEN, at + this.slotSize));
     }
     this.scratch = vnetHdr ? Buffer.alloc(MAX_GSO_PACKET) : Buffer.alloc(0);
-    this.gro = vnetHdr ? new GroBatch((b, o, l) => this.rawWrite(b, o, l), (offloads & TUN_F_TSO4) !== 0) : null;
+    this.gro = vnetHdr
+      ? new GroBatch((b, o, l) => this.rawWrite(b, o, l), (offloads & TUN_F_TSO4) !== 0, (offloads & TUN_F_USO4) !== 0)
+      : null;
   }
 
   /**
@@ -145,6 +158,7 @@ export class TunDevice {
     let note = t.note ?? '';
     if (mask === 0) note = 'off: LARKTUN_TUN_OFFLOAD=0';
     else if ((mask & TUN_F_TSO4) === 0 && note === '') note = 'no TSO: LARKTUN_TUN_OFFLOAD=csum';
+    else if ((mask & TUN_F_USO4) === 0 && note === '') note = 'no USO: LARKTUN_TUN_OFFLOAD=tso';
     return new TunDevice(t.name, t.fd, t.vnetHdr === true, t.offloads ?? 0, note);
   }
 
@@ -155,16 +169,21 @@ export class TunDevice {
       ...(o & TUN_F_CSUM ? ['csum'] : []),
       ...(o & TUN_F_TSO4 ? ['tso4'] : []),
       ...(o & TUN_F_TSO6 ? ['tso6'] : []),
+      ...(o & TUN_F_USO4 ? ['uso4'] : []),
+      ...(o & TUN_F_USO6 ? ['uso6'] : []),
     ];
     return {
       vnet_hdr: this.vnetHdr,
       offloads: names,
       gro: this.vnetHdr && (o & TUN_F_TSO4) !== 0,
+      uso: this.vnetHdr && (o & TUN_F_USO4) !== 0,
       note: this.note,
       gso_reads: this.gsoReads,
       gso_segments: this.gsoSegments,
       gro_writes: this.gro?.superPackets ?? 0,
       gro_segments: this.gro?.coalesced ?? 0,
+      uso_writes: this.gro?.udpSuperPackets ?? 0,
+      uso_segments: this.gro?.udpCoalesced ?? 0,
     };
   }
 

@@ -3,7 +3,7 @@
 // (byte pairs, written out plainly here), not with the module's own helpers.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { splitGso, GroBatch, sum16, fold16, SplitResult, VNET_HDR_LEN, GSO_TCPV4, GSO_TCPV6, VNET_F_NEEDS_CSUM } from '../../src/dataplane/offload.js';
+import { splitGso, GroBatch, sum16, fold16, SplitResult, VNET_HDR_LEN, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, MAX_UDP_SEGS, VNET_F_NEEDS_CSUM } from '../../src/dataplane/offload.js';
 
 // ---- reference checksums -------------------------------------------------
 
@@ -249,7 +249,7 @@ test('malformed vnet headers are refused and nothing is emitted', () => {
   const mk = (what: string, f: (b: Buffer) => Buffer): void => {
     cases.push([what, f(gsoRead(big, 1000))]);
   };
-  mk('UDP GSO (never enabled)', (b) => ((b[1] = 3), b));
+  mk('UFO (gso_type UDP, never enabled)', (b) => ((b[1] = 3), b));
   mk('gso_size 0', (b) => (b.writeUInt16LE(0, 4), b));
   mk('csum_start not at the TCP header', (b) => (b.writeUInt16LE(24, 6), b));
   mk('csum_offset not the TCP checksum', (b) => (b.writeUInt16LE(6, 8), b));
@@ -452,4 +452,359 @@ test('a failed write is counted and reported', () => {
   b.add(s2!, s2!.length);
   b.flush();
   assert.equal(b.writeErrors, 2);
+});
+
+// ---- UDP segmentation offload (USO): coalesce on write, split on read ------
+
+interface UdpSpec {
+  v6?: boolean;
+  payload: Buffer;
+  id?: number;
+  /** IPv4 Don't Fragment (default set). */
+  df?: boolean;
+  tos?: number;
+  ttl?: number;
+  sport?: number;
+  dport?: number;
+  flowLabel?: number;
+  /** IPv4 only: send without a checksum (field 0). */
+  noChecksum?: boolean;
+  /** Last byte of the destination address (default 1). */
+  dstLast?: number;
+}
+
+/** A UDP datagram with correct lengths and checksums (reference arithmetic). */
+function udpDatagram(s: UdpSpec): Buffer {
+  const u = Buffer.alloc(8);
+  u.writeUInt16BE(s.sport ?? 40001, 0);
+  u.writeUInt16BE(s.dport ?? 5201, 2);
+  u.writeUInt16BE(8 + s.payload.length, 4);
+  let ip: Buffer;
+  if (s.v6) {
+    ip = Buffer.alloc(40);
+    ip.writeUInt32BE((0x6 << 28) | ((s.tos ?? 0) << 20) | (s.flowLabel ?? 0x12345), 0);
+    ip.writeUInt16BE(8 + s.payload.length, 4);
+    ip[6] = 17;
+    ip[7] = s.ttl ?? 64;
+    Buffer.from('fd000000000000000000000000000002', 'hex').copy(ip, 8);
+    Buffer.from('fd000000000000000000000000000001', 'hex').copy(ip, 24);
+    ip[39] = s.dstLast ?? 1;
+  } else {
+    ip = Buffer.alloc(20);
+    ip[0] = 0x45;
+    ip[1] = s.tos ?? 0;
+    ip.writeUInt16BE(28 + s.payload.length, 2);
+    ip.writeUInt16BE(s.id ?? 300, 4);
+    ip.writeUInt16BE(s.df === false ? 0 : 0x4000, 6);
+    ip[8] = s.ttl ?? 64;
+    ip[9] = 17;
+    Buffer.from([10, 89, 0, 2]).copy(ip, 12);
+    Buffer.from([10, 89, 0, s.dstLast ?? 1]).copy(ip, 16);
+    ip.writeUInt16BE(~refSum(ip) & 0xffff, 10);
+  }
+  const pkt = Buffer.concat([ip, u, s.payload]);
+  const ihl = ip.length;
+  if (!s.noChecksum) {
+    const c = ~refSum([...pseudo(pkt, pkt.length - ihl, 17), ...pkt.subarray(ihl)]) & 0xffff;
+    pkt.writeUInt16BE(c === 0 ? 0xffff : c, ihl + 6);
+  }
+  return pkt;
+}
+
+/** n datagrams of one flow, `size`-byte payloads (the last `lastSize`), IPv4 ids counting up from 300. */
+function datagrams(v6: boolean, n: number, size: number, opts: Partial<UdpSpec> & { lastSize?: number } = {}): Buffer[] {
+  const out: Buffer[] = [];
+  for (let i = 0; i < n; i++) {
+    const len = i === n - 1 && opts.lastSize !== undefined ? opts.lastSize : size;
+    out.push(udpDatagram({ ...opts, v6, id: ((opts.id ?? 300) + i) & 0xffff, payload: pattern(len, 3 * i + 1) }));
+  }
+  return out;
+}
+
+function usoBatch(): { b: GroBatch; writes: Written[] } {
+  const writes: Written[] = [];
+  const b = new GroBatch((buf, off, len) => {
+    const w = Buffer.from(buf.subarray(off, off + len));
+    writes.push({ hdr: w.subarray(0, VNET_HDR_LEN), pkt: w.subarray(VNET_HDR_LEN) });
+    return true;
+  }, true, true);
+  return { b, writes };
+}
+
+/** One's complement a - b (16 bits). */
+function csumSub(a: number, b: number): number {
+  return refSum(Buffer.from([(a >> 8) & 255, a & 255, ((~b) >> 8) & 255, ~b & 255]));
+}
+
+/**
+ * Reference for the kernel's UDP GSO segmentation (inet/ipv6 gso_segment +
+ * __udp_gso_segment): header copied per datagram, IP length (and IPv4 id
+ * counting up from the first, header checksum), UDP length, and the checksum
+ * adjusted from the super-packet's partial sum by swapping the old UDP length
+ * for the new one, then completed over the datagram (0 becomes 0xffff).
+ * A packet without a GSO header goes through unchanged.
+ */
+function kernelSplitUdp(w: Written): Buffer[] {
+  if (w.hdr[1] === 0) return [Buffer.from(w.pkt)];
+  assert.equal(w.hdr[1], GSO_UDP_L4);
+  assert.equal(w.hdr[0], VNET_F_NEEDS_CSUM);
+  const p = w.pkt;
+  const v6 = p[0]! >> 4 === 6;
+  const ihl = v6 ? 40 : (p[0]! & 15) * 4;
+  const gsoSize = w.hdr.readUInt16LE(4);
+  assert.equal(w.hdr.readUInt16LE(2), ihl + 8, 'hdr_len');
+  assert.equal(w.hdr.readUInt16LE(6), ihl, 'csum_start');
+  assert.equal(w.hdr.readUInt16LE(8), 6, 'csum_offset');
+  // The kernel (virtio_net_hdr_to_skb) refuses more than UDP_MAX_SEGMENTS (64 on older kernels).
+  assert.ok(p.length - ihl - 8 <= gsoSize * 64, 'no more than 64 segments');
+  assert.ok(p.length <= 65535);
+  const oldLen = p.readUInt16BE(ihl + 4);
+  assert.equal(oldLen, p.length - ihl, 'the UDP length describes the whole packet');
+  if (v6) assert.equal(p.readUInt16BE(4) + 40, p.length);
+  else {
+    assert.equal(p.readUInt16BE(2), p.length);
+    assert.ok(ipv4HeaderOk(p));
+  }
+  assert.equal(p.readUInt16BE(ihl + 6), refSum(pseudo(p, oldLen, 17)), 'partial checksum: the pseudo-header sum over the whole length');
+  const out: Buffer[] = [];
+  const id0 = v6 ? 0 : p.readUInt16BE(4);
+  for (let at = ihl + 8, i = 0; at < p.length; at += gsoSize, i++) {
+    const seg = Math.min(gsoSize, p.length - at);
+    const d = Buffer.concat([p.subarray(0, ihl + 8), p.subarray(at, at + seg)]);
+    const newLen = 8 + seg;
+    if (v6) d.writeUInt16BE(newLen, 4);
+    else {
+      d.writeUInt16BE(d.length, 2);
+      d.writeUInt16BE((id0 + i) & 0xffff, 4);
+      d.writeUInt16BE(0, 10);
+      d.writeUInt16BE(~refSum(d.subarray(0, ihl)) & 0xffff, 10);
+    }
+    d.writeUInt16BE(newLen, ihl + 4);
+    const check = refSum(Buffer.from([0, 0, ...[csumSub(p.readUInt16BE(ihl + 6), oldLen)].flatMap((x) => [x >> 8, x & 255]), newLen >> 8, newLen & 255]));
+    d.writeUInt16BE(check, ihl + 6);
+    const c = ~refSum(d.subarray(ihl)) & 0xffff;
+    d.writeUInt16BE(c === 0 ? 0xffff : c, ihl + 6);
+    out.push(d);
+  }
+  return out;
+}
+
+for (const v6 of [false, true]) {
+  const fam = v6 ? 'IPv6' : 'IPv4';
+  test(`${fam}: consecutive datagrams of one UDP flow are written as one UDP GSO packet; the kernel's segmentation gives them back byte for byte`, () => {
+    const dgs = datagrams(v6, 7, 100, { lastSize: 33 });
+    const { b, writes } = usoBatch();
+    for (const d of dgs) assert.ok(b.add(d, d.length));
+    assert.equal(writes.length, 0, 'held until flush');
+    b.flush();
+    assert.equal(writes.length, 1);
+    const w = writes[0]!;
+    const ihl = v6 ? 40 : 20;
+    assert.equal(w.hdr.readUInt16LE(4), 100, 'gso_size: the payload size');
+    assert.equal(w.pkt.length, ihl + 8 + 6 * 100 + 33);
+    const back = kernelSplitUdp(w);
+    assert.equal(back.length, dgs.length);
+    back.forEach((d, i) => {
+      assert.deepEqual(d, dgs[i], `datagram ${i} byte for byte`);
+      assert.ok(l4ChecksumOk(d), `datagram ${i} checksum`);
+    });
+    assert.equal(b.udpSuperPackets, 1);
+    assert.equal(b.udpCoalesced, 7);
+    assert.equal(b.superPackets, 1);
+    // Our own read side, given the same packet (the kernel may hand us UDP GSO too), agrees.
+    const read = split(Buffer.concat([w.hdr, w.pkt]));
+    assert.equal(read.r, SplitResult.Ok);
+    assert.deepEqual(read.out, dgs);
+  });
+
+  test(`${fam}: a UDP GSO read of exactly n*gso_size, and one no larger than gso_size, split into valid datagrams`, () => {
+    const dgs = datagrams(v6, 4, 250);
+    const { b, writes } = usoBatch();
+    for (const d of dgs) b.add(d, d.length);
+    b.flush();
+    const read = split(Buffer.concat([writes[0]!.hdr, writes[0]!.pkt]));
+    assert.deepEqual(read.out, dgs);
+    // A GSO header on a single datagram: its lengths and checksum are completed.
+    const one = udpDatagram({ v6, payload: pattern(90) });
+    const ihl = v6 ? 40 : 20;
+    const p = Buffer.from(one);
+    p.writeUInt16BE(refSum(pseudo(p, p.length - ihl, 17)), ihl + 6);
+    const h = Buffer.from([VNET_F_NEEDS_CSUM, GSO_UDP_L4, ihl + 8, 0, 200, 0, ihl, 0, 6, 0]);
+    const r1 = split(Buffer.concat([h, p]));
+    assert.equal(r1.r, SplitResult.Ok);
+    assert.deepEqual(r1.out, [one]);
+  });
+}
+
+test('UDP runs: another flow, TOS, TTL, flow label, a larger payload or anything after a shorter one do not join', () => {
+  const base = (o: Partial<UdpSpec> = {}, len = 64, id = 300): Buffer => udpDatagram({ payload: pattern(len), id, ...o });
+  const cases: [string, Buffer][] = [
+    ['another destination address', base({ dstLast: 9 }, 64, 301)],
+    ['another destination port', base({ dport: 9999 }, 64, 301)],
+    ['another source port', base({ sport: 1 }, 64, 301)],
+    ['another TOS', base({ tos: 0x10 }, 64, 301)],
+    ['another TTL', base({ ttl: 63 }, 64, 301)],
+    ['DF cleared', base({ df: false }, 64, 301)],
+    ['a larger payload', base({}, 65, 301)],
+    ['IPv6 (other family)', udpDatagram({ v6: true, payload: pattern(64) })],
+  ];
+  for (const [what, second] of cases) {
+    const { b, writes } = usoBatch();
+    const first = base();
+    b.add(first, first.length);
+    b.add(second, second.length);
+    b.flush();
+    assert.equal(writes.length, 2, `${what}: two writes`);
+    assert.equal(b.udpSuperPackets, 0, what);
+    assert.deepEqual(writes[0]!.pkt, first, `${what}: first unchanged, in order`);
+    assert.deepEqual(writes[1]!.pkt, second, `${what}: second unchanged`);
+  }
+  // IPv6: another flow label or traffic class ends the run.
+  for (const o of [{ flowLabel: 7 }, { tos: 0x20 }, { dstLast: 9 }, { sport: 2 }, { ttl: 1 }]) {
+    const { b, writes } = usoBatch();
+    const a = udpDatagram({ v6: true, payload: pattern(64) });
+    const c = udpDatagram({ v6: true, payload: pattern(64), ...o });
+    b.add(a, a.length);
+    b.add(c, c.length);
+    b.flush();
+    assert.equal(writes.length, 2, JSON.stringify(o));
+  }
+  // After a shorter datagram the run is closed: the next full one starts a new run.
+  const { b, writes } = usoBatch();
+  const dgs = [...datagrams(false, 3, 64, { lastSize: 20 }), ...datagrams(false, 2, 64, { id: 303 })];
+  for (const d of dgs) b.add(d, d.length);
+  b.flush();
+  assert.equal(writes.length, 2);
+  assert.deepEqual(writes.flatMap(kernelSplitUdp), dgs, 'all five back in order');
+});
+
+test('UDP runs: IPv4 ids must count up without DF; with DF (atomic datagrams) the kernel renumbers from the first', () => {
+  // No DF, ids out of sequence: not merged (the id matters for reassembly).
+  const { b, writes } = usoBatch();
+  const a = udpDatagram({ df: false, id: 10, payload: pattern(64) });
+  const c = udpDatagram({ df: false, id: 12, payload: pattern(64) });
+  b.add(a, a.length);
+  b.add(c, c.length);
+  b.flush();
+  assert.equal(writes.length, 2);
+  // No DF, consecutive ids (wrapping at 65535): merged, byte-exact.
+  const { b: b2, writes: w2 } = usoBatch();
+  const seq = datagrams(false, 3, 64, { df: false, id: 65534 });
+  assert.equal(seq[2]!.readUInt16BE(4), 0, 'the ids wrap');
+  for (const d of seq) b2.add(d, d.length);
+  b2.flush();
+  assert.equal(w2.length, 1);
+  assert.deepEqual(kernelSplitUdp(w2[0]!), seq);
+  // DF with id 0 on every datagram (an unconnected socket): merged; only the id (and the IP checksum) differ after segmentation.
+  const { b: b3, writes: w3 } = usoBatch();
+  const zeros = [0, 1, 2].map((i) => udpDatagram({ id: 0, payload: pattern(64, i) }));
+  for (const d of zeros) b3.add(d, d.length);
+  b3.flush();
+  assert.equal(w3.length, 1);
+  const back = kernelSplitUdp(w3[0]!);
+  back.forEach((d, i) => {
+    assert.equal(d.readUInt16BE(4), i);
+    assert.ok(ipv4HeaderOk(d) && l4ChecksumOk(d));
+    assert.deepEqual(d.subarray(20), zeros[i]!.subarray(20), 'UDP header and payload identical');
+  });
+});
+
+test('UDP runs: no-checksum IPv4 datagrams, empty or padded ones, fragments are written alone at once', () => {
+  const { b, writes } = usoBatch();
+  const nock = [0, 1].map((i) => udpDatagram({ noChecksum: true, id: 300 + i, payload: pattern(64) }));
+  b.add(nock[0]!, nock[0]!.length);
+  assert.equal(writes.length, 1, 'a datagram without checksum is not held');
+  b.add(nock[1]!, nock[1]!.length);
+  assert.equal(writes.length, 2);
+  assert.ok(writes.every((w) => w.hdr.equals(Buffer.alloc(VNET_HDR_LEN))));
+  const empty = udpDatagram({ payload: Buffer.alloc(0) });
+  b.add(empty, empty.length);
+  assert.equal(writes.length, 3, 'an empty datagram is not held');
+  const [d1, d2] = datagrams(false, 2, 64);
+  const padded = Buffer.concat([d2!, Buffer.from('JUNK')]);
+  b.add(d1!, d1!.length);
+  b.add(padded, padded.length);
+  assert.equal(writes.length, 5, 'the padded datagram (IP length disagrees) ends the run and is written alone');
+  assert.deepEqual(writes[4]!.pkt, padded);
+  const frag = udpDatagram({ payload: pattern(64) });
+  frag.writeUInt16BE(0x2000, 6); // MF
+  b.add(frag, frag.length);
+  assert.equal(writes.length, 6, 'a fragment is not held');
+  b.flush();
+  assert.equal(b.udpSuperPackets, 0);
+});
+
+test('UDP and TCP interleaved: each packet of another kind flushes the pending run first, order kept', () => {
+  const { b, writes } = usoBatch();
+  const u = datagrams(false, 3, 64);
+  const t = segments(false, 2, 1000);
+  const u2 = datagrams(true, 2, 64);
+  const all = [u[0]!, u[1]!, t[0]!, t[1]!, u[2]!, ...u2];
+  for (const p of all) b.add(p, p.length);
+  b.flush();
+  assert.deepEqual(writes.map((w) => w.hdr[1]), [GSO_UDP_L4, GSO_TCPV4, 0, GSO_UDP_L4]);
+  const back: Buffer[] = [];
+  for (const w of writes) {
+    if (w.hdr[1] === GSO_TCPV4) back.push(...split(Buffer.concat([w.hdr, w.pkt])).out);
+    else back.push(...kernelSplitUdp(w));
+  }
+  assert.deepEqual(back, all);
+});
+
+test(`UDP runs stop at ${MAX_UDP_SEGS} datagrams and before 64 KiB; every byte is written once, in order`, () => {
+  for (const [n, size] of [[150, 64], [60, 1400], [64, 1200]] as const) {
+    const { b, writes } = usoBatch();
+    const dgs = datagrams(false, n, size);
+    for (const d of dgs) b.add(d, d.length);
+    b.flush();
+    for (const w of writes) {
+      assert.ok(w.pkt.length <= 65535);
+      assert.ok((w.pkt.length - 28) / size <= MAX_UDP_SEGS);
+    }
+    if (size === 64) assert.deepEqual(writes.map((w) => (w.pkt.length - 28) / 64), [64, 64, 22]);
+    if (size === 1400) assert.ok(writes.length === 2 && writes[0]!.pkt.length + 1400 > 65535, 'the first run is as large as fits');
+    assert.deepEqual(writes.flatMap(kernelSplitUdp), dgs, `${n} x ${size}`);
+  }
+});
+
+test('without USO on the device UDP datagrams are written one by one behind a zero header', () => {
+  const { b, writes } = batch(true);
+  const dgs = datagrams(false, 4, 64);
+  for (const d of dgs) b.add(d, d.length);
+  assert.equal(writes.length, 4, 'nothing held');
+  assert.ok(writes.every((w, i) => w.hdr.equals(Buffer.alloc(VNET_HDR_LEN)) && w.pkt.equals(dgs[i]!)));
+});
+
+test('malformed UDP GSO reads are refused and nothing is emitted', () => {
+  const dgs = datagrams(false, 3, 100);
+  const { b, writes } = usoBatch();
+  for (const d of dgs) b.add(d, d.length);
+  b.flush();
+  const good = Buffer.concat([writes[0]!.hdr, writes[0]!.pkt]);
+  const cases: [string, (x: Buffer) => void][] = [
+    ['csum_offset not the UDP checksum', (x) => x.writeUInt16LE(16, 8)],
+    ['csum_start not at the UDP header', (x) => x.writeUInt16LE(24, 6)],
+    ['gso_size 0', (x) => x.writeUInt16LE(0, 4)],
+    ['UDP_L4 on a TCP packet', (x) => (x[VNET_HDR_LEN + 9] = 6)],
+    ['IPv4 fragment', (x) => x.writeUInt16BE(0x2000, VNET_HDR_LEN + 6)],
+    ['shorter than a UDP header', () => undefined],
+  ];
+  for (const [what, f] of cases) {
+    const x = what.startsWith('shorter') ? Buffer.from(good.subarray(0, VNET_HDR_LEN + 24)) : Buffer.from(good);
+    f(x);
+    const { r, out } = split(x);
+    assert.equal(r, SplitResult.Malformed, what);
+    assert.equal(out.length, 0, what);
+  }
+});
+
+test('LARKTUN_TUN_OFFLOAD levels: default asks for USO too, tso without it, csum, 0; anything else is refused', async () => {
+  const { offloadMask } = await import('../../src/dataplane/tun.js');
+  const CSUM = 0x01, TSO4 = 0x02, TSO6 = 0x04, USO4 = 0x20, USO6 = 0x40;
+  assert.equal(offloadMask({}), CSUM | TSO4 | TSO6 | USO4 | USO6);
+  assert.equal(offloadMask({ LARKTUN_TUN_OFFLOAD: 'on' }), CSUM | TSO4 | TSO6 | USO4 | USO6);
+  assert.equal(offloadMask({ LARKTUN_TUN_OFFLOAD: ' TSO ' }), CSUM | TSO4 | TSO6);
+  assert.equal(offloadMask({ LARKTUN_TUN_OFFLOAD: 'csum' }), CSUM);
+  assert.equal(offloadMask({ LARKTUN_TUN_OFFLOAD: '0' }), 0);
+  assert.throws(() => offloadMask({ LARKTUN_TUN_OFFLOAD: 'uso' }), /must be 1, tso, csum or 0, got "uso"/);
 });
