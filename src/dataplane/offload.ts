@@ -166,6 +166,21 @@ function ipv4HeaderChecksum(pkt: Buffer, ihl: number): void {
   pkt.writeUInt16BE(~fold16(sum16(pkt, 0, ihl, 0)) & 0xffff, 10);
 }
 
+/**
+ * Sets the IP length of a packet of `total` bytes (IPv6: the payload length);
+ * IPv4 also gets `id` (when one is given, 0..0xffff after masking) and a fresh
+ * header checksum.
+ */
+function setIpLength(pkt: Buffer, v6: boolean, ihl: number, total: number, id = -1): void {
+  if (v6) {
+    pkt.writeUInt16BE(total - 40, 4);
+    return;
+  }
+  pkt.writeUInt16BE(total, 2);
+  if (id >= 0) pkt.writeUInt16BE(id & 0xffff, 4);
+  ipv4HeaderChecksum(pkt, ihl);
+}
+
 /** Full TCP checksum of the segment at pkt[ihl..len) (field zeroed first). */
 function tcpChecksum(pkt: Buffer, v6: boolean, ihl: number, len: number): void {
   pkt[ihl + 16] = 0;
@@ -245,10 +260,7 @@ export function splitGso(
   const payload = plen - hdrEnd;
   if (payload <= gsoSize) {
     // One segment: only the checksum is left to do.
-    if (!v6) {
-      pkt.writeUInt16BE(plen, 2);
-      ipv4HeaderChecksum(pkt, ihl);
-    } else pkt.writeUInt16BE(plen - 40, 4);
+    setIpLength(pkt, v6, ihl, plen);
     tcpChecksum(pkt, v6, ihl, plen);
     emit(pkt, plen);
     return SplitResult.Ok;
@@ -264,13 +276,7 @@ export function splitGso(
     const total = hdrEnd + seg;
     const last = p + seg >= plen;
     pkt.copy(out, hdrEnd, p, p + seg);
-    if (!v6) {
-      out.writeUInt16BE(total, 2);
-      out.writeUInt16BE((id0 + i) & 0xffff, 4);
-      ipv4HeaderChecksum(out, ihl);
-    } else {
-      out.writeUInt16BE(total - 40, 4);
-    }
+    setIpLength(out, v6, ihl, total, id0 + i);
     out.writeUInt32BE((seq0 + i * gsoSize) >>> 0, ihl + 4);
     let f = flags0;
     if (!last) f &= ~(TCP_FIN | TCP_PSH);
@@ -298,10 +304,7 @@ function splitUdp(
   if (gsoSize === 0 || csumStart !== ihl || csumOffset !== 6) return SplitResult.Malformed;
   const hdrEnd = ihl + 8;
   if (plen - hdrEnd <= gsoSize) {
-    if (!v6) {
-      pkt.writeUInt16BE(plen, 2);
-      ipv4HeaderChecksum(pkt, ihl);
-    } else pkt.writeUInt16BE(plen - 40, 4);
+    setIpLength(pkt, v6, ihl, plen);
     pkt.writeUInt16BE(plen - ihl, ihl + 4);
     udpChecksum(pkt, v6, ihl, plen);
     emit(pkt, plen);
@@ -315,13 +318,7 @@ function splitUdp(
     const seg = Math.min(gsoSize, plen - p);
     const total = hdrEnd + seg;
     pkt.copy(out, hdrEnd, p, p + seg);
-    if (!v6) {
-      out.writeUInt16BE(total, 2);
-      out.writeUInt16BE((id0 + i) & 0xffff, 4);
-      ipv4HeaderChecksum(out, ihl);
-    } else {
-      out.writeUInt16BE(total - 40, 4);
-    }
+    setIpLength(out, v6, ihl, total, id0 + i);
     out.writeUInt16BE(total - ihl, ihl + 4);
     udpChecksum(out, v6, ihl, total);
     emit(out, total);
@@ -519,12 +516,7 @@ export class GroBatch {
     if (this.segs > 1 && this.udp) {
       const ihl = this.ihl;
       const pkt = this.runPkt;
-      if (!this.v6) {
-        pkt.writeUInt16BE(len, 2);
-        ipv4HeaderChecksum(pkt, ihl);
-      } else {
-        pkt.writeUInt16BE(len - 40, 4);
-      }
+      setIpLength(pkt, this.v6, ihl, len);
       // The UDP length and the pseudo-header describe the whole packet; the kernel
       // replaces that length with each datagram's and completes the sum.
       pkt.writeUInt16BE(len - ihl, ihl + 4);
@@ -542,12 +534,7 @@ export class GroBatch {
     } else if (this.segs > 1) {
       const ihl = this.ihl;
       const pkt = this.runPkt;
-      if (!this.v6) {
-        pkt.writeUInt16BE(len, 2);
-        ipv4HeaderChecksum(pkt, ihl);
-      } else {
-        pkt.writeUInt16BE(len - 40, 4);
-      }
+      setIpLength(pkt, this.v6, ihl, len);
       // CHECKSUM_PARTIAL: the field holds the pseudo-header sum; the kernel completes it.
       pkt.writeUInt16BE(fold16(pseudoSum(pkt, this.v6, len - ihl)), ihl + 16);
       r[0] = VNET_F_NEEDS_CSUM;
