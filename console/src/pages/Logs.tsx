@@ -1,24 +1,15 @@
-import { Fragment, useEffect, useState } from 'react';
+import { Fragment, useState } from 'react';
 import { keepPreviousData, useQuery } from '@tanstack/react-query';
 import { useParams } from 'react-router';
 import { usePoll } from '../live';
 import { api, enc, type AuditEntry } from '../api';
 import { when } from '../format';
-import { ErrorText, Loading, Pager } from '../ui';
+import { ErrorText, Loading, Pager, useSettled } from '../ui';
 
 const PAGE = 100;
 
 interface Verify { ok: boolean; entries: number; broken_at?: number; reason?: string }
 
-/** A text filter, settled for 300 ms (one request per pause in typing). */
-function useSettled(value: string, ms = 300): string {
-  const [v, setV] = useState(value);
-  useEffect(() => {
-    const t = setTimeout(() => setV(value), ms);
-    return () => clearTimeout(t);
-  }, [value, ms]);
-  return v;
-}
 
 export function Logs() {
   const { tenant = '' } = useParams();
@@ -34,7 +25,7 @@ export function Logs() {
   const verify = useQuery({ queryKey: ['audit', tenant, 'verify'], queryFn: () => api<Verify>('GET', `/tenants/${enc(tenant)}/audit/verify`), refetchInterval: poll });
   // The server filters (exact action, actor and object, a time range) and pages,
   // newest first; total is the number of matches.
-  const f = { action: useSettled(action.trim()), actor: useSettled(actor.trim()), object: useSettled(object.trim()) };
+  const f = { action: useSettled(action.trim(), 300), actor: useSettled(actor.trim(), 300), object: useSettled(object.trim(), 300) };
   const qs = new URLSearchParams({ order: 'desc', limit: String(PAGE), offset: String(page * PAGE) });
   if (f.action) qs.set('action', f.action);
   if (f.actor) qs.set('actor', f.actor);

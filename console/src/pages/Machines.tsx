@@ -5,7 +5,7 @@ import { usePoll } from '../live';
 import { api, enc, type NodeInfo, type NodePage } from '../api';
 import { ago, rtt } from '../format';
 import { can, useSession } from '../session';
-import { Confirm, ErrorText, Loading, Modal, Pager, Status } from '../ui';
+import { Confirm, ErrorText, Loading, Modal, Pager, Status, useSettled } from '../ui';
 
 const PAGE = 50;
 type Filter = 'all' | 'online' | 'offline';
@@ -17,15 +17,6 @@ function os(n: NodeInfo): string {
   return parts.join(' · ');
 }
 
-/** The search text, settled for 200 ms (one request per pause in typing, not per key). */
-function useSettled(value: string, ms = 200): string {
-  const [v, setV] = useState(value);
-  useEffect(() => {
-    const t = setTimeout(() => setV(value), ms);
-    return () => clearTimeout(t);
-  }, [value, ms]);
-  return v;
-}
 
 export function Machines() {
   const { tenant = '' } = useParams();
@@ -38,7 +29,7 @@ export function Machines() {
   const [action, setAction] = useState<Action>(null);
   const [newName, setNewName] = useState('');
   const [newTags, setNewTags] = useState<string[]>([]);
-  const needle = useSettled(search.trim());
+  const needle = useSettled(search.trim(), 200);
   // The server pages, searches and filters: the browser holds one page of 50.
   const qs = new URLSearchParams({ limit: String(PAGE), offset: String(page * PAGE), status: filter });
   if (needle) qs.set('q', needle);
