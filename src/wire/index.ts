@@ -23,3 +23,5 @@ export { ReplayWindow, REPLAY_WINDOW } from './replay.js';
 export { WireTx, type WireTxOptions } from './tx.js';
 export { WireRx, RxCode, RX_CODE_NAMES, type WireRxOptions } from './rx.js';
 export { wallClockEpoch } from './validate.js';
+export { newTxShared, newRxShared, TX_SHARED_WORDS, RX_SHARED_WORDS } from './shared.js';
+export { lock, unlock, sharedWords } from './lock.js';

@@ -25,18 +25,38 @@ const TWO_32 = 4294967296;
 /** Words per 2^32 sequence numbers (one step of the high half). */
 const WORDS_PER_HI = TWO_32 / WORD_BITS;
 
+/** Words a window occupies in its backing array (see ReplayWindow.over). */
+export const REPLAY_WORDS = 3 + RING_WORDS;
+
+// Backing layout, from `base`: top high half, top low half, non-empty flag, ring.
+const TOP_HI = 0;
+const TOP_LO = 1;
+const NONEMPTY = 2;
+const RING = 3;
+
 export class ReplayWindow {
-  private readonly ring = new Uint32Array(RING_WORDS);
-  private topHi = 0;
-  private topLo = 0;
-  private empty = true;
+  private readonly mem: Uint32Array;
+  private readonly base: number;
+
+  /**
+   * A window over its own memory, or over `mem[base .. base + REPLAY_WORDS]`
+   * (zeroed memory is an empty window): packet workers keep one link's window
+   * in shared memory and call it under that link's lock.
+   */
+  constructor(mem?: Uint32Array, base = 0) {
+    if (mem === undefined) {
+      this.mem = new Uint32Array(REPLAY_WORDS);
+      this.base = 0;
+    } else {
+      if (!(base >= 0 && base + REPLAY_WORDS <= mem.length)) throw new RangeError('replay window lies outside its memory');
+      this.mem = mem;
+      this.base = base;
+    }
+  }
 
   /** Forgets everything (a new session epoch starts). */
   reset(): void {
-    this.ring.fill(0);
-    this.topHi = 0;
-    this.topLo = 0;
-    this.empty = true;
+    this.mem.fill(0, this.base, this.base + REPLAY_WORDS);
   }
 
   /**
@@ -47,35 +67,39 @@ export class ReplayWindow {
    * a number that fell out of the window. Never allocates.
    */
   acceptHiLo(hi: number, lo: number): boolean {
-    const ring = this.ring;
-    if (this.empty) {
-      this.empty = false;
-      this.topHi = hi;
-      this.topLo = lo;
+    const m = this.mem;
+    const b = this.base;
+    const r = b + RING;
+    if (m[b + NONEMPTY] === 0) {
+      m[b + NONEMPTY] = 1;
+      m[b + TOP_HI] = hi;
+      m[b + TOP_LO] = lo;
     } else {
-      const dHi = hi - this.topHi;
-      if (dHi > 0 || (dHi === 0 && lo > this.topLo)) {
+      const topHi = m[b + TOP_HI]!;
+      const topLo = m[b + TOP_LO]!;
+      const dHi = hi - topHi;
+      if (dHi > 0 || (dHi === 0 && lo > topLo)) {
         // Newer: clear the words between the old top's word and the new one.
-        if (dHi > 1) ring.fill(0);
+        if (dHi > 1) m.fill(0, r, r + RING_WORDS);
         else {
-          const words = dHi * WORDS_PER_HI + (lo >>> 5) - (this.topLo >>> 5);
-          if (words >= RING_WORDS) ring.fill(0);
-          else for (let w = 1, i = this.topLo >>> 5; w <= words; w++) ring[(i + w) & RING_MASK] = 0;
+          const words = dHi * WORDS_PER_HI + (lo >>> 5) - (topLo >>> 5);
+          if (words >= RING_WORDS) m.fill(0, r, r + RING_WORDS);
+          else for (let w = 1, i = topLo >>> 5; w <= words; w++) m[r + ((i + w) & RING_MASK)] = 0;
         }
-        this.topHi = hi;
-        this.topLo = lo;
+        m[b + TOP_HI] = hi;
+        m[b + TOP_LO] = lo;
       } else {
         // Not newer: how far behind the top (dHi is 0 or negative here).
         if (dHi < -1) return false;
-        const behind = -dHi * TWO_32 + this.topLo - lo;
+        const behind = -dHi * TWO_32 + topLo - lo;
         if (behind >= REPLAY_WINDOW) return false;
       }
     }
-    const idx = (lo >>> 5) & RING_MASK;
-    const bit = 1 << (lo & 31);
-    const word = ring[idx]!;
+    const idx = r + ((lo >>> 5) & RING_MASK);
+    const bit = (1 << (lo & 31)) >>> 0;
+    const word = m[idx]!;
     if ((word & bit) !== 0) return false;
-    ring[idx] = word | bit;
+    m[idx] = (word | bit) >>> 0;
     return true;
   }
 
@@ -95,11 +119,11 @@ export class ReplayWindow {
 
   /** Highest sequence number accepted so far (0n when none). Allocates: not for the hot path. */
   get highest(): bigint {
-    return (BigInt(this.topHi) << 32n) | BigInt(this.topLo);
+    return (BigInt(this.mem[this.base + TOP_HI]!) << 32n) | BigInt(this.mem[this.base + TOP_LO]!);
   }
 
   /** True when nothing was accepted since construction or the last reset. */
   get isEmpty(): boolean {
-    return this.empty;
+    return this.mem[this.base + NONEMPTY] === 0;
   }
 }

@@ -20,6 +20,8 @@ import { linkKey, newObfsInput, newSessionInput, obfsPadInto, sessionKeyInto } f
 import { ReplayWindow } from './replay.js';
 import { assertEpoch, assertPsk } from './validate.js';
 import { ViewCache } from './views.js';
+import { lock, unlock } from './lock.js';
+import { isRxShared, RX_EPOCH_HI, RX_EPOCH_LO, RX_LOCK, RX_WINDOW } from './shared.js';
 
 // Shared by every instance: the views are of the caller's buffers (an engine's
 // one plaintext buffer serves all its links), so one cache serves them all and a
@@ -60,6 +62,13 @@ export interface WireRxOptions {
    * dropped. Default: no session yet, the first authentic datagram sets it.
    */
   readonly epoch?: bigint;
+  /**
+   * Shared receiving state (newRxShared): the session epoch and the replay
+   * window live there, so WireRx objects of several threads over the same
+   * words accept each datagram at most once between them. `epoch` must then
+   * be left out.
+   */
+  readonly shared?: Int32Array;
 }
 
 export class WireRx {
@@ -81,7 +90,8 @@ export class WireRx {
   private readonly kdfInput = newSessionInput();
   private curHi = 0;
   private curLo = 0;
-  private readonly window = new ReplayWindow();
+  private readonly window: ReplayWindow;
+  private readonly shared: Int32Array | null;
   private readonly nonce = Buffer.alloc(12);
   private readonly hdr = Buffer.alloc(HEADER_LEN);
   private readonly pad = Buffer.alloc(32);
@@ -96,6 +106,12 @@ export class WireRx {
     this.to = opts.to;
     this.link = linkKey(opts.psk, opts.from, opts.to); // validates the ids
     this.obfuscate = opts.obfuscate ?? true;
+    this.shared = opts.shared ?? null;
+    if (this.shared !== null) {
+      if (!isRxShared(this.shared)) throw new TypeError('shared must come from newRxShared()');
+      if (opts.epoch !== undefined) throw new TypeError('the epoch lives in the shared state; leave it out');
+      this.window = new ReplayWindow(new Uint32Array(this.shared.buffer, this.shared.byteOffset, this.shared.length), RX_WINDOW);
+    } else this.window = new ReplayWindow();
     if (opts.epoch !== undefined && opts.epoch !== 0n) {
       assertEpoch(opts.epoch, 'epoch', false);
       this.curHi = Number(opts.epoch >> 32n);
@@ -111,6 +127,8 @@ export class WireRx {
 
   /** Epoch of the current receive session; 0n before the first accepted datagram. */
   get epoch(): bigint {
+    const sh = this.shared;
+    if (sh !== null) return (BigInt(sh[RX_EPOCH_HI]! >>> 0) << 32n) | BigInt(sh[RX_EPOCH_LO]! >>> 0);
     return (BigInt(this.curHi) << 32n) | BigInt(this.curLo);
   }
 
@@ -173,6 +191,7 @@ export class WireRx {
     const sLo = h.readUInt32LE(12);
     const sHi = h.readUInt32LE(16);
 
+    if (this.shared !== null) return this.finishShared(dgram, len, out, flags, eHi, eLo, sHi, sLo);
     // Forward-only epochs, compared as two unsigned 32-bit halves.
     const curHi = this.curHi;
     const curLo = this.curLo;
@@ -220,6 +239,91 @@ export class WireRx {
       this.window.reset();
     }
     if (!this.window.acceptHiLo(sHi, sLo)) return RxCode.Replay;
+
+    this.plaintextLen = ptLen;
+    this.keepalive = (flags & FLAG_KEEPALIVE) !== 0;
+    this.lastSeqHi = sHi;
+    this.lastSeqLo = sLo;
+    return RxCode.Accept;
+  }
+
+  /**
+   * finish() over shared state. this.key stays the key of epoch (curHi, curLo)
+   * as seen by this thread; the session epoch and the window are the shared
+   * ones, read and changed under the lock (before decrypting: is the epoch
+   * already older; after: adopt it if newer, then the window).
+   */
+  private finishShared(
+    dgram: Buffer,
+    len: number,
+    out: Buffer,
+    flags: number,
+    eHi: number,
+    eLo: number,
+    sHi: number,
+    sLo: number,
+  ): RxCode {
+    const sh = this.shared!;
+    lock(sh, RX_LOCK);
+    let shHi = sh[RX_EPOCH_HI]! >>> 0;
+    let shLo = sh[RX_EPOCH_LO]! >>> 0;
+    unlock(sh, RX_LOCK);
+    if (eHi < shHi || (eHi === shHi && eLo < shLo)) return RxCode.OldEpoch;
+
+    let key = this.key;
+    const ours = eHi === this.curHi && eLo === this.curLo && (eHi !== 0 || eLo !== 0);
+    if (!ours) {
+      const c = this.candHiLo;
+      if (c[0] !== eHi || c[1] !== eLo) {
+        sessionKeyInto(this.candidate, this.kdfInput, this.link, eHi, eLo);
+        c[0] = eHi;
+        c[1] = eLo;
+      }
+      key = this.candidate;
+    }
+
+    const ptLen = len - OVERHEAD;
+    if (out.length < ptLen) throw new RangeError(`out needs ${ptLen} bytes, has ${out.length}`);
+    const nonce = this.nonce;
+    nonce.writeUInt32LE(sLo, 0);
+    nonce.writeUInt32LE(sHi, 4);
+    try {
+      sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
+        this.outViews.get(out, 0, ptLen),
+        null,
+        this.bodyViews.get(dgram, HEADER_LEN, len - HEADER_LEN),
+        null,
+        nonce,
+        key,
+      );
+    } catch {
+      return RxCode.AuthFail;
+    }
+    if (!ours) {
+      // Authentic: this thread now keys epoch (eHi, eLo).
+      this.candidate = this.key;
+      this.key = key;
+      this.candHiLo[0] = 0;
+      this.candHiLo[1] = 0;
+      this.curHi = eHi;
+      this.curLo = eLo;
+    }
+
+    lock(sh, RX_LOCK);
+    shHi = sh[RX_EPOCH_HI]! >>> 0;
+    shLo = sh[RX_EPOCH_LO]! >>> 0;
+    if (eHi < shHi || (eHi === shHi && eLo < shLo)) {
+      unlock(sh, RX_LOCK); // another thread adopted a newer session meanwhile
+      return RxCode.OldEpoch;
+    }
+    if (eHi !== shHi || eLo !== shLo) {
+      sh[RX_EPOCH_HI] = eHi | 0;
+      sh[RX_EPOCH_LO] = eLo | 0;
+      this.window.reset();
+    }
+    const fresh = this.window.acceptHiLo(sHi, sLo);
+    unlock(sh, RX_LOCK);
+    if (!fresh) return RxCode.Replay;
 
     this.plaintextLen = ptLen;
     this.keepalive = (flags & FLAG_KEEPALIVE) !== 0;

@@ -12,6 +12,8 @@ import {
 import { linkKey, newObfsInput, newSessionInput, obfsPadInto, sessionKeyInto } from './kdf.js';
 import { assertEpoch, assertPsk, wallClockEpoch } from './validate.js';
 import { ViewCache } from './views.js';
+import { lock, unlock } from './lock.js';
+import { isTxShared, TX_EPOCH_HI, TX_EPOCH_LO, TX_EXHAUSTED, TX_LOCK, TX_SEQ_HI, TX_SEQ_LO } from './shared.js';
 
 // Shared by every instance: the views are of the caller's buffers (an engine's
 // one plaintext buffer serves all its links), so one cache serves them all and a
@@ -37,6 +39,12 @@ export interface WireTxOptions {
    * sequence counter starts again.
    */
   readonly epoch?: bigint;
+  /**
+   * Shared sending state (newTxShared): the epoch and the sequence counter live
+   * there, so WireTx objects of several threads over the same words send one
+   * session. `epoch` must then be left out.
+   */
+  readonly shared?: Int32Array;
 }
 
 /**
@@ -62,6 +70,7 @@ export class WireTx {
   private seqHi = 0;
   private seqLo = 1;
   private exhausted = false;
+  private readonly shared: Int32Array | null;
 
   constructor(opts: WireTxOptions) {
     assertPsk(opts.psk);
@@ -69,7 +78,14 @@ export class WireTx {
     this.to = opts.to;
     this.link = linkKey(opts.psk, opts.from, opts.to); // validates the ids
     this.obfuscate = opts.obfuscate ?? true;
-    const epoch = opts.epoch ?? wallClockEpoch();
+    this.shared = opts.shared ?? null;
+    if (this.shared !== null) {
+      if (!isTxShared(this.shared)) throw new TypeError('shared must come from newTxShared()');
+      if (opts.epoch !== undefined) throw new TypeError('epoch comes from the shared state; leave it out');
+    }
+    const sh = this.shared;
+    const epoch =
+      sh !== null ? (BigInt(sh[TX_EPOCH_HI]! >>> 0) << 32n) | BigInt(sh[TX_EPOCH_LO]! >>> 0) : (opts.epoch ?? wallClockEpoch());
     assertEpoch(epoch, 'epoch', true);
     this.epoch = epoch;
     this.epochHi = Number(epoch >> 32n);
@@ -79,6 +95,8 @@ export class WireTx {
 
   /** The sequence number the next seal() will use (starts at 1). Allocates: not for the hot path. */
   get nextSeq(): bigint {
+    const sh = this.shared;
+    if (sh !== null) return (BigInt(sh[TX_SEQ_HI]! >>> 0) << 32n) | BigInt(sh[TX_SEQ_LO]! >>> 0);
     return (BigInt(this.seqHi) << 32n) | BigInt(this.seqLo);
   }
 
@@ -91,6 +109,7 @@ export class WireTx {
    * large, out too small); never for any payload content.
    */
   seal(payload: Buffer, payloadOff: number, payloadLen: number, out: Buffer, keepalive = false): number {
+    if (this.shared !== null) return this.sealShared(payload, payloadOff, payloadLen, out, keepalive);
     if (this.exhausted) throw new RangeError('sequence space exhausted; start a new epoch');
     const n = this.write(this.seqLo, this.seqHi, payload, payloadOff, payloadLen, out, keepalive);
     if (this.seqLo !== 0xffffffff) this.seqLo++;
@@ -99,6 +118,29 @@ export class WireTx {
       this.seqHi++;
     } else this.exhausted = true;
     return n;
+  }
+
+  /** seal() drawing the sequence number from the shared counter. */
+  private sealShared(payload: Buffer, payloadOff: number, payloadLen: number, out: Buffer, keepalive: boolean): number {
+    // Check the caller's arguments before a number is consumed (write() would throw after).
+    if (!(payloadLen >= 0 && payloadLen <= MAX_PLAINTEXT && payloadOff >= 0 && payloadOff + payloadLen <= payload.length && out.length >= payloadLen + OVERHEAD)) {
+      return this.write(0, 0, payload, payloadOff, payloadLen, out, keepalive); // throws the RangeError
+    }
+    const sh = this.shared!;
+    lock(sh, TX_LOCK);
+    if (sh[TX_EXHAUSTED] !== 0) {
+      unlock(sh, TX_LOCK);
+      throw new RangeError('sequence space exhausted; start a new epoch');
+    }
+    const lo = sh[TX_SEQ_LO]! >>> 0;
+    const hi = sh[TX_SEQ_HI]! >>> 0;
+    if (lo !== 0xffffffff) sh[TX_SEQ_LO] = (lo + 1) | 0;
+    else if (hi !== 0xffffffff) {
+      sh[TX_SEQ_LO] = 0;
+      sh[TX_SEQ_HI] = (hi + 1) | 0;
+    } else sh[TX_EXHAUSTED] = 1;
+    unlock(sh, TX_LOCK);
+    return this.write(lo, hi, payload, payloadOff, payloadLen, out, keepalive);
   }
 
   /** Seals an empty-bodied keepalive (flags bit 0) into `out`; returns OVERHEAD. */

@@ -16,7 +16,8 @@
 // - every job has a time budget: a worker still busy when it runs out is
 //   terminated and replaced, the job fails with BudgetError, and the
 //   tenants whose state lived there simply rebuild on their next job.
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { spawnWorker } from '../../runtime/worker.js';
 import { availableParallelism } from 'node:os';
 import type { ControlMetrics } from '../metrics.js';
 import type { AclNetwork } from '../policy-engine.js';
@@ -130,17 +131,8 @@ const HEAVY_MS = 250;
 const LARGE_POLICY = 64 * 1024;
 const LARGE_NET = 2000;
 
-// Production runs dist/…/worker.js. Under tsx (tests, `node --import tsx`)
-// the worker is TypeScript, and a worker thread does not inherit tsx's loader:
-// a small bootstrap registers it in the thread first.
-const fromSource = import.meta.url.endsWith('.ts');
-const workerFile = new URL(fromSource ? './worker.ts' : './worker.js', import.meta.url);
 function newWorker(heapMb: number): Worker {
-  const resourceLimits = { maxOldGenerationSizeMb: heapMb };
-  if (!fromSource) return new Worker(workerFile, { resourceLimits });
-  const tsx = import.meta.resolve('tsx/esm/api');
-  const boot = `import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(workerFile.href)}); });`;
-  return new Worker(boot, { eval: true, resourceLimits });
+  return spawnWorker(import.meta.url, 'worker', { resourceLimits: { maxOldGenerationSizeMb: heapMb } });
 }
 
 /** Longest a job waits while a worker is still loading (see submit). */
