@@ -80,6 +80,21 @@ export class Counters {
     }
   }
 
+  /** Copies every counter into `f[off .. off + COUNTER_NAMES.length]` (a packet worker publishing its totals). */
+  writeTo(f: Float64Array, off: number): void {
+    for (let i = 0; i < COUNTER_NAMES.length; i++) f[off + i] = this[COUNTER_NAMES[i]!];
+  }
+
+  /** Adds counters published with writeTo (summing the workers of one engine). */
+  addFrom(f: Float64Array, off: number): void {
+    for (let i = 0; i < COUNTER_NAMES.length; i++) this[COUNTER_NAMES[i]!] += f[off + i]!;
+  }
+
+  /** Adds another set (summing). */
+  add(o: Counters): void {
+    for (const k of COUNTER_NAMES) this[k] += o[k];
+  }
+
   toJSON(): Record<CounterName, number> {
     const out = {} as Record<CounterName, number>;
     for (const k of COUNTER_NAMES) out[k] = this[k];
