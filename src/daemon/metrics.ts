@@ -187,7 +187,7 @@ export function buildRelayRegistry(src: RelayMetricsSource): Registry {
   const tenantHelp = Object.fromEntries(RELAY_COUNTER_NAMES.map((n) => [n, `per tenant: ${COUNTER_HELP[n]}`])) as Record<CounterName, string>;
   registerLabelledCounters(reg, RELAY_COUNTER_NAMES, tenantHelp, tenantLabels, namespaces, labels, (ns, name) => ns.counters[name], 'larktun_relay_tenant_');
   const filterHelp = Object.fromEntries(FILTER_COUNTER_NAMES.map((n) => [n, `tenant packet filter: ${FILTER_COUNTER_HELP[n]}`])) as Record<FilterCounterName, string>;
-  registerLabelledCounters(reg, FILTER_COUNTER_NAMES, filterHelp, tenantLabels, namespaces, labels, (ns, name) => ns.filter.counters[name], 'larktun_relay_tenant_');
+  registerLabelledCounters(reg, FILTER_COUNTER_NAMES, filterHelp, tenantLabels, namespaces, labels, (ns, name) => ns.filterCounters[name], 'larktun_relay_tenant_');
 
   labelledGauge(reg, 'larktun_relay_tenant_links', "links (nodes) of the tenant in the relay's view", tenantLabels, (g) => {
     for (const ns of namespaces()) g.set(labels(ns), ns.links.length);

@@ -11,6 +11,8 @@ import { WireRx, WireTx, RxCode } from '../../src/wire/index.js';
 import type { FilterRule } from '../../src/acl/index.js';
 
 const RELAY = 65535;
+// relay-workers.test.ts runs this whole file again with the relay on 2 packet threads.
+const WORKERS = Number(process.env.LARKTUN_TEST_RELAY_WORKERS ?? '1');
 const keyHex = (b: number): string => Buffer.alloc(32, b).toString('hex');
 
 
@@ -140,7 +142,7 @@ const B = () => engine.namespace(2)!.counters;
 
 before(async () => {
   for (const n of nodes) await n.bind();
-  engine = new RelayEngine({ listenPorts: [0], bindHost4: '127.0.0.1', bindHost6: null, log: (m) => logs.push(m) });
+  engine = new RelayEngine({ listenPorts: [0], bindHost4: '127.0.0.1', bindHost6: null, log: (m) => logs.push(m), workers: WORKERS });
   await engine.start();
   relayPort = engine.boundAddresses()[0]!.port;
   viewAt[0] = Date.now();
@@ -249,7 +251,7 @@ test('packet filter: a denied flow is dropped; the reply direction of an allowed
   const synack = b1.got.at(-1)!;
   assert.equal(synack[33], SYN | ACK);
   assert.equal(synack.readUInt16BE(20), 80);
-  const f = engine.namespace(2)!.filter.counters;
+  const f = engine.namespace(2)!.filterCounters;
   assert.ok(f.filter_allow_reply >= 1, JSON.stringify(f));
   assert.equal(B().drop_filter, bf + 2);
 });
@@ -386,8 +388,8 @@ test('junk and malformed datagrams get no reply and are counted', async () => {
   send(Buffer.from(out.subarray(0, stranger.seal(pkt, 0, pkt.length, out))));
   await settle(200);
   assert.equal(replies, 0);
-  assert.equal(c.drop_malformed, mal + 3);
-  assert.equal(c.drop_unknown_peer, unk + 6);
+  assert.equal(engine.counters.drop_malformed, mal + 3);
+  assert.equal(engine.counters.drop_unknown_peer, unk + 6);
   junk.close();
 });
 
@@ -438,4 +440,46 @@ test('a removed link stops forwarding; status reports per-tenant counters', asyn
   assert.ok(beta.counters['drop_spoof'] === 2);
   assert.ok(!('tun_rx_packets' in s.counters), 'relay counters only');
   JSON.stringify(s);
+});
+
+test('packet threads: datagrams from many source ports are spread over every thread, and forwarding works from each', { skip: WORKERS < 2 ? 'one packet thread (relay-workers.test.ts runs this with two)' : false }, async () => {
+  const socks = await Promise.all(
+    Array.from({ length: 24 }, async () => {
+      const s = dgram.createSocket('udp4');
+      await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
+      return s;
+    }),
+  );
+  try {
+    // Tenant alpha is as the last test left it (a2 on its rotated key).
+    a1.keepalive();
+    a2.keepalive();
+    await settle();
+    const ws = engine.workersStatus();
+    assert.equal(ws.configured, WORKERS);
+    assert.equal(ws.running, WORKERS, `every packet thread runs (${ws.reason ?? ''})`);
+    const before = ws.threads.map((t) => t.udp_rx_packets);
+    // a1 roams over 24 source ports (the kernel hashes each to a thread); each
+    // datagram is a fresh one to a2, so every one must be forwarded.
+    const got0 = a2.got.length;
+    for (const s of socks) {
+      s.send(a1.seal(udp('100.64.0.1', '100.64.0.2', 1000, 2000, 'spread')), relayPort, '127.0.0.1');
+      await settle(5);
+    }
+    await settle(150);
+    assert.equal(a2.got.length - got0, socks.length, `every datagram forwarded whichever thread took it: ${JSON.stringify(engine.status().tenants[0])}`);
+    const after = engine.workersStatus().threads.map((t) => t.udp_rx_packets);
+    after.forEach((n, i) => assert.ok(n > before[i]!, `thread ${i} received some of them (before ${before[i]}, after ${n})`));
+    // A replay of one of them, from yet another port, is refused wherever it lands.
+    const replay = a1.seal(udp('100.64.0.1', '100.64.0.2', 1000, 2000, 'once'));
+    const drops0 = A().drop_replay;
+    for (const s of socks.slice(0, 8)) s.send(replay, relayPort, '127.0.0.1');
+    await settle(150);
+    assert.equal(a2.got.filter((p) => bodyOf(p) === 'once').length, 1, 'delivered once');
+    assert.equal(A().drop_replay - drops0, 7, 'the other seven are replays');
+  } finally {
+    for (const s of socks) s.close();
+    a1.keepalive(); // back to its own socket
+    await settle();
+  }
 });
