@@ -143,6 +143,7 @@ async function handle(m: Req): Promise<Record<string, unknown>> {
         ms.push(performance.now() - t0);
         last = { tenants: r.tenants, links: r.links, kept: r.kept, warnings: r.warnings.length, filter_errors: Object.keys(r.filterErrors).length };
       }
+      await engine.viewSettled(); // every packet thread forwards by it
       if (!m.heap) return { ms, result: last };
       fullGc();
       return { ms, result: last, heap_used: process.memoryUsage().heapUsed };

@@ -29,8 +29,9 @@ port.on('message', (m: ToRelayWorker) => {
   if (m.type === 'view') {
     try {
       engine.applySharedView(m.view as RelayView, m.share);
+      say({ type: 'view-applied', seq: m.seq });
     } catch (err) {
-      say({ type: 'view-error', error: (err as Error).message });
+      say({ type: 'view-error', seq: m.seq, error: (err as Error).message });
     }
   } else if (m.type === 'stop') {
     void engine.stop().finally(() => {

@@ -650,6 +650,10 @@ export class RelayEngine {
   private totals: Float64Array | null = null;
   private share: ViewShare | null = null;
   private stopping = false;
+  /** Views posted to workers, and per worker the last one it applied (or refused). */
+  private viewSeq = 0;
+  private readonly appliedSeq = new Map<Worker, number>();
+  private settleWaiters: { seq: number; resolve: () => void }[] = [];
   // Worker thread: sessions and endpoints received, by id, kept across views.
   private readonly sessionsById = new Map<number, { rx: WireRx; tx: WireTx }>();
   private readonly endpointsById = new Map<number, SharedEndpoint>();
@@ -706,6 +710,7 @@ export class RelayEngine {
       this.log(`relay: ${this.workerReason}`);
     }
     if (this.st.view !== null) this.postView(this.st.view);
+    await this.viewSettled();
   }
 
   private startWorker(index: number, count: number, ports: number[]): Promise<void> {
@@ -735,7 +740,11 @@ export class RelayEngine {
           this.workers.push(w);
           resolve();
         } else if (m.type === 'log') this.log(`relay worker ${index}: ${m.msg}`);
-        else if (m.type === 'view-error') this.log(`relay worker ${index}: view not applied: ${m.error}`);
+        else if (m.type === 'view-applied' || m.type === 'view-error') {
+          if (m.type === 'view-error') this.log(`relay worker ${index}: view not applied: ${m.error}`);
+          this.appliedSeq.set(w, m.seq);
+          this.wakeSettled();
+        }
       });
       w.on('error', (err) => {
         this.log(`relay worker ${index} failed: ${err.message}`);
@@ -747,6 +756,8 @@ export class RelayEngine {
       w.on('exit', (code) => {
         const i = this.workers.indexOf(w);
         if (i >= 0) this.workers.splice(i, 1);
+        this.appliedSeq.delete(w);
+        this.wakeSettled();
         if (!ready) {
           clearTimeout(timer);
           reject(new Error(`worker ${index} exited with code ${code} before it was ready`));
@@ -864,8 +875,34 @@ export class RelayEngine {
   /** Main thread: hands the view in force and its shared state to every worker. */
   private postView(view: RelayView): void {
     if (this.workers.length === 0 || this.share === null) return;
-    const msg: ToRelayWorker = { type: 'view', view, share: this.share };
+    const msg: ToRelayWorker = { type: 'view', seq: ++this.viewSeq, view, share: this.share };
     for (const w of this.workers) w.postMessage(msg);
+  }
+
+  /**
+   * Resolves once every running worker has applied (or refused) the last view
+   * setView() made; at once with no workers. Workers apply a view a moment
+   * after the main thread: this is for callers that must know all threads
+   * forward by it (tests, benches).
+   */
+  viewSettled(): Promise<void> {
+    const seq = this.viewSeq;
+    if (this.allApplied(seq)) return Promise.resolve();
+    return new Promise((resolve) => this.settleWaiters.push({ seq, resolve }));
+  }
+
+  private allApplied(seq: number): boolean {
+    for (const w of this.workers) if ((this.appliedSeq.get(w) ?? 0) < seq) return false;
+    return true;
+  }
+
+  private wakeSettled(): void {
+    const still: { seq: number; resolve: () => void }[] = [];
+    for (const x of this.settleWaiters) {
+      if (this.allApplied(x.seq)) x.resolve();
+      else still.push(x);
+    }
+    this.settleWaiters = still;
   }
 
   /**

@@ -147,6 +147,7 @@ before(async () => {
   relayPort = engine.boundAddresses()[0]!.port;
   viewAt[0] = Date.now();
   engine.setView(baseView());
+  await engine.viewSettled();
   viewAt[1] = Date.now();
 });
 
@@ -314,6 +315,7 @@ test('setView: unchanged links keep endpoint, session and counters; a rotated ke
   a2spec.previous_psk = K.a2;
   a2spec.previous_psk_valid_until = new Date(Date.now() + 600_000).toISOString();
   const r = engine.setView(v);
+  await engine.viewSettled();
   assert.equal(r.hash, 'v2');
   assert.equal(r.kept, 7);
   assert.equal(engine.link(1)!.endpointText(), `127.0.0.1:${a1.sock.address().port}`, 'endpoint kept');
@@ -356,6 +358,7 @@ test('an expired previous key no longer opens datagrams', async () => {
   spec.previous_psk_valid_until = new Date(Date.now() - 1000).toISOString();
   v.tenants[0]!.links[1]!.psk = keyHex(0x2a); // a2 stays on its new key
   engine.setView(v);
+  await engine.viewSettled();
   const unknown = engine.counters.drop_unknown_peer;
   const before = counts();
   b1.send(tcp('100.64.0.1', '100.64.0.2', 40040, 80, SYN));
@@ -428,6 +431,7 @@ test('a removed link stops forwarding; status reports per-tenant counters', asyn
   v.tenants[1]!.links[0]!.psk = keyHex(0x5b);
   v.tenants[1]!.links = v.tenants[1]!.links.filter((l) => l.node !== 'b2');
   engine.setView(v);
+  await engine.viewSettled();
   const before = counts();
   b1.send(tcp('100.64.0.1', '100.64.0.2', 40050, 80, SYN));
   await settle();

@@ -57,11 +57,12 @@ export interface RelayWorkerData {
   counters: Float64Array;
 }
 
-export type ToRelayWorker = { type: 'view'; view: unknown; share: ViewShare } | { type: 'stop' };
+export type ToRelayWorker = { type: 'view'; seq: number; view: unknown; share: ViewShare } | { type: 'stop' };
 export type FromRelayWorker =
   | { type: 'ready'; ports: number[]; io: unknown }
   | { type: 'log'; msg: string }
-  | { type: 'view-error'; error: string }
+  | { type: 'view-applied'; seq: number }
+  | { type: 'view-error'; seq: number; error: string }
   | { type: 'stopped' };
 
 export function sharedF64(n: number): Float64Array {
