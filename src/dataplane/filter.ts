@@ -100,6 +100,38 @@
 // closing (FIN/RST seen) 120 s / 60 s; UDP, ICMP echo, SCTP and other protocols
 // 120 s; fragment records 60 s. `now` is any monotonic millisecond clock
 // (performance.now() or Date.now()), the same one for every call on a table.
+// A table shared by threads needs one clock for all of them: performance.now()
+// counts from each thread's own start, so use performance.timeOrigin +
+// performance.now(), or Date.now().
+//
+// ---- Worker threads (shared mode) --------------------------------------------
+// A packet engine running on N worker threads handles the two directions of a
+// connection on different threads, so they share one flow table:
+// FilterState.createShared() keeps the table in one SharedArrayBuffer,
+// share() returns a structured-cloneable handle to post to each worker, and
+// FilterState.attach(handle, filter) there gives a FilterState over the same
+// table. What is shared: the flows, the table's size, sweep cursor and
+// counters (evictions, expirations, insertions), the hash seed and the policy
+// generation counter. What is per thread: the compiled PacketFilter, the
+// verdict counters (FilterCounters.writeTo/addFrom sum them) and scratch.
+// Every public call that touches the table (check, checkParsed, noteOutbound,
+// notePacket, allowInbound, isReply, clear) takes a spin lock in the buffer's
+// header once for its whole duration, so a decision and the insert it makes
+// are one step for every other thread; nothing is allocated. The buffer
+// reserves the largest table (2 × maxFlows slots) up front and the table grows
+// inside it by doubling, under the lock; Linux commits the pages only as the
+// table grows into them. The unshared table is unchanged (no lock, arrays
+// reallocated on growth).
+// Policy contract: every thread compiles its PacketFilter from the same rules
+// and calls setFilter() when the policy changes. Each setFilter() takes a new
+// generation from the table, newer than any before, and flows carry the
+// generation of the filter that last judged them: a thread re-checks flows
+// judged under an older generation than its filter's and trusts those judged
+// under a newer one. So a flow revoked by the first thread on the new policy
+// is dropped by all threads, even those still holding the old filter (they
+// cannot re-admit it), and a new flow a lagging thread admits is re-checked
+// by the first up-to-date thread that sees it. Until a thread calls
+// setFilter, packets it is first to see are still judged by its old filter.
 
 import type { FilterRule } from '../acl/index.js';
 import { type Family, parseIP } from '../net/addr.js';
