@@ -1041,10 +1041,11 @@ export class FlowTable {
   private kh = 0;
 
   /**
-   * An unshared table (one thread). `sharedBuffer` is internal: use
-   * FlowTable.createShared / FlowTable.attach for a shared one.
+   * An unshared table (one thread). `sharedBuffer` is internal (checked, so a
+   * wrong one throws): use FlowTable.createShared / FlowTable.attach for a
+   * shared table.
    */
-  constructor(opts: FlowTableOptions = {}, sharedBuffer?: SharedArrayBuffer) {
+  constructor(opts: FlowTableOptions = {}, sharedBuffer?: SharedArrayBuffer | null) {
     const o = normalizeOptions(opts);
     this.options = o;
     this.maxFlows = o.maxFlows;
@@ -1068,8 +1069,15 @@ export class FlowTable {
       this.gens = new Uint32Array(this.slots);
       this.seen = new Float64Array(this.slots);
     } else {
-      const lay = sharedLayout(this.maxSlots);
       const ms = this.maxSlots;
+      const lay = sharedLayout(ms);
+      if (!(sharedBuffer instanceof SharedArrayBuffer)) throw new TypeError('attach: the buffer must be a SharedArrayBuffer (from FlowTable.share)');
+      if (sharedBuffer.byteLength !== lay.bytes) throw new TypeError(`attach: a buffer of ${sharedBuffer.byteLength} bytes does not fit maxFlows ${o.maxFlows}`);
+      const h = new Int32Array(sharedBuffer, 0, HC_OFFSET / 4);
+      const slots = Atomics.load(h, H_SLOTS);
+      if (h[H_MAGIC] !== SHARED_MAGIC || h[H_MAX_SLOTS] !== ms || !(slots >= 1 && slots <= ms && (slots & (slots - 1)) === 0)) {
+        throw new TypeError('attach: the buffer does not hold a shared flow table of these options');
+      }
       this.shared = true;
       this.sab = sharedBuffer;
       this.hdr = new Int32Array(sharedBuffer, 0, HC_OFFSET / 4);
@@ -1107,17 +1115,7 @@ export class FlowTable {
 
   /** A table over the shared memory of `handle` (from share(), possibly posted from another thread). */
   static attach(handle: SharedFilterHandle): FlowTable {
-    const buf = handle?.buffer;
-    if (!(buf instanceof SharedArrayBuffer)) throw new TypeError('attach: handle.buffer must be a SharedArrayBuffer (from FlowTable.share)');
-    const o = normalizeOptions(handle.options ?? {});
-    const maxSlots = nextPow2(o.maxFlows) * 2;
-    if (buf.byteLength !== sharedLayout(maxSlots).bytes) throw new TypeError(`attach: buffer of ${buf.byteLength} bytes does not fit maxFlows ${o.maxFlows}`);
-    const h = new Int32Array(buf, 0, HC_OFFSET / 4);
-    const slots = Atomics.load(h, H_SLOTS);
-    if (h[H_MAGIC] !== SHARED_MAGIC || h[H_MAX_SLOTS] !== maxSlots || !(slots >= 1 && slots <= maxSlots && (slots & (slots - 1)) === 0)) {
-      throw new TypeError('attach: the buffer does not hold a shared flow table of these options');
-    }
-    return new FlowTable(o, buf);
+    return new FlowTable(handle?.options ?? {}, handle?.buffer ?? null);
   }
 
   /** The handle to post to another thread (shared tables only). */
