@@ -121,7 +121,8 @@
 // reserves the largest table (2 × maxFlows slots) up front and the table grows
 // inside it by doubling, under the lock; Linux commits the pages only as the
 // table grows into them. The unshared table is unchanged (no lock, arrays
-// reallocated on growth).
+// reallocated on growth). Stop a worker's packet loop before terminate(): a
+// thread killed inside a call would leave the lock held for the others.
 // Policy contract: every thread compiles its PacketFilter from the same rules
 // and calls setFilter() when the policy changes. Each setFilter() takes a new
 // generation from the table, newer than any before, and flows carry the
