@@ -302,8 +302,8 @@ const sharedFlows = FilterState.createShared(PacketFilter.empty(), { maxFlows: 6
 for (let i = 0; i < FLOWS; i++) sharedFlows.noteOutbound(outPkts[i]!, outPkts[i]!.length, 0);
 if (sharedFlows.flows.size !== flowState.flows.size) throw new Error('shared table holds a different flow count');
 const sharedNew = FilterState.createShared(filter, { maxFlows: 16_384 });
-const ROUND_S = 0.4;
-const ROUNDS = 3;
+const ROUND_S = 0.2;
+const ROUNDS = 8;
 
 /** ns per check() of tracked replies (steady state). */
 function replyNs(st: FilterState): number {
