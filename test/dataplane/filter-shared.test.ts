@@ -40,10 +40,7 @@ function hammer(job: Omit<HammerJob, 'id'>): Promise<HammerResult[]> {
   const one = (id: 0 | 1): Promise<HammerResult> =>
     new Promise((resolve, reject) => {
       const w = spawnWorker(import.meta.url, 'filter-shared-worker', { workerData: { ...job, id } });
-      w.once('message', (m) => {
-        resolve(m as HammerResult);
-        void w.terminate();
-      });
+      w.once('message', (m) => resolve(m as HammerResult)); // then the worker ends by itself
       w.once('error', reject);
       w.once('exit', (code) => {
         if (code !== 0) reject(new Error(`worker ${id} exited with ${code}`));
@@ -128,7 +125,7 @@ describe('shared flow table, one thread', () => {
     u.setFilter(PacketFilter.compile(NARROW));
     assert.ok(a.generation > b.generation);
     assert.deepEqual(both(a, web), [Verdict.DropRevoked, Verdict.DropRevoked]);
-    // What a revoked stays revoked on b, although b's own filter would still admit it.
+    // What a revokes stays revoked on b, although b's own filter would still admit it.
     assert.deepEqual(both(b, web), [Verdict.DropRevoked, Verdict.DropRevoked]);
     // The node's own reply does not turn the revoked flow into one it started.
     b.noteOutbound(webReply, webReply.length, 1000);
