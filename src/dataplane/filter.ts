@@ -1033,7 +1033,7 @@ export class FlowTable {
   /** Last policy generation handed out (unshared; shared: header word H_GEN). */
   private gen = 1;
   private readonly seed: number;
-  /** Shared mode: the buffer, its header words and its counters; null otherwise. */
+  /** Shared mode: the buffer, its header words and its counters (unshared: null and empty arrays). */
   private readonly sab: SharedArrayBuffer | null;
   private readonly hdr: Int32Array;
   private readonly hctr: Float64Array;
