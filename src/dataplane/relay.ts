@@ -34,7 +34,7 @@ import { type Prefix, formatPrefix, parsePrefix } from '../net/addr.js';
 import { ForwardingTable, PrefixMatcher, type FwdRule } from '../net/lpm.js';
 import { WireRx, WireTx, RxCode, MAX_PLAINTEXT, OVERHEAD, newRxShared, newTxShared } from '../wire/index.js';
 import { COUNTER_NAMES, Counters, type CounterName } from './counters.js';
-import { FILTER_COUNTER_HELP, FilterCounters, FilterState, PacketFilter, type FilterCounterName } from './filter.js';
+import { FILTER_COUNTER_NAMES, FilterCounters, FilterState, PacketFilter } from './filter.js';
 import { SharedEndpoint } from './workers/endpoint.js';
 import {
   LINK_COUNTER_NAMES,
@@ -311,7 +311,8 @@ function parseFilterRules(v: unknown, path: string, err: (path: string, msg: str
 
 // ---- namespaces and links -----------------------------------------------------
 
-const FILTER_COUNTER_NAMES = Object.keys(FILTER_COUNTER_HELP) as FilterCounterName[];
+/** Scratch for summing filter counters (status and metrics only). */
+const SCRATCH_F = new Float64Array(FILTER_COUNTER_NAMES.length);
 
 /** Per-link traffic counts. */
 export class LinkCounters {
@@ -410,15 +411,10 @@ export class Namespace {
     const sh = this.share;
     if (sh === null) return this.filter.counters;
     const sum = new FilterCounters();
-    const own = this.filter.counters;
-    const f = sh.filterCounters;
     const n = FILTER_COUNTER_NAMES.length;
-    for (let i = 0; i < n; i++) {
-      const k = FILTER_COUNTER_NAMES[i]!;
-      let v = own[k];
-      for (let o = n; o < f.length; o += n) v += f[o + i]!;
-      sum[k] = v;
-    }
+    this.filter.counters.writeTo(SCRATCH_F, 0);
+    sum.addFrom(SCRATCH_F, 0);
+    for (let o = n; o < sh.filterCounters.length; o += n) sum.addFrom(sh.filterCounters, o);
     return sum;
   }
 }
@@ -865,9 +861,7 @@ export class RelayEngine {
       const sh = ns.share;
       if (sh === null) continue;
       ns.local.writeTo(sh.counters, w * COUNTER_NAMES.length);
-      const fc = ns.filter.counters;
-      const fo = w * FILTER_COUNTER_NAMES.length;
-      for (let i = 0; i < FILTER_COUNTER_NAMES.length; i++) sh.filterCounters[fo + i] = fc[FILTER_COUNTER_NAMES[i]!];
+      ns.filter.counters.writeTo(sh.filterCounters, w * FILTER_COUNTER_NAMES.length);
     }
     for (const l of this.st.links) if (l.share !== null) l.local.writeTo(l.share.counters, w * LINK_COUNTERS);
   }
