@@ -1329,7 +1329,8 @@ export class RelayEngine {
 
   private touch(st: RelayState, link: RelayLink, addr: string, port: number, sock: UdpSock, now: number): void {
     const ep = link.ep;
-    ep.lastSeenMs = now;
+    // Written once per millisecond at most: the line is read by every thread that sends to this link.
+    if (ep.lastSeenMs !== now) ep.lastSeenMs = now;
     ep.refresh();
     if (ep.addr === addr && ep.port === port && ep.localPort === sock.port && link.sock === sock) return;
     const before = ep.addr;
