@@ -817,6 +817,16 @@ export class RelayEngine {
     };
   }
 
+  /**
+   * Stops worker thread `i` (0-based among the workers) as if it had died; for
+   * tests of what a failure leaves running. Resolves when it has exited.
+   */
+  async killWorkerForTest(i: number): Promise<void> {
+    const w = this.workers[i];
+    if (w === undefined) throw new RangeError(`no worker ${i}`);
+    await w.terminate();
+  }
+
   /** Relay totals over every packet thread (this one live, the workers' as last published, at most PUBLISH_MS old). */
   get counters(): Counters {
     const t = this.totals;

@@ -487,3 +487,28 @@ test('packet threads: datagrams from many source ports are spread over every thr
     await settle();
   }
 });
+
+test('packet threads: a worker that dies leaves the relay forwarding on the rest, and is counted', { skip: WORKERS < 2 ? 'one packet thread (relay-workers.test.ts runs this with two)' : false }, async () => {
+  await engine.killWorkerForTest(0);
+  await settle(100);
+  const ws = engine.workersStatus();
+  assert.equal(ws.failures, 1);
+  assert.equal(ws.running, WORKERS - 1);
+  assert.ok(logs.some((l) => /relay worker 1 stopped/.test(l)), logs.join('\n'));
+  // Every sender now lands on a live socket (the kernel dropped the dead one from the group).
+  const socks = await Promise.all(
+    Array.from({ length: 8 }, async () => {
+      const s = dgram.createSocket('udp4');
+      await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
+      return s;
+    }),
+  );
+  try {
+    const got0 = a2.got.length;
+    for (const s of socks) s.send(a1.seal(udp('100.64.0.1', '100.64.0.2', 1000, 2000, 'after')), relayPort, '127.0.0.1');
+    await settle(200);
+    assert.equal(a2.got.length - got0, socks.length);
+  } finally {
+    for (const s of socks) s.close();
+  }
+});
