@@ -23,6 +23,8 @@
 // Both topologies are up at once and every measurement alternates between the
 // two, BENCH_ROUNDS times (default 3; medians reported), so that load from other
 // processes falls on both alike. BENCH_SECONDS (default 8) sets each iperf3 run.
+// BENCH_METRICS (comma list of ping, tcp_direct, tcp_relay, udp64; default all)
+// takes only some measurements, e.g. BENCH_METRICS=udp64 for the small-packet rate.
 // The load average is printed first and last: on a shared machine the absolute
 // figures move with it, the ratios much less.
 // Not part of CI; skip it with `npm run bench -- -vs-wireguard`.
@@ -39,6 +41,12 @@ const HZ = 100; // USER_HZ
 // larktun takes LARKTUN_TUN_OFFLOAD from the environment when set (e.g. tso: without UDP segmentation offload).
 const IMPLS = (process.env.BENCH_IMPLS ?? 'wireguard-go,larktun,larktun-plain').split(',');
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
+// BENCH_METRICS: which measurements to take (default all): ping, tcp_direct, tcp_relay, udp64.
+const METRIC_NAMES = ['ping', 'tcp_direct', 'tcp_relay', 'udp64'];
+const METRICS = (process.env.BENCH_METRICS ?? METRIC_NAMES.join(',')).split(',').map((m) => m.trim());
+for (const m of METRICS) {
+  if (!METRIC_NAMES.includes(m)) throw new Error(`BENCH_METRICS: unknown measurement ${m} (${METRIC_NAMES.join(', ')})`);
+}
 const progress = (msg: string): void => {
   process.stderr.write(`bench/vs-wireguard: ${msg}\n`);
 };
@@ -240,6 +248,7 @@ interface Results {
 }
 
 function median(xs: number[]): number {
+  if (xs.length === 0) return NaN; // not measured (BENCH_METRICS)
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 }
@@ -263,13 +272,14 @@ async function measureInterleaved(topos: Topology[]): Promise<Record<string, Res
   for (const t of topos) raw.set(t.impl, { td: [], tr: [], u: [], pd: [], pr: [], pdm: [], prm: [] });
   for (let round = 0; round < ROUNDS; round++) {
     const order = round % 2 === 0 ? topos : [...topos].reverse();
-    const each = async (what: string, f: (t: Topology) => Promise<void>): Promise<void> => {
+    const each = async (metric: string, what: string, f: (t: Topology) => Promise<void>): Promise<void> => {
+      if (!METRICS.includes(metric)) return;
       for (const t of order) {
         progress(`round ${round + 1}/${ROUNDS} ${t.impl}: ${what}`);
         await f(t);
       }
     };
-    await each('ping', async (t) => {
+    await each('ping', 'ping', async (t) => {
       const r = raw.get(t.impl)!;
       const d = pingStats(t.nsA, '10.89.0.1');
       const v = pingStats(t.nsA, '10.89.0.3');
@@ -278,13 +288,13 @@ async function measureInterleaved(topos: Topology[]): Promise<Record<string, Res
       r.pr.push(v.avg);
       r.prm.push(v.median);
     });
-    await each('iperf3 TCP direct', async (t) => {
+    await each('tcp_direct', 'iperf3 TCP direct', async (t) => {
       raw.get(t.impl)!.td.push(await iperfTcp(t, t.nsHub, '10.89.0.1', t.pidsDirect));
     });
-    await each('iperf3 TCP via the hub', async (t) => {
+    await each('tcp_relay', 'iperf3 TCP via the hub', async (t) => {
       raw.get(t.impl)!.tr.push(await iperfTcp(t, t.nsB, '10.89.0.3', t.pidsRelay));
     });
-    await each('iperf3 UDP 64-byte', async (t) => {
+    await each('udp64', 'iperf3 UDP 64-byte', async (t) => {
       raw.get(t.impl)!.u.push(await iperfUdp64(t));
     });
   }
@@ -352,6 +362,7 @@ async function main(): Promise<void> {
     const lv = l && pick(l);
     const pv = p && pick(p);
     const wv = w && pick(w);
+    if ([lv, pv, wv].every((v) => v === undefined || Number.isNaN(v))) return; // not measured (BENCH_METRICS)
     process.stdout.write(
       `${JSON.stringify({
         bench: 'vs-wireguard',
