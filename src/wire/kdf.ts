@@ -2,6 +2,7 @@
 // Integers fed to the KDF are big-endian, unlike the little-endian header.
 import sodium from 'sodium-native';
 import { KEY_LEN } from './constants.js';
+import { blake2b256Keyed } from './sodium.js';
 import { assertEpoch, assertNodeId, assertPsk } from './validate.js';
 
 const LINK_LABEL = Buffer.from('subnetra-v1-link', 'ascii');
@@ -75,10 +76,13 @@ export function newObfsInput(): Buffer {
 /**
  * Computes the 32-byte header pad BLAKE2b-256(key = linkKey, "subnetra-v1-obfs" ‖ tag)
  * into `pad` (only its first 20 bytes are used). The tag is read from
- * `dgram[tagOff .. tagOff + 16]`; nothing is allocated.
+ * `dgram[tagOff .. tagOff + 16]`; nothing is allocated. `pad` must hold 32
+ * bytes, `input` come from newObfsInput() and `link` be 32 bytes (the hash is
+ * called without the argument checks of sodium-native's wrapper). WireTx and
+ * WireRx inline this with their operands' buffers and offsets read once.
  */
 export function obfsPadInto(pad: Buffer, input: Buffer, link: Buffer, dgram: Buffer, tagOff: number): void {
   // A byte loop: Buffer#copy of a sub-range allocates a temporary view.
   for (let i = 0; i < 16; i++) input[OBFS_INPUT_TAG_OFF + i] = dgram[tagOff + i]!;
-  sodium.crypto_generichash(pad, input, link);
+  blake2b256Keyed(pad.buffer, pad.byteOffset, input.buffer, input.byteOffset, OBFS_INPUT_LEN, link.buffer, link.byteOffset);
 }

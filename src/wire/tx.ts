@@ -1,5 +1,4 @@
 // Sending half of one directional link (this node -> one peer).
-import sodium from 'sodium-native';
 import {
   FLAG_KEEPALIVE,
   HEADER_LEN,
@@ -9,7 +8,8 @@ import {
   TAG_LEN,
   WIRE_VERSION,
 } from './constants.js';
-import { linkKey, newObfsInput, newSessionInput, obfsPadInto, sessionKeyInto } from './kdf.js';
+import { linkKey, newObfsInput, newSessionInput, OBFS_INPUT_LEN, OBFS_INPUT_TAG_OFF, sessionKeyInto } from './kdf.js';
+import { aeadSeal, blake2b256Keyed } from './sodium.js';
 import { assertEpoch, assertPsk, wallClockEpoch } from './validate.js';
 import { ViewCache } from './views.js';
 import { lock, unlock } from './lock.js';
@@ -21,8 +21,28 @@ import { isTxShared, TX_EPOCH_HI, TX_EPOCH_LO, TX_EXHAUSTED, TX_LOCK, TX_SEQ_HI,
 // and JavaScript runs one call at a time, so sharing is safe.
 const TX_MSG_VIEWS = new ViewCache(MAX_PLAINTEXT);
 const TX_OUT_VIEWS = new ViewCache(MAX_PLAINTEXT + TAG_LEN);
+// Views of `out` at HEADER_LEN for sealing in place: a cache of their own, so
+// that misses of rotating payload buffers in TX_MSG_VIEWS never keep `out` from
+// being adopted.
+const TX_INPLACE_VIEWS = new ViewCache(MAX_PLAINTEXT);
+
+/**
+ * A payload in a buffer the view cache does not hold (one of a ring's many
+ * slots) and at most this long is copied into `out` and sealed in place there
+ * (a byte loop is cheaper than a new view at this size, and allocates nothing);
+ * a longer one gets a fresh view.
+ */
+export const TX_COPY_MAX = 256;
 
 const EMPTY = Buffer.alloc(0);
+
+/** Little-endian u32 at `b[off]` (a typed-array store keeps the low 8 bits). */
+function put32(b: Buffer, off: number, v: number): void {
+  b[off] = v;
+  b[off + 1] = v >>> 8;
+  b[off + 2] = v >>> 16;
+  b[off + 3] = v >>> 24;
+}
 
 export interface WireTxOptions {
   /** 32-byte pre-shared key of this link. */
@@ -64,6 +84,13 @@ export class WireTx {
   private readonly nonce = Buffer.alloc(12);
   private readonly pad = Buffer.alloc(32);
   private readonly padInput = newObfsInput();
+  // The pad hash takes (ArrayBuffer, offset) operands: these never change.
+  private readonly padAb: ArrayBufferLike;
+  private readonly padOff: number;
+  private readonly padInAb: ArrayBufferLike;
+  private readonly padInOff: number;
+  private readonly linkAb: ArrayBufferLike;
+  private readonly linkOff: number;
   private readonly msgViews = TX_MSG_VIEWS;
   private readonly outViews = TX_OUT_VIEWS;
   /** Next sequence number as two unsigned 32-bit halves (a full u64); starts at 1. */
@@ -77,6 +104,12 @@ export class WireTx {
     this.from = opts.from;
     this.to = opts.to;
     this.link = linkKey(opts.psk, opts.from, opts.to); // validates the ids
+    this.padAb = this.pad.buffer;
+    this.padOff = this.pad.byteOffset;
+    this.padInAb = this.padInput.buffer;
+    this.padInOff = this.padInput.byteOffset;
+    this.linkAb = this.link.buffer;
+    this.linkOff = this.link.byteOffset;
     this.obfuscate = opts.obfuscate ?? true;
     this.shared = opts.shared ?? null;
     if (this.shared !== null) {
@@ -186,25 +219,44 @@ export class WireTx {
 
     // Take the views before writing the header: with an in-place payload the
     // header bytes are outside the message range anyway.
-    const msg = this.msgViews.get(payload, payloadOff, payloadLen);
     const body = this.outViews.get(out, HEADER_LEN, payloadLen + TAG_LEN);
+    let msg = this.msgViews.find(payload, payloadOff, payloadLen);
+    if (msg === null) {
+      if (payloadLen <= TX_COPY_MAX) {
+        // Seal in place in `out` (the cipher allows it), whose views are cached.
+        if (payload === out) {
+          if (payloadOff !== HEADER_LEN) out.copyWithin(HEADER_LEN, payloadOff, payloadOff + payloadLen);
+        } else {
+          for (let i = 0; i < payloadLen; i++) out[HEADER_LEN + i] = payload[payloadOff + i]!;
+        }
+        msg = TX_INPLACE_VIEWS.get(out, HEADER_LEN, payloadLen);
+      } else msg = payload.subarray(payloadOff, payloadOff + payloadLen);
+    }
 
+    // Byte stores rather than Buffer#writeUInt32LE: a half above 2^31 is not a
+    // small integer, and handing it to a call that is not inlined would box it.
     const nonce = this.nonce;
-    nonce.writeUInt32LE(seqLo, 0);
-    nonce.writeUInt32LE(seqHi, 4);
-    sodium.crypto_aead_chacha20poly1305_ietf_encrypt(body, msg, null, null, nonce, this.key);
+    put32(nonce, 0, seqLo);
+    put32(nonce, 4, seqHi);
+    aeadSeal(body, msg, nonce, this.key);
 
     out[0] = WIRE_VERSION;
     out[1] = keepalive ? FLAG_KEEPALIVE : 0;
-    out.writeUInt16LE(this.from, 2);
-    out.writeUInt32LE(this.epochLo, 4);
-    out.writeUInt32LE(this.epochHi, 8);
-    out.writeUInt32LE(seqLo, 12);
-    out.writeUInt32LE(seqHi, 16);
+    const from = this.from;
+    out[2] = from;
+    out[3] = from >>> 8;
+    put32(out, 4, this.epochLo);
+    put32(out, 8, this.epochHi);
+    put32(out, 12, seqLo);
+    put32(out, 16, seqHi);
 
     if (this.obfuscate) {
+      // pad = BLAKE2b-256(key = link, "subnetra-v1-obfs" ‖ tag); the tag is the last 16 bytes.
+      const input = this.padInput;
+      const tagOff = total - TAG_LEN;
+      for (let i = 0; i < TAG_LEN; i++) input[OBFS_INPUT_TAG_OFF + i] = out[tagOff + i]!;
+      blake2b256Keyed(this.padAb, this.padOff, this.padInAb, this.padInOff, OBFS_INPUT_LEN, this.linkAb, this.linkOff);
       const pad = this.pad;
-      obfsPadInto(pad, this.padInput, this.link, out, total - TAG_LEN);
       for (let i = 0; i < HEADER_LEN; i++) out[i] = out[i]! ^ pad[i]!;
     }
     return total;
