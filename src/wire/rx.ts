@@ -104,9 +104,11 @@ export class WireRx {
   plaintextLen = 0;
   /** After Accept: the datagram was a keepalive (flags bit 0). */
   keepalive = false;
-  /** After Accept: high and low unsigned 32-bit halves of its sequence number (a full u64). */
-  lastSeqHi = 0;
-  lastSeqLo = 0;
+  // Sequence halves of the last accepted datagram as signed 32-bit integers
+  // (the same bits): a field holding a number above 2^31 would box a new heap
+  // number on every store. lastSeqHi/lastSeqLo give them unsigned.
+  private seqHiI32 = 0;
+  private seqLoI32 = 0;
 
   private readonly link: Buffer;
   private key = Buffer.alloc(KEY_LEN);
@@ -158,6 +160,16 @@ export class WireRx {
       this.curLo = lo | 0;
       sessionKeyInto(this.key, this.kdfInput, this.link, hi, lo);
     }
+  }
+
+  /** After Accept: high unsigned 32-bit half of its sequence number (a full u64). */
+  get lastSeqHi(): number {
+    return this.seqHiI32 >>> 0;
+  }
+
+  /** After Accept: low unsigned 32-bit half of its sequence number. */
+  get lastSeqLo(): number {
+    return this.seqLoI32 >>> 0;
   }
 
   /** After Accept: the datagram's sequence number. Allocates a bigint: not for the hot path. */
@@ -273,8 +285,8 @@ export class WireRx {
 
     this.plaintextLen = len - OVERHEAD;
     this.keepalive = (flags & FLAG_KEEPALIVE) !== 0;
-    this.lastSeqHi = sHi >>> 0;
-    this.lastSeqLo = sLo >>> 0;
+    this.seqHiI32 = sHi;
+    this.seqLoI32 = sLo;
     return RxCode.Accept;
   }
 
@@ -366,8 +378,8 @@ export class WireRx {
 
     this.plaintextLen = len - OVERHEAD;
     this.keepalive = (flags & FLAG_KEEPALIVE) !== 0;
-    this.lastSeqHi = sHi >>> 0;
-    this.lastSeqLo = sLo >>> 0;
+    this.seqHiI32 = sHi;
+    this.seqLoI32 = sLo;
     return RxCode.Accept;
   }
 }

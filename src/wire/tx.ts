@@ -79,6 +79,7 @@ export class WireTx {
 
   private readonly link: Buffer;
   private readonly key = Buffer.alloc(KEY_LEN);
+  /** Epoch halves as signed 32-bit integers (same bits): small integers, never boxed. */
   private readonly epochLo: number;
   private readonly epochHi: number;
   private readonly nonce = Buffer.alloc(12);
@@ -93,7 +94,11 @@ export class WireTx {
   private readonly linkOff: number;
   private readonly msgViews = TX_MSG_VIEWS;
   private readonly outViews = TX_OUT_VIEWS;
-  /** Next sequence number as two unsigned 32-bit halves (a full u64); starts at 1. */
+  /**
+   * Next sequence number as two 32-bit halves (a full u64); starts at 1. Kept
+   * as signed 32-bit integers (the same bits): a field holding a number above
+   * 2^31 would box a new heap number on every store.
+   */
   private seqHi = 0;
   private seqLo = 1;
   private exhausted = false;
@@ -121,16 +126,18 @@ export class WireTx {
       sh !== null ? (BigInt(sh[TX_EPOCH_HI]! >>> 0) << 32n) | BigInt(sh[TX_EPOCH_LO]! >>> 0) : (opts.epoch ?? wallClockEpoch());
     assertEpoch(epoch, 'epoch', true);
     this.epoch = epoch;
-    this.epochHi = Number(epoch >> 32n);
-    this.epochLo = Number(epoch & 0xffffffffn);
-    sessionKeyInto(this.key, newSessionInput(), this.link, this.epochHi, this.epochLo);
+    const hi = Number(epoch >> 32n);
+    const lo = Number(epoch & 0xffffffffn);
+    this.epochHi = hi | 0;
+    this.epochLo = lo | 0;
+    sessionKeyInto(this.key, newSessionInput(), this.link, hi, lo);
   }
 
   /** The sequence number the next seal() will use (starts at 1). Allocates: not for the hot path. */
   get nextSeq(): bigint {
     const sh = this.shared;
     if (sh !== null) return (BigInt(sh[TX_SEQ_HI]! >>> 0) << 32n) | BigInt(sh[TX_SEQ_LO]! >>> 0);
-    return (BigInt(this.seqHi) << 32n) | BigInt(this.seqLo);
+    return (BigInt(this.seqHi >>> 0) << 32n) | BigInt(this.seqLo >>> 0);
   }
 
   /**
@@ -145,10 +152,10 @@ export class WireTx {
     if (this.shared !== null) return this.sealShared(payload, payloadOff, payloadLen, out, keepalive);
     if (this.exhausted) throw new RangeError('sequence space exhausted; start a new epoch');
     const n = this.write(this.seqLo, this.seqHi, payload, payloadOff, payloadLen, out, keepalive);
-    if (this.seqLo !== 0xffffffff) this.seqLo++;
-    else if (this.seqHi !== 0xffffffff) {
+    if (this.seqLo !== -1) this.seqLo = (this.seqLo + 1) | 0;
+    else if (this.seqHi !== -1) {
       this.seqLo = 0;
-      this.seqHi++;
+      this.seqHi = (this.seqHi + 1) | 0;
     } else this.exhausted = true;
     return n;
   }
@@ -165,10 +172,11 @@ export class WireTx {
       unlock(sh, TX_LOCK);
       throw new RangeError('sequence space exhausted; start a new epoch');
     }
-    const lo = sh[TX_SEQ_LO]! >>> 0;
-    const hi = sh[TX_SEQ_HI]! >>> 0;
-    if (lo !== 0xffffffff) sh[TX_SEQ_LO] = (lo + 1) | 0;
-    else if (hi !== 0xffffffff) {
+    // Signed 32-bit halves (the same bits), as in seal().
+    const lo = sh[TX_SEQ_LO]!;
+    const hi = sh[TX_SEQ_HI]!;
+    if (lo !== -1) sh[TX_SEQ_LO] = (lo + 1) | 0;
+    else if (hi !== -1) {
       sh[TX_SEQ_LO] = 0;
       sh[TX_SEQ_HI] = (hi + 1) | 0;
     } else sh[TX_EXHAUSTED] = 1;
@@ -196,7 +204,7 @@ export class WireTx {
   ): number {
     const s = BigInt(seq);
     if (s < 0n || s > 0xffffffffffffffffn) throw new RangeError(`seq must be an unsigned 64-bit integer, got ${s}`);
-    return this.write(Number(s & 0xffffffffn), Number(s >> 32n), payload, payloadOff, payloadLen, out, keepalive);
+    return this.write(Number(s & 0xffffffffn) | 0, Number(s >> 32n) | 0, payload, payloadOff, payloadLen, out, keepalive);
   }
 
   private write(
