@@ -145,7 +145,7 @@ export class WireTx {
    * written at `out[0..]` and returns its length (payloadLen + OVERHEAD).
    * Consumes one sequence number. The payload may already sit in place at
    * `out[HEADER_LEN..]` (payload === out, payloadOff === HEADER_LEN): the
-   * cipher works in place. Throws RangeError on a caller error (payload too
+   * cipher works in place (elsewhere in `out`, it is moved there first). Throws RangeError on a caller error (payload too
    * large, out too small); never for any payload content.
    */
   seal(payload: Buffer, payloadOff: number, payloadLen: number, out: Buffer, keepalive = false): number {
@@ -228,17 +228,20 @@ export class WireTx {
     // Take the views before writing the header: with an in-place payload the
     // header bytes are outside the message range anyway.
     const body = this.outViews.get(out, HEADER_LEN, payloadLen + TAG_LEN);
-    let msg = this.msgViews.find(payload, payloadOff, payloadLen);
-    if (msg === null) {
-      if (payloadLen <= TX_COPY_MAX) {
-        // Seal in place in `out` (the cipher allows it), whose views are cached.
-        if (payload === out) {
-          if (payloadOff !== HEADER_LEN) out.copyWithin(HEADER_LEN, payloadOff, payloadOff + payloadLen);
-        } else {
+    let msg: Buffer | null;
+    if (payload === out) {
+      // Sealed in place (the cipher allows it); moved there first if it sits elsewhere in `out`.
+      if (payloadOff !== HEADER_LEN) out.copyWithin(HEADER_LEN, payloadOff, payloadOff + payloadLen);
+      msg = TX_INPLACE_VIEWS.get(out, HEADER_LEN, payloadLen);
+    } else {
+      msg = this.msgViews.find(payload, payloadOff, payloadLen);
+      if (msg === null) {
+        if (payloadLen <= TX_COPY_MAX) {
+          // Copied into `out`, whose views are cached, and sealed in place there.
           for (let i = 0; i < payloadLen; i++) out[HEADER_LEN + i] = payload[payloadOff + i]!;
-        }
-        msg = TX_INPLACE_VIEWS.get(out, HEADER_LEN, payloadLen);
-      } else msg = payload.subarray(payloadOff, payloadOff + payloadLen);
+          msg = TX_INPLACE_VIEWS.get(out, HEADER_LEN, payloadLen);
+        } else msg = payload.subarray(payloadOff, payloadOff + payloadLen);
+      }
     }
 
     // Byte stores rather than Buffer#writeUInt32LE: a half above 2^31 is not a
