@@ -23,6 +23,8 @@
 // Both topologies are up at once and every measurement alternates between the
 // two, BENCH_ROUNDS times (default 3; medians reported), so that load from other
 // processes falls on both alike. BENCH_SECONDS (default 8) sets each iperf3 run.
+// BENCH_BASE=<another checkout, dist built> adds larktun-base: that build's
+// larktund in the same run (ratio_base), to compare a change with its parent.
 // BENCH_METRICS (comma list of ping, tcp_direct, tcp_relay, udp64; default all)
 // takes only some measurements, e.g. BENCH_METRICS=udp64 for the small-packet rate.
 // The load average is printed first and last: on a shared machine the absolute
@@ -39,7 +41,10 @@ const MTU = 1420;
 const HZ = 100; // USER_HZ
 // larktun-plain: larktund with LARKTUN_TUN_OFFLOAD=0 (the TUN path without offloads).
 // larktun takes LARKTUN_TUN_OFFLOAD from the environment when set (e.g. tso: without UDP segmentation offload).
-const IMPLS = (process.env.BENCH_IMPLS ?? 'wireguard-go,larktun,larktun-plain').split(',');
+// larktun-base: larktund of another checkout (BENCH_BASE: its root, with dist/ built),
+// e.g. the commit before a change, measured interleaved with this one.
+const IMPLS = (process.env.BENCH_IMPLS ?? `wireguard-go,larktun,larktun-plain${process.env.BENCH_BASE ? ',larktun-base' : ''}`).split(',');
+const BASE = process.env.BENCH_BASE ?? '';
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
 // BENCH_METRICS: which measurements to take (default all): ping, tcp_direct, tcp_relay, udp64.
 const METRIC_NAMES = ['ping', 'tcp_direct', 'tcp_relay', 'udp64'];
@@ -73,7 +78,7 @@ interface Topology {
 }
 
 function underlay(lab: Lab, impl: string): { nsA: string; nsHub: string; nsB: string } {
-  const t = impl === 'larktun' ? 'l' : impl === 'larktun-plain' ? 'p' : 'w';
+  const t = impl === 'larktun' ? 'l' : impl === 'larktun-plain' ? 'p' : impl === 'larktun-base' ? 'b' : 'w';
   const nsHub = lab.addNs(`${t}hub`);
   const nsA = lab.addNs(`${t}a`);
   const nsB = lab.addNs(`${t}b`);
@@ -141,10 +146,12 @@ async function wireguardTopology(lab: Lab): Promise<Topology> {
   };
 }
 
-async function larktunTopology(lab: Lab, impl: 'larktun' | 'larktun-plain'): Promise<Topology> {
+async function larktunTopology(lab: Lab, impl: 'larktun' | 'larktun-plain' | 'larktun-base'): Promise<Topology> {
   const ns = underlay(lab, impl);
   const env: Record<string, string> = { LARKTUN_TUN_OFFLOAD: impl === 'larktun-plain' ? '0' : (process.env.LARKTUN_TUN_OFFLOAD ?? '1') };
-  const n = impl === 'larktun-plain' ? 'vsp' : 'vs';
+  const n = impl === 'larktun-plain' ? 'vsp' : impl === 'larktun-base' ? 'vsb' : 'vs';
+  const bin = impl === 'larktun-base' ? path.join(BASE, 'bin', 'larktund') : undefined;
+  if (bin !== undefined && !existsSync(path.join(BASE, 'dist', 'daemon', 'main.js'))) throw new Error(`BENCH_BASE=${BASE}: no dist/daemon/main.js there (build it first)`);
   const pskA = hexKey(0x5a);
   const pskB = hexKey(0x5b);
   const hub = await lab.daemon(ns.nsHub, `${n}-hub`, {
@@ -159,7 +166,7 @@ async function larktunTopology(lab: Lab, impl: 'larktun' | 'larktun-plain'): Pro
       { id: 2, name: 'a', allowed_src: '10.89.0.2/32', psk: pskA },
       { id: 3, name: 'b', endpoint: '198.18.2.2:18020', allowed_src: '10.89.0.3/32', psk: pskB },
     ],
-  }, [], env);
+  }, [], env, [], bin);
   const spoke = (id: number, psk: string, ep: string): unknown => ({
     role: 'spoke',
     virtual_subnet: '10.89.0.0/24',
@@ -170,8 +177,8 @@ async function larktunTopology(lab: Lab, impl: 'larktun' | 'larktun-plain'): Pro
     keepalive_secs: 5,
     peers: [{ id: 1, name: 'hub', endpoint: ep, allowed_src: '10.89.0.0/24', psk }],
   });
-  const a = await lab.daemon(ns.nsA, `${n}-a`, spoke(2, pskA, '198.18.1.1:18020'), [], env);
-  const b = await lab.daemon(ns.nsB, `${n}-b`, spoke(3, pskB, '198.18.2.1:18020'), [], env);
+  const a = await lab.daemon(ns.nsA, `${n}-a`, spoke(2, pskA, '198.18.1.1:18020'), [], env, [], bin);
+  const b = await lab.daemon(ns.nsB, `${n}-b`, spoke(3, pskB, '198.18.2.1:18020'), [], env, [], bin);
   const all: DaemonHandle[] = [a, hub, b];
   return {
     impl,
@@ -346,8 +353,9 @@ async function main(): Promise<void> {
     const topos: Topology[] = [];
     for (const impl of IMPLS) {
       if (impl === 'larktun' || impl === 'larktun-plain') topos.push(await larktunTopology(lab, impl));
+      else if (impl === 'larktun-base' && BASE !== '') topos.push(await larktunTopology(lab, impl));
       else if (impl === 'wireguard-go') topos.push(await wireguardTopology(lab));
-      else throw new Error(`BENCH_IMPLS: unknown implementation ${impl} (wireguard-go, larktun, larktun-plain)`);
+      else throw new Error(`BENCH_IMPLS: unknown implementation ${impl} (wireguard-go, larktun, larktun-plain, larktun-base with BENCH_BASE)`);
     }
     results = await measureInterleaved(topos);
     for (const t of topos) await t.stop();
@@ -356,13 +364,15 @@ async function main(): Promise<void> {
   }
   const l = results.larktun;
   const p = results['larktun-plain'];
+  const bs = results['larktun-base'];
   const w = results['wireguard-go'];
   const ratio = (a: number | undefined, b: number | undefined): number | null => (a !== undefined && b !== undefined && b > 0 ? r3(a / b) : null);
   const line = (metric: string, pick: (r: Results) => number, extra: Record<string, unknown> = {}): void => {
     const lv = l && pick(l);
     const pv = p && pick(p);
     const wv = w && pick(w);
-    if ([lv, pv, wv].every((v) => v === undefined || Number.isNaN(v))) return; // not measured (BENCH_METRICS)
+    const bv = bs && pick(bs);
+    if ([lv, pv, wv, bv].every((v) => v === undefined || Number.isNaN(v))) return; // not measured (BENCH_METRICS)
     process.stdout.write(
       `${JSON.stringify({
         bench: 'vs-wireguard',
@@ -371,6 +381,7 @@ async function main(): Promise<void> {
         wireguard_go: wv === undefined ? null : r3(wv),
         ratio: ratio(lv, wv),
         ...(p ? { larktun_plain: r3(pv!), ratio_plain: ratio(pv, wv) } : {}),
+        ...(bs ? { larktun_base: r3(bv!), ratio_base: ratio(bv, wv) } : {}),
         ...extra,
       })}\n`,
     );

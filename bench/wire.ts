@@ -14,12 +14,21 @@
 //      udp_send_recv         both ends of it on loopback, the receiver's batch callback
 //                            handing each datagram to a handler (async: anything else
 //                            the event loop does meanwhile counts too)
+//      engine_rx_64          a node Engine (src/dataplane/engine.ts) on loopback
+//                            receiving 64-byte inner packets from a peer and
+//                            writing them to a TUN sink (receive, open, route,
+//                            deliver); engine_relay_64: forwarding them to another
+//                            peer (open, route, seal, send). The sender's own
+//                            sealing and sending count too (0 B, see above).
 //    Target: ~0 B per packet (seal_1400_ring excepted: documented in DESIGN.md).
 import { MAX_DATAGRAM, MAX_PLAINTEXT, MIN_EPOCH, RxCode, WireRx, WireTx } from '../src/wire/index.js';
 import { sodiumPath } from '../src/wire/sodium.js';
 import { BatchPorts, loadNativeUdp } from '../src/dataplane/io/batch.js';
 import { heapAllocated, heapAllocatedAsync } from '../test/wire/alloc-meter.js';
 import { PerformanceObserver } from 'node:perf_hooks';
+import { Engine } from '../src/dataplane/engine.js';
+import { parsePrefix } from '../src/net/addr.js';
+import { udp as udpPacket } from '../test/dataplane/packets.js';
 
 const BATCH = 256;
 const SECONDS = 2;
@@ -227,6 +236,81 @@ async function udpAlloc(): Promise<Record<string, unknown>> {
   };
 }
 
+/** Heap bytes per packet through a node engine: delivered to its TUN sink, and relayed to a second peer. */
+async function engineAlloc(): Promise<Record<string, unknown>> {
+  const n = loadNativeUdp();
+  if (n instanceof Error) return { engine_skipped: n.message };
+  const HUB = 1;
+  const P = parsePrefix;
+  const pskA = Buffer.alloc(32, 0xa2);
+  const pskB = Buffer.alloc(32, 0xb3);
+  let delivered = 0;
+  const engine = new Engine({
+    localId: HUB,
+    obfuscate: true,
+    peers: [
+      { id: 2, name: 'a', endpoint: null, allowedSrc: [P('10.9.0.2/32')], psk: pskA },
+      { id: 3, name: 'b', endpoint: null, allowedSrc: [P('10.9.0.3/32')], psk: pskB },
+    ],
+    rules: [
+      { src: P('0.0.0.0/0'), dst: P('10.9.0.3/32'), action: 'forward', target: 3 },
+      { src: P('0.0.0.0/0'), dst: P('10.9.0.1/32'), action: 'forward', target: 0 },
+    ],
+    keepaliveSecs: 0,
+    listenPorts: [0],
+    bindHost4: '127.0.0.1',
+    bindHost6: null,
+    tun: { write: () => (delivered++, true) },
+    udpBatch: true,
+  });
+  await engine.start();
+  const hubPort = engine.boundAddresses()[0]!.port;
+  // Peer sockets: A sends, B only announces itself (its socket never needs to read).
+  const common = { ports: [0], bindHost4: '127.0.0.1', bindHost6: null, onSendError: () => {}, log: () => {} };
+  const ioA = new BatchPorts(n, { ...common, onDatagram: () => {} }, true, null);
+  const ioB = new BatchPorts(n, { ...common, onDatagram: () => {} }, true, null);
+  await ioA.start();
+  await ioB.start();
+  const txA = new WireTx({ psk: pskA, from: 2, to: HUB });
+  const txB = new WireTx({ psk: pskB, from: 3, to: HUB });
+  const sA = ioA.sockFor(4)!;
+  const sB = ioB.sockFor(4)!;
+  const toHub = udpPacket('10.9.0.2', '10.9.0.1', 4000, 5000, 'x'.repeat(64 - 28));
+  const toB = udpPacket('10.9.0.2', '10.9.0.3', 4000, 5000, 'x'.repeat(64 - 28));
+  const kb = ioB.nextBuffer(sB);
+  ioB.send(sB, kb, txB.sealKeepalive(kb), hubPort, '127.0.0.1'); // B's endpoint becomes known
+  ioB.flush();
+  const BURST = 512;
+  const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+  const exchange = async (pkt: Buffer, bursts: number, counter: () => number): Promise<void> => {
+    for (let k = 0; k < bursts; k++) {
+      const want = counter() + BURST;
+      for (let i = 0; i < BURST; i++) {
+        const b = ioA.nextBuffer(sA);
+        ioA.send(sA, b, txA.seal(pkt, 0, pkt.length, b), hubPort, '127.0.0.1');
+      }
+      ioA.flush();
+      for (let spins = 0; counter() < want && spins < 2000; spins++) await tick();
+    }
+  };
+  const relayed = (): number => engine.counters.relay_packets;
+  const out: Record<string, unknown> = {};
+  for (const [name, pkt, counter] of [
+    ['engine_rx_64', toHub, () => delivered],
+    ['engine_relay_64', toB, relayed],
+  ] as const) {
+    await exchange(pkt, 100, counter); // warm-up
+    const c0 = counter();
+    const r = await heapAllocatedAsync(() => exchange(pkt, Math.max(1, Math.round(ALLOC_PACKETS / 4 / BURST)), counter));
+    const done = counter() - c0;
+    out[name] = done > 0 ? perPacket(r.bytes, done) : null;
+  }
+  await ioA.close();
+  await ioB.close();
+  await engine.stop();
+  return out;
+}
+
 const obfs = run(true, 1400, false, SECONDS * 0.5);
 const plain = run(false, 1400, false, SECONDS * 0.2);
 const small = run(true, 64, true, SECONDS * 0.3);
@@ -261,6 +345,7 @@ const a1400 = wireAlloc(true, 1400, false);
 const a1400r = wireAlloc(true, 1400, true);
 const aPlain = wireAlloc(false, 64, true);
 const io = await udpAlloc();
+const eng = await engineAlloc();
 process.stdout.write(
   `${JSON.stringify({
     bench: 'wire_alloc',
@@ -274,6 +359,7 @@ process.stdout.write(
     plain_seal_64: aPlain.seal,
     plain_open_64: aPlain.open,
     ...io,
+    ...eng,
     wire_gcs: a64.gcs + a1400.gcs + a1400r.gcs + aPlain.gcs,
   })}\n`,
 );
