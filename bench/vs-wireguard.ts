@@ -10,7 +10,8 @@
 //                forwards between peers of one wg interface; larktund: the hub
 //                relays sealed datagrams in userspace)
 //   udp64        iperf3 UDP A → HUB with 64-byte payloads, unlimited rate:
-//                packets/s delivered (sent minus lost)
+//                packets/s delivered (sent minus lost), and the CPU time of the
+//                two daemons (A and HUB) per delivered packet in µs
 //   ping         idle RTT A → HUB and A → B, average and median of 50 pings
 //   cpu_s_per_gb CPU seconds (utime + stime from /proc/<pid>/stat, all threads)
 //                of every tunnel daemon on the path per GB delivered by iperf3 TCP
@@ -220,18 +221,22 @@ async function iperfTcp(topo: Topology, serverNs: string, dst: string, pids: num
   }
 }
 
-async function iperfUdp64(topo: Topology): Promise<number> {
+/** 64-byte UDP: packets/s delivered, and the daemons' CPU (A and HUB, all threads) in µs per delivered packet. */
+async function iperfUdp64(topo: Topology): Promise<{ pps: number; cpuUs: number }> {
   const srv = spawn('ip', ['netns', 'exec', topo.nsHub, 'iperf3', '-s', '-1', '-p', '5210'], { stdio: 'ignore' });
   await sleep(400);
+  const t0 = topo.pidsDirect.reduce((s, p) => s + cpuTicks(p), 0);
   const r = nsExec(topo.nsA, `iperf3 -c 10.89.0.1 -p 5210 -u -l 64 -b 0 -t ${SECONDS} -J`, { allowFail: true, timeoutMs: (SECONDS + 30) * 1000 });
+  const t1 = topo.pidsDirect.reduce((s, p) => s + cpuTicks(p), 0);
   srv.kill();
   try {
     const j = JSON.parse(r.out) as { end: { sum: { packets: number; lost_packets: number; seconds: number }; sum_received?: { packets?: number; seconds: number } } };
     const s = j.end.sum;
-    return (s.packets - s.lost_packets) / s.seconds;
+    const delivered = s.packets - s.lost_packets;
+    return { pps: delivered / s.seconds, cpuUs: delivered > 0 ? ((t1 - t0) / HZ / delivered) * 1e6 : 0 };
   } catch {
     progress(`${topo.impl}: iperf3 UDP failed: ${r.err || r.out.slice(0, 300)}`);
-    return 0;
+    return { pps: 0, cpuUs: 0 };
   }
 }
 
@@ -248,6 +253,7 @@ interface Results {
   tcp_direct: TcpResult;
   tcp_relay: TcpResult;
   udp64_pps: number;
+  udp64_cpu_us: number;
   ping_direct_ms: number;
   ping_relay_ms: number;
   ping_direct_median_ms: number;
@@ -275,8 +281,8 @@ function medianTcp(rs: TcpResult[]): TcpResult {
  * processes on a shared machine falls on both alike. Medians over the rounds.
  */
 async function measureInterleaved(topos: Topology[]): Promise<Record<string, Results>> {
-  const raw = new Map<string, { td: TcpResult[]; tr: TcpResult[]; u: number[]; pd: number[]; pr: number[]; pdm: number[]; prm: number[] }>();
-  for (const t of topos) raw.set(t.impl, { td: [], tr: [], u: [], pd: [], pr: [], pdm: [], prm: [] });
+  const raw = new Map<string, { td: TcpResult[]; tr: TcpResult[]; u: number[]; uc: number[]; pd: number[]; pr: number[]; pdm: number[]; prm: number[] }>();
+  for (const t of topos) raw.set(t.impl, { td: [], tr: [], u: [], uc: [], pd: [], pr: [], pdm: [], prm: [] });
   for (let round = 0; round < ROUNDS; round++) {
     const order = round % 2 === 0 ? topos : [...topos].reverse();
     const each = async (metric: string, what: string, f: (t: Topology) => Promise<void>): Promise<void> => {
@@ -302,7 +308,9 @@ async function measureInterleaved(topos: Topology[]): Promise<Record<string, Res
       raw.get(t.impl)!.tr.push(await iperfTcp(t, t.nsB, '10.89.0.3', t.pidsRelay));
     });
     await each('udp64', 'iperf3 UDP 64-byte', async (t) => {
-      raw.get(t.impl)!.u.push(await iperfUdp64(t));
+      const u = await iperfUdp64(t);
+      raw.get(t.impl)!.u.push(u.pps);
+      raw.get(t.impl)!.uc.push(u.cpuUs);
     });
   }
   const out: Record<string, Results> = {};
@@ -311,6 +319,7 @@ async function measureInterleaved(topos: Topology[]): Promise<Record<string, Res
       tcp_direct: medianTcp(r.td),
       tcp_relay: medianTcp(r.tr),
       udp64_pps: median(r.u),
+      udp64_cpu_us: median(r.uc),
       ping_direct_ms: median(r.pd),
       ping_relay_ms: median(r.pr),
       ping_direct_median_ms: median(r.pdm),
@@ -389,6 +398,7 @@ async function main(): Promise<void> {
   line('tcp_direct_gbit_s', (r) => r.tcp_direct.gbit_s, { target_ratio: 1.5 });
   line('tcp_relay_gbit_s', (r) => r.tcp_relay.gbit_s, { target_ratio: 1.5 });
   line('udp64_pps_delivered', (r) => r.udp64_pps, { target_ratio: 2 });
+  line('udp64_daemon_cpu_us_per_packet', (r) => r.udp64_cpu_us);
   line('ping_direct_avg_ms', (r) => r.ping_direct_ms);
   line('ping_relay_avg_ms', (r) => r.ping_relay_ms);
   line('ping_direct_median_ms', (r) => r.ping_direct_median_ms);

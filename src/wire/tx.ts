@@ -145,8 +145,9 @@ export class WireTx {
    * written at `out[0..]` and returns its length (payloadLen + OVERHEAD).
    * Consumes one sequence number. The payload may already sit in place at
    * `out[HEADER_LEN..]` (payload === out, payloadOff === HEADER_LEN): the
-   * cipher works in place (elsewhere in `out`, it is moved there first). Throws RangeError on a caller error (payload too
-   * large, out too small); never for any payload content.
+   * cipher works in place (a payload elsewhere in `out` is moved there
+   * first). Throws RangeError on a caller error (payload too large, out too
+   * small); never for any payload content.
    */
   seal(payload: Buffer, payloadOff: number, payloadLen: number, out: Buffer, keepalive = false): number {
     if (this.shared !== null) return this.sealShared(payload, payloadOff, payloadLen, out, keepalive);
