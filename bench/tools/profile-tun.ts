@@ -9,7 +9,8 @@
 //         hub: receive, open, route, coalesce, TUN write)
 // relay:  spoke A → HUB → spoke B (the hub only opens, routes and re-seals)
 // Each line also carries that daemon's status: udp_io (syscalls, datagrams,
-// receive batches), tun_offload and counters, read just before it stopped.
+// receive batches), tun_offload and counters, read just before it stopped,
+// and tun_link: the kernel's packet and drop counts of its TUN device.
 import { spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -101,7 +102,18 @@ async function main(): Promise<void> {
     for (const [who, d] of [['a', a], ['hub', hub], ['b', b]] as const) {
       if (d === null) continue;
       const st = JSON.parse(d.cli('status --json').out) as { tun_offload: unknown; udp_io: unknown; counters: Record<string, number> };
-      io[who] = { tun_offload: st.tun_offload, udp_io: st.udp_io, counters: st.counters };
+      // The kernel's side of the TUN device: tx_dropped counts packets the
+      // daemon's reader did not take in time (its queue was full), i.e. where
+      // a sender outran the daemon.
+      const link = nsExec(d.ns, 'ip -s -j link show lark0', { allowFail: true });
+      let tun_link: unknown = null;
+      try {
+        const s64 = (JSON.parse(link.out) as { stats64: { rx: Record<string, number>; tx: Record<string, number> } }[])[0]!.stats64;
+        tun_link = { rx_packets: s64.rx.packets, rx_dropped: s64.rx.dropped, tx_packets: s64.tx.packets, tx_dropped: s64.tx.dropped };
+      } catch {
+        /* left null */
+      }
+      io[who] = { tun_offload: st.tun_offload, udp_io: st.udp_io, counters: st.counters, tun_link };
     }
     await a.stop();
     await hub.stop();
