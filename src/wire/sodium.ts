@@ -16,7 +16,8 @@
 // after a self-test at load: known inputs through both the binding and the
 // public functions must give the same bytes and statuses. If the binding is
 // missing or differs (another sodium-native version), the public functions
-// are used instead and `sodiumPath` says 'wrapper'.
+// are used instead and `sodiumPath` says 'wrapper' (correct, but that path
+// makes three Buffer views per pad hash: it is not allocation-free).
 import { createRequire } from 'node:module';
 import sodium from 'sodium-native';
 
