@@ -144,6 +144,7 @@ export class BatchPorts implements UdpIo {
     const sock = new BatchSock(family, h);
     sock.port = this.n.info(h).port;
     const handler = this.opts.onDatagram;
+    const batchStart = this.opts.onBatchStart ?? null;
     const log = this.opts.log;
     const meta = sock.rxMeta;
     const bytes = sock.rxBytes;
@@ -152,6 +153,7 @@ export class BatchPorts implements UdpIo {
     this.n.start(h, sock.rxArena, meta.buffer as ArrayBuffer, RX_SLOTS, BUF_SIZE, (count: number) => {
       this.rxBatches++;
       if (count > this.rxMaxBatch) this.rxMaxBatch = count;
+      if (batchStart !== null) batchStart();
       for (let i = 0; i < count; i++) {
         const o = i * META_WORDS;
         const len = meta[o]!;
