@@ -380,6 +380,8 @@ export class Namespace {
   sig = '';
   /** Worker mode: what the workers share of it (null: one thread). */
   share: NamespaceShare | null = null;
+  /** Worker thread: counted since the last publish. */
+  dirty = false;
   constructor(
     readonly tenantId: number,
     readonly name: string,
@@ -443,6 +445,8 @@ export class RelayLink {
   exitLink: RelayLink | null = null;
   /** This thread's counts. */
   local = new LinkCounters();
+  /** Worker thread: counted since the last publish. */
+  dirty = false;
   /** Worker mode: what the workers share of it (null: one thread). */
   share: LinkShare | null = null;
 
@@ -669,6 +673,10 @@ export class RelayEngine {
   private readonly endpointsById = new Map<number, SharedEndpoint>();
   private incoming: ViewShare | null = null;
   private publishTimer: NodeJS.Timeout | null = null;
+  /** Worker thread: links and namespaces counted since the last publish (each listed once, bounded by the view). */
+  private readonly dirtyLinks: RelayLink[] = [];
+  private readonly dirtyNs: Namespace[] = [];
+  private readonly tracking: boolean;
 
   constructor(opts: RelayEngineOptions) {
     this.opts = opts;
@@ -676,6 +684,7 @@ export class RelayEngine {
     this.onlineMs = opts.onlineMs ?? RELAY_ONLINE_MS;
     this.scan = new ScanLimiter(opts.scanLimits ?? DEFAULT_SCAN_LIMITS);
     this.role = opts.role ?? null;
+    this.tracking = this.role !== null;
     this.clockBase = this.role?.clockBase ?? Date.now();
     this.clock[0] = Date.now() - this.clockBase;
     const want = Math.floor(opts.workers ?? 1);
@@ -689,6 +698,7 @@ export class RelayEngine {
       onBatchStart: () => {
         this.clock[0] = Date.now() - this.clockBase;
       },
+      ...(opts.role !== undefined ? { onBatchEnd: () => this.publish() } : {}),
       onSendError: (n) => {
         this.c.drop_send_error += n;
       },
@@ -881,19 +891,47 @@ export class RelayEngine {
 
   // ---- workers ------------------------------------------------------------------
 
-  /** Worker thread: copies this thread's counts where the main thread sums them. */
+  /**
+   * Worker thread: copies this thread's counts where the main thread sums
+   * them: the totals, and the namespaces and links counted since the last
+   * time. Runs after every receive batch (status is current to the batch) and
+   * on a timer (sends that failed outside a batch).
+   */
   private publish(): void {
     const role = this.role;
     if (role === null) return;
     const w = role.index;
     this.c.writeTo(role.counters, w * COUNTER_NAMES.length);
-    for (const ns of this.st.namespaces.values()) {
+    const nss = this.dirtyNs;
+    for (let i = 0; i < nss.length; i++) {
+      const ns = nss[i]!;
+      ns.dirty = false;
       const sh = ns.share;
       if (sh === null) continue;
       ns.local.writeTo(sh.counters, w * COUNTER_NAMES.length);
       ns.filter.counters.writeTo(sh.filterCounters, w * FILTER_COUNTER_NAMES.length);
     }
-    for (const l of this.st.links) if (l.share !== null) l.local.writeTo(l.share.counters, w * LINK_COUNTERS);
+    nss.length = 0;
+    const ls = this.dirtyLinks;
+    for (let i = 0; i < ls.length; i++) {
+      const l = ls[i]!;
+      l.dirty = false;
+      if (l.share !== null) l.local.writeTo(l.share.counters, w * LINK_COUNTERS);
+    }
+    ls.length = 0;
+  }
+
+  /** Worker thread: note that a link (and its namespace) was counted. */
+  private mark(l: RelayLink): void {
+    if (!l.dirty) {
+      l.dirty = true;
+      this.dirtyLinks.push(l);
+    }
+    const ns = l.ns;
+    if (!ns.dirty) {
+      ns.dirty = true;
+      this.dirtyNs.push(ns);
+    }
   }
 
   /** Main thread: hands the view in force and its shared state to every worker. */
@@ -1212,6 +1250,7 @@ export class RelayEngine {
     const ns = link.ns;
     const tc = ns.local;
     const lc = link.local;
+    if (this.tracking) this.mark(link);
     // findLink ran matches(), which already unmasked the header.
     const rx = this.matched!;
     const code = rx.openMatched(msg, len, this.plain);
@@ -1356,6 +1395,7 @@ export class RelayEngine {
     tc.udp_tx_bytes += n;
     to.local.tx_packets++;
     to.local.tx_bytes += n;
+    if (this.tracking) this.mark(to);
   }
 
   private touch(st: RelayState, link: RelayLink, addr: string, port: number, sock: UdpSock, now: number): void {

@@ -145,6 +145,7 @@ export class BatchPorts implements UdpIo {
     sock.port = this.n.info(h).port;
     const handler = this.opts.onDatagram;
     const batchStart = this.opts.onBatchStart ?? null;
+    const batchEnd = this.opts.onBatchEnd ?? null;
     const log = this.opts.log;
     const meta = sock.rxMeta;
     const bytes = sock.rxBytes;
@@ -166,6 +167,7 @@ export class BatchPorts implements UdpIo {
         }
       }
       this.flush();
+      if (batchEnd !== null) batchEnd();
     });
     this.socks.push(sock);
     return sock;

@@ -83,9 +83,11 @@ export class DgramPorts implements UdpIo {
         const sock: DgramSock = { s, family, port: s.address().port };
         const handler = this.opts.onDatagram;
         const batchStart = this.opts.onBatchStart;
+        const batchEnd = this.opts.onBatchEnd;
         s.on('message', (msg, rinfo) => {
           if (batchStart !== undefined) batchStart();
           handler(msg, msg.length, rinfo.address, rinfo.port, sock);
+          if (batchEnd !== undefined) batchEnd();
         });
         this.socks.push(sock);
         resolve(sock);

@@ -37,6 +37,8 @@ export interface UdpIoOptions {
    * before each datagram), so an engine can read the clock once per batch.
    */
   onBatchStart?: () => void;
+  /** Called after a receive batch was handed over and flushed (dgram: after each datagram). */
+  onBatchEnd?: () => void;
   /** `n` datagrams the kernel refused (socket error, full send buffer). */
   onSendError: (n: number) => void;
   log: (msg: string) => void;
