@@ -14,18 +14,19 @@
 // back stepwise (see native/tun.c) and `offloadStatus()` says what is in use.
 import { createRequire } from 'node:module';
 import { closeSync, existsSync, writeSync } from 'node:fs';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
 import { GroBatch, splitGso, SplitResult, VNET_HDR_LEN, MAX_GSO_PACKET } from './offload.js';
 import type { Counters } from './counters.js';
+import { spawnWorker } from '../runtime/worker.js';
 
 interface NativeTun {
   open(
     name: string,
-    opts?: { multiQueue?: boolean; offload?: boolean; offloadMask?: number },
+    opts?: { multiQueue?: boolean; attach?: boolean; offload?: boolean; offloadMask?: number },
   ): { fd: number; name: string; vnetHdr?: boolean; offloads?: number; note?: string };
 }
 
@@ -94,6 +95,15 @@ export function offloadMask(env: NodeJS.ProcessEnv = process.env): number {
 
 export type PacketHandler = (buf: Buffer, len: number) => void;
 
+/** One queue of a (multi-queue) TUN device, as handed to a packet worker (structured-cloneable). */
+export interface TunQueueDesc {
+  name: string;
+  fd: number;
+  vnetHdr: boolean;
+  offloads: number;
+  note: string;
+}
+
 export class TunDevice {
   readonly name: string;
   readonly fd: number;
@@ -117,10 +127,13 @@ export class TunDevice {
   private readonly gro: GroBatch | null;
   private flushScheduled = false;
   private counters: Counters | null = null;
+  /** A queue handed to a packet worker: close() stops reading but leaves the fd and the device to their owner. */
+  private readonly borrowed: boolean;
   private gsoReads = 0;
   private gsoSegments = 0;
 
-  private constructor(name: string, fd: number, vnetHdr: boolean, offloads: number, note: string) {
+  private constructor(name: string, fd: number, vnetHdr: boolean, offloads: number, note: string, borrowed = false) {
+    this.borrowed = borrowed;
     this.name = name;
     this.fd = fd;
     this.vnetHdr = vnetHdr;
@@ -154,7 +167,55 @@ export class TunDevice {
    */
   static open(name: string, opts: { offloadMask?: number } = {}): TunDevice {
     const mask = opts.offloadMask ?? offloadMask();
-    const t = loadNative().open(name, { offload: mask !== 0, offloadMask: mask });
+    return TunDevice.fromOpen(loadNative().open(name, { offload: mask !== 0, offloadMask: mask }), mask);
+  }
+
+  /**
+   * Opens the device with `queues` queues (IFF_MULTI_QUEUE when more than one):
+   * the first is opened like open() (offload fallbacks included), the others
+   * are attached with exactly its vnet header and offloads. Returns the device
+   * object of the first queue (name, status, close() deletes the device) and a
+   * descriptor of every queue, the first included, for packet workers
+   * (TunDevice.fromQueue). The extra fds are the caller's to close
+   * (closeQueues) after the workers stopped.
+   */
+  static openQueues(name: string, queues: number, opts: { offloadMask?: number } = {}): { dev: TunDevice; queues: TunQueueDesc[] } {
+    if (queues < 1) throw new RangeError('queues must be at least 1');
+    const mask = opts.offloadMask ?? offloadMask();
+    const native = loadNative();
+    const first = native.open(name, { multiQueue: queues > 1, offload: mask !== 0, offloadMask: mask });
+    const dev = TunDevice.fromOpen(first, mask);
+    const out: TunQueueDesc[] = [{ name: dev.name, fd: dev.fd, vnetHdr: dev.vnetHdr, offloads: dev.offloads, note: dev.note }];
+    try {
+      for (let i = 1; i < queues; i++) {
+        const q = native.open(dev.name, { multiQueue: true, attach: true, offload: dev.vnetHdr, offloadMask: dev.offloads });
+        out.push({ name: dev.name, fd: q.fd, vnetHdr: dev.vnetHdr, offloads: dev.offloads, note: dev.note });
+      }
+    } catch (err) {
+      TunDevice.closeQueues(out.slice(1));
+      dev.close();
+      throw err;
+    }
+    return { dev, queues: out };
+  }
+
+  /** Closes the fds of queues 2..n (the first belongs to the device object). */
+  static closeQueues(queues: TunQueueDesc[]): void {
+    for (const q of queues) {
+      try {
+        closeSync(q.fd);
+      } catch {
+        /* already closed */
+      }
+    }
+  }
+
+  /** A queue opened by openQueues, in a packet worker: reads and writes it; close() leaves fd and device alone. */
+  static fromQueue(q: TunQueueDesc): TunDevice {
+    return new TunDevice(q.name, q.fd, q.vnetHdr, q.offloads, q.note, true);
+  }
+
+  private static fromOpen(t: { fd: number; name: string; vnetHdr?: boolean; offloads?: number; note?: string }, mask: number): TunDevice {
     let note = t.note ?? '';
     if (mask === 0) note = 'off: LARKTUN_TUN_OFFLOAD=0';
     else if ((mask & TUN_F_TSO4) === 0 && note === '') note = 'no TSO: LARKTUN_TUN_OFFLOAD=csum';
@@ -204,11 +265,7 @@ export class TunDevice {
     this.counters = counters ?? null;
     if (this.running) return;
     this.running = true;
-    const workerFile = new URL(
-      import.meta.url.endsWith('.ts') ? './tun-worker.ts' : './tun-worker.js',
-      import.meta.url,
-    );
-    this.worker = new Worker(workerFile, {
+    this.worker = spawnWorker(import.meta.url, 'tun-worker', {
       workerData: {
         fd: this.fd,
         ctrl: this.ctrl.buffer,
@@ -332,6 +389,8 @@ export class TunDevice {
     this.running = false;
     Atomics.store(this.ctrl, 2, 1);
     Atomics.notify(this.ctrl, 1);
+    // A worker's queue: its reader wakes when the owner deletes the device.
+    if (this.borrowed) return;
     // The reader may be blocked in read(), which closing our fd does not wake;
     // deleting the interface detaches the queue and wakes it with an error.
     spawnSync('ip', ['link', 'delete', this.name], { stdio: 'ignore' });
