@@ -129,6 +129,12 @@ export class TunDevice {
   private counters: Counters | null = null;
   /** A queue handed to a packet worker: close() stops reading but leaves the fd and the device to their owner. */
   private readonly borrowed: boolean;
+  /**
+   * Packet workers: a writer per queue of the device (this one's included);
+   * each packet is written on the queue its flow hashes to (flowQueue), so
+   * the kernel's flow steering reads the flow's packets from that queue.
+   */
+  private steer: { fd: number; gro: GroBatch | null }[] | null = null;
   private gsoReads = 0;
   private gsoSegments = 0;
 
@@ -210,9 +216,21 @@ export class TunDevice {
     }
   }
 
-  /** A queue opened by openQueues, in a packet worker: reads and writes it; close() leaves fd and device alone. */
-  static fromQueue(q: TunQueueDesc): TunDevice {
-    return new TunDevice(q.name, q.fd, q.vnetHdr, q.offloads, q.note, true);
+  /**
+   * A queue opened by openQueues, in a packet worker: reads it; close() leaves
+   * fd and device alone. `all` (every queue of the device, in order): each
+   * packet is written on the queue of its flow (flowQueue) rather than this one.
+   */
+  static fromQueue(q: TunQueueDesc, all: TunQueueDesc[] = []): TunDevice {
+    const t = new TunDevice(q.name, q.fd, q.vnetHdr, q.offloads, q.note, true);
+    if (all.length > 1) {
+      t.steer = all.map((x) =>
+        x.fd === q.fd
+          ? { fd: q.fd, gro: t.gro }
+          : { fd: x.fd, gro: t.vnetHdr ? new GroBatch((b, o, l) => rawWriteFd(x.fd, b, o, l), (t.offloads & TUN_F_TSO4) !== 0, (t.offloads & TUN_F_USO4) !== 0) : null },
+      );
+    }
+    return t;
   }
 
   private static fromOpen(t: { fd: number; name: string; vnetHdr?: boolean; offloads?: number; note?: string }, mask: number): TunDevice {
@@ -241,10 +259,10 @@ export class TunDevice {
       note: this.note,
       gso_reads: this.gsoReads,
       gso_segments: this.gsoSegments,
-      gro_writes: this.gro?.superPackets ?? 0,
-      gro_segments: this.gro?.coalesced ?? 0,
-      uso_writes: this.gro?.udpSuperPackets ?? 0,
-      uso_segments: this.gro?.udpCoalesced ?? 0,
+      gro_writes: this.gros().reduce((n, g) => n + g.superPackets, 0),
+      gro_segments: this.gros().reduce((n, g) => n + g.coalesced, 0),
+      uso_writes: this.gros().reduce((n, g) => n + g.udpSuperPackets, 0),
+      uso_segments: this.gros().reduce((n, g) => n + g.udpCoalesced, 0),
     };
   }
 
@@ -351,16 +369,18 @@ export class TunDevice {
   };
 
   private rawWrite(buf: Buffer, off: number, len: number): boolean {
-    try {
-      return writeSync(this.fd, buf, off, len) === len;
-    } catch {
-      return false;
-    }
+    return rawWriteFd(this.fd, buf, off, len);
+  }
+
+  /** Every coalescing batch of this device object (one, or one per queue when steering). */
+  private gros(): GroBatch[] {
+    if (this.steer !== null) return this.steer.flatMap((w) => (w.gro ? [w.gro] : []));
+    return this.gro ? [this.gro] : [];
   }
 
   private readonly flushNow = (): void => {
     this.flushScheduled = false;
-    this.gro?.flush();
+    this.flush();
   };
 
   /**
@@ -369,8 +389,16 @@ export class TunDevice {
    * turn to be coalesced with the ones after it (the bytes are copied).
    */
   write(buf: Buffer, off: number, len: number): boolean {
-    const gro = this.gro;
-    if (gro === null) return this.rawWrite(buf, off, len);
+    const st = this.steer;
+    if (st !== null) {
+      const w = st[flowQueue(buf, off, len, st.length)]!;
+      return this.writeVia(w.gro, w.fd, buf, off, len);
+    }
+    return this.writeVia(this.gro, this.fd, buf, off, len);
+  }
+
+  private writeVia(gro: GroBatch | null, fd: number, buf: Buffer, off: number, len: number): boolean {
+    if (gro === null) return rawWriteFd(fd, buf, off, len);
     const ok = gro.add(off === 0 ? buf : buf.subarray(off, off + len), len);
     if (gro.pending && !this.flushScheduled) {
       this.flushScheduled = true;
@@ -381,7 +409,9 @@ export class TunDevice {
 
   /** Writes whatever is held for coalescing now. */
   flush(): void {
-    this.gro?.flush();
+    const st = this.steer;
+    if (st === null) this.gro?.flush();
+    else for (let i = 0; i < st.length; i++) st[i]!.gro?.flush();
   }
 
   close(): void {
@@ -400,4 +430,47 @@ export class TunDevice {
       /* already closed */
     }
   }
+}
+
+function rawWriteFd(fd: number, buf: Buffer, off: number, len: number): boolean {
+  try {
+    return writeSync(fd, buf, off, len) === len;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The queue (0..queues-1) of an IP packet's flow: a hash of its addresses,
+ * protocol and (TCP/UDP/SCTP, unfragmented) ports that is the same in both
+ * directions, so a flow's packets written here and the replies the kernel
+ * steers back to the queue that wrote them meet on one worker. Packets that
+ * are not IP go to queue 0. Integer arithmetic only: no allocation.
+ */
+export function flowQueue(p: Buffer, off: number, len: number, queues: number): number {
+  if (queues <= 1 || len < 20) return 0;
+  const v = p[off]! >> 4;
+  let h: number;
+  let proto: number;
+  let l4: number;
+  if (v === 4) {
+    h = ((p[off + 12]! ^ p[off + 16]!) << 24) | ((p[off + 13]! ^ p[off + 17]!) << 16) | ((p[off + 14]! ^ p[off + 18]!) << 8) | (p[off + 15]! ^ p[off + 19]!);
+    proto = p[off + 9]!;
+    // Ports only in an unfragmented packet (a later fragment has none).
+    l4 = (p[off + 6]! & 0x3f) === 0 && p[off + 7] === 0 ? (p[off]! & 15) * 4 : -1;
+  } else if (v === 6 && len >= 40) {
+    h = 0;
+    for (let i = 8; i < 24; i += 4) {
+      h ^= ((p[off + i]! ^ p[off + i + 16]!) << 24) | ((p[off + i + 1]! ^ p[off + i + 17]!) << 16) | ((p[off + i + 2]! ^ p[off + i + 18]!) << 8) | (p[off + i + 3]! ^ p[off + i + 19]!);
+    }
+    proto = p[off + 6]!;
+    l4 = 40;
+  } else return 0;
+  h ^= proto;
+  if ((proto === 6 || proto === 17 || proto === 132) && l4 > 0 && len >= l4 + 4) {
+    h ^= (((p[off + l4]! ^ p[off + l4 + 2]!) << 8) | (p[off + l4 + 1]! ^ p[off + l4 + 3]!)) << 8;
+  }
+  h = Math.imul(h ^ (h >>> 16), 0x45d9f3b);
+  h = Math.imul(h ^ (h >>> 16), 0x45d9f3b);
+  return ((h ^ (h >>> 16)) >>> 0) % queues;
 }

@@ -58,8 +58,11 @@ export class Lab {
   readonly dir = mkdtempSync(path.join(tmpdir(), 'larktun-e2e-'));
   private readonly tag = (process.pid % 10000).toString(36);
 
+  /** `prefix` starts every namespace name (tests running side by side use different ones). */
+  constructor(private readonly prefix = 'lk') {}
+
   name(base: string): string {
-    return `lk${this.tag}${base}`;
+    return `${this.prefix}${this.tag}${base}`;
   }
 
   addNs(base: string): string {

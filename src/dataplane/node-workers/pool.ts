@@ -234,6 +234,7 @@ export class WorkerEngine implements NodeEngine {
       udpBatch: o.udpBatch,
       udpOffload: o.udpOffload,
       tun: o.tun ? o.tun.queues[index]! : null,
+      tunQueues: o.tun ? o.tun.queues : [],
       counters: this.countersBuf,
       publishMs: PUBLISH_MS,
     };

@@ -22,6 +22,8 @@ export interface WorkerInit {
   udpOffload?: boolean;
   /** This worker's queue of the TUN device (null: no TUN). */
   tun: TunQueueDesc | null;
+  /** Every queue of the device, in order: packets are written on their flow's queue (flowQueue in tun.ts). */
+  tunQueues: TunQueueDesc[];
   /** Counters of every worker, COUNTER_NAMES.length words each (Counters.writeTo at index × that). */
   counters: SharedArrayBuffer;
   /** How often the worker publishes its counters (ms). */

@@ -43,7 +43,7 @@ const intercept = (pkt: Buffer, len: number): boolean => {
 };
 
 async function start(): Promise<void> {
-  if (init.tun !== null) tun = TunDevice.fromQueue(init.tun);
+  if (init.tun !== null) tun = TunDevice.fromQueue(init.tun, init.tunQueues);
   engine = new Engine({
     localId: init.localId,
     obfuscate: init.obfuscate,
