@@ -141,7 +141,7 @@ test('standalone: the registry keeps its metric names; counters follow the engin
   const names = new Set((await scrape(m.port)).map((s) => s.name));
   assert.deepEqual(
     [...names].sort(),
-    [...COUNTER_NAMES.map((n) => `larktun_${n}_total`), 'larktun_peer_online', 'larktun_forwarding_rules'].sort(),
+    [...COUNTER_NAMES.map((n) => `larktun_${n}_total`), 'larktun_peer_online', 'larktun_forwarding_rules', 'larktun_packet_workers'].sort(),
     'peer_last_seen_age_seconds is absent until the peer is heard',
   );
   const junk = await udpSocket();
@@ -152,6 +152,7 @@ test('standalone: the registry keeps its metric names; counters follow the engin
   });
   assert.equal(value(s, 'larktun_peer_online', { id: '2', name: 'a' }), 0);
   assert.equal(value(s, 'larktun_forwarding_rules'), 0);
+  assert.equal(value(s, 'larktun_packet_workers'), 1);
 });
 
 // ---- managed ------------------------------------------------------------------------

@@ -18,7 +18,7 @@
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import type { Worker } from 'node:worker_threads';
-import { PrefixMatcher, type FwdRule } from '../../net/lpm.js';
+import { ForwardingTable, PrefixMatcher, type FwdRule } from '../../net/lpm.js';
 import { newRxShared, newTxShared } from '../../wire/index.js';
 import { COUNTER_NAMES, Counters } from '../counters.js';
 import {
@@ -177,7 +177,7 @@ export class WorkerEngine implements NodeEngine {
     this.workers = opts.workers;
     this.localId = opts.localId;
     this.obfuscate = opts.obfuscate;
-    this.ruleList = opts.rules;
+    this.ruleList = ForwardingTable.build(opts.rules).rules;
     this.keepaliveMs = Math.max(0, opts.keepaliveSecs * 1000);
     this.log = opts.log ?? (() => {});
     this.onFatal =
@@ -322,8 +322,9 @@ export class WorkerEngine implements NodeEngine {
     return this.ruleList;
   }
 
+  /** The table in lookup order (as Engine.rules shows it); every worker builds its own from the same rules. */
   setRules(rules: readonly FwdRule[]): void {
-    this.ruleList = rules;
+    this.ruleList = ForwardingTable.build(rules).rules;
     this.post({ t: 'rules', rules: [...rules] });
   }
 
