@@ -24,7 +24,9 @@
 // two, BENCH_ROUNDS times (default 3; medians reported), so that load from other
 // processes falls on both alike. BENCH_SECONDS (default 8) sets each iperf3 run.
 // The load average is printed first and last: on a shared machine the absolute
-// figures move with it, the ratios much less.
+// figures move with it, the ratios much less. BENCH_WORKERS=N runs every
+// larktund with N packet worker threads (LARKTUN_WORKERS; default: the
+// daemon's own, one per core); run it with 1 and 2 to compare.
 // Not part of CI; skip it with `npm run bench -- -vs-wireguard`.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -39,6 +41,8 @@ const HZ = 100; // USER_HZ
 // larktun takes LARKTUN_TUN_OFFLOAD from the environment when set (e.g. tso: without UDP segmentation offload).
 const IMPLS = (process.env.BENCH_IMPLS ?? 'wireguard-go,larktun,larktun-plain').split(',');
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
+/** LARKTUN_WORKERS for every larktund (unset: the daemon's default, one per core). */
+const WORKERS = process.env.BENCH_WORKERS ?? process.env.LARKTUN_WORKERS ?? null;
 const progress = (msg: string): void => {
   process.stderr.write(`bench/vs-wireguard: ${msg}\n`);
 };
@@ -135,7 +139,10 @@ async function wireguardTopology(lab: Lab): Promise<Topology> {
 
 async function larktunTopology(lab: Lab, impl: 'larktun' | 'larktun-plain'): Promise<Topology> {
   const ns = underlay(lab, impl);
-  const env: Record<string, string> = { LARKTUN_TUN_OFFLOAD: impl === 'larktun-plain' ? '0' : (process.env.LARKTUN_TUN_OFFLOAD ?? '1') };
+  const env: Record<string, string> = {
+    LARKTUN_TUN_OFFLOAD: impl === 'larktun-plain' ? '0' : (process.env.LARKTUN_TUN_OFFLOAD ?? '1'),
+    ...(WORKERS !== null ? { LARKTUN_WORKERS: WORKERS } : {}),
+  };
   const n = impl === 'larktun-plain' ? 'vsp' : 'vs';
   const pskA = hexKey(0x5a);
   const pskB = hexKey(0x5b);
@@ -328,6 +335,7 @@ async function main(): Promise<void> {
       seconds: SECONDS,
       rounds: ROUNDS,
       mtu: MTU,
+      larktun_workers: WORKERS ?? `default (${os.availableParallelism()})`,
     })}\n`,
   );
   const lab = new Lab();

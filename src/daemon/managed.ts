@@ -19,10 +19,11 @@ import { isIP } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import path from 'node:path';
 import { parseHostPort, parseIPv6 } from '../net/addr.js';
-import { Engine } from '../dataplane/engine.js';
+import { Engine, type NodeEngine } from '../dataplane/engine.js';
+import { WorkerEngine } from '../dataplane/node-workers/pool.js';
 import { KEEPALIVE_MS, ROUTER_KEEPALIVE_MS } from '../dataplane/liveness.js';
 import { FilterState, PacketFilter } from '../dataplane/filter.js';
-import { TunDevice } from '../dataplane/tun.js';
+import { TunDevice, type TunQueueDesc } from '../dataplane/tun.js';
 import { SseClient } from './sse.js';
 import { DEFAULT_PREFS, PrefsError, prefsForSet, prefsForUp, type PrefFlags, type Prefs } from './prefs.js';
 import { applyPatch, applyPresence, checkMap, findPeer, planFromMap, type DataplanePlan, type NodeMap } from './mapplan.js';
@@ -55,6 +56,8 @@ export interface ManagedOptions {
    * ROUTER_KEEPALIVE_MS while the node has approved routes).
    */
   keepaliveSecs?: number;
+  /** Packet worker threads (default 1: the engine on the main thread; see node-workers/pool.ts). */
+  workers?: number;
 }
 
 interface Persisted {
@@ -137,8 +140,10 @@ export class ManagedNode {
   private map: NodeMap | null = null;
   private plan: DataplanePlan | null = null;
   private sse: SseClient | null = null;
-  private engine: Engine | null = null;
+  private engine: NodeEngine | null = null;
   private tun: TunDevice | null = null;
+  /** Every queue of the TUN when it has one per packet worker. */
+  private tunQueues: TunQueueDesc[] = [];
   private readonly filter = new FilterState();
   private filterJson = '';
   private osJson = '';
@@ -265,7 +270,7 @@ export class ManagedNode {
   }
 
   /** The live data-plane engine (null while stopped); for metrics, read only. */
-  get liveEngine(): Engine | null {
+  get liveEngine(): NodeEngine | null {
     return this.engine;
   }
 
@@ -450,15 +455,17 @@ export class ManagedNode {
     if (!map || !this.st.want_running) return;
     const plan = planFromMap(map, this.st.prefs);
     this.plan = plan;
+    const workers = this.opts.workers ?? 1;
     if (this.opts.tun && this.tun === null) {
       try {
-        this.tun = TunDevice.open(this.opts.tunName);
+        if (workers === 1) this.tun = TunDevice.open(this.opts.tunName);
+        else ({ dev: this.tun, queues: this.tunQueues } = TunDevice.openQueues(this.opts.tunName, workers));
       } catch (err) {
         throw new Error(`cannot open TUN device ${this.opts.tunName}: ${(err as Error).message} (needs root or CAP_NET_ADMIN and /dev/net/tun)`);
       }
     }
     if (this.engine === null) {
-      const engine = new Engine({
+      const engineOpts = {
         localId: plan.peers[0]?.localId ?? 1,
         obfuscate: true,
         peers: plan.peers,
@@ -467,13 +474,20 @@ export class ManagedNode {
         listenPorts: [this.opts.port],
         bindHost4: this.opts.bindHost4,
         bindHost6: this.opts.bindHost6,
-        tun: this.tun,
         log: this.opts.log,
-      });
-      engine.setFilter(this.filter);
-      await engine.start();
-      this.engine = engine;
-      this.tun?.start(engine.onTunPacket, engine.counters);
+      };
+      if (workers === 1) {
+        const engine = new Engine({ ...engineOpts, tun: this.tun });
+        engine.setFilter(this.filter);
+        await engine.start();
+        this.engine = engine;
+        this.tun?.start(engine.onTunPacket, engine.counters);
+      } else {
+        const pool = new WorkerEngine({ ...engineOpts, workers, tun: this.tun ? { dev: this.tun, queues: this.tunQueues } : null });
+        pool.setFilter(this.filter);
+        await pool.start();
+        this.engine = pool;
+      }
     } else {
       this.engine.setPeers(plan.peers);
       this.engine.setRules(plan.rules);
@@ -536,6 +550,7 @@ export class ManagedNode {
     this.osJson = '';
     this.tun?.close();
     this.tun = null;
+    this.tunQueues = [];
     this.filterJson = '';
   }
 
@@ -863,6 +878,11 @@ export class ManagedNode {
 
   // ---- status ---------------------------------------------------------------
 
+  /** Brings the packet workers' I/O and TUN status up to date for status() (at once on one thread). */
+  refreshStatus(): Promise<void> {
+    return this.engine?.refresh() ?? Promise.resolve();
+  }
+
   status(): Record<string, unknown> {
     const now = Date.now();
     const map = this.map;
@@ -924,7 +944,7 @@ export class ManagedNode {
       exit_node: this.st.prefs.exitNode === null ? null : { wanted: this.st.prefs.exitNode, in_use: this.plan?.exitNode?.name ?? null, problem: this.plan?.exitProblem ?? null },
       prefs: this.st.prefs,
       tun: this.tun?.name ?? null,
-      tun_offload: this.tun?.offloadStatus() ?? null,
+      tun_offload: this.engine?.tunOffload() ?? this.tun?.offloadStatus() ?? null,
       listen_ports: this.engine?.listenPorts() ?? [],
       apply_error: this.applyError,
       first_map_seconds: this.firstMapAt !== null && this.upAt !== null ? (this.firstMapAt - this.upAt) / 1000 : null,
@@ -932,6 +952,8 @@ export class ManagedNode {
       counters: this.engine ? this.engine.counters.toJSON() : {},
       filter: this.filter.counters.toJSON(),
       udp_io: this.engine ? this.engine.ioStatus() : null,
+      workers: this.engine?.workers ?? this.opts.workers ?? 1,
+      per_worker: this.engine?.workerStatus() ?? [],
     };
   }
 }

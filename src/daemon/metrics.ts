@@ -27,7 +27,7 @@
 //   larktun_relay_views_rejected_total, larktun_relay_health_reports_total{result}
 import { Counter, Gauge, Registry } from 'prom-client';
 import { COUNTER_HELP, COUNTER_NAMES, type CounterName } from '../dataplane/counters.js';
-import type { Engine } from '../dataplane/engine.js';
+import type { NodeEngine } from '../dataplane/engine.js';
 import { FILTER_COUNTER_HELP, type FilterCounterName } from '../dataplane/filter.js';
 import { registerCounters, registerLabelledCounters } from '../dataplane/metrics.js';
 import { RELAY_COUNTER_NAMES, RELAY_ONLINE_MS, type Namespace, type RelayEngine } from '../dataplane/relay.js';
@@ -92,7 +92,7 @@ function setEnum<L extends string>(g: Gauge<L>, label: L, values: readonly strin
 
 /** What the registry reads from a managed node (ManagedNode has all of it). */
 export interface ManagedMetricsSource {
-  readonly liveEngine: Engine | null;
+  readonly liveEngine: NodeEngine | null;
   readonly filterCounters: Record<string, number>;
   status(): Record<string, unknown>;
 }
