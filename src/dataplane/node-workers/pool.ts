@@ -94,7 +94,7 @@ class PoolPeer implements PeerView {
     this.ep = new SharedEndpoint(endpoint);
     this.stats = new Float64Array(stats);
     this.shared = { tx: newTxShared(), rx: newRxShared(), endpoint, stats };
-    this.spec = { ...s, shared: this.shared };
+    this.spec = postable(s, this.shared);
   }
 
   get lastSeenMs(): number {
@@ -390,7 +390,7 @@ export class WorkerEngine implements NodeEngine {
       }
       p.name = s.name;
       p.allowedSrc = new PrefixMatcher(s.allowedSrc);
-      p.spec = { ...s, shared: p.shared };
+      p.spec = postable(s, p.shared);
       const moved = JSON.stringify(s.endpoint) !== JSON.stringify(p.configuredEndpoint);
       p.configuredEndpoint = s.endpoint;
       if (moved) {
@@ -544,6 +544,14 @@ export class WorkerEngine implements NodeEngine {
     }
     await Promise.all(exits);
   }
+}
+
+/**
+ * The spec as posted to workers: the key in a buffer of its own (a pooled
+ * Buffer would clone its whole 8 KiB pool slab with it) and the shared state.
+ */
+function postable(s: PeerSpec, shared: PeerShared): PeerSpec {
+  return { ...s, psk: Buffer.from(new Uint8Array(s.psk).buffer), shared };
 }
 
 function emptyIo(): UdpIoStatus {
