@@ -1,4 +1,4 @@
-// Data-plane packet filter benchmark. Prints one JSON line.
+// Data-plane packet filter benchmark. Prints two JSON lines.
 //
 // Filter: 1 000 rules over a tenant of 4 000 nodes (IPv4 + IPv6): sources are
 // lists of node addresses, small CIDRs and ranges, a few '*'; destinations are
@@ -14,6 +14,16 @@
 //   flow_ops_per_s    FlowTable steady state over 50 000 live flows: one
 //                     noteOutbound and one check of the reply per pair, each
 //                     counted as one op
+// Second line (bench "filter_shared"): the flow table in shared memory
+// (FilterState.createShared, what packet worker threads use) against the
+// unshared one, on this one thread, so it is the cost of the shared mode itself
+// (the lock/unlock pair and the header loads/stores around every call), not of
+// contention: ns per check() of a tracked reply over 50 000 live flows, and of
+// a new flow (rules decide, insert, evict from a full 16 384-flow table), and
+// ns of one uncontended lock/unlock pair. The variants alternate in rounds
+// (the machine may be busy) and the fastest round of each is reported, with
+// every round listed.
+//
 // Allocation: before each measured window a full GC clears the setup garbage;
 // a PerformanceObserver then counts 'gc' entries whose start falls in the
 // window (gc_events per window), and the young generation (where every JS
@@ -26,6 +36,7 @@ import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { FilterRule } from '../src/acl/index.js';
 import { FilterState, FlowTable, PacketFilter } from '../src/dataplane/filter.js';
+import { lock, sharedWords, unlock } from '../src/wire/lock.js';
 
 const RULES = 1_000;
 const NODES = 4_000;
@@ -286,9 +297,74 @@ const flowOps = measure(() => {
   return BATCH;
 }, SECONDS);
 
+// 4. Shared against unshared flow table, one thread.
+const sharedFlows = FilterState.createShared(PacketFilter.empty(), { maxFlows: 65_536 });
+for (let i = 0; i < FLOWS; i++) sharedFlows.noteOutbound(outPkts[i]!, outPkts[i]!.length, 0);
+if (sharedFlows.flows.size !== flowState.flows.size) throw new Error('shared table holds a different flow count');
+const sharedNew = FilterState.createShared(filter, { maxFlows: 16_384 });
+const ROUND_S = 0.2;
+const ROUNDS = 8;
+
+/** ns per check() of tracked replies (steady state). */
+function replyNs(st: FilterState): number {
+  let k = 0;
+  const ops = measure(() => {
+    for (let i = 0; i < BATCH; i++) {
+      if (!st.check(inPkts[k]!, inPkts[k]!.length, clock)) throw new Error('tracked reply was dropped');
+      k = k + 1 === FLOWS ? 0 : k + 1;
+    }
+    return BATCH;
+  }, ROUND_S);
+  return 1e9 / ops;
+}
+
+/** ns per check() of new flows (fresh source port each; admitted ones inserted). */
+function newNs(st: FilterState): number {
+  const ops = measure(() => {
+    newClock += 1;
+    for (let i = 0; i < BATCH; i++) {
+      const k = i & (PACKETS - 1);
+      const p = pkts[k]!;
+      portSeq = (portSeq + 1) & 0xffff;
+      const o = portOff[k]!;
+      if (o >= 0) {
+        p[o] = portSeq >>> 8;
+        p[o + 1] = portSeq & 0xff;
+      }
+      if (st.check(p, p.length, newClock)) sink++;
+    }
+    return BATCH;
+  }, ROUND_S);
+  return 1e9 / ops;
+}
+
+const lockWords = sharedWords(1);
+function lockNs(): number {
+  const ops = measure(() => {
+    for (let i = 0; i < BATCH; i++) {
+      lock(lockWords, 0);
+      unlock(lockWords, 0);
+    }
+    return BATCH;
+  }, ROUND_S);
+  return 1e9 / ops;
+}
+
+const firstShared = windows.length;
+const rounds = { reply_unshared: [] as number[], reply_shared: [] as number[], new_unshared: [] as number[], new_shared: [] as number[], lock_pair: [] as number[] };
+for (let r = 0; r < ROUNDS; r++) {
+  rounds.reply_unshared.push(replyNs(flowState));
+  rounds.reply_shared.push(replyNs(sharedFlows));
+  rounds.new_unshared.push(newNs(newState));
+  rounds.new_shared.push(newNs(sharedNew));
+  rounds.lock_pair.push(lockNs());
+}
+const best = (a: number[]): number => Math.round(Math.min(...a) * 10) / 10;
+
 await new Promise((r) => setTimeout(r, 50)); // let the observer deliver gc entries
 obs.disconnect();
 const gcInWindows = windows.map((w) => gcStarts.filter((s) => s >= w.t0 && s <= w.t1).length);
+const loadavg = (await import('node:os')).loadavg().map((x) => Math.round(x * 100) / 100);
 
 process.stdout.write(
   `${JSON.stringify({
@@ -304,10 +380,29 @@ process.stdout.write(
     flows_live: flowState.flows.size,
     new_flow_table: { size: newState.flows.size, evictions: newState.flows.evictions },
     windows: ['lookups', 'check_new', 'flow_ops'],
-    gc_events: gcInWindows,
-    new_space_drift_bytes: windows.map((w) => w.newSpaceDrift),
-    heap_drift_bytes: windows.map((w) => w.heapDrift),
+    gc_events: gcInWindows.slice(0, firstShared),
+    new_space_drift_bytes: windows.slice(0, firstShared).map((w) => w.newSpaceDrift),
+    heap_drift_bytes: windows.slice(0, firstShared).map((w) => w.heapDrift),
     node: process.version,
     sink: sink > 0,
+  })}\n`,
+);
+const sharedWindows = windows.slice(firstShared);
+process.stdout.write(
+  `${JSON.stringify({
+    bench: 'filter_shared',
+    threads: 1,
+    reply_check_ns: { unshared: best(rounds.reply_unshared), shared: best(rounds.reply_shared) },
+    new_flow_check_ns: { unshared: best(rounds.new_unshared), shared: best(rounds.new_shared) },
+    lock_pair_ns: best(rounds.lock_pair),
+    rounds_ns: Object.fromEntries(Object.entries(rounds).map(([k, v]) => [k, v.map((x) => Math.round(x * 10) / 10)])),
+    flows_live: sharedFlows.flows.size,
+    new_flow_table: { size: sharedNew.flows.size, evictions: sharedNew.flows.evictions, capacity: sharedNew.flows.capacity },
+    reserved_bytes: sharedFlows.share().buffer.byteLength,
+    // Windows in round order: reply unshared, reply shared, new unshared, new shared, lock; per round.
+    gc_events: gcInWindows.slice(firstShared),
+    new_space_drift_bytes: sharedWindows.map((w) => w.newSpaceDrift),
+    loadavg,
+    node: process.version,
   })}\n`,
 );

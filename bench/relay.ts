@@ -40,6 +40,8 @@
 // process (all threads; 100 = one core), pps_per_core, the generator's offered
 // rate. Generator, relay and sink share the machine (2 cores here): figures
 // are indicative; run on an idle machine for comparable numbers.
+// BENCH_RELAY_WORKERS_ONLY=1 runs only the 1-vs-2 packet thread step
+// (BENCH_RELAY_WORKER_SECONDS, BENCH_RELAY_WORKER_PREGEN tune it).
 // BENCH_SECONDS (default 5) sets each window; BENCH_RELAY_SENDERS (default 100)
 // the sending links of step 2; BENCH_RELAY_HOST_ARGS adds node
 // flags to the relay process (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
@@ -257,13 +259,14 @@ async function measure(
   host: RelayHost,
   name: string,
   spec: Omit<BlastSpec, 'seconds' | 'target'>,
-  opts: { tenant?: number; profileMs?: number; counter?: string } = {},
+  opts: { tenant?: number; profileMs?: number; counter?: string; seconds?: number } = {},
 ): Promise<Phase> {
+  const SECONDS_ = opts.seconds ?? SECONDS;
   const counter = opts.counter ?? 'relay_packets';
   progress(`${name}: ${spec.flows.length} sending link(s)${spec.shared_socket ? ' on one source port' : ''}`);
   const profileMs = opts.profileMs ?? 0;
   const start = (await host.req('sample')).counters[counter]!;
-  const gen = tool('blast.ts', ['--spec', '-'], { ...spec, target: `127.0.0.1:${host.port}`, seconds: SECONDS + 2.5 + profileMs / 1000 } satisfies BlastSpec);
+  const gen = tool('blast.ts', ['--spec', '-'], { ...spec, target: `127.0.0.1:${host.port}`, seconds: SECONDS_ + 2.5 + profileMs / 1000 } satisfies BlastSpec);
   const deadline = Date.now() + 20_000;
   while ((await host.req('sample')).counters[counter] === start) {
     if (Date.now() > deadline) throw new Error(`${name}: ${counter} does not move`);
@@ -271,7 +274,7 @@ async function measure(
   }
   await sleep(500); // past the ramp-up
   const w0 = await host.req('window-start', opts.tenant === undefined ? {} : { tenant: opts.tenant });
-  await sleep(SECONDS * 1000);
+  await sleep(SECONDS_ * 1000);
   const w1 = await host.req('window-end', opts.tenant === undefined ? {} : { tenant: opts.tenant });
   const sites = profileMs > 0 ? await host.req<Record<string, unknown>>('heap-profile', { ms: profileMs }) : undefined;
   const lookup = await host.req<Record<string, number>>('endpoints');
@@ -376,10 +379,71 @@ async function ioPaths(): Promise<void> {
   }
 }
 
+// ---- packet threads ------------------------------------------------------------------
+
+/**
+ * Relay forwarding with 1 and then 2 packet threads: WORKER_FLOWS sending links
+ * (one source port each, so the kernel spreads them over the threads' sockets)
+ * to one sink link, 1400-byte datagrams, allow-all. The generator seals its
+ * datagrams before the window and then only sends them, so that on a 2-core
+ * machine it leaves the relay as much CPU as it can; its window is
+ * WORKER_SECONDS (the pre-sealed datagrams must last through it).
+ */
+const WORKER_FLOWS = 16;
+const WORKER_SECONDS = Number(process.env.BENCH_RELAY_WORKER_SECONDS ?? 2);
+const WORKER_PREGEN = Number(process.env.BENCH_RELAY_WORKER_PREGEN ?? 90_000);
+
+async function workerScaling(): Promise<void> {
+  const rows: { workers: number; pps: number }[] = [];
+  for (const workers of [1, 2]) {
+    const host = await RelayHost.start({ LARKTUN_WORKERS: String(workers) });
+    const sinks: ChildProcess[] = [];
+    try {
+      const sink = WORKER_FLOWS + 1;
+      const links = Array.from({ length: WORKER_FLOWS + 1 }, (_, i) => linkSpec(i + 1, i + 1));
+      await host.req('view', { views: [relayView(`workers-${workers}`, host.port, [tenant(1, links, ALLOW_ALL)])] });
+      sinks.push(await startSink(host, [sink]));
+      const flows = Array.from(
+        { length: WORKER_FLOWS },
+        (_, i) => ({ from: i + 1, to: RELAY_ID, psk: pskOf(i + 1), src: v4(i + 1), dst: v4(sink), proto: 'udp', sport: 41000 + i, dport: 5000, bytes: BYTES }) as const,
+      );
+      const load0 = os.loadavg()[0]!;
+      const r = await measure(host, `relay_workers ${workers}`, { flows, batch: true, pregen: WORKER_PREGEN }, { seconds: WORKER_SECONDS });
+      const st = await host.req<{ workers: { running: number; threads: { udp_rx_packets: number }[] } }>('io');
+      rows.push({ workers, pps: r.pps });
+      process.stdout.write(
+        `${JSON.stringify({
+          bench: 'relay_workers',
+          workers,
+          running: st.workers.running,
+          sending_links: WORKER_FLOWS,
+          packet_bytes: BYTES,
+          window_s: WORKER_SECONDS,
+          pps: r.pps,
+          gbit_s: r.gbit_s,
+          cpu_pct: r.cpu_pct,
+          pps_per_core: r.pps_per_core,
+          offered_pps: r.offered_pps,
+          drops_in_window: r.drops_in_window,
+          rx_per_thread: st.workers.threads.map((t) => t.udp_rx_packets),
+          ...(workers > 1 && rows[0] ? { vs_1_worker: Number((r.pps / rows[0].pps).toFixed(2)) } : {}),
+          loadavg_1m: [Math.round(load0 * 100) / 100, Math.round(os.loadavg()[0]! * 100) / 100],
+          machine: `${os.cpus().length}x ${os.cpus()[0]?.model ?? 'cpu'}, node ${process.version}`,
+        })}\n`,
+      );
+    } finally {
+      for (const s of sinks) s.kill();
+      await host.stop();
+    }
+  }
+}
+
 // ---- main -----------------------------------------------------------------------
 
 async function main(): Promise<void> {
+  if (process.env.BENCH_RELAY_WORKERS_ONLY === '1') return workerScaling();
   await ioPaths();
+  await workerScaling();
   if (process.env.BENCH_RELAY_IO_ONLY === '1') return;
   const host = await RelayHost.start();
   const sinks: ChildProcess[] = [];

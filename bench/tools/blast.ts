@@ -20,6 +20,8 @@ export interface BlastSpec {
   obfuscate?: boolean;
   /** Send through the batched UDP layer (sendmmsg + GSO) instead of node:dgram. */
   batch?: boolean;
+  /** With batch: seal this many datagrams per flow before sending, then only send them (see blastBatched). */
+  pregen?: number;
   flows: ({ from: number; to: number; psk: string } & InnerSpec)[];
 }
 
@@ -37,7 +39,7 @@ async function fromSpec(spec: BlastSpec): Promise<void> {
       host,
       port,
     }));
-    process.stdout.write(`${JSON.stringify(await blastBatched(fl, spec.seconds, spec.shared_socket ?? false))}\n`);
+    process.stdout.write(`${JSON.stringify(await blastBatched(fl, spec.seconds, spec.shared_socket ?? false, spec.pregen ?? 0))}\n`);
     return;
   }
   const shared = spec.shared_socket ? await udpSocket() : null;

@@ -29,7 +29,7 @@ type Req =
 // the per-source scan budget is raised so the 100 sinks are all learned at once;
 // the global budget (what bounds a junk flood) stays the default.
 const scanLimits = { ...DEFAULT_SCAN_LIMITS, scansPerSecPerSource: 1000 };
-const engine = new RelayEngine({ listenPorts: [0], bindHost4: '127.0.0.1', bindHost6: null, scanLimits, log: (m) => process.stderr.write(`relay-host: ${m}\n`) });
+const engine = new RelayEngine({ listenPorts: [0], bindHost4: '127.0.0.1', bindHost6: null, scanLimits, workers: Number(process.env.LARKTUN_WORKERS ?? '1'), log: (m) => process.stderr.write(`relay-host: ${m}\n`) });
 await engine.start();
 
 const gcEntries: { start: number; duration: number }[] = [];
@@ -143,6 +143,7 @@ async function handle(m: Req): Promise<Record<string, unknown>> {
         ms.push(performance.now() - t0);
         last = { tenants: r.tenants, links: r.links, kept: r.kept, warnings: r.warnings.length, filter_errors: Object.keys(r.filterErrors).length };
       }
+      await engine.viewSettled(); // every packet thread forwards by it
       if (!m.heap) return { ms, result: last };
       fullGc();
       return { ms, result: last, heap_used: process.memoryUsage().heapUsed };
@@ -165,7 +166,7 @@ async function handle(m: Req): Promise<Record<string, unknown>> {
     case 'heap-profile':
       return heapProfile(m.ms);
     case 'io':
-      return { ...engine.ioStatus() };
+      return { ...engine.ioStatus(), workers: engine.workersStatus() };
     case 'endpoints': {
       const byPort = new Map<string, number>();
       let learned = 0;

@@ -22,6 +22,8 @@
 //   larktun_relay_tenant_<counter>_total{tenant,tenant_id}   the same, per tenant
 //   larktun_relay_tenant_filter_<verdict>_total{…}           the tenant's packet filter
 //   larktun_relay_tenant_links{…}, _links_online{…}, _filter_flows{…}, _filter_skipped_entries{…}
+//   larktun_relay_packet_threads, _configured, larktun_relay_packet_thread_failures,
+//   larktun_relay_thread_udp_rx_packets{thread}, larktun_udp_io_info{path,gro,gso}
 //   larktun_relay_server_connected, larktun_relay_control_state{state},
 //   larktun_relay_view_source{source}, larktun_relay_view_applied_timestamp_seconds,
 //   larktun_relay_views_rejected_total, larktun_relay_health_reports_total{result}
@@ -187,7 +189,7 @@ export function buildRelayRegistry(src: RelayMetricsSource): Registry {
   const tenantHelp = Object.fromEntries(RELAY_COUNTER_NAMES.map((n) => [n, `per tenant: ${COUNTER_HELP[n]}`])) as Record<CounterName, string>;
   registerLabelledCounters(reg, RELAY_COUNTER_NAMES, tenantHelp, tenantLabels, namespaces, labels, (ns, name) => ns.counters[name], 'larktun_relay_tenant_');
   const filterHelp = Object.fromEntries(FILTER_COUNTER_NAMES.map((n) => [n, `tenant packet filter: ${FILTER_COUNTER_HELP[n]}`])) as Record<FilterCounterName, string>;
-  registerLabelledCounters(reg, FILTER_COUNTER_NAMES, filterHelp, tenantLabels, namespaces, labels, (ns, name) => ns.filter.counters[name], 'larktun_relay_tenant_');
+  registerLabelledCounters(reg, FILTER_COUNTER_NAMES, filterHelp, tenantLabels, namespaces, labels, (ns, name) => ns.filterCounters[name], 'larktun_relay_tenant_');
 
   labelledGauge(reg, 'larktun_relay_tenant_links', "links (nodes) of the tenant in the relay's view", tenantLabels, (g) => {
     for (const ns of namespaces()) g.set(labels(ns), ns.links.length);
@@ -201,6 +203,17 @@ export function buildRelayRegistry(src: RelayMetricsSource): Registry {
   });
   labelledGauge(reg, 'larktun_relay_tenant_filter_skipped_entries', "entries of the tenant's packet filter that did not compile (skipped)", tenantLabels, (g) => {
     for (const ns of namespaces()) g.set(labels(ns), ns.filter.filter.errors.length);
+  });
+
+  gauge(reg, 'larktun_relay_packet_threads', 'packet threads moving packets now (the main thread and its workers)', () => engine.workersStatus().running);
+  gauge(reg, 'larktun_relay_packet_threads_configured', 'packet threads asked for (--workers / LARKTUN_WORKERS, default one per core)', () => engine.workersStatus().configured);
+  gauge(reg, 'larktun_relay_packet_thread_failures', 'worker threads that stopped unexpectedly since start', () => engine.workersStatus().failures);
+  labelledGauge(reg, 'larktun_relay_thread_udp_rx_packets', 'authenticated datagrams received per packet thread (the kernel spreads senders by address and port)', ['thread'], (g) => {
+    engine.workersStatus().threads.forEach((t, i) => g.set({ thread: String(i) }, t.udp_rx_packets));
+  });
+  labelledGauge(reg, 'larktun_udp_io_info', 'the UDP I/O path (batch: recvmmsg/sendmmsg; dgram: the fallback) and its offloads: 1 for the one in use', ['path', 'gro', 'gso'], (g) => {
+    const io = engine.ioStatus();
+    g.set({ path: io.path, gro: String(io.gro), gso: String(io.gso) }, 1);
   });
 
   const control = src.controlStatus;

@@ -17,6 +17,7 @@
 // relay stops talking to the server (no more views, no more health reports) and
 // says so in the log and in status(); it keeps forwarding with the view it has
 // until it is stopped.
+import { resolveWorkers } from '../runtime/workers.js';
 import { ioSummary } from '../dataplane/io/types.js';
 import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
@@ -45,6 +46,8 @@ export interface RunRelayOptions {
    * ROUTER_SEEN_MS) triggers a report at once. 0 turns this off.
    */
   routerCheckMs?: number;
+  /** Packet threads (default: LARKTUN_WORKERS, else one per core). */
+  workers?: number;
   log: (m: string) => void;
 }
 
@@ -97,10 +100,15 @@ export async function runRelay(opts: RunRelayOptions): Promise<RelayHandle> {
     listenPorts: opts.listenPorts,
     ...(opts.bindHost4 !== undefined ? { bindHost4: opts.bindHost4 } : {}),
     ...(opts.bindHost6 !== undefined ? { bindHost6: opts.bindHost6 } : {}),
+    workers: resolveWorkers(opts.workers),
     log,
   });
   await engine.start();
-  log(`relay listening on UDP ${engine.boundAddresses().map((a) => `${a.family === 6 ? 'IPv6' : 'IPv4'}:${a.port}`).join(', ')}; I/O: ${ioSummary(engine.ioStatus())}`);
+  const ws = engine.workersStatus();
+  log(
+    `relay listening on UDP ${engine.boundAddresses().map((a) => `${a.family === 6 ? 'IPv6' : 'IPv4'}:${a.port}`).join(', ')}; I/O: ${ioSummary(engine.ioStatus())}; ` +
+      `packet threads: ${ws.running}${ws.reason !== null ? ` of ${ws.configured} (${ws.reason})` : ''}`,
+  );
 
   let control = 'connecting';
   let controlError: string | null = null;

@@ -100,9 +100,43 @@
 // closing (FIN/RST seen) 120 s / 60 s; UDP, ICMP echo, SCTP and other protocols
 // 120 s; fragment records 60 s. `now` is any monotonic millisecond clock
 // (performance.now() or Date.now()), the same one for every call on a table.
+// A table shared by threads needs one clock for all of them: performance.now()
+// counts from each thread's own start, so use performance.timeOrigin +
+// performance.now(), or Date.now().
+//
+// ---- Worker threads (shared mode) --------------------------------------------
+// A packet engine running on N worker threads handles the two directions of a
+// connection on different threads, so they share one flow table:
+// FilterState.createShared() keeps the table in one SharedArrayBuffer,
+// share() returns a structured-cloneable handle to post to each worker, and
+// FilterState.attach(handle, filter) there gives a FilterState over the same
+// table. What is shared: the flows, the table's size, sweep cursor and
+// counters (evictions, expirations, insertions), the hash seed and the policy
+// generation counter. What is per thread: the compiled PacketFilter, the
+// verdict counters (FilterCounters.writeTo/addFrom sum them) and scratch.
+// Every public call that touches the table (check, checkParsed, noteOutbound,
+// notePacket, allowInbound, isReply, clear) takes a spin lock in the buffer's
+// header once for its whole duration, so a decision and the insert it makes
+// are one step for every other thread; nothing is allocated. The buffer
+// reserves the largest table (2 × maxFlows slots) up front and the table grows
+// inside it by doubling, under the lock; Linux commits the pages only as the
+// table grows into them. The unshared table is unchanged (no lock, arrays
+// reallocated on growth). Stop a worker's packet loop before terminate(): a
+// thread killed inside a call would leave the lock held for the others.
+// Policy contract: every thread compiles its PacketFilter from the same rules
+// and calls setFilter() when the policy changes. Each setFilter() takes a new
+// generation from the table, newer than any before, and flows carry the
+// generation of the filter that last judged them: a thread re-checks flows
+// judged under an older generation than its filter's and trusts those judged
+// under a newer one. So a flow revoked by the first thread on the new policy
+// is dropped by all threads, even those still holding the old filter (they
+// cannot re-admit it), and a new flow a lagging thread admits is re-checked
+// by the first up-to-date thread that sees it. Until a thread calls
+// setFilter, packets it is first to see are still judged by its old filter.
 
 import type { FilterRule } from '../acl/index.js';
 import { type Family, parseIP } from '../net/addr.js';
+import { lock, unlock } from '../wire/lock.js';
 
 // ---- protocols ---------------------------------------------------------------
 
@@ -876,9 +910,100 @@ const EVICT_SAMPLE = 16;
 /** Slots swept for expired entries per insert. */
 const SWEEP_PER_INSERT = 4;
 
+// ---- shared layout -------------------------------------------------------------
+// One SharedArrayBuffer per shared table: a header page, then the slot arrays
+// sized for the largest table (2 × maxFlows slots, rounded up to a power of
+// two), each starting on a page. Only the first `slots` slots of each array are
+// ever written (a grow doubles `slots` in place), so the kernel commits the
+// pages of the reservation as the table grows into them, not when it is made.
+
+/** Header words (Int32): lock, layout check, then the table's scalar state. */
+const H_LOCK = 0;
+const H_MAGIC = 1;
+const H_MAX_SLOTS = 2;
+const H_SLOTS = 3;
+const H_COUNT = 4;
+const H_CURSOR = 5;
+const H_GEN = 6;
+const H_SEED = 7;
+/** Float64 index (byte 64) of the table-wide counters: evictions, expirations, insertions. */
+const HC_OFFSET = 64;
+const HC_EVICTIONS = 0;
+const HC_EXPIRATIONS = 1;
+const HC_INSERTIONS = 2;
+const SHARED_MAGIC = 0x4c6b4654; // 'LkFT'
+const PAGE = 4096;
+
+const pageUp = (n: number): number => Math.ceil(n / PAGE) * PAGE;
+
+// Lazy commit depends on the buffer being fresh from the kernel. Node takes a
+// SharedArrayBuffer's memory from calloc; glibc maps blocks above its mmap
+// threshold afresh (zero pages, committed when first written), but that
+// threshold rises, up to 32 MiB, as large blocks are freed, and a block carved
+// from memory freed before is zeroed by writing to it: every page committed at
+// once (seen in a test process: 716 MB resident for 200 default tables after
+// other tables had been freed, 0.9 MB without). So a reservation of 1 MiB or
+// more is padded to just over 32 MiB, which glibc always maps afresh. The
+// padding costs address space only.
+const FRESH_MAP_BYTES = 32 * 1024 * 1024 + PAGE;
+const PAD_FROM_BYTES = 1024 * 1024;
+
+interface SharedLayout {
+  keys: number;
+  hashes: number;
+  gens: number;
+  seen: number;
+  origins: number;
+  states: number;
+  bytes: number;
+}
+
+function sharedLayout(maxSlots: number): SharedLayout {
+  const keys = PAGE;
+  const hashes = keys + pageUp(maxSlots * KW * 4);
+  const gens = hashes + pageUp(maxSlots * 4);
+  const seen = gens + pageUp(maxSlots * 4);
+  const origins = seen + pageUp(maxSlots * 8);
+  const states = origins + pageUp(maxSlots);
+  const bytes = states + pageUp(maxSlots);
+  return { keys, hashes, gens, seen, origins, states, bytes: bytes >= PAD_FROM_BYTES && bytes < FRESH_MAP_BYTES ? FRESH_MAP_BYTES : bytes };
+}
+
+/**
+ * A shared flow table, as posted to another thread (structured-cloneable: one
+ * SharedArrayBuffer and the table's options). FlowTable.attach /
+ * FilterState.attach turn it back into a table over the same memory.
+ */
+export interface SharedFilterHandle {
+  readonly buffer: SharedArrayBuffer;
+  readonly options: Readonly<Required<FlowTableOptions>>;
+}
+
+function normalizeOptions(opts: FlowTableOptions): Required<FlowTableOptions> {
+  const max = Math.floor(opts.maxFlows ?? 65_536);
+  if (!(max >= 1 && max <= 1 << 24)) throw new RangeError(`maxFlows must be 1..${1 << 24}, got ${opts.maxFlows}`);
+  const maxSlots = nextPow2(max) * 2;
+  return {
+    maxFlows: max,
+    initialSlots: Math.min(maxSlots, nextPow2(Math.max(16, Math.floor(opts.initialSlots ?? 1024)))),
+    udpTimeoutMs: opts.udpTimeoutMs ?? 120_000,
+    tcpEstablishedTimeoutMs: opts.tcpEstablishedTimeoutMs ?? 7_200_000,
+    tcpOpeningTimeoutMs: opts.tcpOpeningTimeoutMs ?? 120_000,
+    tcpClosingTimeoutMs: opts.tcpClosingTimeoutMs ?? 60_000,
+    fragmentTimeoutMs: opts.fragmentTimeoutMs ?? 60_000,
+  };
+}
+
 /**
  * Bounded flow table: open addressing with linear probing and backward-shift
  * deletion over typed arrays. Per-packet operations do not allocate.
+ *
+ * Shared mode (FlowTable.createShared / attach): the arrays and the scalar
+ * state (slot count, flow count, sweep cursor, counters, policy generation,
+ * hash seed) live in one SharedArrayBuffer, and every public operation holds
+ * the spin lock in its header for its whole duration (one lock/unlock pair per
+ * call). Each thread has its own FlowTable object over that memory: its own
+ * scratch key, and copies of the scalars that enter() loads and leave() stores.
  */
 export class FlowTable {
   readonly maxFlows: number;
@@ -887,13 +1012,10 @@ export class FlowTable {
   readonly tcpOpeningTimeoutMs: number;
   readonly tcpClosingTimeoutMs: number;
   readonly fragmentTimeoutMs: number;
-  /** Flows evicted because the table was full. */
-  evictions = 0;
-  /** Flows removed because they were idle past their timeout. */
-  expirations = 0;
-  /** Flows inserted. */
-  insertions = 0;
+  /** True when the table lives in shared memory (createShared / attach). */
+  readonly shared: boolean;
 
+  private readonly options: Required<FlowTableOptions>;
   private readonly maxSlots: number;
   private slots: number;
   private mask: number;
@@ -905,47 +1027,205 @@ export class FlowTable {
   private seen: Float64Array;
   private count = 0;
   private cursor = 0;
+  private nEvictions = 0;
+  private nExpirations = 0;
+  private nInsertions = 0;
+  /** Last policy generation handed out (unshared; shared: header word H_GEN). */
+  private gen = 1;
   private readonly seed: number;
+  /** Shared mode: the buffer, its header words and its counters (unshared: null and empty arrays). */
+  private readonly sab: SharedArrayBuffer | null;
+  private readonly hdr: Int32Array;
+  private readonly hctr: Float64Array;
   /** Scratch key of the last key() call and its hash. */
   private readonly k = new Uint32Array(KW);
   private kh = 0;
 
-  constructor(opts: FlowTableOptions = {}) {
-    const max = Math.floor(opts.maxFlows ?? 65_536);
-    if (!(max >= 1 && max <= 1 << 24)) throw new RangeError(`maxFlows must be 1..${1 << 24}, got ${opts.maxFlows}`);
-    this.maxFlows = max;
-    this.maxSlots = nextPow2(max) * 2;
-    this.slots = Math.min(this.maxSlots, nextPow2(Math.max(16, Math.floor(opts.initialSlots ?? 1024))));
-    this.udpTimeoutMs = opts.udpTimeoutMs ?? 120_000;
-    this.tcpEstablishedTimeoutMs = opts.tcpEstablishedTimeoutMs ?? 7_200_000;
-    this.tcpOpeningTimeoutMs = opts.tcpOpeningTimeoutMs ?? 120_000;
-    this.tcpClosingTimeoutMs = opts.tcpClosingTimeoutMs ?? 60_000;
-    this.fragmentTimeoutMs = opts.fragmentTimeoutMs ?? 60_000;
-    this.seed = (Math.random() * 0x100000000) >>> 0;
+  /**
+   * An unshared table (one thread). `sharedBuffer` is internal (checked, so a
+   * wrong one throws): use FlowTable.createShared / FlowTable.attach for a
+   * shared table.
+   */
+  constructor(opts: FlowTableOptions = {}, sharedBuffer?: SharedArrayBuffer | null) {
+    const o = normalizeOptions(opts);
+    this.options = o;
+    this.maxFlows = o.maxFlows;
+    this.maxSlots = nextPow2(o.maxFlows) * 2;
+    this.udpTimeoutMs = o.udpTimeoutMs;
+    this.tcpEstablishedTimeoutMs = o.tcpEstablishedTimeoutMs;
+    this.tcpOpeningTimeoutMs = o.tcpOpeningTimeoutMs;
+    this.tcpClosingTimeoutMs = o.tcpClosingTimeoutMs;
+    this.fragmentTimeoutMs = o.fragmentTimeoutMs;
+    if (sharedBuffer === undefined) {
+      this.shared = false;
+      this.sab = null;
+      this.hdr = new Int32Array(0);
+      this.hctr = new Float64Array(0);
+      this.slots = o.initialSlots;
+      this.seed = (Math.random() * 0x100000000) >>> 0;
+      this.keys = new Uint32Array(this.slots * KW);
+      this.hashes = new Uint32Array(this.slots);
+      this.origins = new Uint8Array(this.slots);
+      this.states = new Uint8Array(this.slots);
+      this.gens = new Uint32Array(this.slots);
+      this.seen = new Float64Array(this.slots);
+    } else {
+      const ms = this.maxSlots;
+      const lay = sharedLayout(ms);
+      if (!(sharedBuffer instanceof SharedArrayBuffer)) throw new TypeError('attach: the buffer must be a SharedArrayBuffer (from FlowTable.share)');
+      if (sharedBuffer.byteLength !== lay.bytes) throw new TypeError(`attach: a buffer of ${sharedBuffer.byteLength} bytes does not fit maxFlows ${o.maxFlows}`);
+      const h = new Int32Array(sharedBuffer, 0, HC_OFFSET / 4);
+      const slots = Atomics.load(h, H_SLOTS);
+      if (h[H_MAGIC] !== SHARED_MAGIC || h[H_MAX_SLOTS] !== ms || !(slots >= 1 && slots <= ms && (slots & (slots - 1)) === 0)) {
+        throw new TypeError('attach: the buffer does not hold a shared flow table of these options');
+      }
+      this.shared = true;
+      this.sab = sharedBuffer;
+      this.hdr = new Int32Array(sharedBuffer, 0, HC_OFFSET / 4);
+      this.hctr = new Float64Array(sharedBuffer, HC_OFFSET, 3);
+      this.slots = Atomics.load(this.hdr, H_SLOTS);
+      this.seed = Atomics.load(this.hdr, H_SEED) >>> 0;
+      this.keys = new Uint32Array(sharedBuffer, lay.keys, ms * KW);
+      this.hashes = new Uint32Array(sharedBuffer, lay.hashes, ms);
+      this.gens = new Uint32Array(sharedBuffer, lay.gens, ms);
+      this.seen = new Float64Array(sharedBuffer, lay.seen, ms);
+      this.origins = new Uint8Array(sharedBuffer, lay.origins, ms);
+      this.states = new Uint8Array(sharedBuffer, lay.states, ms);
+    }
     this.mask = this.slots - 1;
-    this.keys = new Uint32Array(this.slots * KW);
-    this.hashes = new Uint32Array(this.slots);
-    this.origins = new Uint8Array(this.slots);
-    this.states = new Uint8Array(this.slots);
-    this.gens = new Uint32Array(this.slots);
-    this.seen = new Float64Array(this.slots);
+  }
+
+  /**
+   * A table in shared memory. The buffer reserves room for the largest table
+   * (2 × maxFlows slots, about 58 B a slot; at least 32 MiB from 1 MiB up, see
+   * FRESH_MAP_BYTES) up front; it starts at `initialSlots` and grows in place
+   * by doubling, so only the pages in use are committed.
+   */
+  static createShared(opts: FlowTableOptions = {}): FlowTable {
+    const o = normalizeOptions(opts);
+    const maxSlots = nextPow2(o.maxFlows) * 2;
+    const sab = new SharedArrayBuffer(sharedLayout(maxSlots).bytes);
+    const h = new Int32Array(sab, 0, HC_OFFSET / 4);
+    h[H_MAGIC] = SHARED_MAGIC;
+    h[H_MAX_SLOTS] = maxSlots;
+    h[H_SLOTS] = o.initialSlots;
+    h[H_GEN] = 1;
+    h[H_SEED] = (Math.random() * 0x100000000) | 0;
+    return new FlowTable(o, sab);
+  }
+
+  /** A table over the shared memory of `handle` (from share(), possibly posted from another thread). */
+  static attach(handle: SharedFilterHandle): FlowTable {
+    return new FlowTable(handle?.options ?? {}, handle?.buffer ?? null);
+  }
+
+  /** The handle to post to another thread (shared tables only). */
+  share(): SharedFilterHandle {
+    if (this.sab === null) throw new TypeError('share: this flow table is not shared (use FlowTable.createShared / FilterState.createShared)');
+    return { buffer: this.sab, options: { ...this.options } };
+  }
+
+  /**
+   * @internal Shared mode: takes the lock and loads the scalar state (another
+   * thread may have changed it). Every enter() is followed by one leave().
+   */
+  enter(): void {
+    const h = this.hdr;
+    lock(h, H_LOCK);
+    const slots = h[H_SLOTS]!;
+    if (slots !== this.slots) {
+      this.slots = slots;
+      this.mask = slots - 1;
+    }
+    this.count = h[H_COUNT]!;
+    this.cursor = h[H_CURSOR]!;
+    const c = this.hctr;
+    this.nEvictions = c[HC_EVICTIONS]!;
+    this.nExpirations = c[HC_EXPIRATIONS]!;
+    this.nInsertions = c[HC_INSERTIONS]!;
+  }
+
+  /** @internal Shared mode: stores the scalar state and releases the lock. */
+  leave(): void {
+    const h = this.hdr;
+    h[H_SLOTS] = this.slots;
+    h[H_COUNT] = this.count;
+    h[H_CURSOR] = this.cursor;
+    const c = this.hctr;
+    c[HC_EVICTIONS] = this.nEvictions;
+    c[HC_EXPIRATIONS] = this.nExpirations;
+    c[HC_INSERTIONS] = this.nInsertions;
+    unlock(h, H_LOCK);
+  }
+
+  /** Reads one table-wide counter of a shared table under the lock. */
+  private sharedCounter(i: number): number {
+    lock(this.hdr, H_LOCK);
+    const v = this.hctr[i]!;
+    unlock(this.hdr, H_LOCK);
+    return v;
+  }
+
+  /** Flows evicted because the table was full (shared: by every thread). */
+  get evictions(): number {
+    return this.shared ? this.sharedCounter(HC_EVICTIONS) : this.nEvictions;
+  }
+
+  /** Flows removed because they were idle past their timeout (shared: by every thread). */
+  get expirations(): number {
+    return this.shared ? this.sharedCounter(HC_EXPIRATIONS) : this.nExpirations;
+  }
+
+  /** Flows inserted (shared: by every thread). */
+  get insertions(): number {
+    return this.shared ? this.sharedCounter(HC_INSERTIONS) : this.nInsertions;
+  }
+
+  /** @internal The current policy generation (see FilterState.setFilter). */
+  get generation(): number {
+    return this.shared ? Atomics.load(this.hdr, H_GEN) >>> 0 : this.gen;
+  }
+
+  /**
+   * @internal Hands out the next policy generation: unique among the
+   * FilterStates over this table, whichever thread they run on.
+   */
+  nextGeneration(): number {
+    if (!this.shared) {
+      this.gen = (this.gen + 1) >>> 0 || 1;
+      return this.gen;
+    }
+    const h = this.hdr;
+    lock(h, H_LOCK);
+    const g = ((h[H_GEN]! >>> 0) + 1) >>> 0 || 1;
+    h[H_GEN] = g | 0;
+    unlock(h, H_LOCK);
+    return g;
   }
 
   /** Flows currently held (expired ones may linger until swept or looked up). */
   get size(): number {
-    return this.count;
+    return this.shared ? Atomics.load(this.hdr, H_COUNT) : this.count;
   }
 
   /** Current slot capacity (grows by doubling up to 2 × maxFlows). */
   get capacity(): number {
-    return this.slots;
+    return this.shared ? Atomics.load(this.hdr, H_SLOTS) : this.slots;
   }
 
-  /** Forgets every flow. */
+  /** Forgets every flow (the capacity stays). */
   clear(): void {
-    this.keys.fill(0);
+    if (!this.shared) {
+      this.keys.fill(0);
+      this.count = 0;
+      this.cursor = 0;
+      return;
+    }
+    this.enter();
+    this.keys.fill(0, 0, this.slots * KW); // never past `slots`: the rest of the reservation stays uncommitted
     this.count = 0;
     this.cursor = 0;
+    this.leave();
   }
 
   /**
@@ -962,6 +1242,19 @@ export class FlowTable {
 
   /** noteOutbound for an already parsed Flow packet. */
   notePacket(p: ParsedPacket, now: number): void {
+    if (!this.shared) {
+      this.noteLocked(p, now);
+      return;
+    }
+    this.enter();
+    try {
+      this.noteLocked(p, now);
+    } finally {
+      this.leave();
+    }
+  }
+
+  private noteLocked(p: ParsedPacket, now: number): void {
     const a = p.addr;
     this.key(KT_FLOW, p.family, p.proto, a, 4, 0, p.dport, p.sport);
     let i = this.find(now);
@@ -983,6 +1276,16 @@ export class FlowTable {
   isReply(pkt: Uint8Array, len: number, now: number): boolean {
     const p = PARSE_SCRATCH;
     if (!parsePacket(pkt, len, p) || p.kind !== PacketKind.Flow) return false;
+    if (!this.shared) return this.replyLocked(p, now);
+    this.enter();
+    try {
+      return this.replyLocked(p, now);
+    } finally {
+      this.leave();
+    }
+  }
+
+  private replyLocked(p: ParsedPacket, now: number): boolean {
     this.key(KT_FLOW, p.family, p.proto, p.addr, 4, 0, p.dport, p.sport);
     const i = this.find(now);
     if (i < 0 || this.origins[i] !== FlowOrigin.Local) return false;
@@ -1061,7 +1364,7 @@ export class FlowTable {
       ) {
         if (this.expired(i, now)) {
           this.remove(i);
-          this.expirations++;
+          this.nExpirations++;
           return -1;
         }
         return i;
@@ -1074,7 +1377,10 @@ export class FlowTable {
   insert(origin: number, gen: number, now: number): number {
     this.sweep(now, SWEEP_PER_INSERT);
     if (this.count >= this.maxFlows) this.evictOne(now);
-    if ((this.count + 1) * 2 > this.slots && this.slots < this.maxSlots) this.grow(now);
+    if ((this.count + 1) * 2 > this.slots && this.slots < this.maxSlots) {
+      if (this.shared) this.growInPlace();
+      else this.grow(now);
+    }
     const mask = this.mask;
     const keys = this.keys;
     let i = this.kh & mask;
@@ -1086,7 +1392,7 @@ export class FlowTable {
     this.gens[i] = gen;
     this.seen[i] = now;
     this.count++;
-    this.insertions++;
+    this.nInsertions++;
     return i;
   }
 
@@ -1167,7 +1473,7 @@ export class FlowTable {
       const i = this.cursor;
       if (this.keys[i * KW] !== 0 && this.expired(i, now)) {
         this.remove(i); // an entry may shift into i: look at it again next step
-        this.expirations++;
+        this.nExpirations++;
       } else this.cursor = (i + 1) & mask;
     }
   }
@@ -1184,7 +1490,7 @@ export class FlowTable {
       if (this.keys[i * KW] === 0) continue;
       if (this.expired(i, now)) {
         this.remove(i);
-        this.expirations++;
+        this.nExpirations++;
         return;
       }
       if (this.seen[i]! < oldest) {
@@ -1194,7 +1500,7 @@ export class FlowTable {
     }
     this.remove(victim);
     this.cursor = (victim + 1) & mask;
-    this.evictions++;
+    this.nEvictions++;
   }
 
   private grow(now: number): void {
@@ -1228,7 +1534,45 @@ export class FlowTable {
       this.count++;
       if (this.expired(i, now)) {
         this.remove(i);
-        this.expirations++;
+        this.nExpirations++;
+      }
+    }
+  }
+
+  /**
+   * Shared mode: doubles `slots` inside the reservation (the arrays are views
+   * of the whole buffer, so nothing is reallocated or re-posted). Slots past
+   * the old size are zero: nothing is ever written beyond `slots`. Every entry
+   * is then moved to the first free slot between its new home and where it
+   * sits, pass after pass until a pass moves nothing: that pass proves every
+   * probe chain unbroken. Each move strictly shortens one entry's distance
+   * from its home, so the passes end. In practice the first pass places
+   * everything and the second only confirms it (2 700 grows of random tables:
+   * none needed a third).
+   */
+  private growInPlace(): void {
+    const slots = this.slots * 2;
+    const mask = slots - 1;
+    const keys = this.keys;
+    const hashes = this.hashes;
+    this.slots = slots;
+    this.mask = mask;
+    this.cursor = 0;
+    for (let moved = 1; moved !== 0; ) {
+      moved = 0;
+      for (let i = 0; i < slots; i++) {
+        if (keys[i * KW] === 0) continue;
+        let j = hashes[i]! & mask;
+        while (j !== i && keys[j * KW] !== 0) j = (j + 1) & mask;
+        if (j === i) continue;
+        keys.copyWithin(j * KW, i * KW, i * KW + KW);
+        hashes[j] = hashes[i]!;
+        this.origins[j] = this.origins[i]!;
+        this.states[j] = this.states[i]!;
+        this.gens[j] = this.gens[i]!;
+        this.seen[j] = this.seen[i]!;
+        keys[i * KW] = 0;
+        moved++;
       }
     }
   }
@@ -1272,6 +1616,7 @@ export const FILTER_COUNTER_HELP = {
   filter_drop_fragment: 'non-first fragments whose first fragment was not admitted',
 } as const;
 export type FilterCounterName = keyof typeof FILTER_COUNTER_HELP;
+export const FILTER_COUNTER_NAMES = Object.keys(FILTER_COUNTER_HELP) as FilterCounterName[];
 
 /** Per-verdict packet counts; plain numeric fields. */
 export class FilterCounters {
@@ -1286,9 +1631,19 @@ export class FilterCounters {
   filter_drop_revoked = 0;
   filter_drop_fragment = 0;
 
+  /** Copies every counter into `f[off .. off + FILTER_COUNTER_NAMES.length]` (a packet worker publishing its totals). */
+  writeTo(f: Float64Array, off: number): void {
+    for (let i = 0; i < FILTER_COUNTER_NAMES.length; i++) f[off + i] = this[FILTER_COUNTER_NAMES[i]!];
+  }
+
+  /** Adds counters published with writeTo (summing the workers of one engine). */
+  addFrom(f: Float64Array, off: number): void {
+    for (let i = 0; i < FILTER_COUNTER_NAMES.length; i++) this[FILTER_COUNTER_NAMES[i]!] += f[off + i]!;
+  }
+
   toJSON(): Record<FilterCounterName, number> {
     const out = {} as Record<FilterCounterName, number>;
-    for (const k of Object.keys(FILTER_COUNTER_HELP) as FilterCounterName[]) out[k] = this[k];
+    for (const k of FILTER_COUNTER_NAMES) out[k] = this[k];
     return out;
   }
 }
@@ -1301,6 +1656,13 @@ export class FilterCounters {
  * check() for every packet it receives. Relay: call check() for every packet of
  * the namespace it forwards (both directions; admitted flows are tracked, so
  * their replies pass).
+ *
+ * Threads: FilterState.createShared() puts the flow table in shared memory;
+ * share() gives the handle to post to a worker, FilterState.attach() there
+ * gives a FilterState over the same table. Each thread keeps its own compiled
+ * PacketFilter and its own counters. Contract: every thread compiles its
+ * filter from the same rules and calls setFilter() with the new policy when it
+ * changes (see setFilter for what happens in between).
  */
 export class FilterState {
   readonly flows: FlowTable;
@@ -1308,18 +1670,40 @@ export class FilterState {
   /** Verdict of the last check(). */
   lastVerdict: Verdict = Verdict.DropNoRule;
   private current: PacketFilter;
-  private gen = 1;
+  /** Generation of `current`: flows stamped with an older one are re-checked. */
+  private gen: number;
 
+  /** `flows`: the table's options, or a table (shared or not) to use. */
   constructor(filter: PacketFilter = PacketFilter.empty(), flows: FlowTable | FlowTableOptions = {}) {
     this.current = filter;
     this.flows = flows instanceof FlowTable ? flows : new FlowTable(flows);
+    this.gen = this.flows.generation;
+  }
+
+  /** A FilterState whose flow table is in shared memory (see share / attach). */
+  static createShared(filter: PacketFilter = PacketFilter.empty(), opts: FlowTableOptions = {}): FilterState {
+    return new FilterState(filter, FlowTable.createShared(opts));
+  }
+
+  /**
+   * A FilterState over the shared flow table of `handle` (from share(), in
+   * this thread or posted from another). `filter` must be the policy the
+   * engine currently enforces (compiled from the same rules as the others').
+   */
+  static attach(handle: SharedFilterHandle, filter: PacketFilter = PacketFilter.empty()): FilterState {
+    return new FilterState(filter, FlowTable.attach(handle));
+  }
+
+  /** The structured-cloneable handle of the shared flow table (to post to a worker). */
+  share(): SharedFilterHandle {
+    return this.flows.share();
   }
 
   get filter(): PacketFilter {
     return this.current;
   }
 
-  /** Policy generation (increments on every setFilter). */
+  /** Policy generation of the current filter (a new, higher one on every setFilter). */
   get generation(): number {
     return this.gen;
   }
@@ -1328,10 +1712,25 @@ export class FilterState {
    * Swaps in a new filter atomically. Tracked flows are kept: flows this node
    * started keep their replies; flows the old filter admitted are re-checked
    * against the new one on their next packet (revoked when no longer admitted).
+   *
+   * Shared table: the new generation comes from the table, so it is newer than
+   * every other thread's. Flows carry the generation of the filter that last
+   * judged them; a thread re-checks a flow judged under an older generation
+   * than its own and trusts one judged under a newer one. So once one thread
+   * has the new filter, what it revokes is revoked for all threads, including
+   * those still on the old filter (they cannot re-admit it); a new flow a
+   * lagging thread admits under the old filter is re-checked by the first
+   * up-to-date thread that sees it. When every thread has called setFilter,
+   * every flow is judged by the new policy.
    */
   setFilter(filter: PacketFilter): void {
     this.current = filter;
-    this.gen = (this.gen + 1) >>> 0 || 1;
+    this.gen = this.flows.nextGeneration();
+  }
+
+  /** Was a flow stamped with generation `g` judged under an older filter than the current one? */
+  private stale(g: number): boolean {
+    return ((g - this.gen) | 0) < 0;
   }
 
   /** Records an outbound packet of this node (see FlowTable.noteOutbound). */
@@ -1355,6 +1754,18 @@ export class FilterState {
   checkParsed(p: ParsedPacket, now: number): boolean {
     if (badDestination(p)) return this.drop(Verdict.DropDestination);
     const fl = this.flows;
+    if (!fl.shared) return this.decide(p, now);
+    fl.enter();
+    try {
+      return this.decide(p, now);
+    } finally {
+      fl.leave();
+    }
+  }
+
+  /** The decision proper (shared table: with its lock held). */
+  private decide(p: ParsedPacket, now: number): boolean {
+    const fl = this.flows;
     const a = p.addr;
     const fam = p.family;
     switch (p.kind) {
@@ -1375,7 +1786,7 @@ export class FilterState {
     fl.key(KT_FLOW, fam, p.proto, a, 0, 4, p.sport, p.dport);
     let i = fl.find(now);
     if (i >= 0 && fl.originOf(i) !== FlowOrigin.Local) {
-      if (fl.genOf(i) !== this.gen) this.revalidate(i);
+      if (this.stale(fl.genOf(i))) this.revalidate(i);
       fl.touch(i, now, p.tcpFlags, false);
       if (fl.originOf(i) === FlowOrigin.Admitted) return this.allow(Verdict.AllowFlow, p, now);
       return this.drop(Verdict.DropRevoked);
@@ -1384,7 +1795,7 @@ export class FilterState {
     fl.key(KT_FLOW, fam, p.proto, a, 4, 0, p.dport, p.sport);
     i = fl.find(now);
     if (i >= 0) {
-      if (fl.originOf(i) !== FlowOrigin.Local && fl.genOf(i) !== this.gen) this.revalidate(i);
+      if (fl.originOf(i) !== FlowOrigin.Local && this.stale(fl.genOf(i))) this.revalidate(i);
       if (fl.originOf(i) !== FlowOrigin.Revoked) {
         fl.touch(i, now, p.tcpFlags, true);
         return this.allow(Verdict.AllowReply, p, now);
@@ -1426,7 +1837,7 @@ export class FilterState {
     if (i < 0) return false;
     const fl = this.flows;
     if (fl.originOf(i) === FlowOrigin.Local) return true;
-    if (fl.genOf(i) !== this.gen) this.revalidate(i);
+    if (this.stale(fl.genOf(i))) this.revalidate(i);
     return fl.originOf(i) === FlowOrigin.Admitted;
   }
 

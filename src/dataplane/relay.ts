@@ -32,9 +32,24 @@
 import type { FilterRule } from '../acl/index.js';
 import { type Prefix, formatPrefix, parsePrefix } from '../net/addr.js';
 import { ForwardingTable, PrefixMatcher, type FwdRule } from '../net/lpm.js';
-import { WireRx, WireTx, RxCode, MAX_PLAINTEXT, OVERHEAD } from '../wire/index.js';
-import { Counters, type CounterName } from './counters.js';
-import { FilterState, PacketFilter } from './filter.js';
+import { WireRx, WireTx, RxCode, MAX_PLAINTEXT, OVERHEAD, newRxShared, newTxShared } from '../wire/index.js';
+import { COUNTER_NAMES, Counters, type CounterName } from './counters.js';
+import { FILTER_COUNTER_NAMES, FilterCounters, FilterState, PacketFilter } from './filter.js';
+import { SharedEndpoint } from './workers/endpoint.js';
+import {
+  LINK_COUNTER_NAMES,
+  LINK_COUNTERS,
+  sharedF64,
+  type FromRelayWorker,
+  type LinkShare,
+  type NamespaceShare,
+  type RelayWorkerData,
+  type SessionShare,
+  type ToRelayWorker,
+  type ViewShare,
+} from './workers/relay-share.js';
+import { spawnWorker } from '../runtime/worker.js';
+import type { Worker } from 'node:worker_threads';
 import { BUF_SIZE, createUdpIo, type UdpIo, type UdpIoStatus, type UdpSock } from './io/index.js';
 import { DEFAULT_SCAN_LIMITS, ScanLimiter, UNTRIED, type ScanLimitOptions } from './scanlimit.js';
 
@@ -296,6 +311,9 @@ function parseFilterRules(v: unknown, path: string, err: (path: string, msg: str
 
 // ---- namespaces and links -----------------------------------------------------
 
+/** Scratch for summing filter counters (status and metrics only). */
+const SCRATCH_F = new Float64Array(FILTER_COUNTER_NAMES.length);
+
 /** Per-link traffic counts. */
 export class LinkCounters {
   rx_packets = 0;
@@ -308,6 +326,18 @@ export class LinkCounters {
 
   toJSON(): Record<string, number> {
     return { rx_packets: this.rx_packets, rx_bytes: this.rx_bytes, tx_packets: this.tx_packets, tx_bytes: this.tx_bytes, keepalive_rx: this.keepalive_rx, drops: this.drops };
+  }
+
+  writeTo(f: Float64Array, off: number): void {
+    for (let i = 0; i < LINK_COUNTERS; i++) f[off + i] = this[LINK_COUNTER_NAMES[i]!];
+  }
+
+  addFrom(f: Float64Array, off: number): void {
+    for (let i = 0; i < LINK_COUNTERS; i++) this[LINK_COUNTER_NAMES[i]!] += f[off + i]!;
+  }
+
+  add(o: LinkCounters): void {
+    for (const k of LINK_COUNTER_NAMES) this[k] += o[k];
   }
 }
 
@@ -348,6 +378,8 @@ export class Namespace {
   links: RelayLink[] = [];
   /** The tenant's view section as JSON: an identical section next time reuses this namespace whole. */
   sig = '';
+  /** Worker mode: what the workers share of it (null: one thread). */
+  share: NamespaceShare | null = null;
   constructor(
     readonly tenantId: number,
     readonly name: string,
@@ -357,36 +389,60 @@ export class Namespace {
     readonly filter: FilterState,
     /** The packet_filter JSON the filter was compiled from (unchanged: no recompile). */
     readonly filterJson: string,
-    readonly counters: Counters,
+    /** This thread's counts (the packet path adds here). */
+    readonly local: Counters,
     /** Node ids the server reports online. */
     readonly serverOnline: readonly number[],
   ) {}
+
+  /** The tenant's counts over every worker (this thread's live, the others' as last published). */
+  get counters(): Counters {
+    const sh = this.share;
+    if (sh === null) return this.local;
+    const sum = new Counters();
+    sum.add(this.local);
+    const n = COUNTER_NAMES.length;
+    for (let o = n; o < sh.counters.length; o += n) sum.addFrom(sh.counters, o);
+    return sum;
+  }
+
+  /** The tenant filter's verdict counts over every worker. */
+  get filterCounters(): FilterCounters {
+    const sh = this.share;
+    if (sh === null) return this.filter.counters;
+    const sum = new FilterCounters();
+    const n = FILTER_COUNTER_NAMES.length;
+    this.filter.counters.writeTo(SCRATCH_F, 0);
+    sum.addFrom(SCRATCH_F, 0);
+    for (let o = n; o < sh.filterCounters.length; o += n) sum.addFrom(sh.filterCounters, o);
+    return sum;
+  }
 }
 
-/** Which key the node last authenticated with. */
+/** Which key the node last authenticated with (kept in the shared endpoint's tag). */
 const HEARD_NONE = 0;
 const HEARD_CURRENT = 1;
 const HEARD_PREVIOUS = 2;
 
 export class RelayLink {
-  // Where the node was last authenticated from (learned, never configured).
-  addr: string | null = null;
-  port = 0;
-  family: 4 | 6 = 4;
+  /** Where the node was last authenticated from (learned, never configured), and when: shared by the workers. */
+  readonly ep: SharedEndpoint;
+  /** This thread's socket for the endpoint's local port (resolved when the endpoint changes). */
   sock: UdpSock | null = null;
-  lastSeenMs = 0;
-  heard = HEARD_NONE;
   rxPrev: WireRx | null = null;
   txPrev: WireTx | null = null;
   prevUntilMs = 0;
   prevHex: string | null = null;
-  /** When the relay last echoed a keepalive on this link (the echo is rate-limited). */
+  /** When this thread last echoed a keepalive on this link (the echo is rate-limited). */
   lastEchoMs = 0;
   /** Since when this relay process has been waiting for the node (the link's first view here). */
   sinceMs = 0;
   /** The exit node this link's node uses (same namespace), resolved after all links are built. */
   exitLink: RelayLink | null = null;
-  counters = new LinkCounters();
+  /** This thread's counts. */
+  local = new LinkCounters();
+  /** Worker mode: what the workers share of it (null: one thread). */
+  share: LinkShare | null = null;
 
   constructor(
     readonly id: number,
@@ -401,21 +457,64 @@ export class RelayLink {
     /** This link is an exit node for IPv4 / IPv6 (its routes hold 0.0.0.0/0 / ::/0). */
     readonly exit4: boolean,
     readonly exit6: boolean,
-  ) {}
+    ep?: SharedEndpoint,
+  ) {
+    this.ep = ep ?? new SharedEndpoint();
+  }
+
+  get addr(): string | null {
+    this.ep.refresh();
+    return this.ep.addr;
+  }
+
+  get port(): number {
+    this.ep.refresh();
+    return this.ep.port;
+  }
+
+  get family(): 4 | 6 {
+    this.ep.refresh();
+    return this.ep.family;
+  }
+
+  get lastSeenMs(): number {
+    return this.ep.lastSeenMs;
+  }
+
+  get heard(): number {
+    return this.ep.tag;
+  }
+
+  set heard(v: number) {
+    this.ep.tag = v;
+  }
+
+  /** The link's counts over every worker. */
+  get counters(): LinkCounters {
+    const sh = this.share;
+    if (sh === null) return this.local;
+    const sum = new LinkCounters();
+    sum.add(this.local);
+    for (let o = LINK_COUNTERS; o < sh.counters.length; o += LINK_COUNTERS) sum.addFrom(sh.counters, o);
+    return sum;
+  }
 
   online(now: number, windowMs = RELAY_ONLINE_MS): boolean {
-    return this.lastSeenMs > 0 && now - this.lastSeenMs <= windowMs;
+    const seen = this.ep.lastSeenMs;
+    return seen > 0 && now - seen <= windowMs;
   }
 
   endpointText(): string | null {
-    if (this.addr === null) return null;
-    return this.family === 6 ? `[${this.addr}]:${this.port}` : `${this.addr}:${this.port}`;
+    const addr = this.addr;
+    if (addr === null) return null;
+    return this.ep.family === 6 ? `[${addr}]:${this.ep.port}` : `${addr}:${this.ep.port}`;
   }
 
   /** 'current' / 'previous': the key the node last used (and the relay answers with); null: never heard. */
   keyInUse(now: number): 'current' | 'previous' | null {
-    if (this.heard === HEARD_NONE) return null;
-    return this.heard === HEARD_PREVIOUS && this.txPrev !== null && now < this.prevUntilMs ? 'previous' : 'current';
+    const heard = this.heard;
+    if (heard === HEARD_NONE) return null;
+    return heard === HEARD_PREVIOUS && this.txPrev !== null && now < this.prevUntilMs ? 'previous' : 'current';
   }
 }
 
@@ -459,6 +558,14 @@ export interface RelayEngineOptions {
   udpBatch?: boolean;
   /** UDP GRO/GSO on the batched path; default from LARKTUN_UDP_OFFLOAD, on when unset. */
   udpOffload?: boolean;
+  /**
+   * Packet threads (default 1): this one plus workers - 1 worker threads, each
+   * with its own SO_REUSEPORT sockets on the same ports. Needs the batched UDP
+   * path; with node:dgram the relay runs on one thread and status says why.
+   */
+  workers?: number;
+  /** @internal Set by relay-worker.ts: this engine is packet worker `index` of `count`. */
+  role?: { index: number; count: number; counters: Float64Array };
 }
 
 export interface SetViewResult {
@@ -480,6 +587,23 @@ export interface HealthReport {
   links: { link_id: number; last_seen_ms_ago: number | null; known_ms?: number }[];
 }
 
+/** The packet threads of a relay, for status. */
+export interface RelayWorkersStatus {
+  /** Packet threads asked for. */
+  configured: number;
+  /** Packet threads moving packets now (this one included). */
+  running: number;
+  /** Why fewer run than configured (null: all do). */
+  reason: string | null;
+  /** Worker threads that stopped unexpectedly since start. */
+  failures: number;
+  /** Per packet thread (0: the main thread; the others as last published): datagrams received and sent. */
+  threads: { udp_rx_packets: number; udp_tx_packets: number }[];
+}
+
+const RX_IDX = COUNTER_NAMES.indexOf('udp_rx_packets');
+const TX_IDX = COUNTER_NAMES.indexOf('udp_tx_packets');
+
 const EMPTY_STATE = (): RelayState => ({
   view: null,
   selfId: RELAY_LINK_ID,
@@ -492,9 +616,16 @@ const EMPTY_STATE = (): RelayState => ({
 const PREFIX_OPTS = {} as const;
 const prefixesOf = (list: readonly string[]): Prefix[] => list.map((s) => parsePrefix(s, PREFIX_OPTS));
 
+/** How often a worker publishes its counters for the main thread's status and metrics. */
+export const PUBLISH_MS = 50;
+/** How long start() waits for a worker to bind its sockets. */
+const WORKER_READY_MS = 15_000;
+
+let nextShareId = 1;
+
 export class RelayEngine {
-  /** Relay totals: every datagram counted here, tenant-attributable ones also in their namespace. */
-  readonly counters = new Counters();
+  /** This thread's relay totals (every datagram counted here, tenant-attributable ones also in their namespace). */
+  private readonly c = new Counters();
   readonly startedAt = Date.now();
   private st: RelayState = EMPTY_STATE();
   private readonly udp: UdpIo;
@@ -503,32 +634,158 @@ export class RelayEngine {
   private matched: WireRx | null = null;
   private readonly log: (msg: string) => void;
   private readonly onlineMs: number;
-
   private readonly scan: ScanLimiter;
+  private readonly opts: RelayEngineOptions;
+  /** Worker role (null on the main thread). */
+  private readonly role: { index: number; count: number; counters: Float64Array } | null;
+  // Main thread with workers: the worker threads, their published totals, the share of the view in force.
+  private readonly wantWorkers: number;
+  private workerReason: string | null = null;
+  private workerFailures = 0;
+  private readonly workers: Worker[] = [];
+  private totals: Float64Array | null = null;
+  private share: ViewShare | null = null;
+  private stopping = false;
+  /** Views posted to workers, and per worker the last one it applied (or refused). */
+  private viewSeq = 0;
+  private readonly appliedSeq = new Map<Worker, number>();
+  private settleWaiters: { seq: number; resolve: () => void }[] = [];
+  // Worker thread: sessions and endpoints received, by id, kept across views.
+  private readonly sessionsById = new Map<number, { rx: WireRx; tx: WireTx }>();
+  private readonly endpointsById = new Map<number, SharedEndpoint>();
+  private incoming: ViewShare | null = null;
+  private publishTimer: NodeJS.Timeout | null = null;
 
   constructor(opts: RelayEngineOptions) {
+    this.opts = opts;
     this.log = opts.log ?? (() => {});
     this.onlineMs = opts.onlineMs ?? RELAY_ONLINE_MS;
     this.scan = new ScanLimiter(opts.scanLimits ?? DEFAULT_SCAN_LIMITS);
+    this.role = opts.role ?? null;
+    const want = Math.floor(opts.workers ?? 1);
+    if (!(want >= 1 && want <= 64)) throw new RangeError(`workers must be 1..64, got ${opts.workers}`);
+    this.wantWorkers = this.role === null ? want : 1;
     this.udp = createUdpIo({
       ports: opts.listenPorts,
       bindHost4: opts.bindHost4,
       bindHost6: opts.bindHost6,
       onDatagram: (msg, len, addr, port, sock) => this.onDatagram(msg, len, addr, port, sock),
       onSendError: (n) => {
-        this.counters.drop_send_error += n;
+        this.c.drop_send_error += n;
       },
       log: this.log,
-      batch: opts.udpBatch,
+      batch: this.role !== null ? true : opts.udpBatch,
       offload: opts.udpOffload,
+      reusePort: this.role !== null || this.wantWorkers > 1,
     });
+    if (this.wantWorkers > 1) {
+      if (this.udp.path === 'batch') this.totals = sharedF64(this.wantWorkers * COUNTER_NAMES.length);
+      else this.workerReason = 'node:dgram cannot share a port between threads (SO_REUSEPORT needs the batched UDP path)';
+    }
   }
 
   async start(): Promise<void> {
+    if (this.workerReason !== null) this.log(`relay runs on one thread: ${this.workerReason}`);
     await this.udp.start();
+    if (this.role !== null) {
+      this.publishTimer = setInterval(() => this.publish(), PUBLISH_MS);
+      return;
+    }
+    if (this.totals !== null) await this.startWorkers();
+  }
+
+  private async startWorkers(): Promise<void> {
+    const n = this.wantWorkers;
+    const ports = this.udp.ports();
+    const started = await Promise.allSettled(
+      Array.from({ length: n - 1 }, (_, i) => this.startWorker(i + 1, n, ports)),
+    );
+    const failed = started.filter((r) => r.status === 'rejected');
+    if (failed.length > 0) {
+      this.workerReason = `${failed.length} of ${n - 1} worker threads did not start: ${(failed[0] as PromiseRejectedResult).reason}`;
+      this.log(`relay: ${this.workerReason}`);
+    }
+    if (this.st.view !== null) this.postView(this.st.view);
+    await this.viewSettled();
+  }
+
+  private startWorker(index: number, count: number, ports: number[]): Promise<void> {
+    const data: RelayWorkerData = {
+      index,
+      count,
+      ports,
+      counters: this.totals!,
+      ...(this.opts.bindHost4 !== undefined ? { bindHost4: this.opts.bindHost4 } : {}),
+      ...(this.opts.bindHost6 !== undefined ? { bindHost6: this.opts.bindHost6 } : {}),
+      ...(this.opts.udpOffload !== undefined ? { udpOffload: this.opts.udpOffload } : {}),
+      ...(this.opts.onlineMs !== undefined ? { onlineMs: this.opts.onlineMs } : {}),
+      ...(this.opts.scanLimits !== undefined ? { scanLimits: this.opts.scanLimits } : {}),
+    };
+    const w = spawnWorker(import.meta.url, 'relay-worker', { workerData: data });
+    return new Promise<void>((resolve, reject) => {
+      let ready = false;
+      const timer = setTimeout(() => {
+        if (ready) return;
+        void w.terminate();
+        reject(new Error(`worker ${index} not ready within ${WORKER_READY_MS} ms`));
+      }, WORKER_READY_MS);
+      w.on('message', (m: FromRelayWorker) => {
+        if (m.type === 'ready') {
+          ready = true;
+          clearTimeout(timer);
+          this.workers.push(w);
+          resolve();
+        } else if (m.type === 'log') this.log(`relay worker ${index}: ${m.msg}`);
+        else if (m.type === 'view-applied' || m.type === 'view-error') {
+          if (m.type === 'view-error') this.log(`relay worker ${index}: view not applied: ${m.error}`);
+          this.appliedSeq.set(w, m.seq);
+          this.wakeSettled();
+        }
+      });
+      w.on('error', (err) => {
+        this.log(`relay worker ${index} failed: ${err.message}`);
+        if (!ready) {
+          clearTimeout(timer);
+          reject(err);
+        }
+      });
+      w.on('exit', (code) => {
+        const i = this.workers.indexOf(w);
+        if (i >= 0) this.workers.splice(i, 1);
+        this.appliedSeq.delete(w);
+        this.wakeSettled();
+        if (!ready) {
+          clearTimeout(timer);
+          reject(new Error(`worker ${index} exited with code ${code} before it was ready`));
+          return;
+        }
+        if (!this.stopping) {
+          // Its sockets are closed: the kernel spreads its share of the traffic over the rest.
+          this.workerFailures++;
+          this.log(`relay worker ${index} stopped (exit code ${code}); ${this.workers.length + 1} packet threads remain`);
+        }
+      });
+    });
   }
 
   async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.publishTimer !== null) clearInterval(this.publishTimer);
+    this.publishTimer = null;
+    const ws = this.workers.splice(0);
+    await Promise.all(
+      ws.map(
+        (w) =>
+          new Promise<void>((resolve) => {
+            const t = setTimeout(() => void w.terminate(), 2000);
+            w.once('exit', () => {
+              clearTimeout(t);
+              resolve();
+            });
+            w.postMessage({ type: 'stop' } satisfies ToRelayWorker);
+          }),
+      ),
+    );
     await this.udp.close();
   }
 
@@ -543,6 +800,42 @@ export class RelayEngine {
   /** The UDP I/O path and its offloads (for status). */
   ioStatus(): UdpIoStatus {
     return this.udp.status();
+  }
+
+  /** The packet threads: configured, running, and why not all when so. */
+  workersStatus(): RelayWorkersStatus {
+    return {
+      configured: this.wantWorkers,
+      running: this.workerReason !== null && this.workers.length === 0 ? 1 : this.workers.length + 1,
+      reason: this.workerReason,
+      failures: this.workerFailures,
+      threads: Array.from({ length: this.totals === null ? 1 : this.wantWorkers }, (_, i) =>
+        i === 0
+          ? { udp_rx_packets: this.c.udp_rx_packets, udp_tx_packets: this.c.udp_tx_packets }
+          : { udp_rx_packets: this.totals![i * COUNTER_NAMES.length + RX_IDX]!, udp_tx_packets: this.totals![i * COUNTER_NAMES.length + TX_IDX]! },
+      ),
+    };
+  }
+
+  /**
+   * Stops worker thread `i` (0-based among the workers) as if it had died; for
+   * tests of what a failure leaves running. Resolves when it has exited.
+   */
+  async killWorkerForTest(i: number): Promise<void> {
+    const w = this.workers[i];
+    if (w === undefined) throw new RangeError(`no worker ${i}`);
+    await w.terminate();
+  }
+
+  /** Relay totals over every packet thread (this one live, the workers' as last published, at most PUBLISH_MS old). */
+  get counters(): Counters {
+    const t = this.totals;
+    if (t === null) return this.c;
+    const sum = new Counters();
+    sum.add(this.c);
+    const n = COUNTER_NAMES.length;
+    for (let o = n; o < t.length; o += n) sum.addFrom(t, o);
+    return sum;
   }
 
   /** The view in force (null before the first). */
@@ -566,17 +859,92 @@ export class RelayEngine {
     return [...this.st.namespaces.values()];
   }
 
+  // ---- workers ------------------------------------------------------------------
+
+  /** Worker thread: copies this thread's counts where the main thread sums them. */
+  private publish(): void {
+    const role = this.role;
+    if (role === null) return;
+    const w = role.index;
+    this.c.writeTo(role.counters, w * COUNTER_NAMES.length);
+    for (const ns of this.st.namespaces.values()) {
+      const sh = ns.share;
+      if (sh === null) continue;
+      ns.local.writeTo(sh.counters, w * COUNTER_NAMES.length);
+      ns.filter.counters.writeTo(sh.filterCounters, w * FILTER_COUNTER_NAMES.length);
+    }
+    for (const l of this.st.links) if (l.share !== null) l.local.writeTo(l.share.counters, w * LINK_COUNTERS);
+  }
+
+  /** Main thread: hands the view in force and its shared state to every worker. */
+  private postView(view: RelayView): void {
+    if (this.workers.length === 0 || this.share === null) return;
+    const msg: ToRelayWorker = { type: 'view', seq: ++this.viewSeq, view, share: this.share };
+    for (const w of this.workers) w.postMessage(msg);
+  }
+
+  /**
+   * Resolves once every running worker has applied (or refused) the last view
+   * setView() made; at once with no workers. Workers apply a view a moment
+   * after the main thread: this is for callers that must know all threads
+   * forward by it (tests, benches).
+   */
+  viewSettled(): Promise<void> {
+    const seq = this.viewSeq;
+    if (this.allApplied(seq)) return Promise.resolve();
+    return new Promise((resolve) => this.settleWaiters.push({ seq, resolve }));
+  }
+
+  private allApplied(seq: number): boolean {
+    for (const w of this.workers) if ((this.appliedSeq.get(w) ?? 0) < seq) return false;
+    return true;
+  }
+
+  private wakeSettled(): void {
+    const still: { seq: number; resolve: () => void }[] = [];
+    for (const x of this.settleWaiters) {
+      if (this.allApplied(x.seq)) x.resolve();
+      else still.push(x);
+    }
+    this.settleWaiters = still;
+  }
+
+  /**
+   * Worker thread: applies a view the main thread validated, over the shared
+   * state it made (sessions, endpoints, flow tables, counter slots).
+   */
+  applySharedView(view: RelayView, share: ViewShare): SetViewResult {
+    this.incoming = share;
+    try {
+      const r = this.setView(view);
+      // Forget what the view no longer names.
+      const sids = new Set<number>();
+      const eids = new Set<number>();
+      for (const l of Object.values(share.links)) {
+        eids.add(l.eid);
+        for (const s of l.sessions) sids.add(s.sid);
+      }
+      for (const id of [...this.sessionsById.keys()]) if (!sids.has(id)) this.sessionsById.delete(id);
+      for (const id of [...this.endpointsById.keys()]) if (!eids.has(id)) this.endpointsById.delete(id);
+      return r;
+    } finally {
+      this.incoming = null;
+    }
+  }
+
   // ---- view -------------------------------------------------------------------
 
   /**
    * Validates `view` and makes it the one in force, atomically. Throws
-   * RelayViewError (nothing changed) when it does not validate.
+   * RelayViewError (nothing changed) when it does not validate. With workers,
+   * they get it (and the state they share) right after.
    */
   setView(view: RelayView): SetViewResult {
     const { view: v, warnings } = parseRelayView(view as unknown);
     const old = this.st;
     const now = Date.now();
     const selfId = v.relay.relay_link_id;
+    const sharing = this.totals !== null || this.incoming !== null;
     const next: RelayState = {
       view: v,
       selfId,
@@ -593,7 +961,7 @@ export class RelayEngine {
       // An unchanged tenant section (the usual case: one tenant changed) keeps
       // its namespace and links as they are: no table, filter or link rebuild.
       const sig = JSON.stringify(t);
-      if (prevNs !== undefined && prevNs.sig === sig && old.selfId === selfId) {
+      if (prevNs !== undefined && prevNs.sig === sig && old.selfId === selfId && (!sharing || this.sameNsShare(prevNs, t))) {
         next.namespaces.set(t.tenant_id, prevNs);
         for (const link of prevNs.links) admit(next, link);
         kept += prevNs.links.length;
@@ -610,8 +978,11 @@ export class RelayEngine {
       }
       const filterJson = JSON.stringify(t.packet_filter);
       let filter: FilterState;
-      if (prevNs !== undefined) {
+      let nsShare: NamespaceShare | null = null;
+      const given = this.incoming?.namespaces[t.tenant_id];
+      if (prevNs !== undefined && (given === undefined || prevNs.share?.nid === given.nid)) {
         filter = prevNs.filter;
+        nsShare = prevNs.share;
         if (prevNs.filterJson !== filterJson) {
           const compiled = PacketFilter.compile(t.packet_filter);
           if (compiled.errors.length) filterErrors[t.tenant] = compiled.errors;
@@ -620,7 +991,18 @@ export class RelayEngine {
       } else {
         const compiled = PacketFilter.compile(t.packet_filter);
         if (compiled.errors.length) filterErrors[t.tenant] = compiled.errors;
-        filter = new FilterState(compiled);
+        if (given !== undefined) {
+          filter = FilterState.attach(given.flows, compiled);
+          nsShare = given;
+        } else if (this.totals !== null) {
+          filter = FilterState.createShared(compiled);
+          nsShare = {
+            nid: nextShareId++,
+            counters: sharedF64(this.wantWorkers * COUNTER_NAMES.length),
+            filterCounters: sharedF64(this.wantWorkers * FILTER_COUNTER_NAMES.length),
+            flows: filter.share(),
+          };
+        } else filter = new FilterState(compiled);
       }
       const ns = new Namespace(
         t.tenant_id,
@@ -628,14 +1010,15 @@ export class RelayEngine {
         ForwardingTable.build(rules),
         filter,
         filterJson,
-        prevNs?.counters ?? new Counters(),
+        prevNs !== undefined && prevNs.share === nsShare ? prevNs.local : new Counters(),
         t.online,
       );
       ns.sig = sig;
+      ns.share = nsShare;
       next.namespaces.set(t.tenant_id, ns);
       for (const spec of t.links) {
         const link = this.buildLink(spec, ns, selfId, old, now);
-        if (old.byId[spec.link_id]?.counters === link.counters) kept++;
+        if (old.byId[spec.link_id]?.local === link.local) kept++;
         ns.links.push(link);
         admit(next, link);
       }
@@ -649,9 +1032,32 @@ export class RelayEngine {
     // Commit: one assignment for the tables; flow tables get their new filters.
     for (const c of commits) c();
     this.st = next;
-    for (const w of warnings) this.log(`relay view ${v.hash}: ${w}`);
-    for (const [t, e] of Object.entries(filterErrors)) this.log(`relay view ${v.hash}: tenant ${t}: ${e.length} packet filter entries skipped: ${e.slice(0, 3).join('; ')}`);
+    if (this.totals !== null) {
+      const share: ViewShare = { links: {}, namespaces: {} };
+      for (const ns of next.namespaces.values()) if (ns.share !== null) share.namespaces[ns.tenantId] = ns.share;
+      for (const l of next.links) if (l.share !== null) share.links[l.id] = l.share;
+      this.share = share;
+      this.postView(v);
+    }
+    if (this.role === null) {
+      for (const w of warnings) this.log(`relay view ${v.hash}: ${w}`);
+      for (const [t, e] of Object.entries(filterErrors)) this.log(`relay view ${v.hash}: tenant ${t}: ${e.length} packet filter entries skipped: ${e.slice(0, 3).join('; ')}`);
+    }
     return { hash: v.hash, tenants: v.tenants.length, links: next.links.length, kept, warnings, filterErrors };
+  }
+
+  /** Worker thread: is a kept namespace still the one the main thread shares (same flow table, same links' shares)? */
+  private sameNsShare(ns: Namespace, t: RelayTenantView): boolean {
+    const inc = this.incoming;
+    if (inc === null) return true;
+    if (ns.share?.nid !== inc.namespaces[t.tenant_id]?.nid) return false;
+    for (const l of ns.links) {
+      const given = inc.links[l.id];
+      if (given === undefined || given.eid !== l.share?.eid) return false;
+      const sids = given.sessions.map((s) => s.sid).join(',');
+      if (sids !== (l.share?.sessions.map((s) => s.sid).join(',') ?? '')) return false;
+    }
+    return true;
   }
 
   private buildLink(spec: RelayLinkSpec, ns: Namespace, selfId: number, old: RelayState, now: number): RelayLink {
@@ -659,22 +1065,57 @@ export class RelayEngine {
     // The same node on the same link (and the same relay id): its keys' sessions can carry over.
     const same =
       prevLink !== undefined && old.selfId === selfId && prevLink.nodeId === spec.node_id && prevLink.ns.tenantId === ns.tenantId;
-    const sessions = new Map<string, { rx: WireRx; tx: WireTx }>();
-    if (same) {
-      sessions.set(prevLink.pskHex, { rx: prevLink.rx, tx: prevLink.tx });
+    const given = this.incoming?.links[spec.link_id];
+    const sessions = new Map<string, { rx: WireRx; tx: WireTx; share: SessionShare | null }>();
+    if (same && given === undefined) {
+      const cur = prevLink.share?.sessions.find((x) => x.hex === prevLink.pskHex) ?? null;
+      sessions.set(prevLink.pskHex, { rx: prevLink.rx, tx: prevLink.tx, share: cur });
       if (prevLink.prevHex !== null && prevLink.rxPrev !== null && prevLink.txPrev !== null) {
-        sessions.set(prevLink.prevHex, { rx: prevLink.rxPrev, tx: prevLink.txPrev });
+        const prev = prevLink.share?.sessions.find((x) => x.hex === prevLink.prevHex) ?? null;
+        sessions.set(prevLink.prevHex, { rx: prevLink.rxPrev, tx: prevLink.txPrev, share: prev });
       }
     }
-    const mk = (hex: string): { rx: WireRx; tx: WireTx } => {
+    const mk = (hex: string): { rx: WireRx; tx: WireTx; share: SessionShare | null } => {
       const psk = Buffer.from(hex, 'hex');
+      if (given !== undefined) {
+        // Worker: the main thread's session for this key, our own objects over it.
+        const sh = given.sessions.find((x) => x.hex === hex);
+        if (sh === undefined) throw new Error(`link ${spec.link_id}: no shared session for a key of the view`);
+        let objs = this.sessionsById.get(sh.sid);
+        if (objs === undefined) {
+          objs = {
+            rx: new WireRx({ psk, from: spec.link_id, to: selfId, obfuscate: true, shared: sh.rx }),
+            tx: new WireTx({ psk, from: selfId, to: spec.link_id, obfuscate: true, shared: sh.tx }),
+          };
+          this.sessionsById.set(sh.sid, objs);
+        }
+        return { ...objs, share: sh };
+      }
+      if (this.totals !== null) {
+        const share: SessionShare = { sid: nextShareId++, hex, rx: newRxShared(), tx: newTxShared() };
+        return {
+          rx: new WireRx({ psk, from: spec.link_id, to: selfId, obfuscate: true, shared: share.rx }),
+          tx: new WireTx({ psk, from: selfId, to: spec.link_id, obfuscate: true, shared: share.tx }),
+          share,
+        };
+      }
       return {
         rx: new WireRx({ psk, from: spec.link_id, to: selfId, obfuscate: true }),
         tx: new WireTx({ psk, from: selfId, to: spec.link_id, obfuscate: true }),
+        share: null,
       };
     };
     const cur = sessions.get(spec.psk) ?? mk(spec.psk);
     const allowed = prefixesOf([...spec.allowed_src, ...spec.routes]);
+    const keep = same && given === undefined && (sessions.has(spec.psk) || (spec.previous_psk !== null && sessions.has(spec.previous_psk)));
+    let ep: SharedEndpoint | undefined;
+    if (given !== undefined) {
+      ep = this.endpointsById.get(given.eid);
+      if (ep === undefined) {
+        ep = new SharedEndpoint(given.ep);
+        this.endpointsById.set(given.eid, ep);
+      }
+    } else if (keep) ep = prevLink!.ep;
     const link = new RelayLink(
       spec.link_id,
       spec.node_id,
@@ -686,26 +1127,42 @@ export class RelayEngine {
       new PrefixMatcher(allowed),
       allowed.some((p) => p.family === 4 && p.bits === 0),
       allowed.some((p) => p.family === 6 && p.bits === 0),
+      ep,
     );
     link.sinceMs = same ? prevLink.sinceMs : now;
     const untilMs = spec.previous_psk_valid_until === null ? 0 : Date.parse(spec.previous_psk_valid_until);
+    let prevShare: SessionShare | null = null;
     if (spec.previous_psk !== null && spec.previous_psk !== spec.psk && untilMs > now) {
       const p = sessions.get(spec.previous_psk) ?? mk(spec.previous_psk);
       link.rxPrev = p.rx;
       link.txPrev = p.tx;
       link.prevHex = spec.previous_psk;
       link.prevUntilMs = untilMs;
+      prevShare = p.share;
     }
-    if (same && (sessions.has(spec.psk) || (link.prevHex !== null && sessions.has(link.prevHex)))) {
+    if (given !== undefined) {
+      link.share = given;
+      const prevShared = prevLink !== undefined && prevLink.share?.eid === given.eid ? prevLink : undefined;
+      if (prevShared !== undefined) {
+        link.local = prevShared.local;
+        link.sock = prevShared.sock;
+        link.lastEchoMs = prevShared.lastEchoMs;
+      }
+    } else if (this.totals !== null) {
+      link.share = {
+        eid: keep && prevLink!.share !== null ? prevLink!.share.eid : nextShareId++,
+        ep: link.ep.buffer,
+        counters: keep && prevLink!.share !== null ? prevLink!.share.counters : sharedF64(this.wantWorkers * LINK_COUNTERS),
+        sessions: [cur.share!, ...(prevShare !== null ? [prevShare] : [])],
+      };
+    }
+    if (keep) {
       // A surviving key: keep where the node is, when it was heard, its counters,
       // and which key it speaks (so answers use the key it still has).
-      link.addr = prevLink.addr;
-      link.port = prevLink.port;
-      link.family = prevLink.family;
-      link.sock = prevLink.sock;
-      link.lastSeenMs = prevLink.lastSeenMs;
-      link.counters = prevLink.counters;
-      const lastHex = prevLink.heard === HEARD_CURRENT ? prevLink.pskHex : prevLink.heard === HEARD_PREVIOUS ? prevLink.prevHex : null;
+      link.sock = prevLink!.sock;
+      link.local = prevLink!.local;
+      const heard = prevLink!.heard;
+      const lastHex = heard === HEARD_CURRENT ? prevLink!.pskHex : heard === HEARD_PREVIOUS ? prevLink!.prevHex : null;
       link.heard = lastHex === null ? HEARD_NONE : lastHex === spec.psk ? HEARD_CURRENT : lastHex === link.prevHex ? HEARD_PREVIOUS : HEARD_NONE;
       if (link.heard === HEARD_NONE && link.lastSeenMs > 0) link.heard = HEARD_CURRENT;
     }
@@ -715,7 +1172,7 @@ export class RelayEngine {
   // ---- receive path -------------------------------------------------------------
 
   private onDatagram(msg: Buffer, len: number, addr: string, port: number, sock: UdpSock): void {
-    const c = this.counters;
+    const c = this.c;
     if (len < OVERHEAD || len > OVERHEAD + MAX_PLAINTEXT) {
       c.drop_malformed++;
       return;
@@ -732,8 +1189,8 @@ export class RelayEngine {
       return;
     }
     const ns = link.ns;
-    const tc = ns.counters;
-    const lc = link.counters;
+    const tc = ns.local;
+    const lc = link.local;
     // findLink ran matches(), which already unmasked the header.
     const rx = this.matched!;
     const code = rx.openMatched(msg, len, this.plain);
@@ -786,9 +1243,9 @@ export class RelayEngine {
 
   /** Routes an authenticated inner packet from `from` inside its namespace. */
   private forward(st: RelayState, from: RelayLink, pkt: Buffer, len: number, now: number): void {
-    const c = this.counters;
+    const c = this.c;
     const ns = from.ns;
-    const tc = ns.counters;
+    const tc = ns.local;
     let to: RelayLink | null = null;
     const table = ns.table;
     const ri = table.lookupPacket(pkt, len);
@@ -805,31 +1262,31 @@ export class RelayEngine {
     if (to === null) {
       c.drop_no_route++;
       tc.drop_no_route++;
-      from.counters.drops++;
+      from.local.drops++;
       return;
     }
     if (to === from) {
       c.drop_no_reflect++;
       tc.drop_no_reflect++;
-      from.counters.drops++;
+      from.local.drops++;
       return;
     }
     if (!ns.filter.check(pkt, len, now)) {
       c.drop_filter++;
       tc.drop_filter++;
-      from.counters.drops++;
+      from.local.drops++;
       return;
     }
-    if (to.addr === null || to.sock === null) {
+    if (!this.resolveSock(to)) {
       c.drop_no_endpoint++;
       tc.drop_no_endpoint++;
-      from.counters.drops++;
+      from.local.drops++;
       return;
     }
     if (len > MAX_PLAINTEXT) {
       c.drop_oversized++;
       tc.drop_oversized++;
-      from.counters.drops++;
+      from.local.drops++;
       return;
     }
     this.sendOn(to, pkt, len, false, now);
@@ -838,42 +1295,67 @@ export class RelayEngine {
   }
 
   /**
+   * Brings `to.sock` in line with its (shared) endpoint: this thread's socket
+   * on the local port the node talks to. False when no endpoint is known (or
+   * this thread has no such socket).
+   */
+  private resolveSock(to: RelayLink): boolean {
+    const ep = to.ep;
+    if (ep.refresh() || to.sock === null) {
+      to.sock = null;
+      if (ep.addr === null) return false;
+      const socks = this.udp.socks;
+      for (let i = 0; i < socks.length; i++) {
+        const s = socks[i]!;
+        if (s.family === ep.family && s.port === ep.localPort) {
+          to.sock = s;
+          break;
+        }
+      }
+    }
+    return to.sock !== null && ep.addr !== null;
+  }
+
+  /**
    * Seals `pkt[0 .. len]` for `to` and sends it to its learned endpoint (known
-   * to be set), counting the datagram globally, for the tenant and the link.
-   * Uses the key the node last used: one still on the previous key can read it.
+   * to be set: resolveSock), counting the datagram globally, for the tenant and
+   * the link. Uses the key the node last used: one still on the previous key can read it.
    */
   private sendOn(to: RelayLink, pkt: Buffer, len: number, keepalive: boolean, now: number): void {
     const tx = to.heard === HEARD_PREVIOUS && to.txPrev !== null && now < to.prevUntilMs ? to.txPrev : to.tx;
     const sock = to.sock!;
     const out = this.udp.nextBuffer(sock);
     const n = tx.seal(pkt, 0, len, out, keepalive);
-    this.udp.send(sock, out, n, to.port, to.addr!);
-    const c = this.counters;
-    const tc = to.ns.counters;
+    this.udp.send(sock, out, n, to.ep.port, to.ep.addr!);
+    const c = this.c;
+    const tc = to.ns.local;
     c.udp_tx_packets++;
     c.udp_tx_bytes += n;
     tc.udp_tx_packets++;
     tc.udp_tx_bytes += n;
-    to.counters.tx_packets++;
-    to.counters.tx_bytes += n;
+    to.local.tx_packets++;
+    to.local.tx_bytes += n;
   }
 
   private touch(st: RelayState, link: RelayLink, addr: string, port: number, sock: UdpSock, now: number): void {
-    link.lastSeenMs = now;
-    if (link.addr === addr && link.port === port && link.sock === sock) return;
-    if (link.addr !== null) {
-      this.counters.endpoint_changes++;
-      link.ns.counters.endpoint_changes++;
-      const list = st.byAddr.get(link.addr);
+    const ep = link.ep;
+    // Written once per millisecond at most: the line is read by every thread that sends to this link.
+    if (ep.lastSeenMs !== now) ep.lastSeenMs = now;
+    ep.refresh();
+    if (ep.addr === addr && ep.port === port && ep.localPort === sock.port && link.sock === sock) return;
+    const before = ep.addr;
+    if (ep.set(addr, port, sock.family, sock.port) && before !== null) {
+      this.c.endpoint_changes++;
+      link.ns.local.endpoint_changes++;
+    }
+    if (before !== null) {
+      const list = st.byAddr.get(before);
       if (list !== undefined) {
         const i = list.indexOf(link);
         if (i >= 0) list.splice(i, 1);
-        if (list.length === 0) st.byAddr.delete(link.addr);
+        if (list.length === 0) st.byAddr.delete(before);
       }
     }
-    link.addr = addr;
-    link.port = port;
-    link.family = sock.family;
     link.sock = sock;
     indexByAddr(st, link);
   }
@@ -899,7 +1381,7 @@ export class RelayEngine {
     if (near !== undefined) {
       for (let i = 0; i < near.length; i++) {
         const l = near[i]!;
-        if (l.port === port && this.linkMatches(l, msg, len, now)) return l;
+        if (l.ep.port === port && this.linkMatches(l, msg, len, now)) return l;
       }
     }
     const all = st.links;
@@ -915,11 +1397,12 @@ export class RelayEngine {
   /** Body of POST /relay/v1/health: when each link's node was last authenticated. */
   healthReport(now: number = Date.now()): HealthReport {
     const links = this.st.links
-      .map((l) =>
-        l.lastSeenMs > 0
-          ? { link_id: l.id, last_seen_ms_ago: Math.max(0, Math.round(now - l.lastSeenMs)) }
-          : { link_id: l.id, last_seen_ms_ago: null, known_ms: Math.max(0, Math.round(now - l.sinceMs)) },
-      )
+      .map((l) => {
+        const seen = l.lastSeenMs;
+        return seen > 0
+          ? { link_id: l.id, last_seen_ms_ago: Math.max(0, Math.round(now - seen)) }
+          : { link_id: l.id, last_seen_ms_ago: null, known_ms: Math.max(0, Math.round(now - l.sinceMs)) };
+      })
       .sort((a, b) => a.link_id - b.link_id);
     return { links };
   }
@@ -933,6 +1416,7 @@ export class RelayEngine {
       uptime_s: Math.round((now - this.startedAt) / 1000),
       listen: this.udp.boundAddresses(),
       io: this.udp.status(),
+      workers: this.workersStatus(),
       counters: relayCounters(this.counters),
       tenants: [...st.namespaces.values()].map((ns) => ({
         tenant: ns.name,
@@ -946,21 +1430,24 @@ export class RelayEngine {
           rules: ns.filter.filter.ruleCount,
           skipped_entries: ns.filter.filter.errors.length,
           flows: ns.filter.flows.size,
-          ...ns.filter.counters.toJSON(),
+          ...ns.filterCounters.toJSON(),
         },
-        link_list: ns.links.map((l) => ({
-          link_id: l.id,
-          node_id: l.nodeId,
-          node: l.node,
-          endpoint: l.endpointText(),
-          online: l.online(now, this.onlineMs),
-          last_seen_ms_ago: l.lastSeenMs > 0 ? Math.max(0, now - l.lastSeenMs) : null,
-          key: l.keyInUse(now),
-          previous_key_valid_s: l.rxPrev !== null && now < l.prevUntilMs ? Math.round((l.prevUntilMs - now) / 1000) : null,
-          exit_link_id: l.exitLink?.id ?? null,
-          exit_node: l.exit4 || l.exit6,
-          ...l.counters.toJSON(),
-        })),
+        link_list: ns.links.map((l) => {
+          const seen = l.lastSeenMs;
+          return {
+            link_id: l.id,
+            node_id: l.nodeId,
+            node: l.node,
+            endpoint: l.endpointText(),
+            online: l.online(now, this.onlineMs),
+            last_seen_ms_ago: seen > 0 ? Math.max(0, now - seen) : null,
+            key: l.keyInUse(now),
+            previous_key_valid_s: l.rxPrev !== null && now < l.prevUntilMs ? Math.round((l.prevUntilMs - now) / 1000) : null,
+            exit_link_id: l.exitLink?.id ?? null,
+            exit_node: l.exit4 || l.exit6,
+            ...l.counters.toJSON(),
+          };
+        }),
       })),
     };
   }
@@ -999,6 +1486,8 @@ export interface RelayStatus {
   listen: { family: 4 | 6; port: number }[];
   /** The UDP I/O path (batched or dgram) and which offloads are on. */
   io: UdpIoStatus;
+  /** The packet threads. */
+  workers: RelayWorkersStatus;
   counters: Record<string, number>;
   tenants: RelayTenantStatus[];
 }

@@ -355,6 +355,13 @@ test('relay: global and per-tenant counters, links online, and the control side'
   const beta = { tenant: 'beta', tenant_id: '2' };
 
   let s = await scrape(m.port);
+  const threads = handle.engine.workersStatus();
+  assert.equal(value(s, 'larktun_relay_packet_threads_configured'), threads.configured);
+  assert.equal(value(s, 'larktun_relay_packet_threads'), threads.running);
+  assert.equal(value(s, 'larktun_relay_packet_thread_failures'), 0);
+  for (let i = 0; i < threads.running; i++) assert.equal(value(s, 'larktun_relay_thread_udp_rx_packets', { thread: String(i) }), 0, `thread ${i}`);
+  const io = handle.engine.ioStatus();
+  assert.equal(value(s, 'larktun_udp_io_info', { path: io.path, gro: String(io.gro), gso: String(io.gso) }), 1);
   assert.equal(value(s, 'larktun_relay_tenant_links', alpha), 2);
   assert.equal(value(s, 'larktun_relay_tenant_links', beta), 1);
   assert.equal(value(s, 'larktun_relay_tenant_links_online', alpha), 0);
@@ -423,7 +430,9 @@ test('relay: an engine without the control side exports only the engine metrics'
   const m = await serve(buildRelayRegistry({ engine: handle.engine }));
   const s = await scrape(m.port);
   assert.equal(value(s, 'larktun_udp_rx_packets_total'), 0);
-  assert.equal(s.filter((x) => x.name.startsWith('larktun_relay_') && !x.name.startsWith('larktun_relay_packets')).length, 0, 'no view: no tenants, no control metrics');
+  const threadMetric = (n: string): boolean => n.startsWith('larktun_relay_packet_thread') || n === 'larktun_relay_thread_udp_rx_packets';
+  assert.equal(s.filter((x) => x.name.startsWith('larktun_relay_') && !x.name.startsWith('larktun_relay_packets') && !threadMetric(x.name)).length, 0, 'no view: no tenants, no control metrics');
+  assert.equal(value(s, 'larktun_relay_packet_threads'), handle.engine.workersStatus().running, 'the engine part: its packet threads');
 });
 
 // ---- the daemon process -------------------------------------------------------------

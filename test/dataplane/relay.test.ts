@@ -11,6 +11,8 @@ import { WireRx, WireTx, RxCode } from '../../src/wire/index.js';
 import type { FilterRule } from '../../src/acl/index.js';
 
 const RELAY = 65535;
+// relay-workers.test.ts runs this whole file again with the relay on 2 packet threads.
+const WORKERS = Number(process.env.LARKTUN_TEST_RELAY_WORKERS ?? '1');
 const keyHex = (b: number): string => Buffer.alloc(32, b).toString('hex');
 
 
@@ -140,11 +142,12 @@ const B = () => engine.namespace(2)!.counters;
 
 before(async () => {
   for (const n of nodes) await n.bind();
-  engine = new RelayEngine({ listenPorts: [0], bindHost4: '127.0.0.1', bindHost6: null, log: (m) => logs.push(m) });
+  engine = new RelayEngine({ listenPorts: [0], bindHost4: '127.0.0.1', bindHost6: null, log: (m) => logs.push(m), workers: WORKERS });
   await engine.start();
   relayPort = engine.boundAddresses()[0]!.port;
   viewAt[0] = Date.now();
   engine.setView(baseView());
+  await engine.viewSettled();
   viewAt[1] = Date.now();
 });
 
@@ -249,7 +252,7 @@ test('packet filter: a denied flow is dropped; the reply direction of an allowed
   const synack = b1.got.at(-1)!;
   assert.equal(synack[33], SYN | ACK);
   assert.equal(synack.readUInt16BE(20), 80);
-  const f = engine.namespace(2)!.filter.counters;
+  const f = engine.namespace(2)!.filterCounters;
   assert.ok(f.filter_allow_reply >= 1, JSON.stringify(f));
   assert.equal(B().drop_filter, bf + 2);
 });
@@ -312,6 +315,7 @@ test('setView: unchanged links keep endpoint, session and counters; a rotated ke
   a2spec.previous_psk = K.a2;
   a2spec.previous_psk_valid_until = new Date(Date.now() + 600_000).toISOString();
   const r = engine.setView(v);
+  await engine.viewSettled();
   assert.equal(r.hash, 'v2');
   assert.equal(r.kept, 7);
   assert.equal(engine.link(1)!.endpointText(), `127.0.0.1:${a1.sock.address().port}`, 'endpoint kept');
@@ -354,6 +358,7 @@ test('an expired previous key no longer opens datagrams', async () => {
   spec.previous_psk_valid_until = new Date(Date.now() - 1000).toISOString();
   v.tenants[0]!.links[1]!.psk = keyHex(0x2a); // a2 stays on its new key
   engine.setView(v);
+  await engine.viewSettled();
   const unknown = engine.counters.drop_unknown_peer;
   const before = counts();
   b1.send(tcp('100.64.0.1', '100.64.0.2', 40040, 80, SYN));
@@ -386,8 +391,8 @@ test('junk and malformed datagrams get no reply and are counted', async () => {
   send(Buffer.from(out.subarray(0, stranger.seal(pkt, 0, pkt.length, out))));
   await settle(200);
   assert.equal(replies, 0);
-  assert.equal(c.drop_malformed, mal + 3);
-  assert.equal(c.drop_unknown_peer, unk + 6);
+  assert.equal(engine.counters.drop_malformed, mal + 3);
+  assert.equal(engine.counters.drop_unknown_peer, unk + 6);
   junk.close();
 });
 
@@ -426,6 +431,7 @@ test('a removed link stops forwarding; status reports per-tenant counters', asyn
   v.tenants[1]!.links[0]!.psk = keyHex(0x5b);
   v.tenants[1]!.links = v.tenants[1]!.links.filter((l) => l.node !== 'b2');
   engine.setView(v);
+  await engine.viewSettled();
   const before = counts();
   b1.send(tcp('100.64.0.1', '100.64.0.2', 40050, 80, SYN));
   await settle();
@@ -438,4 +444,71 @@ test('a removed link stops forwarding; status reports per-tenant counters', asyn
   assert.ok(beta.counters['drop_spoof'] === 2);
   assert.ok(!('tun_rx_packets' in s.counters), 'relay counters only');
   JSON.stringify(s);
+});
+
+test('packet threads: datagrams from many source ports are spread over every thread, and forwarding works from each', { skip: WORKERS < 2 ? 'one packet thread (relay-workers.test.ts runs this with two)' : false }, async () => {
+  const socks = await Promise.all(
+    Array.from({ length: 24 }, async () => {
+      const s = dgram.createSocket('udp4');
+      await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
+      return s;
+    }),
+  );
+  try {
+    // Tenant alpha is as the last test left it (a2 on its rotated key).
+    a1.keepalive();
+    a2.keepalive();
+    await settle();
+    const ws = engine.workersStatus();
+    assert.equal(ws.configured, WORKERS);
+    assert.equal(ws.running, WORKERS, `every packet thread runs (${ws.reason ?? ''})`);
+    const before = ws.threads.map((t) => t.udp_rx_packets);
+    // a1 roams over 24 source ports (the kernel hashes each to a thread); each
+    // datagram is a fresh one to a2, so every one must be forwarded.
+    const got0 = a2.got.length;
+    for (const s of socks) {
+      s.send(a1.seal(udp('100.64.0.1', '100.64.0.2', 1000, 2000, 'spread')), relayPort, '127.0.0.1');
+      await settle(5);
+    }
+    await settle(150);
+    assert.equal(a2.got.length - got0, socks.length, `every datagram forwarded whichever thread took it: ${JSON.stringify(engine.status().tenants[0])}`);
+    const after = engine.workersStatus().threads.map((t) => t.udp_rx_packets);
+    after.forEach((n, i) => assert.ok(n > before[i]!, `thread ${i} received some of them (before ${before[i]}, after ${n})`));
+    // A replay of one of them, from yet another port, is refused wherever it lands.
+    const replay = a1.seal(udp('100.64.0.1', '100.64.0.2', 1000, 2000, 'once'));
+    const drops0 = A().drop_replay;
+    for (const s of socks.slice(0, 8)) s.send(replay, relayPort, '127.0.0.1');
+    await settle(150);
+    assert.equal(a2.got.filter((p) => bodyOf(p) === 'once').length, 1, 'delivered once');
+    assert.equal(A().drop_replay - drops0, 7, 'the other seven are replays');
+  } finally {
+    for (const s of socks) s.close();
+    a1.keepalive(); // back to its own socket
+    await settle();
+  }
+});
+
+test('packet threads: a worker that dies leaves the relay forwarding on the rest, and is counted', { skip: WORKERS < 2 ? 'one packet thread (relay-workers.test.ts runs this with two)' : false }, async () => {
+  await engine.killWorkerForTest(0);
+  await settle(100);
+  const ws = engine.workersStatus();
+  assert.equal(ws.failures, 1);
+  assert.equal(ws.running, WORKERS - 1);
+  assert.ok(logs.some((l) => /relay worker 1 stopped/.test(l)), logs.join('\n'));
+  // Every sender now lands on a live socket (the kernel dropped the dead one from the group).
+  const socks = await Promise.all(
+    Array.from({ length: 8 }, async () => {
+      const s = dgram.createSocket('udp4');
+      await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
+      return s;
+    }),
+  );
+  try {
+    const got0 = a2.got.length;
+    for (const s of socks) s.send(a1.seal(udp('100.64.0.1', '100.64.0.2', 1000, 2000, 'after')), relayPort, '127.0.0.1');
+    await settle(200);
+    assert.equal(a2.got.length - got0, socks.length);
+  } finally {
+    for (const s of socks) s.close();
+  }
 });

@@ -14,6 +14,7 @@ const SEQ = 1;
 const FAMILY = 2; // 0: none yet
 const PORT = 3;
 const LOCAL_PORT = 4;
+const TAG = 5; // a word for the engine (the relay: which key the node last used)
 const ADDR = 8; // 16 bytes = words 8..11
 const WORDS = 12;
 const LAST_SEEN = 6; // Float64 index 6 = bytes 48..55 (after the address words)
@@ -101,6 +102,15 @@ export class SharedEndpoint {
     Atomics.add(w, SEQ, 1);
     unlock(w, LOCK);
     this.refresh();
+  }
+
+  /** A small number the engine keeps with the endpoint (the relay: which of a link's keys the node speaks). */
+  get tag(): number {
+    return Atomics.load(this.words, TAG);
+  }
+
+  set tag(v: number) {
+    if (Atomics.load(this.words, TAG) !== v) Atomics.store(this.words, TAG, v);
   }
 
   /** When the peer was last authenticated (ms since the epoch; 0: never). A plain store: the newest write wins. */
