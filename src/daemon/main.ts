@@ -1,7 +1,7 @@
 // larktund (also `subnetrad`): the node daemon. Three modes:
 //   standalone  larktund --config PATH [--check] [--print-network-plan] [--metrics HOST:PORT]
 //                        [--state-dir DIR] [--no-tun] [--workers N]
-//   managed     larktund [--state-dir DIR] [--tun NAME] [--port N] [--no-tun] [--metrics HOST:PORT]
+//   managed     larktund [--state-dir DIR] [--tun NAME] [--port N] [--no-tun] [--metrics HOST:PORT] [--workers N]
 //               (then `larktun up --login-server URL --authkey KEY`)
 //   relay       larktund --relay --server URL --relay-token TOKEN [--listen PORT[,PORT]] [--state-dir DIR]
 //                        [--metrics HOST:PORT]
@@ -125,6 +125,7 @@ async function runManaged(flags: DaemonFlags): Promise<void> {
   const nameProblem = tunNameProblem(tunName);
   if (nameProblem) throw new Exit(`--tun: ${nameProblem}`, 2);
   const withTun = flags.tun !== false;
+  const choice = workerChoice(flags, null);
   const node = new ManagedNode({
     stateDir,
     tunName,
@@ -132,11 +133,15 @@ async function runManaged(flags: DaemonFlags): Promise<void> {
     tun: withTun,
     os: withTun ? new OsNet() : null,
     log,
+    workers: choice.workers,
   });
   const metrics = metricsAt ? await serveMetrics(metricsAt, buildManagedRegistry(node)) : null;
   const sockPath = defaultSocketPath();
   const control = await startManagedControl(sockPath, node);
-  log(`${VERSION} running in managed mode: state=${stateDir} control=${sockPath} tun=${withTun ? tunName : 'none'}; state ${node.backendState}`);
+  log(
+    `${VERSION} running in managed mode: state=${stateDir} control=${sockPath} tun=${withTun ? tunName : 'none'} ` +
+      `workers=${choice.workers} (${choice.from}); state ${node.backendState}`,
+  );
   await node.init();
   await waitForSignal();
   control.close();

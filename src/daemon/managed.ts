@@ -19,10 +19,10 @@ import { isIP } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import path from 'node:path';
 import { parseHostPort, parseIPv6 } from '../net/addr.js';
-import { Engine, type NodeEngine } from '../dataplane/engine.js';
+import { Engine, type NodeEngine, type WorkerStatus } from '../dataplane/engine.js';
 import { WorkerEngine } from '../dataplane/node-workers/pool.js';
 import { KEEPALIVE_MS, ROUTER_KEEPALIVE_MS } from '../dataplane/liveness.js';
-import { FilterState, PacketFilter } from '../dataplane/filter.js';
+import { FilterState } from '../dataplane/filter.js';
 import { TunDevice, type TunQueueDesc } from '../dataplane/tun.js';
 import { SseClient } from './sse.js';
 import { DEFAULT_PREFS, PrefsError, prefsForSet, prefsForUp, type PrefFlags, type Prefs } from './prefs.js';
@@ -144,7 +144,8 @@ export class ManagedNode {
   private tun: TunDevice | null = null;
   /** Every queue of the TUN when it has one per packet worker. */
   private tunQueues: TunQueueDesc[] = [];
-  private readonly filter = new FilterState();
+  /** The node's inbound filter; its flow table is in shared memory when packet workers enforce it. */
+  private readonly filter: FilterState;
   private filterJson = '';
   private osJson = '';
   private serverState: { connected: boolean; error: string | null; since: number } = { connected: false, error: null, since: Date.now() };
@@ -164,6 +165,7 @@ export class ManagedNode {
 
   constructor(private readonly opts: ManagedOptions) {
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
+    this.filter = (opts.workers ?? 1) > 1 ? FilterState.createShared() : new FilterState();
     this.st = this.load();
   }
 
@@ -276,7 +278,7 @@ export class ManagedNode {
 
   /** The node filter's flow-tracking counters; for metrics, read only. */
   get filterCounters(): Record<string, number> {
-    return this.filter.counters.toJSON();
+    return this.engine?.filterCounters() ?? this.filter.counters.toJSON();
   }
 
   get backendState(): BackendState {
@@ -495,7 +497,7 @@ export class ManagedNode {
     if (this.opts.keepaliveSecs === undefined) this.engine.setKeepaliveInterval(map.self.approved_routes.length > 0 ? ROUTER_KEEPALIVE_MS : KEEPALIVE_MS);
     const fj = JSON.stringify(plan.filter);
     if (fj !== this.filterJson) {
-      this.filter.setFilter(PacketFilter.compile(plan.filter));
+      this.engine.setFilterRules(plan.filter);
       this.filterJson = fj;
     }
     if (this.opts.os && this.tun) {
@@ -950,7 +952,7 @@ export class ManagedNode {
       first_map_seconds: this.firstMapAt !== null && this.upAt !== null ? (this.firstMapAt - this.upAt) / 1000 : null,
       uptime_seconds: Math.round((now - this.startedAt) / 1000),
       counters: this.engine ? this.engine.counters.toJSON() : {},
-      filter: this.filter.counters.toJSON(),
+      filter: this.filterCounters,
       udp_io: this.engine ? this.engine.ioStatus() : null,
       workers: this.engine?.workers ?? this.opts.workers ?? 1,
       per_worker: this.engine?.workerStatus() ?? [],
@@ -1034,6 +1036,8 @@ export function managedStatusText(s: Record<string, unknown>): string {
     routes_in_use: string[];
     exit_node: { wanted: string; in_use: string | null; problem: string | null } | null;
     udp_io?: UdpIoStatus | null;
+    workers?: number;
+    per_worker?: WorkerStatus[];
   };
   const lines: string[] = [];
   lines.push(`state: ${st.state}${st.server.url ? `   server: ${st.server.url} (${st.server.connected ? 'connected' : `not connected${st.server.error ? `: ${st.server.error}` : ''}`})` : ''}`);
@@ -1048,6 +1052,13 @@ export function managedStatusText(s: Record<string, unknown>): string {
     lines.push(`relay: ${st.relay.name} ${st.relay.endpoint ?? ''} (${st.relay.online ? 'online' : 'offline'}, ${rtt}${heard})`);
   }
   if (st.udp_io) lines.push(`udp io: ${ioSummary(st.udp_io)}`);
+  if ((st.workers ?? 1) > 1) {
+    lines.push(`packet workers: ${st.workers}`);
+    for (const w of st.per_worker ?? []) {
+      const c = w.counters;
+      lines.push(`  worker ${w.index}: udp io ${ioSummary(w.udp_io)}; udp rx ${c.udp_rx_packets} tx ${c.udp_tx_packets}, tun rx ${c.tun_rx_packets} tx ${c.tun_tx_packets}`);
+    }
+  }
   if (st.exit_node) lines.push(`exit node: ${st.exit_node.in_use ?? `none (${st.exit_node.problem ?? 'waiting'})`}`);
   if (st.routes_in_use.length) lines.push(`routes in use: ${st.routes_in_use.join(', ')}`);
   if (st.peers.length) {

@@ -12,7 +12,8 @@ import type { Prefix } from '../net/addr.js';
 import { ForwardingTable, PrefixMatcher, type FwdRule } from '../net/lpm.js';
 import { WireRx, WireTx, RxCode, HEADER_LEN, MAX_PLAINTEXT, OVERHEAD } from '../wire/index.js';
 import { Counters } from './counters.js';
-import type { FilterState } from './filter.js';
+import { PacketFilter, type FilterState } from './filter.js';
+import type { FilterRule } from '../acl/index.js';
 import { BUF_SIZE, createUdpIo, type UdpIo, type UdpIoStatus, type UdpSock } from './io/index.js';
 import { ScanLimiter, UNTRIED } from './scanlimit.js';
 import { SharedEndpoint } from './workers/endpoint.js';
@@ -373,12 +374,16 @@ export class Engine implements NodeEngine {
   }
 
   private touch(peer: Peer, addr: string, port: number, sock: UdpSock, now: number): void {
-    peer.lastSeenMs = now;
     const ep = peer.ep;
     if (ep !== null) {
-      this.touchShared(peer, ep, addr, port, sock, now);
+      // The shared last-heard time sits on the cache line every sending
+      // thread reads: written at most once per millisecond.
+      if (peer.lastSeenMs !== now) ep.lastSeenMs = now;
+      peer.lastSeenMs = now;
+      this.touchShared(peer, ep, addr, port, sock);
       return;
     }
+    peer.lastSeenMs = now;
     if ((peer.roam || peer.addr === null) && (peer.addr !== addr || peer.port !== port || peer.sock !== sock)) {
       if (peer.addr !== null) this.counters.endpoint_changes++;
       this.setEndpoint(peer, addr, port, sock.family, sock);
@@ -386,8 +391,7 @@ export class Engine implements NodeEngine {
   }
 
   /** touch() of a packet worker: the endpoint is learned into the shared words, for every worker to send to. */
-  private touchShared(peer: Peer, ep: SharedEndpoint, addr: string, port: number, sock: UdpSock, now: number): void {
-    ep.lastSeenMs = now;
+  private touchShared(peer: Peer, ep: SharedEndpoint, addr: string, port: number, sock: UdpSock): void {
     if (ep.refresh()) this.adoptShared(peer, ep);
     if ((peer.roam || peer.addr === null) && (peer.addr !== addr || peer.port !== port || peer.sock !== sock)) {
       if (peer.addr !== null) this.counters.endpoint_changes++;
@@ -587,6 +591,16 @@ export class Engine implements NodeEngine {
     this.filter = f;
   }
 
+  /** A new policy for the filter set with setFilter (compiled here; flows are kept, see FilterState.setFilter). */
+  setFilterRules(rules: readonly FilterRule[]): void {
+    this.filter?.setFilter(PacketFilter.compile(rules));
+  }
+
+  /** The filter's verdict counters (null: no filter). */
+  filterCounters(): Record<string, number> | null {
+    return this.filter === null ? null : this.filter.counters.toJSON();
+  }
+
   setInterceptor(i: TunInterceptor | null): void {
     this.intercept = i;
   }
@@ -731,6 +745,10 @@ export interface NodeEngine {
   readonly workers: number;
   setRules(rules: readonly FwdRule[]): void;
   setFilter(f: FilterState | null): void;
+  /** A new policy for the filter (every thread compiles it; tracked flows are kept). */
+  setFilterRules(rules: readonly FilterRule[]): void;
+  /** The filter's verdict counters, summed over the packet threads (null: no filter). */
+  filterCounters(): Record<string, number> | null;
   setInterceptor(i: TunInterceptor | null): void;
   inject(pkt: Buffer, len: number): void;
   setPeers(specs: PeerSpec[]): void;

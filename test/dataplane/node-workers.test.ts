@@ -185,7 +185,7 @@ test('LARKTUN_WORKERS, the flag and the config key pick the count; 1 without the
   assert.equal(chooseWorkers('1', 3, { LARKTUN_WORKERS: '2' }, 4, yes).workers, 1);
   assert.equal(chooseWorkers('2', null, { LARKTUN_UDP_BATCH: '0' }, 4, yes).workers, 1);
   assert.equal(chooseWorkers('2', null, {}, 4, () => false).workers, 1);
-  assert.throws(() => chooseWorkers('0', null, {}, 4, yes), /--workers must be a whole number 1\.\.64/);
+  assert.throws(() => chooseWorkers('0', null, {}, 4, yes), /--workers must be a whole number of packet threads from 1 to 64/);
   assert.throws(() => chooseWorkers(undefined, null, { LARKTUN_WORKERS: 'two' }, 4, yes), /LARKTUN_WORKERS/);
 });
 

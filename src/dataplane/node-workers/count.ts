@@ -5,23 +5,14 @@
 import { availableParallelism } from 'node:os';
 import { envFlag } from '../io/types.js';
 import { loadNativeUdp } from '../io/batch.js';
+import { MAX_WORKERS, parseWorkers } from '../../runtime/workers.js';
 
-/** Most packet worker threads a daemon runs. */
-export const MAX_WORKERS = 64;
+export { MAX_WORKERS };
 
 export interface WorkerChoice {
   workers: number;
   /** Where the number came from, for the start-up log. */
   from: string;
-}
-
-/** Parses a worker count given as text (flag or environment); throws a message naming `what`. */
-export function parseWorkers(text: string, what: string): number {
-  const t = text.trim();
-  if (!/^[0-9]+$/.test(t) || Number(t) < 1 || Number(t) > MAX_WORKERS) {
-    throw new Error(`${what} must be a whole number 1..${MAX_WORKERS} (1: the packet engine on the main thread), got "${text}"`);
-  }
-  return Number(t);
 }
 
 export function chooseWorkers(

@@ -36,12 +36,13 @@ import {
   type TunInterceptor,
   type WorkerStatus,
 } from '../engine.js';
-import type { FilterState } from '../filter.js';
+import { FILTER_COUNTER_NAMES, FilterCounters, type FilterState } from '../filter.js';
+import type { FilterRule } from '../../acl/index.js';
 import type { UdpIoStatus } from '../io/types.js';
 import { TunDevice, type TunOffloadStatus, type TunQueueDesc } from '../tun.js';
 import { SharedEndpoint } from '../workers/endpoint.js';
 import { spawnWorker } from '../../runtime/worker.js';
-import { MAX_IN_FLIGHT, type FromWorker, type ToWorker, type WorkerInit, type WorkerSnapshot } from './protocol.js';
+import { MAX_IN_FLIGHT, type FromWorker, type ToWorker, type WorkerFilter, type WorkerInit, type WorkerSnapshot } from './protocol.js';
 
 /** How often workers publish their counters (status and metrics lag by at most this). */
 export const PUBLISH_MS = 100;
@@ -157,6 +158,11 @@ export class WorkerEngine implements NodeEngine {
   private ruleList: readonly FwdRule[];
   private readonly countersBuf: SharedArrayBuffer;
   private readonly countersView: Float64Array;
+  private readonly filterBuf: SharedArrayBuffer;
+  private readonly filterView: Float64Array;
+  /** The filter the workers enforce (its shared flow table and policy), null: none. */
+  private filter: WorkerFilter | null = null;
+  private filterRules: readonly FilterRule[] = [];
   /** Drops counted on this thread (inject beyond the bound). */
   private readonly local = new Counters();
   private readonly slots: Slot[] = [];
@@ -188,6 +194,8 @@ export class WorkerEngine implements NodeEngine {
       });
     this.countersBuf = new SharedArrayBuffer(8 * COUNTER_NAMES.length * opts.workers);
     this.countersView = new Float64Array(this.countersBuf);
+    this.filterBuf = new SharedArrayBuffer(8 * FILTER_COUNTER_NAMES.length * opts.workers);
+    this.filterView = new Float64Array(this.filterBuf);
     for (const s of opts.peers) this.addPeer(s);
   }
 
@@ -237,6 +245,8 @@ export class WorkerEngine implements NodeEngine {
       tunQueues: o.tun ? o.tun.queues : [],
       counters: this.countersBuf,
       publishMs: PUBLISH_MS,
+      filter: this.filter,
+      filterCounters: this.filterBuf,
     };
     const worker = spawnWorker(import.meta.url, 'worker', { workerData: init, name: `larktun-packets-${index}` });
     const slot: Slot = { index, worker, ready: false, stopping: false, snap: null, inFlight: 0 };
@@ -328,8 +338,29 @@ export class WorkerEngine implements NodeEngine {
     this.post({ t: 'rules', rules: [...rules] });
   }
 
+  /**
+   * Every worker enforces a FilterState over `f`'s flow table, which must be
+   * shared (FilterState.createShared), with the policy of setFilterRules.
+   */
   setFilter(f: FilterState | null): void {
-    if (f !== null) throw new Error('a packet filter needs the shared flow table (FilterState.share); run with workers = 1');
+    if (f !== null && !f.flows.shared) throw new TypeError('packet workers need a filter made with FilterState.createShared()');
+    this.filter = f === null ? null : { handle: f.share(), rules: this.filterRules };
+    this.post({ t: 'filter', filter: this.filter });
+  }
+
+  /** Every worker compiles the policy and swaps it into its FilterState. */
+  setFilterRules(rules: readonly FilterRule[]): void {
+    this.filterRules = rules;
+    if (this.filter !== null) this.filter = { ...this.filter, rules };
+    this.post({ t: 'filterRules', rules });
+  }
+
+  /** Every worker's verdict counters summed (at most PUBLISH_MS old); null without a filter. */
+  filterCounters(): Record<string, number> | null {
+    if (this.filter === null) return null;
+    const c = new FilterCounters();
+    for (let w = 0; w < this.workers; w++) c.addFrom(this.filterView, w * FILTER_COUNTER_NAMES.length);
+    return c.toJSON();
   }
 
   setInterceptor(i: TunInterceptor | null): void {

@@ -3,6 +3,8 @@
 // shared state (PeerSpec.shared) travels as SharedArrayBuffers, so every worker
 // works on the same words.
 import type { FwdRule } from '../../net/lpm.js';
+import type { FilterRule } from '../../acl/index.js';
+import type { SharedFilterHandle } from '../filter.js';
 import type { PeerSpec } from '../engine.js';
 import type { TunOffloadStatus, TunQueueDesc } from '../tun.js';
 import type { UdpIoStatus } from '../io/types.js';
@@ -28,12 +30,23 @@ export interface WorkerInit {
   counters: SharedArrayBuffer;
   /** How often the worker publishes its counters (ms). */
   publishMs: number;
+  /** The packet filter: the shared flow table and the policy (null: none). */
+  filter: WorkerFilter | null;
+  /** Filter verdict counters of every worker, FILTER_COUNTER_NAMES.length words each. */
+  filterCounters: SharedArrayBuffer;
+}
+
+export interface WorkerFilter {
+  handle: SharedFilterHandle;
+  rules: readonly FilterRule[];
 }
 
 export type ToWorker =
   | { t: 'rules'; rules: FwdRule[] }
   | { t: 'peers'; peers: PeerSpec[] }
   | { t: 'keepalive'; ms: number }
+  | { t: 'filter'; filter: WorkerFilter | null }
+  | { t: 'filterRules'; rules: readonly FilterRule[] }
   | { t: 'inject'; pkt: Uint8Array }
   | { t: 'intercept'; on: boolean }
   /** The main thread's answer to an intercepted packet: write it to the TUN after all, or not. */

@@ -7,7 +7,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { Engine, BindError, type PeerSpec } from '../engine.js';
 import { TunDevice } from '../tun.js';
 import { COUNTER_NAMES } from '../counters.js';
-import { MAX_IN_FLIGHT, type FromWorker, type ToWorker, type WorkerInit } from './protocol.js';
+import { FILTER_COUNTER_NAMES, FilterState, PacketFilter } from '../filter.js';
+import { MAX_IN_FLIGHT, type FromWorker, type ToWorker, type WorkerFilter, type WorkerInit } from './protocol.js';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -20,7 +21,21 @@ function peerSpecs(peers: PeerSpec[]): PeerSpec[] {
 
 const counters = new Float64Array(init.counters);
 const counterOff = init.index * COUNTER_NAMES.length;
+const filterCounters = new Float64Array(init.filterCounters);
+const filterOff = init.index * FILTER_COUNTER_NAMES.length;
 let tun: TunDevice | null = null;
+/** This thread's view of the shared flow table, with its own compiled policy and verdict counters. */
+let filter: FilterState | null = null;
+
+function attachFilter(f: WorkerFilter | null): void {
+  filter = f === null ? null : FilterState.attach(f.handle, PacketFilter.compile(f.rules));
+  engine.setFilter(filter);
+}
+
+function publish(): void {
+  engine.publish(counters, counterOff);
+  if (filter !== null) filter.counters.writeTo(filterCounters, filterOff);
+}
 let engine: Engine;
 let inFlight = 0;
 
@@ -66,8 +81,9 @@ async function start(): Promise<void> {
     port.close();
     return;
   }
+  attachFilter(init.filter);
   tun?.start(engine.onTunPacket, engine.counters);
-  const publish = setInterval(() => engine.publish(counters, counterOff), init.publishMs);
+  const publishTimer = setInterval(publish, init.publishMs);
   port.on('message', (m: ToWorker) => {
     switch (m.t) {
       case 'rules':
@@ -78,6 +94,12 @@ async function start(): Promise<void> {
         break;
       case 'keepalive':
         engine.setKeepaliveInterval(m.ms);
+        break;
+      case 'filter':
+        attachFilter(m.filter);
+        break;
+      case 'filterRules':
+        engine.setFilterRules(m.rules);
         break;
       case 'inject': {
         const b = Buffer.from(m.pkt.buffer, m.pkt.byteOffset, m.pkt.byteLength);
@@ -99,10 +121,10 @@ async function start(): Promise<void> {
         post({ t: 'snapshot', id: m.id, snap: { index: init.index, udp_io: engine.ioStatus(), tun_offload: tun?.offloadStatus() ?? null } });
         break;
       case 'stop':
-        clearInterval(publish);
+        clearInterval(publishTimer);
         void engine.stop().then(() => {
           tun?.close(); // flushes; the fd and the device are the main thread's
-          engine.publish(counters, counterOff);
+          publish();
           post({ t: 'stopped' });
           port.close();
         });
