@@ -152,6 +152,7 @@ export function buildManagedRegistry(node: ManagedMetricsSource): Registry {
 
   const b = (v: boolean): number => (v ? 1 : 0);
   gauge(reg, 'larktun_forwarding_rules', 'rules in the live forwarding table (absent while the data plane is down)', () => node.liveEngine?.rules.length ?? null);
+  gauge(reg, 'larktun_packet_workers', 'threads running the packet engine (1: the main thread; absent while the data plane is down)', () => node.liveEngine?.workers ?? null);
   labelledGauge(reg, 'larktun_node_state', 'backend state: 1 for the current one (NeedsLogin, Stopped, Starting, Running)', ['state'], (g) => setEnum(g, 'state', BACKEND_STATES, status().state));
   gauge(reg, 'larktun_node_server_connected', '1 while the map stream to the control server is open', () => b(status().serverConnected));
   gauge(reg, 'larktun_node_map_version', 'version of the network map in force (absent before the first map)', () => status().mapVersion);

@@ -195,7 +195,7 @@ test('managed: a logged-out node exports its state, zero engine counters, and no
   assert.equal(value(s, 'larktun_node_peers'), 0);
   assert.equal(value(s, 'larktun_node_relay_online'), 0);
   assert.equal(value(s, 'larktun_node_exit_node_in_use'), 0);
-  for (const absent of ['larktun_forwarding_rules', 'larktun_node_map_version', 'larktun_node_relay_last_seen_age_seconds', 'larktun_node_relay_rtt_seconds']) {
+  for (const absent of ['larktun_forwarding_rules', 'larktun_node_map_version', 'larktun_node_relay_last_seen_age_seconds', 'larktun_node_relay_rtt_seconds', 'larktun_packet_workers']) {
     assert.equal(s.filter((x) => x.name === absent).length, 0, `${absent} is absent`);
   }
 });
@@ -251,6 +251,7 @@ test('managed: a running node (saved state and map) exports engine, map and rela
   assert.equal(value(s, 'larktun_udp_rx_packets_total'), 1);
   assert.equal(value(s, 'larktun_udp_rx_packets_total'), engine.counters.udp_rx_packets);
   assert.equal(value(s, 'larktun_node_relay_online'), 1);
+  assert.equal(value(s, 'larktun_packet_workers'), 1);
   const age = value(s, 'larktun_node_relay_last_seen_age_seconds');
   assert.ok(age !== undefined && age >= 0 && age < 5, `age ${age}`);
   // The answer timed the node's keepalive: status().relay.rtt_ms, in seconds.
