@@ -454,7 +454,7 @@ export class WorkerEngine implements NodeEngine {
     return this.bound.map((b) => ({ ...b }));
   }
 
-  /** Asks every worker for its I/O and TUN status (waits at most SNAPSHOT_TIMEOUT_MS). */
+  /** Asks every worker for its I/O and TUN status and to publish its counters now (waits at most SNAPSHOT_TIMEOUT_MS). */
   refresh(): Promise<void> {
     const live = this.slots.filter((s) => s.ready && !s.stopping);
     if (live.length === 0) return Promise.resolve();
