@@ -126,6 +126,7 @@ export class TunDevice {
   private readonly scratch: Buffer;
   private readonly gro: GroBatch | null;
   private flushScheduled = false;
+  private closed = false;
   private counters: Counters | null = null;
   /** A queue handed to a packet worker: close() stops reading but leaves the fd and the device to their owner. */
   private readonly borrowed: boolean;
@@ -398,6 +399,7 @@ export class TunDevice {
   }
 
   private writeVia(gro: GroBatch | null, fd: number, buf: Buffer, off: number, len: number): boolean {
+    if (this.closed) return false;
     if (gro === null) return rawWriteFd(fd, buf, off, len);
     const ok = gro.add(off === 0 ? buf : buf.subarray(off, off + len), len);
     if (gro.pending && !this.flushScheduled) {
@@ -409,13 +411,20 @@ export class TunDevice {
 
   /** Writes whatever is held for coalescing now. */
   flush(): void {
+    if (this.closed) return;
     const st = this.steer;
     if (st === null) this.gro?.flush();
     else for (let i = 0; i < st.length; i++) st[i]!.gro?.flush();
   }
 
+  /**
+   * Flushes, stops the reader, deletes the device and closes the fd. Once:
+   * a second call does nothing (the fd number may belong to something else by then).
+   */
   close(): void {
+    if (this.closed) return;
     this.flush();
+    this.closed = true;
     this.running = false;
     Atomics.store(this.ctrl, 2, 1);
     Atomics.notify(this.ctrl, 1);
