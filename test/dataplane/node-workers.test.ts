@@ -210,3 +210,49 @@ test('a worker that dies is reported as fatal', async () => {
   assert.match(fatal[0]!, /packet worker 1 exited unexpectedly/);
   await w.stop();
 });
+
+test('flowQueue: both directions of a flow pick the same TUN queue, and flows spread over the queues', async () => {
+  const { flowQueue } = await import('../../src/dataplane/tun.js');
+  const v4 = (src: number, dst: number, sport: number, dport: number, proto = 6): Buffer => {
+    const b = Buffer.alloc(40);
+    b[0] = 0x45;
+    b[9] = proto;
+    b.writeUInt32BE(src >>> 0, 12);
+    b.writeUInt32BE(dst >>> 0, 16);
+    b.writeUInt16BE(sport, 20);
+    b.writeUInt16BE(dport, 22);
+    return b;
+  };
+  const v6 = (src: number, dst: number, sport: number, dport: number): Buffer => {
+    const b = Buffer.alloc(48);
+    b[0] = 0x60;
+    b[6] = 17;
+    b.writeUInt32BE(0xfd000000, 8);
+    b.writeUInt32BE(src >>> 0, 20);
+    b.writeUInt32BE(0xfd000000, 24);
+    b.writeUInt32BE(dst >>> 0, 36);
+    b.writeUInt16BE(sport, 40);
+    b.writeUInt16BE(dport, 42);
+    return b;
+  };
+  let state = 12345;
+  const rnd = (): number => (state = (Math.imul(state, 1103515245) + 12345) >>> 0);
+  for (const queues of [2, 3, 4]) {
+    const seen = new Array<number>(queues).fill(0);
+    for (let i = 0; i < 2000; i++) {
+      const [a, b, p, q] = [rnd(), rnd(), rnd() & 0xffff, rnd() & 0xffff];
+      const mk = i % 2 === 0 ? v4 : v6;
+      const fwd = flowQueue(mk(a, b, p, q), 0, 48, queues);
+      assert.equal(flowQueue(mk(b, a, q, p), 0, 48, queues), fwd, 'the reply direction picks the same queue');
+      assert.ok(fwd >= 0 && fwd < queues);
+      seen[fwd]!++;
+    }
+    for (const n of seen) assert.ok(n > 2000 / queues / 2, `flows spread over ${queues} queues: ${seen.join(',')}`);
+  }
+  // Flows differing only in their ports land on different queues (not only by address).
+  const byPort = new Set<number>();
+  for (let port = 1000; port < 1064; port++) byPort.add(flowQueue(v4(0x0a000001, 0x0a000002, port, 5201), 0, 40, 4));
+  assert.equal(byPort.size, 4);
+  assert.equal(flowQueue(Buffer.alloc(40), 0, 40, 4), 0, 'not IP: queue 0');
+  assert.equal(flowQueue(v4(1, 2, 3, 4), 0, 40, 1), 0, 'one queue');
+});
