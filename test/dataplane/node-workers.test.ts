@@ -256,3 +256,16 @@ test('flowQueue: both directions of a flow pick the same TUN queue, and flows sp
   assert.equal(flowQueue(Buffer.alloc(40), 0, 40, 4), 0, 'not IP: queue 0');
   assert.equal(flowQueue(v4(1, 2, 3, 4), 0, 40, 1), 0, 'one queue');
 });
+
+test('config key workers: 1..64, absent means not set', async () => {
+  const { validateConfig } = await import('../../src/daemon/config.js');
+  const base = { role: 'hub', virtual_subnet: '10.9.0.0/24', local_id: 1, peers: [{ id: 2, allowed_src: '10.9.0.2/32', psk: '0123456789abcdef'.repeat(4) }] };
+  const ok = validateConfig(base, 'c.json');
+  assert.equal(ok.config?.workers, null, JSON.stringify(ok.problems));
+  assert.equal(validateConfig({ ...base, workers: 2 }, 'c.json').config?.workers, 2);
+  for (const bad of [0, 65, 1.5, '2']) {
+    const r = validateConfig({ ...base, workers: bad }, 'c.json');
+    assert.equal(r.config, undefined, `workers ${JSON.stringify(bad)} is refused`);
+    assert.ok(r.problems.some((p) => p.path === '$.workers' && p.severity === 'error'), JSON.stringify(r.problems));
+  }
+});
