@@ -136,6 +136,15 @@ export class TunDevice {
    * the kernel's flow steering reads the flow's packets from that queue.
    */
   private steer: { fd: number; gro: GroBatch | null }[] | null = null;
+  /**
+   * Packet workers: which queue each flow was last read from (FLOW_SLOTS
+   * words shared by the workers of one device; see flowSlot). A packet is
+   * written on the queue its flow is read from, so the kernel's flow
+   * steering, which follows the queue that last wrote a flow, never moves a
+   * flow to another queue (and worker) while its packets are in flight.
+   */
+  private flowTable: Int32Array | null = null;
+  private queueIndex = 0;
   private gsoReads = 0;
   private gsoSegments = 0;
 
@@ -222,9 +231,12 @@ export class TunDevice {
    * fd and device alone. `all` (every queue of the device, in order): each
    * packet is written on the queue of its flow (flowQueue) rather than this one.
    */
-  static fromQueue(q: TunQueueDesc, all: TunQueueDesc[] = []): TunDevice {
+  static fromQueue(q: TunQueueDesc, all: TunQueueDesc[] = [], flows: SharedArrayBuffer | null = null): TunDevice {
     const t = new TunDevice(q.name, q.fd, q.vnetHdr, q.offloads, q.note, true);
     if (all.length > 1) {
+      if (flows === null || flows.byteLength !== FLOW_SLOTS * 4) throw new TypeError('a steered queue needs the flow table (newFlowTable())');
+      t.flowTable = new Int32Array(flows);
+      t.queueIndex = all.findIndex((x) => x.fd === q.fd);
       t.steer = all.map((x) =>
         x.fd === q.fd
           ? { fd: q.fd, gro: t.gro }
@@ -322,6 +334,7 @@ export class TunDevice {
         try {
           if (this.vnetHdr) packets += this.deliverVnet(slot, onPacket);
           else {
+            if (this.flowTable !== null) this.noteRead(this.slotViews[slot]!, this.lens[slot]!);
             onPacket(this.slotViews[slot]!, this.lens[slot]!);
             packets++;
           }
@@ -347,6 +360,7 @@ export class TunDevice {
       return 1;
     }
     const gso = hdr[1]! !== 0;
+    if (this.flowTable !== null) this.noteRead(this.pktViews[slot]!, len - VNET_HDR_LEN);
     this.sink = onPacket;
     this.emitted = 0;
     const r = splitGso(hdr, 0, len, this.pktViews[slot]!, this.scratch, this.emit);
@@ -392,10 +406,32 @@ export class TunDevice {
   write(buf: Buffer, off: number, len: number): boolean {
     const st = this.steer;
     if (st !== null) {
-      const w = st[flowQueue(buf, off, len, st.length)]!;
+      const w = st[this.queueFor(buf, off, len, st.length)]!;
       return this.writeVia(w.gro, w.fd, buf, off, len);
     }
     return this.writeVia(this.gro, this.fd, buf, off, len);
+  }
+
+  /** Records that this packet's flow is read from this queue (a store only when that changed). */
+  private noteRead(p: Buffer, len: number): void {
+    const h = flowHash(p, 0, len);
+    if (h === NOT_IP) return;
+    const t = this.flowTable!;
+    const i = h & (FLOW_SLOTS - 1);
+    const e = flowEntry(h, this.queueIndex);
+    if (t[i] !== e) t[i] = e;
+  }
+
+  /** The queue to write a packet on: where its flow is read from, else the queue its hash picks. */
+  private queueFor(p: Buffer, off: number, len: number, queues: number): number {
+    const h = flowHash(p, off, len);
+    if (h === NOT_IP) return 0;
+    const e = this.flowTable![h & (FLOW_SLOTS - 1)]!;
+    if (e !== 0 && e >>> 8 === h >>> FLOW_SLOT_BITS) {
+      const q = (e & 0xff) - 1;
+      if (q < queues) return q;
+    }
+    return (h >>> 0) % queues;
   }
 
   private writeVia(gro: GroBatch | null, fd: number, buf: Buffer, off: number, len: number): boolean {
@@ -449,15 +485,40 @@ function rawWriteFd(fd: number, buf: Buffer, off: number, len: number): boolean 
   }
 }
 
+/** Slots of a device's flow table (see TunDevice.flowTable): 2^FLOW_SLOT_BITS words. */
+const FLOW_SLOT_BITS = 12;
+export const FLOW_SLOTS = 1 << FLOW_SLOT_BITS;
+
+/** The shared flow table of a device whose queues packet workers read (one per device). */
+export function newFlowTable(): SharedArrayBuffer {
+  return new SharedArrayBuffer(FLOW_SLOTS * 4);
+}
+
+/** A slot's word: the hash bits above the slot index (a tag telling flows of one slot apart), then queue + 1. */
+function flowEntry(h: number, queue: number): number {
+  return ((h >>> FLOW_SLOT_BITS) << 8) | (queue + 1);
+}
+
+const NOT_IP = -1;
+
 /**
- * The queue (0..queues-1) of an IP packet's flow: a hash of its addresses,
- * protocol and (TCP/UDP/SCTP, unfragmented) ports that is the same in both
- * directions, so a flow's packets written here and the replies the kernel
- * steers back to the queue that wrote them meet on one worker. Packets that
- * are not IP go to queue 0. Integer arithmetic only: no allocation.
+ * The queue (0..queues-1) of an IP packet's flow by its hash alone (flowHash);
+ * packets that are not IP go to queue 0.
  */
 export function flowQueue(p: Buffer, off: number, len: number, queues: number): number {
-  if (queues <= 1 || len < 20) return 0;
+  if (queues <= 1) return 0;
+  const h = flowHash(p, off, len);
+  return h === NOT_IP ? 0 : (h >>> 0) % queues;
+}
+
+/**
+ * A hash of an IP packet's addresses, protocol and (TCP/UDP/SCTP,
+ * unfragmented) ports that is the same in both directions, as a non-negative
+ * 31-bit integer; NOT_IP (-1) for anything else. Integer arithmetic only: no
+ * allocation.
+ */
+export function flowHash(p: Buffer, off: number, len: number): number {
+  if (len < 20) return NOT_IP;
   const v = p[off]! >> 4;
   let h: number;
   let proto: number;
@@ -474,12 +535,12 @@ export function flowQueue(p: Buffer, off: number, len: number, queues: number): 
     }
     proto = p[off + 6]!;
     l4 = 40;
-  } else return 0;
+  } else return NOT_IP;
   h ^= proto;
   if ((proto === 6 || proto === 17 || proto === 132) && l4 > 0 && len >= l4 + 4) {
     h ^= (((p[off + l4]! ^ p[off + l4 + 2]!) << 8) | (p[off + l4 + 1]! ^ p[off + l4 + 3]!)) << 8;
   }
   h = Math.imul(h ^ (h >>> 16), 0x45d9f3b);
   h = Math.imul(h ^ (h >>> 16), 0x45d9f3b);
-  return ((h ^ (h >>> 16)) >>> 0) % queues;
+  return (h ^ (h >>> 16)) & 0x7fffffff;
 }

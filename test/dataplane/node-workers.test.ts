@@ -269,3 +269,41 @@ test('config key workers: 1..64, absent means not set', async () => {
     assert.ok(r.problems.some((p) => p.path === '$.workers' && p.severity === 'error'), JSON.stringify(r.problems));
   }
 });
+
+test('a packet is written on the TUN queue its flow is read from, else on the queue of its hash', async () => {
+  const { TunDevice, flowQueue, newFlowTable } = await import('../../src/dataplane/tun.js');
+  const { mkdtempSync, openSync, closeSync, readFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'nw-queues-'));
+  // Two "queues" that are plain files: what a worker writes where can be read back.
+  const files = [path.join(dir, 'q0'), path.join(dir, 'q1')];
+  const fds = files.map((f) => openSync(f, 'w'));
+  const desc = fds.map((fd) => ({ name: 'nwtest', fd, vnetHdr: false, offloads: 0, note: '' }));
+  const flows = newFlowTable();
+  const q0 = TunDevice.fromQueue(desc[0]!, desc, flows);
+  const q1 = TunDevice.fromQueue(desc[1]!, desc, flows);
+  const udp = (src: string, dst: string, sport: number, dport: number): Buffer => {
+    const b = ipv4(src, dst, 'x'.repeat(8));
+    b[9] = 17;
+    b.writeUInt16BE(sport, 20);
+    b.writeUInt16BE(dport, 22);
+    return b;
+  };
+  // A flow whose hash picks queue 0.
+  let sport = 40000;
+  while (flowQueue(udp('10.9.0.2', '10.9.0.3', sport, 53), 0, 28, 2) !== 0) sport++;
+  const out = udp('10.9.0.2', '10.9.0.3', sport, 53);
+  const reply = udp('10.9.0.3', '10.9.0.2', 53, sport);
+  assert.ok(q0.write(reply, 0, reply.length), 'unknown flow: written on the queue of its hash');
+  assert.equal(readFileSync(files[0]!).length, reply.length);
+  // Queue 1's worker reads the flow's outgoing packet: replies now go to queue 1, whichever worker writes them.
+  (q1 as unknown as { noteRead(p: Buffer, len: number): void }).noteRead(out, out.length);
+  assert.ok(q0.write(reply, 0, reply.length));
+  assert.ok(q1.write(reply, 0, reply.length));
+  assert.equal(readFileSync(files[1]!).length, 2 * reply.length, 'both written on queue 1');
+  assert.equal(readFileSync(files[0]!).length, reply.length, 'queue 0 got nothing more');
+  q0.close();
+  q1.close();
+  for (const fd of fds) closeSync(fd);
+});

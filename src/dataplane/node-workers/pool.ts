@@ -39,7 +39,7 @@ import {
 import { FILTER_COUNTER_NAMES, FilterCounters, type FilterState } from '../filter.js';
 import type { FilterRule } from '../../acl/index.js';
 import type { UdpIoStatus } from '../io/types.js';
-import { TunDevice, type TunOffloadStatus, type TunQueueDesc } from '../tun.js';
+import { TunDevice, newFlowTable, type TunOffloadStatus, type TunQueueDesc } from '../tun.js';
 import { SharedEndpoint } from '../workers/endpoint.js';
 import { spawnWorker } from '../../runtime/worker.js';
 import { MAX_IN_FLIGHT, type FromWorker, type ToWorker, type WorkerFilter, type WorkerInit, type WorkerSnapshot } from './protocol.js';
@@ -159,6 +159,8 @@ export class WorkerEngine implements NodeEngine {
   private readonly countersBuf: SharedArrayBuffer;
   private readonly countersView: Float64Array;
   private readonly filterBuf: SharedArrayBuffer;
+  /** Which TUN queue each flow is read from (null: no TUN). */
+  private readonly tunFlows: SharedArrayBuffer | null;
   private readonly filterView: Float64Array;
   /** The filter the workers enforce (its shared flow table and policy), null: none. */
   private filter: WorkerFilter | null = null;
@@ -195,6 +197,7 @@ export class WorkerEngine implements NodeEngine {
     this.countersBuf = new SharedArrayBuffer(8 * COUNTER_NAMES.length * opts.workers);
     this.countersView = new Float64Array(this.countersBuf);
     this.filterBuf = new SharedArrayBuffer(8 * FILTER_COUNTER_NAMES.length * opts.workers);
+    this.tunFlows = opts.tun !== null ? newFlowTable() : null;
     this.filterView = new Float64Array(this.filterBuf);
     for (const s of opts.peers) this.addPeer(s);
   }
@@ -243,6 +246,7 @@ export class WorkerEngine implements NodeEngine {
       udpOffload: o.udpOffload,
       tun: o.tun ? o.tun.queues[index]! : null,
       tunQueues: o.tun ? o.tun.queues : [],
+      tunFlows: this.tunFlows,
       counters: this.countersBuf,
       publishMs: PUBLISH_MS,
       filter: this.filter,

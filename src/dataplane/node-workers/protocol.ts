@@ -26,6 +26,8 @@ export interface WorkerInit {
   tun: TunQueueDesc | null;
   /** Every queue of the device, in order: packets are written on their flow's queue (flowQueue in tun.ts). */
   tunQueues: TunQueueDesc[];
+  /** Which queue each flow is read from (newFlowTable() in tun.ts), shared by the workers; null without a TUN. */
+  tunFlows: SharedArrayBuffer | null;
   /** Counters of every worker, COUNTER_NAMES.length words each (Counters.writeTo at index × that). */
   counters: SharedArrayBuffer;
   /** How often the worker publishes its counters (ms). */

@@ -58,7 +58,7 @@ const intercept = (pkt: Buffer, len: number): boolean => {
 };
 
 async function start(): Promise<void> {
-  if (init.tun !== null) tun = TunDevice.fromQueue(init.tun, init.tunQueues);
+  if (init.tun !== null) tun = TunDevice.fromQueue(init.tun, init.tunQueues, init.tunFlows);
   engine = new Engine({
     localId: init.localId,
     obfuscate: init.obfuscate,
