@@ -10,7 +10,8 @@
 //                forwards between peers of one wg interface; larktund: the hub
 //                relays sealed datagrams in userspace)
 //   udp64        iperf3 UDP A → HUB with 64-byte payloads, unlimited rate:
-//                packets/s delivered (sent minus lost)
+//                packets/s delivered (sent minus lost), and the CPU time of the
+//                two daemons (A and HUB) per delivered packet in µs
 //   ping         idle RTT A → HUB and A → B, average and median of 50 pings
 //   cpu_s_per_gb CPU seconds (utime + stime from /proc/<pid>/stat, all threads)
 //                of every tunnel daemon on the path per GB delivered by iperf3 TCP
@@ -23,6 +24,10 @@
 // Both topologies are up at once and every measurement alternates between the
 // two, BENCH_ROUNDS times (default 3; medians reported), so that load from other
 // processes falls on both alike. BENCH_SECONDS (default 8) sets each iperf3 run.
+// BENCH_BASE=<another checkout, dist built> adds larktun-base: that build's
+// larktund in the same run (ratio_base), to compare a change with its parent.
+// BENCH_METRICS (comma list of ping, tcp_direct, tcp_relay, udp64; default all)
+// takes only some measurements, e.g. BENCH_METRICS=udp64 for the small-packet rate.
 // The load average is printed first and last: on a shared machine the absolute
 // figures move with it, the ratios much less. BENCH_WORKERS=N runs every
 // larktund with N packet worker threads (LARKTUN_WORKERS; default: the
@@ -39,10 +44,19 @@ const MTU = 1420;
 const HZ = 100; // USER_HZ
 // larktun-plain: larktund with LARKTUN_TUN_OFFLOAD=0 (the TUN path without offloads).
 // larktun takes LARKTUN_TUN_OFFLOAD from the environment when set (e.g. tso: without UDP segmentation offload).
-const IMPLS = (process.env.BENCH_IMPLS ?? 'wireguard-go,larktun,larktun-plain').split(',');
+// larktun-base: larktund of another checkout (BENCH_BASE: its root, with dist/ built),
+// e.g. the commit before a change, measured interleaved with this one.
+const IMPLS = (process.env.BENCH_IMPLS ?? `wireguard-go,larktun,larktun-plain${process.env.BENCH_BASE ? ',larktun-base' : ''}`).split(',');
+const BASE = process.env.BENCH_BASE ?? '';
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
 /** LARKTUN_WORKERS for every larktund (unset: the daemon's default, one per core). */
 const WORKERS = process.env.BENCH_WORKERS ?? process.env.LARKTUN_WORKERS ?? null;
+// BENCH_METRICS: which measurements to take (default all): ping, tcp_direct, tcp_relay, udp64.
+const METRIC_NAMES = ['ping', 'tcp_direct', 'tcp_relay', 'udp64'];
+const METRICS = (process.env.BENCH_METRICS ?? METRIC_NAMES.join(',')).split(',').map((m) => m.trim());
+for (const m of METRICS) {
+  if (!METRIC_NAMES.includes(m)) throw new Error(`BENCH_METRICS: unknown measurement ${m} (${METRIC_NAMES.join(', ')})`);
+}
 const progress = (msg: string): void => {
   process.stderr.write(`bench/vs-wireguard: ${msg}\n`);
 };
@@ -69,7 +83,7 @@ interface Topology {
 }
 
 function underlay(lab: Lab, impl: string): { nsA: string; nsHub: string; nsB: string } {
-  const t = impl === 'larktun' ? 'l' : impl === 'larktun-plain' ? 'p' : 'w';
+  const t = impl === 'larktun' ? 'l' : impl === 'larktun-plain' ? 'p' : impl === 'larktun-base' ? 'b' : 'w';
   const nsHub = lab.addNs(`${t}hub`);
   const nsA = lab.addNs(`${t}a`);
   const nsB = lab.addNs(`${t}b`);
@@ -137,13 +151,15 @@ async function wireguardTopology(lab: Lab): Promise<Topology> {
   };
 }
 
-async function larktunTopology(lab: Lab, impl: 'larktun' | 'larktun-plain'): Promise<Topology> {
+async function larktunTopology(lab: Lab, impl: 'larktun' | 'larktun-plain' | 'larktun-base'): Promise<Topology> {
   const ns = underlay(lab, impl);
   const env: Record<string, string> = {
     LARKTUN_TUN_OFFLOAD: impl === 'larktun-plain' ? '0' : (process.env.LARKTUN_TUN_OFFLOAD ?? '1'),
     ...(WORKERS !== null ? { LARKTUN_WORKERS: WORKERS } : {}),
   };
-  const n = impl === 'larktun-plain' ? 'vsp' : 'vs';
+  const n = impl === 'larktun-plain' ? 'vsp' : impl === 'larktun-base' ? 'vsb' : 'vs';
+  const bin = impl === 'larktun-base' ? path.join(BASE, 'bin', 'larktund') : undefined;
+  if (bin !== undefined && !existsSync(path.join(BASE, 'dist', 'daemon', 'main.js'))) throw new Error(`BENCH_BASE=${BASE}: no dist/daemon/main.js there (build it first)`);
   const pskA = hexKey(0x5a);
   const pskB = hexKey(0x5b);
   const hub = await lab.daemon(ns.nsHub, `${n}-hub`, {
@@ -158,7 +174,7 @@ async function larktunTopology(lab: Lab, impl: 'larktun' | 'larktun-plain'): Pro
       { id: 2, name: 'a', allowed_src: '10.89.0.2/32', psk: pskA },
       { id: 3, name: 'b', endpoint: '198.18.2.2:18020', allowed_src: '10.89.0.3/32', psk: pskB },
     ],
-  }, [], env);
+  }, [], env, [], bin);
   const spoke = (id: number, psk: string, ep: string): unknown => ({
     role: 'spoke',
     virtual_subnet: '10.89.0.0/24',
@@ -169,8 +185,8 @@ async function larktunTopology(lab: Lab, impl: 'larktun' | 'larktun-plain'): Pro
     keepalive_secs: 5,
     peers: [{ id: 1, name: 'hub', endpoint: ep, allowed_src: '10.89.0.0/24', psk }],
   });
-  const a = await lab.daemon(ns.nsA, `${n}-a`, spoke(2, pskA, '198.18.1.1:18020'), [], env);
-  const b = await lab.daemon(ns.nsB, `${n}-b`, spoke(3, pskB, '198.18.2.1:18020'), [], env);
+  const a = await lab.daemon(ns.nsA, `${n}-a`, spoke(2, pskA, '198.18.1.1:18020'), [], env, [], bin);
+  const b = await lab.daemon(ns.nsB, `${n}-b`, spoke(3, pskB, '198.18.2.1:18020'), [], env, [], bin);
   const all: DaemonHandle[] = [a, hub, b];
   return {
     impl,
@@ -212,18 +228,22 @@ async function iperfTcp(topo: Topology, serverNs: string, dst: string, pids: num
   }
 }
 
-async function iperfUdp64(topo: Topology): Promise<number> {
+/** 64-byte UDP: packets/s delivered, and the daemons' CPU (A and HUB, all threads) in µs per delivered packet. */
+async function iperfUdp64(topo: Topology): Promise<{ pps: number; cpuUs: number }> {
   const srv = spawn('ip', ['netns', 'exec', topo.nsHub, 'iperf3', '-s', '-1', '-p', '5210'], { stdio: 'ignore' });
   await sleep(400);
+  const t0 = topo.pidsDirect.reduce((s, p) => s + cpuTicks(p), 0);
   const r = nsExec(topo.nsA, `iperf3 -c 10.89.0.1 -p 5210 -u -l 64 -b 0 -t ${SECONDS} -J`, { allowFail: true, timeoutMs: (SECONDS + 30) * 1000 });
+  const t1 = topo.pidsDirect.reduce((s, p) => s + cpuTicks(p), 0);
   srv.kill();
   try {
     const j = JSON.parse(r.out) as { end: { sum: { packets: number; lost_packets: number; seconds: number }; sum_received?: { packets?: number; seconds: number } } };
     const s = j.end.sum;
-    return (s.packets - s.lost_packets) / s.seconds;
+    const delivered = s.packets - s.lost_packets;
+    return { pps: delivered / s.seconds, cpuUs: delivered > 0 ? ((t1 - t0) / HZ / delivered) * 1e6 : 0 };
   } catch {
     progress(`${topo.impl}: iperf3 UDP failed: ${r.err || r.out.slice(0, 300)}`);
-    return 0;
+    return { pps: 0, cpuUs: 0 };
   }
 }
 
@@ -240,6 +260,7 @@ interface Results {
   tcp_direct: TcpResult;
   tcp_relay: TcpResult;
   udp64_pps: number;
+  udp64_cpu_us: number;
   ping_direct_ms: number;
   ping_relay_ms: number;
   ping_direct_median_ms: number;
@@ -247,6 +268,7 @@ interface Results {
 }
 
 function median(xs: number[]): number {
+  if (xs.length === 0) return NaN; // not measured (BENCH_METRICS)
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 }
@@ -266,17 +288,18 @@ function medianTcp(rs: TcpResult[]): TcpResult {
  * processes on a shared machine falls on both alike. Medians over the rounds.
  */
 async function measureInterleaved(topos: Topology[]): Promise<Record<string, Results>> {
-  const raw = new Map<string, { td: TcpResult[]; tr: TcpResult[]; u: number[]; pd: number[]; pr: number[]; pdm: number[]; prm: number[] }>();
-  for (const t of topos) raw.set(t.impl, { td: [], tr: [], u: [], pd: [], pr: [], pdm: [], prm: [] });
+  const raw = new Map<string, { td: TcpResult[]; tr: TcpResult[]; u: number[]; uc: number[]; pd: number[]; pr: number[]; pdm: number[]; prm: number[] }>();
+  for (const t of topos) raw.set(t.impl, { td: [], tr: [], u: [], uc: [], pd: [], pr: [], pdm: [], prm: [] });
   for (let round = 0; round < ROUNDS; round++) {
     const order = round % 2 === 0 ? topos : [...topos].reverse();
-    const each = async (what: string, f: (t: Topology) => Promise<void>): Promise<void> => {
+    const each = async (metric: string, what: string, f: (t: Topology) => Promise<void>): Promise<void> => {
+      if (!METRICS.includes(metric)) return;
       for (const t of order) {
         progress(`round ${round + 1}/${ROUNDS} ${t.impl}: ${what}`);
         await f(t);
       }
     };
-    await each('ping', async (t) => {
+    await each('ping', 'ping', async (t) => {
       const r = raw.get(t.impl)!;
       const d = pingStats(t.nsA, '10.89.0.1');
       const v = pingStats(t.nsA, '10.89.0.3');
@@ -285,14 +308,16 @@ async function measureInterleaved(topos: Topology[]): Promise<Record<string, Res
       r.pr.push(v.avg);
       r.prm.push(v.median);
     });
-    await each('iperf3 TCP direct', async (t) => {
+    await each('tcp_direct', 'iperf3 TCP direct', async (t) => {
       raw.get(t.impl)!.td.push(await iperfTcp(t, t.nsHub, '10.89.0.1', t.pidsDirect));
     });
-    await each('iperf3 TCP via the hub', async (t) => {
+    await each('tcp_relay', 'iperf3 TCP via the hub', async (t) => {
       raw.get(t.impl)!.tr.push(await iperfTcp(t, t.nsB, '10.89.0.3', t.pidsRelay));
     });
-    await each('iperf3 UDP 64-byte', async (t) => {
-      raw.get(t.impl)!.u.push(await iperfUdp64(t));
+    await each('udp64', 'iperf3 UDP 64-byte', async (t) => {
+      const u = await iperfUdp64(t);
+      raw.get(t.impl)!.u.push(u.pps);
+      raw.get(t.impl)!.uc.push(u.cpuUs);
     });
   }
   const out: Record<string, Results> = {};
@@ -301,6 +326,7 @@ async function measureInterleaved(topos: Topology[]): Promise<Record<string, Res
       tcp_direct: medianTcp(r.td),
       tcp_relay: medianTcp(r.tr),
       udp64_pps: median(r.u),
+      udp64_cpu_us: median(r.uc),
       ping_direct_ms: median(r.pd),
       ping_relay_ms: median(r.pr),
       ping_direct_median_ms: median(r.pdm),
@@ -344,8 +370,9 @@ async function main(): Promise<void> {
     const topos: Topology[] = [];
     for (const impl of IMPLS) {
       if (impl === 'larktun' || impl === 'larktun-plain') topos.push(await larktunTopology(lab, impl));
+      else if (impl === 'larktun-base' && BASE !== '') topos.push(await larktunTopology(lab, impl));
       else if (impl === 'wireguard-go') topos.push(await wireguardTopology(lab));
-      else throw new Error(`BENCH_IMPLS: unknown implementation ${impl} (wireguard-go, larktun, larktun-plain)`);
+      else throw new Error(`BENCH_IMPLS: unknown implementation ${impl} (wireguard-go, larktun, larktun-plain, larktun-base with BENCH_BASE)`);
     }
     results = await measureInterleaved(topos);
     for (const t of topos) await t.stop();
@@ -354,12 +381,15 @@ async function main(): Promise<void> {
   }
   const l = results.larktun;
   const p = results['larktun-plain'];
+  const bs = results['larktun-base'];
   const w = results['wireguard-go'];
   const ratio = (a: number | undefined, b: number | undefined): number | null => (a !== undefined && b !== undefined && b > 0 ? r3(a / b) : null);
   const line = (metric: string, pick: (r: Results) => number, extra: Record<string, unknown> = {}): void => {
     const lv = l && pick(l);
     const pv = p && pick(p);
     const wv = w && pick(w);
+    const bv = bs && pick(bs);
+    if ([lv, pv, wv, bv].every((v) => v === undefined || Number.isNaN(v))) return; // not measured (BENCH_METRICS)
     process.stdout.write(
       `${JSON.stringify({
         bench: 'vs-wireguard',
@@ -368,6 +398,7 @@ async function main(): Promise<void> {
         wireguard_go: wv === undefined ? null : r3(wv),
         ratio: ratio(lv, wv),
         ...(p ? { larktun_plain: r3(pv!), ratio_plain: ratio(pv, wv) } : {}),
+        ...(bs ? { larktun_base: r3(bv!), ratio_base: ratio(bv, wv) } : {}),
         ...extra,
       })}\n`,
     );
@@ -375,6 +406,7 @@ async function main(): Promise<void> {
   line('tcp_direct_gbit_s', (r) => r.tcp_direct.gbit_s, { target_ratio: 1.5 });
   line('tcp_relay_gbit_s', (r) => r.tcp_relay.gbit_s, { target_ratio: 1.5 });
   line('udp64_pps_delivered', (r) => r.udp64_pps, { target_ratio: 2 });
+  line('udp64_daemon_cpu_us_per_packet', (r) => r.udp64_cpu_us);
   line('ping_direct_avg_ms', (r) => r.ping_direct_ms);
   line('ping_relay_avg_ms', (r) => r.ping_relay_ms);
   line('ping_direct_median_ms', (r) => r.ping_direct_median_ms);

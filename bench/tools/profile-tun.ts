@@ -8,6 +8,9 @@
 // direct: spoke A → HUB's own TUN address (A: TUN read, split, seal, send;
 //         hub: receive, open, route, coalesce, TUN write)
 // relay:  spoke A → HUB → spoke B (the hub only opens, routes and re-seals)
+// Each line also carries that daemon's status: udp_io (syscalls, datagrams,
+// receive batches), tun_offload and counters, read just before it stopped,
+// and tun_link: the kernel's packet and drop counts of its TUN device.
 import { spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -94,7 +97,24 @@ async function main(): Promise<void> {
     } catch {
       /* reported as 0 */
     }
-    const offload = JSON.parse(a.cli('status --json').out).tun_offload as unknown;
+    // What each daemon's I/O did (batch sizes, syscalls, offloads), read before stopping.
+    const io: Record<string, unknown> = {};
+    for (const [who, d] of [['a', a], ['hub', hub], ['b', b]] as const) {
+      if (d === null) continue;
+      const st = JSON.parse(d.cli('status --json').out) as { tun_offload: unknown; udp_io: unknown; counters: Record<string, number> };
+      // The kernel's side of the TUN device: tx_dropped counts packets the
+      // daemon's reader did not take in time (its queue was full), i.e. where
+      // a sender outran the daemon.
+      const link = nsExec(d.ns, 'ip -s -j link show lark0', { allowFail: true });
+      let tun_link: unknown = null;
+      try {
+        const s64 = (JSON.parse(link.out) as { stats64: { rx: Record<string, number>; tx: Record<string, number> } }[])[0]!.stats64;
+        tun_link = { rx_packets: s64.rx.packets, rx_dropped: s64.rx.dropped, tx_packets: s64.tx.packets, tx_dropped: s64.tx.dropped };
+      } catch {
+        /* left null */
+      }
+      io[who] = { tun_offload: st.tun_offload, udp_io: st.udp_io, counters: st.counters, tun_link };
+    }
     await a.stop();
     await hub.stop();
     await b?.stop();
@@ -104,7 +124,7 @@ async function main(): Promise<void> {
         process.stdout.write(`${JSON.stringify({ profile: who, error: 'no .cpuprofile written' })}\n`);
         continue;
       }
-      process.stdout.write(`${JSON.stringify({ profile: who, mode: MODE, iperf3_gbit_s: Number(gbit.toFixed(3)), tun_offload: offload, file: path.join(dir, files[0]!), ...summarize(path.join(dir, files[0]!)) })}\n`);
+      process.stdout.write(`${JSON.stringify({ profile: who, mode: MODE, load: UDP64 ? 'udp64' : 'tcp', iperf3_gbit_s: Number(gbit.toFixed(3)), ...(io[who] as object), file: path.join(dir, files[0]!), ...summarize(path.join(dir, files[0]!)) })}\n`);
     }
   } finally {
     lab.cleanup();

@@ -432,9 +432,11 @@ export class RelayLink {
   rxPrev: WireRx | null = null;
   txPrev: WireTx | null = null;
   prevUntilMs = 0;
+  /** prevUntilMs on the engine's packet clock (ms since its clockBase), for the receive path. */
+  prevUntilRel = 0;
   prevHex: string | null = null;
-  /** When this thread last echoed a keepalive on this link (the echo is rate-limited). */
-  lastEchoMs = 0;
+  /** When this thread last echoed a keepalive on this link, on the engine's packet clock (the echo is rate-limited). */
+  lastEchoMs = -ECHO_MIN_INTERVAL_MS;
   /** Since when this relay process has been waiting for the node (the link's first view here). */
   sinceMs = 0;
   /** The exit node this link's node uses (same namespace), resolved after all links are built. */
@@ -565,7 +567,7 @@ export interface RelayEngineOptions {
    */
   workers?: number;
   /** @internal Set by relay-worker.ts: this engine is packet worker `index` of `count`. */
-  role?: { index: number; count: number; counters: Float64Array };
+  role?: { index: number; count: number; counters: Float64Array; clockBase: number };
 }
 
 export interface SetViewResult {
@@ -630,6 +632,18 @@ export class RelayEngine {
   private st: RelayState = EMPTY_STATE();
   private readonly udp: UdpIo;
   private readonly plain = Buffer.alloc(BUF_SIZE);
+  /**
+   * The packet clock: ms since clockBase, read once per receive batch (each
+   * Date.now() allocates a heap number), small enough to stay an unboxed
+   * small integer through the packet path's calls for 24 days of uptime
+   * (after that, values are boxed again: 16 B per packet, nothing else).
+   * Every time the receive path handles (flow table, scan budget, echo rate,
+   * key validity) is on this clock; what leaves the engine (last-heard times,
+   * status) is wall-clock ms.
+   */
+  private readonly clock = new Float64Array(1);
+  /** Wall-clock ms of packet clock 0; the same on every packet thread of the engine (their flow tables are shared). */
+  readonly clockBase: number;
   /** The receiver that matched in findLink (current key or previous). */
   private matched: WireRx | null = null;
   private readonly log: (msg: string) => void;
@@ -637,7 +651,7 @@ export class RelayEngine {
   private readonly scan: ScanLimiter;
   private readonly opts: RelayEngineOptions;
   /** Worker role (null on the main thread). */
-  private readonly role: { index: number; count: number; counters: Float64Array } | null;
+  private readonly role: { index: number; count: number; counters: Float64Array; clockBase: number } | null;
   // Main thread with workers: the worker threads, their published totals, the share of the view in force.
   private readonly wantWorkers: number;
   private workerReason: string | null = null;
@@ -662,6 +676,8 @@ export class RelayEngine {
     this.onlineMs = opts.onlineMs ?? RELAY_ONLINE_MS;
     this.scan = new ScanLimiter(opts.scanLimits ?? DEFAULT_SCAN_LIMITS);
     this.role = opts.role ?? null;
+    this.clockBase = this.role?.clockBase ?? Date.now();
+    this.clock[0] = Date.now() - this.clockBase;
     const want = Math.floor(opts.workers ?? 1);
     if (!(want >= 1 && want <= 64)) throw new RangeError(`workers must be 1..64, got ${opts.workers}`);
     this.wantWorkers = this.role === null ? want : 1;
@@ -670,6 +686,9 @@ export class RelayEngine {
       bindHost4: opts.bindHost4,
       bindHost6: opts.bindHost6,
       onDatagram: (msg, len, addr, port, sock) => this.onDatagram(msg, len, addr, port, sock),
+      onBatchStart: () => {
+        this.clock[0] = Date.now() - this.clockBase;
+      },
       onSendError: (n) => {
         this.c.drop_send_error += n;
       },
@@ -715,6 +734,7 @@ export class RelayEngine {
       count,
       ports,
       counters: this.totals!,
+      clockBase: this.clockBase,
       ...(this.opts.bindHost4 !== undefined ? { bindHost4: this.opts.bindHost4 } : {}),
       ...(this.opts.bindHost6 !== undefined ? { bindHost6: this.opts.bindHost6 } : {}),
       ...(this.opts.udpOffload !== undefined ? { udpOffload: this.opts.udpOffload } : {}),
@@ -1138,6 +1158,7 @@ export class RelayEngine {
       link.txPrev = p.tx;
       link.prevHex = spec.previous_psk;
       link.prevUntilMs = untilMs;
+      link.prevUntilRel = untilMs - this.clockBase;
       prevShare = p.share;
     }
     if (given !== undefined) {
@@ -1178,7 +1199,7 @@ export class RelayEngine {
       return;
     }
     const st = this.st;
-    const now = Date.now();
+    const now = this.clock[0]!;
     const link = this.findLink(st, msg, len, addr, port, now);
     if (link === null) {
       c.drop_unknown_peer++;
@@ -1322,7 +1343,7 @@ export class RelayEngine {
    * the link. Uses the key the node last used: one still on the previous key can read it.
    */
   private sendOn(to: RelayLink, pkt: Buffer, len: number, keepalive: boolean, now: number): void {
-    const tx = to.heard === HEARD_PREVIOUS && to.txPrev !== null && now < to.prevUntilMs ? to.txPrev : to.tx;
+    const tx = to.heard === HEARD_PREVIOUS && to.txPrev !== null && now < to.prevUntilRel ? to.txPrev : to.tx;
     const sock = to.sock!;
     const out = this.udp.nextBuffer(sock);
     const n = tx.seal(pkt, 0, len, out, keepalive);
@@ -1340,7 +1361,8 @@ export class RelayEngine {
   private touch(st: RelayState, link: RelayLink, addr: string, port: number, sock: UdpSock, now: number): void {
     const ep = link.ep;
     // Written once per millisecond at most: the line is read by every thread that sends to this link.
-    if (ep.lastSeenMs !== now) ep.lastSeenMs = now;
+    const at = this.clockBase + now;
+    if (ep.lastSeenMs !== at) ep.lastSeenMs = at;
     ep.refresh();
     if (ep.addr === addr && ep.port === port && ep.localPort === sock.port && link.sock === sock) return;
     const before = ep.addr;
@@ -1367,7 +1389,7 @@ export class RelayEngine {
       return true;
     }
     const prev = l.rxPrev;
-    if (prev !== null && now < l.prevUntilMs && prev.matches(msg, len)) {
+    if (prev !== null && now < l.prevUntilRel && prev.matches(msg, len)) {
       this.matched = prev;
       return true;
     }

@@ -2,6 +2,7 @@
 // Integers fed to the KDF are big-endian, unlike the little-endian header.
 import sodium from 'sodium-native';
 import { KEY_LEN } from './constants.js';
+import { blake2b256Keyed } from './sodium.js';
 import { assertEpoch, assertNodeId, assertPsk } from './validate.js';
 
 const LINK_LABEL = Buffer.from('subnetra-v1-link', 'ascii');
@@ -75,10 +76,18 @@ export function newObfsInput(): Buffer {
 /**
  * Computes the 32-byte header pad BLAKE2b-256(key = linkKey, "subnetra-v1-obfs" ‖ tag)
  * into `pad` (only its first 20 bytes are used). The tag is read from
- * `dgram[tagOff .. tagOff + 16]`; nothing is allocated.
+ * `dgram[tagOff .. tagOff + 16]`; nothing is allocated. Throws RangeError
+ * unless `pad` holds 32 bytes, `input` comes from newObfsInput(), `link` is
+ * 32 bytes and the tag lies inside `dgram`. WireTx and WireRx do the same
+ * inline, with their operands' buffers and offsets read once.
  */
 export function obfsPadInto(pad: Buffer, input: Buffer, link: Buffer, dgram: Buffer, tagOff: number): void {
+  // The hash below is called without sodium-native's argument checks (a bad
+  // length there aborts the process), so check them here; off the packet path.
+  if (pad.length < 32 || input.length !== OBFS_INPUT_LEN || link.length !== KEY_LEN || !(tagOff >= 0 && tagOff + 16 <= dgram.length)) {
+    throw new RangeError('obfsPadInto: pad must hold 32 bytes, input come from newObfsInput(), link be 32 bytes and the tag lie inside dgram');
+  }
   // A byte loop: Buffer#copy of a sub-range allocates a temporary view.
   for (let i = 0; i < 16; i++) input[OBFS_INPUT_TAG_OFF + i] = dgram[tagOff + i]!;
-  sodium.crypto_generichash(pad, input, link);
+  blake2b256Keyed(pad.buffer, pad.byteOffset, input.buffer, input.byteOffset, OBFS_INPUT_LEN, link.buffer, link.byteOffset);
 }

@@ -71,9 +71,13 @@ export class ReplayWindow {
    * unsigned 32-bit halves (each an integer in 0..2^32-1, as read from the
    * header). Returns true and records it when it was not seen before and is
    * not too far behind the highest accepted number; false for a duplicate or
-   * a number that fell out of the window. Never allocates.
+   * a number that fell out of the window. Never allocates. Each half may also
+   * be given as the signed 32-bit integer with the same bits (what `x | 0`
+   * gives; the receive path passes those, as they never need boxing).
    */
   acceptHiLo(hi: number, lo: number): boolean {
+    hi >>>= 0;
+    lo >>>= 0;
     const m = this.mem;
     const b = this.base;
     const r = b + RING;

@@ -3,7 +3,6 @@
 // (older epochs are dropped before any crypto), authenticate and decrypt,
 // adopt a newer epoch only once it authenticated (resetting the replay
 // window), then the anti-replay window.
-import sodium from 'sodium-native';
 import {
   FLAG_KEEPALIVE,
   FLAGS_RESERVED,
@@ -16,7 +15,8 @@ import {
   TAG_LEN,
   WIRE_VERSION,
 } from './constants.js';
-import { linkKey, newObfsInput, newSessionInput, obfsPadInto, sessionKeyInto } from './kdf.js';
+import { linkKey, newObfsInput, newSessionInput, OBFS_INPUT_LEN, OBFS_INPUT_TAG_OFF, sessionKeyInto } from './kdf.js';
+import { aeadOpen, blake2b256Keyed } from './sodium.js';
 import { ReplayWindow } from './replay.js';
 import { assertEpoch, assertPsk } from './validate.js';
 import { ViewCache } from './views.js';
@@ -29,6 +29,30 @@ import { isRxShared, RX_EPOCH_HI, RX_EPOCH_LO, RX_LOCK, RX_WINDOW } from './shar
 // and JavaScript runs one call at a time, so sharing is safe.
 const RX_BODY_VIEWS = new ViewCache(MAX_PLAINTEXT + TAG_LEN);
 const RX_OUT_VIEWS = new ViewCache(MAX_PLAINTEXT);
+// A small datagram in a buffer the cache does not hold (a ring slot, a fresh
+// Buffer per datagram) is copied here and opened from this buffer's cached
+// views, instead of allocating a view for it (see TX_COPY_MAX).
+const RX_COPY_MAX = 256 + TAG_LEN;
+const RX_SCRATCH = Buffer.alloc(RX_COPY_MAX);
+const RX_SCRATCH_VIEWS = new ViewCache(RX_COPY_MAX);
+
+/** Little-endian u32 at `b[off]` as a signed 32-bit integer (never a boxed number). */
+function get32(b: Buffer, off: number): number {
+  return b[off]! | (b[off + 1]! << 8) | (b[off + 2]! << 16) | (b[off + 3]! << 24);
+}
+
+/** Little-endian u32 at `b[off]`; `v` signed or unsigned (a typed-array store keeps the low 8 bits). */
+function put32(b: Buffer, off: number, v: number): void {
+  b[off] = v;
+  b[off + 1] = v >>> 8;
+  b[off + 2] = v >>> 16;
+  b[off + 3] = v >>> 24;
+}
+
+/** a < b as unsigned 32-bit values, both given as signed 32-bit integers. */
+function ult(a: number, b: number): boolean {
+  return (a ^ 0x80000000) < (b ^ 0x80000000);
+}
 
 /** Outcome of WireRx#open. Everything but Accept is a silent, counted drop. */
 export const RxCode = {
@@ -80,14 +104,17 @@ export class WireRx {
   plaintextLen = 0;
   /** After Accept: the datagram was a keepalive (flags bit 0). */
   keepalive = false;
-  /** After Accept: high and low unsigned 32-bit halves of its sequence number (a full u64). */
-  lastSeqHi = 0;
-  lastSeqLo = 0;
+  // Sequence halves of the last accepted datagram as signed 32-bit integers
+  // (the same bits): a field holding a number above 2^31 would box a new heap
+  // number on every store. lastSeqHi/lastSeqLo give them unsigned.
+  private seqHiI32 = 0;
+  private seqLoI32 = 0;
 
   private readonly link: Buffer;
   private key = Buffer.alloc(KEY_LEN);
   private candidate = Buffer.alloc(KEY_LEN);
   private readonly kdfInput = newSessionInput();
+  /** Current session epoch as signed 32-bit halves (the bits of the unsigned ones); 0, 0: none yet. */
   private curHi = 0;
   private curLo = 0;
   private readonly window: ReplayWindow;
@@ -96,15 +123,28 @@ export class WireRx {
   private readonly hdr = Buffer.alloc(HEADER_LEN);
   private readonly pad = Buffer.alloc(32);
   private readonly padInput = newObfsInput();
+  // The pad hash takes (ArrayBuffer, offset) operands: these never change.
+  private readonly padAb: ArrayBufferLike;
+  private readonly padOff: number;
+  private readonly padInAb: ArrayBufferLike;
+  private readonly padInOff: number;
+  private readonly linkAb: ArrayBufferLike;
+  private readonly linkOff: number;
   private readonly bodyViews = RX_BODY_VIEWS;
   private readonly outViews = RX_OUT_VIEWS;
-  private readonly candHiLo = new Uint32Array(2);
+  private readonly candHiLo = new Int32Array(2);
 
   constructor(opts: WireRxOptions) {
     assertPsk(opts.psk);
     this.from = opts.from;
     this.to = opts.to;
     this.link = linkKey(opts.psk, opts.from, opts.to); // validates the ids
+    this.padAb = this.pad.buffer;
+    this.padOff = this.pad.byteOffset;
+    this.padInAb = this.padInput.buffer;
+    this.padInOff = this.padInput.byteOffset;
+    this.linkAb = this.link.buffer;
+    this.linkOff = this.link.byteOffset;
     this.obfuscate = opts.obfuscate ?? true;
     this.shared = opts.shared ?? null;
     if (this.shared !== null) {
@@ -114,10 +154,22 @@ export class WireRx {
     } else this.window = new ReplayWindow();
     if (opts.epoch !== undefined && opts.epoch !== 0n) {
       assertEpoch(opts.epoch, 'epoch', false);
-      this.curHi = Number(opts.epoch >> 32n);
-      this.curLo = Number(opts.epoch & 0xffffffffn);
-      sessionKeyInto(this.key, this.kdfInput, this.link, this.curHi, this.curLo);
+      const hi = Number(opts.epoch >> 32n);
+      const lo = Number(opts.epoch & 0xffffffffn);
+      this.curHi = hi | 0;
+      this.curLo = lo | 0;
+      sessionKeyInto(this.key, this.kdfInput, this.link, hi, lo);
     }
+  }
+
+  /** After Accept: high unsigned 32-bit half of its sequence number (a full u64). */
+  get lastSeqHi(): number {
+    return this.seqHiI32 >>> 0;
+  }
+
+  /** After Accept: low unsigned 32-bit half of its sequence number. */
+  get lastSeqLo(): number {
+    return this.seqLoI32 >>> 0;
   }
 
   /** After Accept: the datagram's sequence number. Allocates a bigint: not for the hot path. */
@@ -129,7 +181,7 @@ export class WireRx {
   get epoch(): bigint {
     const sh = this.shared;
     if (sh !== null) return (BigInt(sh[RX_EPOCH_HI]! >>> 0) << 32n) | BigInt(sh[RX_EPOCH_LO]! >>> 0);
-    return (BigInt(this.curHi) << 32n) | BigInt(this.curLo);
+    return (BigInt(this.curHi >>> 0) << 32n) | BigInt(this.curLo >>> 0);
   }
 
   /**
@@ -172,9 +224,13 @@ export class WireRx {
     if (!(len >= 0 && len <= dgram.length)) return false;
     if (!this.obfuscate) return len >= HEADER_LEN;
     if (len < MIN_DATAGRAM) return false;
+    // pad = BLAKE2b-256(key = link, "subnetra-v1-obfs" ‖ tag); the tag is the last 16 bytes.
+    const input = this.padInput;
+    const tagOff = len - TAG_LEN;
+    for (let i = 0; i < TAG_LEN; i++) input[OBFS_INPUT_TAG_OFF + i] = dgram[tagOff + i]!;
+    blake2b256Keyed(this.padAb, this.padOff, this.padInAb, this.padInOff, OBFS_INPUT_LEN, this.linkAb, this.linkOff);
     const pad = this.pad;
     const hdr = this.hdr;
-    obfsPadInto(pad, this.padInput, this.link, dgram, len - TAG_LEN);
     for (let i = 0; i < HEADER_LEN; i++) hdr[i] = dgram[i]! ^ pad[i]!;
     return true;
   }
@@ -185,17 +241,20 @@ export class WireRx {
     const flags = h[1]!;
     if (h[0] !== WIRE_VERSION || (flags & FLAGS_RESERVED) !== 0) return RxCode.Malformed;
     if ((h[2]! | (h[3]! << 8)) !== this.from) return RxCode.Malformed;
-    const eLo = h.readUInt32LE(4);
-    const eHi = h.readUInt32LE(8);
+    // Epoch and sequence halves as signed 32-bit integers (the same bits):
+    // always small integers, so nothing is boxed whatever their values;
+    // unsigned order is compared with the sign bit flipped (ult).
+    const eLo = get32(h, 4);
+    const eHi = get32(h, 8);
     if (eLo === 0 && eHi === 0) return RxCode.Malformed;
-    const sLo = h.readUInt32LE(12);
-    const sHi = h.readUInt32LE(16);
+    const sLo = get32(h, 12);
+    const sHi = get32(h, 16);
 
     if (this.shared !== null) return this.finishShared(dgram, len, out, flags, eHi, eLo, sHi, sLo);
-    // Forward-only epochs, compared as two unsigned 32-bit halves.
+    // Forward-only epochs.
     const curHi = this.curHi;
     const curLo = this.curLo;
-    if (eHi < curHi || (eHi === curHi && eLo < curLo)) return RxCode.OldEpoch;
+    if (ult(eHi, curHi) || (eHi === curHi && ult(eLo, curLo))) return RxCode.OldEpoch;
     const newer = eHi !== curHi || eLo !== curLo;
     let key = this.key;
     if (newer) {
@@ -203,30 +262,14 @@ export class WireRx {
       // A run of datagrams at the same not-yet-accepted epoch derives it once.
       const c = this.candHiLo;
       if (c[0] !== eHi || c[1] !== eLo) {
-        sessionKeyInto(this.candidate, this.kdfInput, this.link, eHi, eLo);
+        sessionKeyInto(this.candidate, this.kdfInput, this.link, eHi >>> 0, eLo >>> 0);
         c[0] = eHi;
         c[1] = eLo;
       }
       key = this.candidate;
     }
 
-    const ptLen = len - OVERHEAD;
-    if (out.length < ptLen) throw new RangeError(`out needs ${ptLen} bytes, has ${out.length}`);
-    const nonce = this.nonce;
-    nonce.writeUInt32LE(sLo, 0);
-    nonce.writeUInt32LE(sHi, 4);
-    try {
-      sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
-        this.outViews.get(out, 0, ptLen),
-        null,
-        this.bodyViews.get(dgram, HEADER_LEN, len - HEADER_LEN),
-        null,
-        nonce,
-        key,
-      );
-    } catch {
-      return RxCode.AuthFail;
-    }
+    if (!this.decrypt(dgram, len, out, sHi, sLo, key)) return RxCode.AuthFail;
 
     if (newer) {
       // Authentic: adopt the newer session and start a fresh window.
@@ -240,18 +283,42 @@ export class WireRx {
     }
     if (!this.window.acceptHiLo(sHi, sLo)) return RxCode.Replay;
 
-    this.plaintextLen = ptLen;
+    this.plaintextLen = len - OVERHEAD;
     this.keepalive = (flags & FLAG_KEEPALIVE) !== 0;
-    this.lastSeqHi = sHi;
-    this.lastSeqLo = sLo;
+    this.seqHiI32 = sHi;
+    this.seqLoI32 = sLo;
     return RxCode.Accept;
+  }
+
+  /**
+   * Authenticates and decrypts the body of `dgram[0 .. len]` into `out` under
+   * `key`; false: it does not authenticate. `len` is within MIN_DATAGRAM ..
+   * MAX_DATAGRAM and `dgram` (checked by the caller); `out` is checked here.
+   */
+  private decrypt(dgram: Buffer, len: number, out: Buffer, sHi: number, sLo: number, key: Buffer): boolean {
+    const ptLen = len - OVERHEAD;
+    if (out.length < ptLen) throw new RangeError(`out needs ${ptLen} bytes, has ${out.length}`);
+    const nonce = this.nonce;
+    put32(nonce, 0, sLo);
+    put32(nonce, 4, sHi);
+    const bodyLen = len - HEADER_LEN;
+    let body = this.bodyViews.find(dgram, HEADER_LEN, bodyLen);
+    if (body === null) {
+      if (bodyLen <= RX_COPY_MAX) {
+        const scratch = RX_SCRATCH;
+        for (let i = 0; i < bodyLen; i++) scratch[i] = dgram[HEADER_LEN + i]!;
+        body = RX_SCRATCH_VIEWS.get(scratch, 0, bodyLen);
+      } else body = dgram.subarray(HEADER_LEN, len);
+    }
+    return aeadOpen(this.outViews.get(out, 0, ptLen), body, nonce, key);
   }
 
   /**
    * finish() over shared state. this.key stays the key of epoch (curHi, curLo)
    * as seen by this thread; the session epoch and the window are the shared
    * ones, read and changed under the lock (before decrypting: is the epoch
-   * already older; after: adopt it if newer, then the window).
+   * already older; after: adopt it if newer, then the window). Halves are
+   * signed 32-bit integers, as in finish().
    */
   private finishShared(
     dgram: Buffer,
@@ -265,40 +332,24 @@ export class WireRx {
   ): RxCode {
     const sh = this.shared!;
     lock(sh, RX_LOCK);
-    let shHi = sh[RX_EPOCH_HI]! >>> 0;
-    let shLo = sh[RX_EPOCH_LO]! >>> 0;
+    let shHi = sh[RX_EPOCH_HI]!;
+    let shLo = sh[RX_EPOCH_LO]!;
     unlock(sh, RX_LOCK);
-    if (eHi < shHi || (eHi === shHi && eLo < shLo)) return RxCode.OldEpoch;
+    if (ult(eHi, shHi) || (eHi === shHi && ult(eLo, shLo))) return RxCode.OldEpoch;
 
     let key = this.key;
     const ours = eHi === this.curHi && eLo === this.curLo && (eHi !== 0 || eLo !== 0);
     if (!ours) {
       const c = this.candHiLo;
       if (c[0] !== eHi || c[1] !== eLo) {
-        sessionKeyInto(this.candidate, this.kdfInput, this.link, eHi, eLo);
+        sessionKeyInto(this.candidate, this.kdfInput, this.link, eHi >>> 0, eLo >>> 0);
         c[0] = eHi;
         c[1] = eLo;
       }
       key = this.candidate;
     }
 
-    const ptLen = len - OVERHEAD;
-    if (out.length < ptLen) throw new RangeError(`out needs ${ptLen} bytes, has ${out.length}`);
-    const nonce = this.nonce;
-    nonce.writeUInt32LE(sLo, 0);
-    nonce.writeUInt32LE(sHi, 4);
-    try {
-      sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
-        this.outViews.get(out, 0, ptLen),
-        null,
-        this.bodyViews.get(dgram, HEADER_LEN, len - HEADER_LEN),
-        null,
-        nonce,
-        key,
-      );
-    } catch {
-      return RxCode.AuthFail;
-    }
+    if (!this.decrypt(dgram, len, out, sHi, sLo, key)) return RxCode.AuthFail;
     if (!ours) {
       // Authentic: this thread now keys epoch (eHi, eLo).
       this.candidate = this.key;
@@ -310,25 +361,25 @@ export class WireRx {
     }
 
     lock(sh, RX_LOCK);
-    shHi = sh[RX_EPOCH_HI]! >>> 0;
-    shLo = sh[RX_EPOCH_LO]! >>> 0;
-    if (eHi < shHi || (eHi === shHi && eLo < shLo)) {
+    shHi = sh[RX_EPOCH_HI]!;
+    shLo = sh[RX_EPOCH_LO]!;
+    if (ult(eHi, shHi) || (eHi === shHi && ult(eLo, shLo))) {
       unlock(sh, RX_LOCK); // another thread adopted a newer session meanwhile
       return RxCode.OldEpoch;
     }
     if (eHi !== shHi || eLo !== shLo) {
-      sh[RX_EPOCH_HI] = eHi | 0;
-      sh[RX_EPOCH_LO] = eLo | 0;
+      sh[RX_EPOCH_HI] = eHi;
+      sh[RX_EPOCH_LO] = eLo;
       this.window.reset();
     }
     const fresh = this.window.acceptHiLo(sHi, sLo);
     unlock(sh, RX_LOCK);
     if (!fresh) return RxCode.Replay;
 
-    this.plaintextLen = ptLen;
+    this.plaintextLen = len - OVERHEAD;
     this.keepalive = (flags & FLAG_KEEPALIVE) !== 0;
-    this.lastSeqHi = sHi;
-    this.lastSeqLo = sLo;
+    this.seqHiI32 = sHi;
+    this.seqLoI32 = sLo;
     return RxCode.Accept;
   }
 }

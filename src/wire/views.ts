@@ -6,10 +6,12 @@
 //
 // A few buffers are remembered at once (round-robin). A buffer is only adopted
 // into the cache when it is seen twice in a row without a hit; a caller that
-// hands over a brand-new Buffer for every packet therefore just gets a plain
-// subarray, without churning the tables.
+// hands over a brand-new Buffer for every packet (or one of many rotating ring
+// slots) therefore gets no view from find(), and a plain subarray from get(),
+// without churning the tables. find() lets the wire layer copy a small packet
+// into a buffer it does cache instead of allocating a view for it.
 
-const SLOTS = 4;
+const SLOTS = 8;
 
 interface Slot {
   buf: Buffer | null;
@@ -35,6 +37,16 @@ export class ViewCache {
    * that the range lies inside `buf` and that `len <= maxLen`.
    */
   get(buf: Buffer, base: number, len: number): Buffer {
+    const v = this.find(buf, base, len);
+    return v !== null ? v : buf.subarray(base, base + len);
+  }
+
+  /**
+   * The cached view `buf[base .. base + len]`, or null when `buf` at `base` is
+   * not (yet) a cached buffer; nothing is allocated then. A buffer asked for
+   * twice in a row is adopted (that call returns its view).
+   */
+  find(buf: Buffer, base: number, len: number): Buffer | null {
     const slots = this.slots;
     for (let i = 0; i < SLOTS; i++) {
       const s = slots[i]!;
@@ -62,7 +74,7 @@ export class ViewCache {
     }
     this.lastMissBuf = buf;
     this.lastMissBase = base;
-    return buf.subarray(base, base + len);
+    return null;
   }
 
   /** Forgets every cached buffer (lets them be garbage collected). */

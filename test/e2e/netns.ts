@@ -57,9 +57,15 @@ export class Lab {
   readonly procs: ChildProcess[] = [];
   readonly dir = mkdtempSync(path.join(tmpdir(), 'larktun-e2e-'));
   private readonly tag = (process.pid % 10000).toString(36);
+  /**
+   * Namespace name prefix: `prefix` when given (a test file's own), else
+   * LARKTUN_LAB_PREFIX, else "lk", so parallel runs on one machine can tell theirs apart.
+   */
+  private readonly prefix: string;
 
-  /** `prefix` starts every namespace name (tests running side by side use different ones). */
-  constructor(private readonly prefix = 'lk') {}
+  constructor(prefix?: string) {
+    this.prefix = prefix ?? process.env.LARKTUN_LAB_PREFIX ?? 'lk';
+  }
 
   name(base: string): string {
     return `${this.prefix}${this.tag}${base}`;
@@ -88,12 +94,13 @@ export class Lab {
   }
 
   /** Starts larktund in `ns`; resolves once its control socket answers. */
-  async daemon(ns: string, name: string, config: unknown, extraArgs: string[] = [], extraEnv: Record<string, string> = {}, nodeArgs: string[] = []): Promise<DaemonHandle> {
+  /** `bin`: another build's larktund (benchmarks comparing two builds); default this checkout's. */
+  async daemon(ns: string, name: string, config: unknown, extraArgs: string[] = [], extraEnv: Record<string, string> = {}, nodeArgs: string[] = [], bin: string = BIN_LARKTUND): Promise<DaemonHandle> {
     const cfgPath = this.writeJson(`${name}.json`, config);
     const sock = path.join(this.dir, `${name}.sock`);
     const stateDir = path.join(this.dir, `${name}-state`);
     const env = { LARKTUN_SOCK: sock, LARKTUN_STATE_DIR: stateDir, LARKTUN_TUN: 'lark0', ...extraEnv };
-    const child = spawn('ip', ['netns', 'exec', ns, process.execPath, ...nodeArgs, BIN_LARKTUND, '--config', cfgPath, ...extraArgs], {
+    const child = spawn('ip', ['netns', 'exec', ns, process.execPath, ...nodeArgs, bin, '--config', cfgPath, ...extraArgs], {
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

@@ -133,8 +133,9 @@ for (const obfuscate of [false, true]) {
 test('WireTx counter carries from the low half into the high half', () => {
   const tx = new WireTx({ psk, from: 4, to: 8, epoch: EPOCH, obfuscate: false });
   // Move the counter next to 2^32 through its private halves (no public setter:
-  // the data plane never chooses a counter).
-  Object.assign(tx as unknown as { seqHi: number; seqLo: number }, { seqHi: 0, seqLo: 0xfffffffe });
+  // the data plane never chooses a counter). They hold signed 32-bit integers
+  // with the bits of the unsigned halves (see WireTx).
+  Object.assign(tx as unknown as { seqHi: number; seqLo: number }, { seqHi: 0, seqLo: 0xfffffffe | 0 });
   const rx = new WireRx({ psk, from: 4, to: 8, obfuscate: false });
   const out = Buffer.alloc(MAX_DATAGRAM);
   const pt = Buffer.alloc(MAX_PLAINTEXT);
@@ -144,7 +145,7 @@ test('WireTx counter carries from the low half into the high half', () => {
     assert.equal(rx.open(out, n, pt), RxCode.Accept);
     assert.equal(rx.lastSeq, want);
   }
-  Object.assign(tx as unknown as { seqHi: number; seqLo: number }, { seqHi: 0xffffffff, seqLo: 0xffffffff });
+  Object.assign(tx as unknown as { seqHi: number; seqLo: number }, { seqHi: 0xffffffff | 0, seqLo: 0xffffffff | 0 });
   tx.sealKeepalive(out);
   assert.throws(() => tx.sealKeepalive(out), /sequence space exhausted/);
 });

@@ -96,6 +96,8 @@ export class BatchPorts implements UdpIo {
   readonly path = 'batch' as const;
   readonly socks: BatchSock[] = [];
   private readonly words = new AddrWords();
+  private lastAddr = '';
+  private lastWords: Int32Array | null = null;
   private flushQueued = false;
   private rxBatches = 0;
   private rxMaxBatch = 0;
@@ -142,6 +144,7 @@ export class BatchPorts implements UdpIo {
     const sock = new BatchSock(family, h);
     sock.port = this.n.info(h).port;
     const handler = this.opts.onDatagram;
+    const batchStart = this.opts.onBatchStart ?? null;
     const log = this.opts.log;
     const meta = sock.rxMeta;
     const bytes = sock.rxBytes;
@@ -150,6 +153,7 @@ export class BatchPorts implements UdpIo {
     this.n.start(h, sock.rxArena, meta.buffer as ArrayBuffer, RX_SLOTS, BUF_SIZE, (count: number) => {
       this.rxBatches++;
       if (count > this.rxMaxBatch) this.rxMaxBatch = count;
+      if (batchStart !== null) batchStart();
       for (let i = 0; i < count; i++) {
         const o = i * META_WORDS;
         const len = meta[o]!;
@@ -174,7 +178,15 @@ export class BatchPorts implements UdpIo {
   send(sock: UdpSock, buf: Buffer, len: number, port: number, addr: string): void {
     const s = sock as BatchSock;
     if (this.closed) return;
-    const w = this.words.words(addr);
+    // The engines pass a peer's address string, the same object packet after
+    // packet: one identity compare instead of a map lookup.
+    let w: Int32Array | null;
+    if (addr === this.lastAddr) w = this.lastWords;
+    else {
+      w = this.words.words(addr);
+      this.lastAddr = addr;
+      this.lastWords = w;
+    }
     if (w === null || len > BUF_SIZE) {
       this.opts.onSendError(1);
       return;

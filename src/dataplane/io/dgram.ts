@@ -82,7 +82,11 @@ export class DgramPorts implements UdpIo {
         }
         const sock: DgramSock = { s, family, port: s.address().port };
         const handler = this.opts.onDatagram;
-        s.on('message', (msg, rinfo) => handler(msg, msg.length, rinfo.address, rinfo.port, sock));
+        const batchStart = this.opts.onBatchStart;
+        s.on('message', (msg, rinfo) => {
+          if (batchStart !== undefined) batchStart();
+          handler(msg, msg.length, rinfo.address, rinfo.port, sock);
+        });
         this.socks.push(sock);
         resolve(sock);
       });

@@ -32,6 +32,11 @@ export interface UdpIoOptions {
   /** null: no IPv6 socket. */
   bindHost6?: string | null;
   onDatagram: DatagramHandler;
+  /**
+   * Called before the datagrams of each receive batch are handed over (dgram:
+   * before each datagram), so an engine can read the clock once per batch.
+   */
+  onBatchStart?: () => void;
   /** `n` datagrams the kernel refused (socket error, full send buffer). */
   onSendError: (n: number) => void;
   log: (msg: string) => void;

@@ -55,6 +55,8 @@ export interface RelayWorkerData {
   scanLimits?: unknown;
   /** workers × COUNTER_NAMES.length: the relay totals per worker. */
   counters: Float64Array;
+  /** The main engine's clockBase (every thread's packet clock must agree: the flow tables are shared). */
+  clockBase: number;
 }
 
 export type ToRelayWorker = { type: 'view'; seq: number; view: unknown; share: ViewShare } | { type: 'stop' };
