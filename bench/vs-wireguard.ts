@@ -29,7 +29,9 @@
 // BENCH_METRICS (comma list of ping, tcp_direct, tcp_relay, udp64; default all)
 // takes only some measurements, e.g. BENCH_METRICS=udp64 for the small-packet rate.
 // The load average is printed first and last: on a shared machine the absolute
-// figures move with it, the ratios much less.
+// figures move with it, the ratios much less. BENCH_WORKERS=N runs every
+// larktund with N packet worker threads (LARKTUN_WORKERS; default: the
+// daemon's own, one per core); run it with 1 and 2 to compare.
 // Not part of CI; skip it with `npm run bench -- -vs-wireguard`.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -47,6 +49,8 @@ const HZ = 100; // USER_HZ
 const IMPLS = (process.env.BENCH_IMPLS ?? `wireguard-go,larktun,larktun-plain${process.env.BENCH_BASE ? ',larktun-base' : ''}`).split(',');
 const BASE = process.env.BENCH_BASE ?? '';
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
+/** LARKTUN_WORKERS for every larktund (unset: the daemon's default, one per core). */
+const WORKERS = process.env.BENCH_WORKERS ?? process.env.LARKTUN_WORKERS ?? null;
 // BENCH_METRICS: which measurements to take (default all): ping, tcp_direct, tcp_relay, udp64.
 const METRIC_NAMES = ['ping', 'tcp_direct', 'tcp_relay', 'udp64'];
 const METRICS = (process.env.BENCH_METRICS ?? METRIC_NAMES.join(',')).split(',').map((m) => m.trim());
@@ -149,7 +153,10 @@ async function wireguardTopology(lab: Lab): Promise<Topology> {
 
 async function larktunTopology(lab: Lab, impl: 'larktun' | 'larktun-plain' | 'larktun-base'): Promise<Topology> {
   const ns = underlay(lab, impl);
-  const env: Record<string, string> = { LARKTUN_TUN_OFFLOAD: impl === 'larktun-plain' ? '0' : (process.env.LARKTUN_TUN_OFFLOAD ?? '1') };
+  const env: Record<string, string> = {
+    LARKTUN_TUN_OFFLOAD: impl === 'larktun-plain' ? '0' : (process.env.LARKTUN_TUN_OFFLOAD ?? '1'),
+    ...(WORKERS !== null ? { LARKTUN_WORKERS: WORKERS } : {}),
+  };
   const n = impl === 'larktun-plain' ? 'vsp' : impl === 'larktun-base' ? 'vsb' : 'vs';
   const bin = impl === 'larktun-base' ? path.join(BASE, 'bin', 'larktund') : undefined;
   if (bin !== undefined && !existsSync(path.join(BASE, 'dist', 'daemon', 'main.js'))) throw new Error(`BENCH_BASE=${BASE}: no dist/daemon/main.js there (build it first)`);
@@ -354,6 +361,7 @@ async function main(): Promise<void> {
       seconds: SECONDS,
       rounds: ROUNDS,
       mtu: MTU,
+      larktun_workers: WORKERS ?? `default (${os.availableParallelism()})`,
     })}\n`,
   );
   const lab = new Lab();

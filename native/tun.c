@@ -16,6 +16,15 @@
  * offloadMask, default all five flags).
  * A kernel that refuses IFF_VNET_HDR gets a plain device (vnetHdr false).
  * `offloads` is the TUN_F_* mask in force; `note` says what was refused.
+ *
+ * attach (with multiQueue): add one more queue to a multi-queue device that
+ * already exists (packet workers: one queue each). The device is never created
+ * here (ENOENT when it is gone), the vnet header is taken as `offload` says
+ * (the caller passes what the first queue got: TUNSETIFF sets the device's
+ * flags from each attach), and exactly
+ * `offloadMask` is set (what the first queue got; the offload features are the
+ * device's, so a different mask would change them for every queue); any
+ * refusal closes the new queue and throws.
  */
 #define _GNU_SOURCE
 #include <node_api.h>
@@ -26,6 +35,7 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <net/if.h>
+#include <stdbool.h>
 #include <linux/if_tun.h>
 
 /* Older UAPI headers lack the UDP segmentation offload flags (Linux 6.2). */
@@ -71,6 +81,7 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
   }
   int multi = 0;
   int offload = 0;
+  int attach = 0;
   unsigned mask = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6;
   if (argc >= 2) {
     napi_valuetype t;
@@ -86,6 +97,11 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
         bool b = false;
         if (napi_get_value_bool(env, off, &b) == napi_ok) offload = b;
       }
+      napi_value at;
+      if (napi_get_named_property(env, argv[1], "attach", &at) == napi_ok) {
+        bool b = false;
+        if (napi_get_value_bool(env, at, &b) == napi_ok) attach = b;
+      }
       napi_value m;
       if (napi_get_named_property(env, argv[1], "offloadMask", &m) == napi_ok) {
         uint32_t v;
@@ -94,13 +110,38 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
     }
   }
 
+  if (attach && !multi) {
+    napi_throw_type_error(env, NULL, "attach needs multiQueue");
+    return NULL;
+  }
+  if (attach && if_nametoindex(name) == 0) return throw_errno(env, "cannot attach a queue to", name, ENOENT);
   int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
   if (fd < 0) return throw_errno(env, "cannot open /dev/net/tun for", name, errno);
   struct ifreq ifr;
   char note[160] = "";
   int vnet = 0;
   unsigned offloads = 0;
-  if (offload) {
+  if (attach) {
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | (offload ? IFF_VNET_HDR : 0);
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    /* The kernel refuses (EINVAL) a device that is not multi-queue. */
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+      int err = errno;
+      close(fd);
+      return throw_errno(env, "cannot attach a queue to", name, err);
+    }
+    if (offload) {
+      int sz = 10;
+      if (ioctl(fd, TUNSETVNETHDRSZ, &sz) < 0 || ioctl(fd, TUNSETOFFLOAD, (unsigned long)mask) < 0) {
+        int err = errno;
+        close(fd);
+        return throw_errno(env, "cannot set the offloads of the new queue of", name, err);
+      }
+      vnet = 1;
+      offloads = mask;
+    }
+  } else if (offload) {
     memset(&ifr, 0, sizeof ifr);
     ifr.ifr_flags = IFF_TUN | IFF_NO_PI | IFF_VNET_HDR | (multi ? IFF_MULTI_QUEUE : 0);
     strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
@@ -114,7 +155,7 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
       return throw_errno(env, "cannot create TUN device", name, err);
     }
   }
-  if (vnet) {
+  if (vnet && !attach) {
     int sz = 10; /* sizeof(struct virtio_net_hdr): no mergeable-buffer count */
     if (ioctl(fd, TUNSETVNETHDRSZ, &sz) < 0) {
       int err = errno;
@@ -145,7 +186,7 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
       ioctl(fd, TUNSETOFFLOAD, 0UL);
       if (refused) snprintf(note, sizeof note, "kernel refused every TUNSETOFFLOAD (%s)", strerror(errno));
     }
-  } else {
+  } else if (!attach) {
     memset(&ifr, 0, sizeof ifr);
     ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (multi ? IFF_MULTI_QUEUE : 0);
     strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);

@@ -20,6 +20,7 @@
 //    sends addresses outside the overlay into the TUN, where nothing forwards them;
 //  - addresses of the other family (IPv6 next to an IPv4 virtual_subnet) are not
 //    compared: virtual_subnet names one family only.
+import { MAX_WORKERS } from '../dataplane/node-workers/count.js';
 import { readFileSync, statSync } from 'node:fs';
 import { parseTree, printParseErrorCode, type Node as JsonNode, type ParseError } from 'jsonc-parser';
 import { MAX_JSON_DEPTH, findTooDeep } from '../json/depth.js';
@@ -89,6 +90,8 @@ export interface Config {
   listenPorts: number[];
   obfuscate: boolean;
   peers: PeerConfig[];
+  /** Packet worker threads (1..MAX_WORKERS); null: not set (--workers, LARKTUN_WORKERS or the core count decide). */
+  workers: number | null;
 }
 
 export type Severity = 'error' | 'warning';
@@ -129,6 +132,7 @@ export const TOP_LEVEL_KEYS = [
   'listen_port',
   'obfuscate',
   'peers',
+  'workers',
 ] as const;
 
 export const PEER_KEYS = ['id', 'name', 'endpoint', 'allowed_src', 'psk'] as const;
@@ -619,6 +623,12 @@ function validate(raw: unknown): { config?: Config; problems: RawProblem[] } {
     }
   }
 
+  // workers
+  let workers: number | null = null;
+  if (has(raw, 'workers') && raw.workers !== null) {
+    workers = readInt(c, ['workers'], raw.workers, 1, MAX_WORKERS, '; 1 runs the packet engine on the main thread, omit it for one per core');
+  }
+
   // local_tun_mtu
   let mtu: number | null = DEFAULT_MTU;
   if (has(raw, 'local_tun_mtu')) {
@@ -842,6 +852,7 @@ function validate(raw: unknown): { config?: Config; problems: RawProblem[] } {
       localRoutes: localRoutes.map((r) => r.prefix),
       remoteRoutes: remoteRoutes.map((r) => r.prefix),
       keepaliveSecs: keepaliveSecs!,
+      workers,
       mtu: mtu!,
       listenPorts: listenPorts!,
       obfuscate,

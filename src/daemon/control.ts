@@ -7,7 +7,7 @@ import { open, rename, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { formatPrefix, prefixEqual } from '../net/addr.js';
 import { formatRule, type FwdRule } from '../net/lpm.js';
-import type { Engine } from '../dataplane/engine.js';
+import type { NodeEngine, WorkerStatus } from '../dataplane/engine.js';
 import type { TunOffloadStatus } from '../dataplane/tun.js';
 import { COUNTER_NAMES } from '../dataplane/counters.js';
 import { ioSummary, type UdpIoStatus } from '../dataplane/io/types.js';
@@ -26,7 +26,7 @@ export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
 export const POLICY_FILE = 'policy.lines';
 
 export interface ControlContext {
-  engine: Engine;
+  engine: NodeEngine;
   role: string;
   tunName: string | null;
   stateDir: string;
@@ -59,8 +59,12 @@ export interface StatusJson {
   rules: number;
   peers: PeerStatus[];
   counters: Record<string, number>;
-  /** The UDP I/O path (batched or dgram) and its offloads. */
+  /** The UDP I/O path (batched or dgram) and its offloads (with several workers: worker 0's path, counts summed). */
   udp_io: UdpIoStatus;
+  /** Packet threads (1: the engine runs on the main thread). */
+  workers: number;
+  /** Each packet thread's UDP path, TUN queue offloads and counters (`counters` above is their sum). */
+  per_worker: WorkerStatus[];
 }
 
 export function statusJson(ctx: ControlContext): StatusJson {
@@ -90,6 +94,8 @@ export function statusJson(ctx: ControlContext): StatusJson {
     })),
     counters: e.counters.toJSON(),
     udp_io: e.ioStatus(),
+    workers: e.workers,
+    per_worker: e.workerStatus(),
   };
 }
 
@@ -99,6 +105,7 @@ export function statusText(s: StatusJson): string {
     `udp_ports=${s.listen_ports.join(',')} tun=${s.tun ?? '-'} obfuscate=${s.obfuscate} rules=${s.rules} uptime=${s.uptime_seconds}s`,
     `udp_io=${ioSummary(s.udp_io)}`,
     ...(s.tun_offload ? [`tun_offload: ${offloadLine(s.tun_offload)}`] : []),
+    ...workerLines(s),
     `peers (${s.peers.length}):`,
   ];
   for (const p of s.peers) {
@@ -114,6 +121,19 @@ export function statusText(s: StatusJson): string {
   lines.push(`traffic: ${traffic.map((k) => `${k}=${c[k]}`).join(' ')}`);
   lines.push(`drops:   ${drops.map((k) => `${k.slice(5)}=${c[k]}`).join(' ')}`);
   return `${lines.join('\n')}\n`;
+}
+
+/** With several packet workers: one line each (path, TUN queue, what it carried). */
+function workerLines(s: StatusJson): string[] {
+  if (s.workers <= 1) return [];
+  return [
+    `workers=${s.workers}:`,
+    ...s.per_worker.map((w) => {
+      const c = w.counters;
+      const tun = w.tun_offload ? ` tun_queue=${offloadLine(w.tun_offload)}` : '';
+      return `  worker ${w.index}: udp_io=${ioSummary(w.udp_io)}${tun} udp_rx=${c.udp_rx_packets} udp_tx=${c.udp_tx_packets} tun_rx=${c.tun_rx_packets} tun_tx=${c.tun_tx_packets}`;
+    }),
+  ];
 }
 
 function offloadLine(o: TunOffloadStatus): string {
@@ -174,6 +194,7 @@ export async function handleLine(line: string, ctx: ControlContext): Promise<str
   const e = ctx.engine;
   switch (cmd.kind) {
     case 'status':
+      await e.refresh();
       return cmd.json ? `${JSON.stringify(statusJson(ctx))}\n` : statusText(statusJson(ctx));
     case 'policy-show':
       return policyText(e.rules);

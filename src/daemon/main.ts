@@ -1,7 +1,7 @@
 // larktund (also `subnetrad`): the node daemon. Three modes:
 //   standalone  larktund --config PATH [--check] [--print-network-plan] [--metrics HOST:PORT]
-//                        [--state-dir DIR] [--no-tun]
-//   managed     larktund [--state-dir DIR] [--tun NAME] [--port N] [--no-tun] [--metrics HOST:PORT]
+//                        [--state-dir DIR] [--no-tun] [--workers N]
+//   managed     larktund [--state-dir DIR] [--tun NAME] [--port N] [--no-tun] [--metrics HOST:PORT] [--workers N]
 //               (then `larktun up --login-server URL --authkey KEY`)
 //   relay       larktund --relay --server URL --relay-token TOKEN [--listen PORT[,PORT]] [--state-dir DIR]
 //                        [--metrics HOST:PORT]
@@ -14,8 +14,10 @@ import type net from 'node:net';
 import type { Registry } from 'prom-client';
 import { loadConfig, deriveRules, hasErrors, formatProblem, type Config } from './config.js';
 import { networkPlan, formatPlan, tunNameProblem } from './plan.js';
-import { Engine, BindError } from '../dataplane/engine.js';
-import { TunDevice } from '../dataplane/tun.js';
+import { Engine, BindError, type NodeEngine } from '../dataplane/engine.js';
+import { TunDevice, type TunQueueDesc } from '../dataplane/tun.js';
+import { WorkerEngine } from '../dataplane/node-workers/pool.js';
+import { chooseWorkers, type WorkerChoice } from '../dataplane/node-workers/count.js';
 import { MetricsListenError, buildStandaloneRegistry, startMetricsServer, type MetricsServer } from '../dataplane/metrics.js';
 import { buildManagedRegistry, buildRelayRegistry } from './metrics.js';
 import {
@@ -44,6 +46,7 @@ interface DaemonFlags {
   server?: string;
   relayToken?: string;
   listen?: string;
+  workers?: string;
 }
 
 class Exit extends Error {
@@ -122,6 +125,7 @@ async function runManaged(flags: DaemonFlags): Promise<void> {
   const nameProblem = tunNameProblem(tunName);
   if (nameProblem) throw new Exit(`--tun: ${nameProblem}`, 2);
   const withTun = flags.tun !== false;
+  const choice = workerChoice(flags, null);
   const node = new ManagedNode({
     stateDir,
     tunName,
@@ -129,11 +133,15 @@ async function runManaged(flags: DaemonFlags): Promise<void> {
     tun: withTun,
     os: withTun ? new OsNet() : null,
     log,
+    workers: choice.workers,
   });
   const metrics = metricsAt ? await serveMetrics(metricsAt, buildManagedRegistry(node)) : null;
   const sockPath = defaultSocketPath();
   const control = await startManagedControl(sockPath, node);
-  log(`${VERSION} running in managed mode: state=${stateDir} control=${sockPath} tun=${withTun ? tunName : 'none'}; state ${node.backendState}`);
+  log(
+    `${VERSION} running in managed mode: state=${stateDir} control=${sockPath} tun=${withTun ? tunName : 'none'} ` +
+      `workers=${choice.workers} (${choice.from}); state ${node.backendState}`,
+  );
   await node.init();
   await waitForSignal();
   control.close();
@@ -201,6 +209,8 @@ async function run(flags: DaemonFlags): Promise<void> {
     return;
   }
   const metricsAt = metricsAddress(flags);
+  const choice = workerChoice(flags, cfg.workers);
+  const workers = choice.workers;
 
   const stateDir = flags.stateDir ?? defaultStateDir();
   let rules = deriveRules(cfg);
@@ -211,16 +221,18 @@ async function run(flags: DaemonFlags): Promise<void> {
   }
 
   let tun: TunDevice | null = null;
+  let queues: TunQueueDesc[] = [];
   if (flags.tun !== false) {
     try {
-      tun = TunDevice.open(tunName);
+      if (workers === 1) tun = TunDevice.open(tunName);
+      else ({ dev: tun, queues } = TunDevice.openQueues(tunName, workers));
     } catch (err) {
       throw new Exit(`cannot open TUN device ${tunName}: ${(err as Error).message} (needs root or CAP_NET_ADMIN and /dev/net/tun)`, 1);
     }
     runPlan(plan);
   }
 
-  const engine = new Engine({
+  const engineOpts = {
     localId: cfg.localId,
     obfuscate: cfg.obfuscate,
     peers: cfg.peers.map((p) => ({
@@ -233,16 +245,25 @@ async function run(flags: DaemonFlags): Promise<void> {
     rules,
     keepaliveSecs: cfg.keepaliveSecs,
     listenPorts: cfg.listenPorts,
-    tun,
     log,
-  });
+  };
+  let engine: NodeEngine;
   try {
-    await engine.start();
+    if (workers === 1) {
+      const single = new Engine({ ...engineOpts, tun });
+      await single.start();
+      if (tun) tun.start(single.onTunPacket, single.counters);
+      engine = single;
+    } else {
+      const pool = new WorkerEngine({ ...engineOpts, workers, tun: tun ? { dev: tun, queues } : null });
+      await pool.start();
+      engine = pool;
+    }
   } catch (err) {
+    tun?.close();
     if (err instanceof BindError) throw new Exit(err.message, 1);
     throw err;
   }
-  if (tun) tun.start(engine.onTunPacket, engine.counters);
 
   let metrics: MetricsServer | null = null;
   if (metricsAt) {
@@ -256,12 +277,13 @@ async function run(flags: DaemonFlags): Promise<void> {
   }
 
   const sockPath = defaultSocketPath();
-  const ctx = { engine, role: cfg.role, tunName: tun ? tun.name : null, stateDir, tunOffload: tun ? () => tun!.offloadStatus() : undefined };
+  const ctx = { engine, role: cfg.role, tunName: tun ? tun.name : null, stateDir, tunOffload: tun ? () => engine.tunOffload()! : undefined };
   const control = await startControlServer(sockPath, ctx);
 
   log(
     `${VERSION} running: role=${cfg.role} local_id=${cfg.localId} udp=${cfg.listenPorts.join(',')} ` +
-      `tun=${tun ? `${tun.name} offload=${tun.offloadText()}` : 'none'} peers=${cfg.peers.length} rules=${rules.length} control=${sockPath}`,
+      `tun=${tun ? `${tun.name} offload=${tun.offloadText()}` : 'none'} peers=${cfg.peers.length} rules=${rules.length} ` +
+      `workers=${workers} (${choice.from}) control=${sockPath}`,
   );
 
   await waitForSignal();
@@ -270,6 +292,15 @@ async function run(flags: DaemonFlags): Promise<void> {
   await engine.stop();
   tun?.close();
   process.exit(0);
+}
+
+/** --workers / LARKTUN_WORKERS / the config key / one per core; a bad value is exit 2. */
+function workerChoice(flags: DaemonFlags, config: number | null): WorkerChoice {
+  try {
+    return chooseWorkers(flags.workers, config);
+  } catch (err) {
+    throw new Exit((err as Error).message, 2);
+  }
 }
 
 export async function main(argv: string[]): Promise<void> {
@@ -284,6 +315,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--no-tun', 'run without a TUN device (pure relay hub; no local delivery)')
     .option('--tun <name>', 'managed mode: TUN device name (default $LARKTUN_TUN or lark0)')
     .option('--port <n>', 'managed mode: UDP port of the link to the relay (default 41641)')
+    .option('--workers <n>', 'standalone and managed mode: packet worker threads (default $LARKTUN_WORKERS, the config key workers, else one per core; 1: the main thread)')
     .option('--relay', 'relay mode: serve the tenants the control server assigns to this relay')
     .option('--server <url>', 'relay mode: control server URL (default $LARKTUN_SERVER)')
     .option('--relay-token <token>', 'relay mode: the relay token (default $LARKTUN_RELAY_TOKEN)')

@@ -27,6 +27,7 @@ const MAX_LINE = 64 * 1024;
 
 async function handle(node: ManagedNode, line: string): Promise<string> {
   const t = line.trim();
+  if (t === 'status' || t === 'status --json') await node.refreshStatus();
   if (t === 'status') return managedStatusText(node.status());
   if (t === 'status --json') return `${JSON.stringify(node.status())}\n`;
   let req: ClientRequest;
@@ -54,6 +55,7 @@ async function handle(node: ManagedNode, line: string): Promise<string> {
         result = await node.logout();
         break;
       case 'status':
+        await node.refreshStatus();
         result = node.status();
         break;
       case 'exit-nodes':

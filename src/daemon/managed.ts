@@ -19,10 +19,11 @@ import { isIP } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import path from 'node:path';
 import { parseHostPort, parseIPv6 } from '../net/addr.js';
-import { Engine } from '../dataplane/engine.js';
+import { Engine, type NodeEngine, type WorkerStatus } from '../dataplane/engine.js';
+import { WorkerEngine } from '../dataplane/node-workers/pool.js';
 import { KEEPALIVE_MS, ROUTER_KEEPALIVE_MS } from '../dataplane/liveness.js';
-import { FilterState, PacketFilter } from '../dataplane/filter.js';
-import { TunDevice } from '../dataplane/tun.js';
+import { FilterState } from '../dataplane/filter.js';
+import { TunDevice, type TunQueueDesc } from '../dataplane/tun.js';
 import { SseClient } from './sse.js';
 import { DEFAULT_PREFS, PrefsError, prefsForSet, prefsForUp, type PrefFlags, type Prefs } from './prefs.js';
 import { applyPatch, applyPresence, checkMap, findPeer, planFromMap, type DataplanePlan, type NodeMap } from './mapplan.js';
@@ -55,6 +56,8 @@ export interface ManagedOptions {
    * ROUTER_KEEPALIVE_MS while the node has approved routes).
    */
   keepaliveSecs?: number;
+  /** Packet worker threads (default 1: the engine on the main thread; see node-workers/pool.ts). */
+  workers?: number;
 }
 
 interface Persisted {
@@ -137,9 +140,12 @@ export class ManagedNode {
   private map: NodeMap | null = null;
   private plan: DataplanePlan | null = null;
   private sse: SseClient | null = null;
-  private engine: Engine | null = null;
+  private engine: NodeEngine | null = null;
   private tun: TunDevice | null = null;
-  private readonly filter = new FilterState();
+  /** Every queue of the TUN when it has one per packet worker. */
+  private tunQueues: TunQueueDesc[] = [];
+  /** The node's inbound filter; its flow table is in shared memory when packet workers enforce it. */
+  private readonly filter: FilterState;
   private filterJson = '';
   private osJson = '';
   private serverState: { connected: boolean; error: string | null; since: number } = { connected: false, error: null, since: Date.now() };
@@ -159,6 +165,7 @@ export class ManagedNode {
 
   constructor(private readonly opts: ManagedOptions) {
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
+    this.filter = (opts.workers ?? 1) > 1 ? FilterState.createShared() : new FilterState();
     this.st = this.load();
   }
 
@@ -265,13 +272,13 @@ export class ManagedNode {
   }
 
   /** The live data-plane engine (null while stopped); for metrics, read only. */
-  get liveEngine(): Engine | null {
+  get liveEngine(): NodeEngine | null {
     return this.engine;
   }
 
   /** The node filter's flow-tracking counters; for metrics, read only. */
   get filterCounters(): Record<string, number> {
-    return this.filter.counters.toJSON();
+    return this.engine?.filterCounters() ?? this.filter.counters.toJSON();
   }
 
   get backendState(): BackendState {
@@ -450,15 +457,17 @@ export class ManagedNode {
     if (!map || !this.st.want_running) return;
     const plan = planFromMap(map, this.st.prefs);
     this.plan = plan;
+    const workers = this.opts.workers ?? 1;
     if (this.opts.tun && this.tun === null) {
       try {
-        this.tun = TunDevice.open(this.opts.tunName);
+        if (workers === 1) this.tun = TunDevice.open(this.opts.tunName);
+        else ({ dev: this.tun, queues: this.tunQueues } = TunDevice.openQueues(this.opts.tunName, workers));
       } catch (err) {
         throw new Error(`cannot open TUN device ${this.opts.tunName}: ${(err as Error).message} (needs root or CAP_NET_ADMIN and /dev/net/tun)`);
       }
     }
     if (this.engine === null) {
-      const engine = new Engine({
+      const engineOpts = {
         localId: plan.peers[0]?.localId ?? 1,
         obfuscate: true,
         peers: plan.peers,
@@ -467,13 +476,20 @@ export class ManagedNode {
         listenPorts: [this.opts.port],
         bindHost4: this.opts.bindHost4,
         bindHost6: this.opts.bindHost6,
-        tun: this.tun,
         log: this.opts.log,
-      });
-      engine.setFilter(this.filter);
-      await engine.start();
-      this.engine = engine;
-      this.tun?.start(engine.onTunPacket, engine.counters);
+      };
+      if (workers === 1) {
+        const engine = new Engine({ ...engineOpts, tun: this.tun });
+        engine.setFilter(this.filter);
+        await engine.start();
+        this.engine = engine;
+        this.tun?.start(engine.onTunPacket, engine.counters);
+      } else {
+        const pool = new WorkerEngine({ ...engineOpts, workers, tun: this.tun ? { dev: this.tun, queues: this.tunQueues } : null });
+        pool.setFilter(this.filter);
+        await pool.start();
+        this.engine = pool;
+      }
     } else {
       this.engine.setPeers(plan.peers);
       this.engine.setRules(plan.rules);
@@ -481,7 +497,7 @@ export class ManagedNode {
     if (this.opts.keepaliveSecs === undefined) this.engine.setKeepaliveInterval(map.self.approved_routes.length > 0 ? ROUTER_KEEPALIVE_MS : KEEPALIVE_MS);
     const fj = JSON.stringify(plan.filter);
     if (fj !== this.filterJson) {
-      this.filter.setFilter(PacketFilter.compile(plan.filter));
+      this.engine.setFilterRules(plan.filter);
       this.filterJson = fj;
     }
     if (this.opts.os && this.tun) {
@@ -536,6 +552,7 @@ export class ManagedNode {
     this.osJson = '';
     this.tun?.close();
     this.tun = null;
+    this.tunQueues = [];
     this.filterJson = '';
   }
 
@@ -863,6 +880,11 @@ export class ManagedNode {
 
   // ---- status ---------------------------------------------------------------
 
+  /** Brings the packet workers' I/O and TUN status up to date for status() (at once on one thread). */
+  refreshStatus(): Promise<void> {
+    return this.engine?.refresh() ?? Promise.resolve();
+  }
+
   status(): Record<string, unknown> {
     const now = Date.now();
     const map = this.map;
@@ -924,14 +946,16 @@ export class ManagedNode {
       exit_node: this.st.prefs.exitNode === null ? null : { wanted: this.st.prefs.exitNode, in_use: this.plan?.exitNode?.name ?? null, problem: this.plan?.exitProblem ?? null },
       prefs: this.st.prefs,
       tun: this.tun?.name ?? null,
-      tun_offload: this.tun?.offloadStatus() ?? null,
+      tun_offload: this.engine?.tunOffload() ?? this.tun?.offloadStatus() ?? null,
       listen_ports: this.engine?.listenPorts() ?? [],
       apply_error: this.applyError,
       first_map_seconds: this.firstMapAt !== null && this.upAt !== null ? (this.firstMapAt - this.upAt) / 1000 : null,
       uptime_seconds: Math.round((now - this.startedAt) / 1000),
       counters: this.engine ? this.engine.counters.toJSON() : {},
-      filter: this.filter.counters.toJSON(),
+      filter: this.filterCounters,
       udp_io: this.engine ? this.engine.ioStatus() : null,
+      workers: this.engine?.workers ?? this.opts.workers ?? 1,
+      per_worker: this.engine?.workerStatus() ?? [],
     };
   }
 }
@@ -1012,6 +1036,8 @@ export function managedStatusText(s: Record<string, unknown>): string {
     routes_in_use: string[];
     exit_node: { wanted: string; in_use: string | null; problem: string | null } | null;
     udp_io?: UdpIoStatus | null;
+    workers?: number;
+    per_worker?: WorkerStatus[];
   };
   const lines: string[] = [];
   lines.push(`state: ${st.state}${st.server.url ? `   server: ${st.server.url} (${st.server.connected ? 'connected' : `not connected${st.server.error ? `: ${st.server.error}` : ''}`})` : ''}`);
@@ -1026,6 +1052,13 @@ export function managedStatusText(s: Record<string, unknown>): string {
     lines.push(`relay: ${st.relay.name} ${st.relay.endpoint ?? ''} (${st.relay.online ? 'online' : 'offline'}, ${rtt}${heard})`);
   }
   if (st.udp_io) lines.push(`udp io: ${ioSummary(st.udp_io)}`);
+  if ((st.workers ?? 1) > 1) {
+    lines.push(`packet workers: ${st.workers}`);
+    for (const w of st.per_worker ?? []) {
+      const c = w.counters;
+      lines.push(`  worker ${w.index}: udp io ${ioSummary(w.udp_io)}; udp rx ${c.udp_rx_packets} tx ${c.udp_tx_packets}, tun rx ${c.tun_rx_packets} tx ${c.tun_tx_packets}`);
+    }
+  }
   if (st.exit_node) lines.push(`exit node: ${st.exit_node.in_use ?? `none (${st.exit_node.problem ?? 'waiting'})`}`);
   if (st.routes_in_use.length) lines.push(`routes in use: ${st.routes_in_use.join(', ')}`);
   if (st.peers.length) {

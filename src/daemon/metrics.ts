@@ -29,7 +29,7 @@
 //   larktun_relay_views_rejected_total, larktun_relay_health_reports_total{result}
 import { Counter, Gauge, Registry } from 'prom-client';
 import { COUNTER_HELP, COUNTER_NAMES, type CounterName } from '../dataplane/counters.js';
-import type { Engine } from '../dataplane/engine.js';
+import type { NodeEngine } from '../dataplane/engine.js';
 import { FILTER_COUNTER_HELP, type FilterCounterName } from '../dataplane/filter.js';
 import { registerCounters, registerLabelledCounters } from '../dataplane/metrics.js';
 import { RELAY_COUNTER_NAMES, RELAY_ONLINE_MS, type Namespace, type RelayEngine } from '../dataplane/relay.js';
@@ -94,7 +94,7 @@ function setEnum<L extends string>(g: Gauge<L>, label: L, values: readonly strin
 
 /** What the registry reads from a managed node (ManagedNode has all of it). */
 export interface ManagedMetricsSource {
-  readonly liveEngine: Engine | null;
+  readonly liveEngine: NodeEngine | null;
   readonly filterCounters: Record<string, number>;
   status(): Record<string, unknown>;
 }
@@ -152,6 +152,7 @@ export function buildManagedRegistry(node: ManagedMetricsSource): Registry {
 
   const b = (v: boolean): number => (v ? 1 : 0);
   gauge(reg, 'larktun_forwarding_rules', 'rules in the live forwarding table (absent while the data plane is down)', () => node.liveEngine?.rules.length ?? null);
+  gauge(reg, 'larktun_packet_workers', 'threads running the packet engine (1: the main thread; absent while the data plane is down)', () => node.liveEngine?.workers ?? null);
   labelledGauge(reg, 'larktun_node_state', 'backend state: 1 for the current one (NeedsLogin, Stopped, Starting, Running)', ['state'], (g) => setEnum(g, 'state', BACKEND_STATES, status().state));
   gauge(reg, 'larktun_node_server_connected', '1 while the map stream to the control server is open', () => b(status().serverConnected));
   gauge(reg, 'larktun_node_map_version', 'version of the network map in force (absent before the first map)', () => status().mapVersion);

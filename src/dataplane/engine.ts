@@ -12,9 +12,12 @@ import type { Prefix } from '../net/addr.js';
 import { ForwardingTable, PrefixMatcher, type FwdRule } from '../net/lpm.js';
 import { WireRx, WireTx, RxCode, HEADER_LEN, MAX_PLAINTEXT, OVERHEAD } from '../wire/index.js';
 import { Counters } from './counters.js';
-import type { FilterState } from './filter.js';
+import { PacketFilter, type FilterState } from './filter.js';
+import type { FilterRule } from '../acl/index.js';
 import { BUF_SIZE, createUdpIo, type UdpIo, type UdpIoStatus, type UdpSock } from './io/index.js';
 import { ScanLimiter, UNTRIED } from './scanlimit.js';
+import { SharedEndpoint } from './workers/endpoint.js';
+import type { TunOffloadStatus } from './tun.js';
 
 export { BindError } from './io/index.js';
 
@@ -35,6 +38,44 @@ export interface PeerSpec {
    * its routing exempts from the tunnel.
    */
   roam?: boolean;
+  /**
+   * Packet workers only (node-workers/): this peer's state shared by every
+   * worker of the engine. Absent on the single-threaded engine.
+   */
+  shared?: PeerShared;
+}
+
+/**
+ * One peer's state in shared memory, made by the main thread of a worker
+ * engine (node-workers/pool.ts) and posted to every worker: the link session
+ * (one sequence counter, one epoch and replay window: newTxShared/newRxShared;
+ * new ones on every key change), the learned endpoint and last-heard time
+ * (SharedEndpoint) and the statistics words (PEER_STATS_*).
+ */
+export interface PeerShared {
+  tx: Int32Array;
+  rx: Int32Array;
+  endpoint: SharedArrayBuffer;
+  stats: SharedArrayBuffer;
+}
+
+// Float64 words of PeerShared.stats: the keepalive awaiting its echo (absolute
+// ms, performance.timeOrigin + now, so any thread may time it; 0: none), the
+// last and smoothed RTT, when it was taken (Date.now()), then per worker w its
+// received and sent packets at PEER_STATS_PER_WORKER + 2w (+1).
+export const PEER_STATS_PROBE_AT = 0;
+export const PEER_STATS_RTT_LAST = 1;
+export const PEER_STATS_RTT_SMOOTH = 2;
+export const PEER_STATS_RTT_AT = 3;
+export const PEER_STATS_PER_WORKER = 4;
+
+/** The stats words of a peer for an engine of `workers` workers. */
+export function newPeerStats(workers: number): SharedArrayBuffer {
+  const b = new SharedArrayBuffer(8 * (PEER_STATS_PER_WORKER + 2 * workers));
+  const f = new Float64Array(b);
+  f[PEER_STATS_RTT_LAST] = -1;
+  f[PEER_STATS_RTT_SMOOTH] = -1;
+  return b;
 }
 
 export interface TunSink {
@@ -57,6 +98,13 @@ export interface EngineOptions {
   udpBatch?: boolean;
   /** UDP GRO/GSO on the batched path; default from LARKTUN_UDP_OFFLOAD, on when unset. */
   udpOffload?: boolean;
+  /**
+   * This engine is packet worker `index` of a worker engine (node-workers/):
+   * its sockets join the other workers' ports (SO_REUSEPORT), every peer has
+   * `shared` state, and the main thread resolves configured endpoints (the
+   * worker neither resolves nor re-resolves).
+   */
+  worker?: { index: number };
 }
 
 /** Engines with at most this many peers try them all without a scan budget (a scan is cheap). */
@@ -97,6 +145,9 @@ export class Peer {
   rttLastMs = -1;
   rttSmoothMs = -1;
   rttAtMs = 0;
+  /** Packet workers: the endpoint and stats every worker of the engine shares (null: single-threaded). */
+  readonly ep: SharedEndpoint | null;
+  readonly stats: Float64Array | null;
 
   constructor(spec: PeerSpec, localId: number, private readonly obfuscate: boolean) {
     this.id = spec.id;
@@ -106,19 +157,25 @@ export class Peer {
     this.localId = spec.localId ?? localId;
     this.roam = spec.roam ?? true;
     this.pskHex = spec.psk.toString('hex');
-    this.tx = new WireTx({ psk: spec.psk, from: this.localId, to: spec.id, obfuscate });
-    this.rx = new WireRx({ psk: spec.psk, from: spec.id, to: this.localId, obfuscate });
+    const sh = spec.shared;
+    this.ep = sh ? new SharedEndpoint(sh.endpoint) : null;
+    this.stats = sh ? new Float64Array(sh.stats) : null;
+    this.tx = new WireTx({ psk: spec.psk, from: this.localId, to: spec.id, obfuscate, shared: sh?.tx });
+    this.rx = new WireRx({ psk: spec.psk, from: spec.id, to: this.localId, obfuscate, shared: sh?.rx });
   }
 
-  /** New key or local id: sends switch now; the old key still opens datagrams for a grace period. */
-  rekey(psk: Buffer, localId: number, now: number): void {
+  /**
+   * New key or local id: sends switch now; the old key still opens datagrams for a grace period.
+   * `shared`: a packet worker's new session state (the main thread made it for this key).
+   */
+  rekey(psk: Buffer, localId: number, now: number, shared?: PeerShared): void {
     const sameId = localId === this.localId;
     this.rxPrev = sameId ? this.rx : null;
     this.prevUntilMs = sameId ? now + PREVIOUS_KEY_GRACE_MS : 0;
     this.localId = localId;
     this.pskHex = psk.toString('hex');
-    this.tx = new WireTx({ psk, from: localId, to: this.id, obfuscate: this.obfuscate });
-    this.rx = new WireRx({ psk, from: this.id, to: localId, obfuscate: this.obfuscate });
+    this.tx = new WireTx({ psk, from: localId, to: this.id, obfuscate: this.obfuscate, shared: shared?.tx });
+    this.rx = new WireRx({ psk, from: this.id, to: localId, obfuscate: this.obfuscate, shared: shared?.rx });
   }
 
   online(now: number): boolean {
@@ -134,8 +191,11 @@ export class Peer {
 /** Sees packets about to be written to the TUN; returns true when it consumed one. */
 export type TunInterceptor = (pkt: Buffer, len: number) => boolean;
 
-export class Engine {
+export class Engine implements NodeEngine {
   readonly counters = new Counters();
+  readonly workers = 1;
+  /** The TUN, when it is a TunDevice (for tunOffload()). */
+  private tunStatus: (() => TunOffloadStatus) | null = null;
   private readonly scan = new ScanLimiter();
   readonly localId: number;
   readonly obfuscate: boolean;
@@ -156,6 +216,8 @@ export class Engine {
   private resolveTimer: NodeJS.Timeout | null = null;
   private readonly log: (msg: string) => void;
   readonly startedAt = Date.now();
+  /** Packet worker index (-1: the single-threaded engine). */
+  readonly workerIndex: number;
 
   constructor(private readonly opts: EngineOptions) {
     this.localId = opts.localId;
@@ -165,7 +227,10 @@ export class Engine {
     for (const p of this.peers) this.byId[p.id] = p;
     this.table = ForwardingTable.build(opts.rules);
     this.tun = opts.tun;
+    const t = opts.tun as { offloadStatus?: () => TunOffloadStatus } | null;
+    if (t !== null && typeof t.offloadStatus === 'function') this.tunStatus = () => t.offloadStatus!();
     this.log = opts.log ?? (() => {});
+    this.workerIndex = opts.worker?.index ?? -1;
     this.udp = createUdpIo({
       ports: opts.listenPorts,
       bindHost4: opts.bindHost4,
@@ -177,20 +242,23 @@ export class Engine {
       log: this.log,
       batch: opts.udpBatch,
       offload: opts.udpOffload,
+      reusePort: opts.worker !== undefined,
     });
   }
 
   /** Binds every listen port (IPv4, and IPv6 when available), resolves endpoints, starts timers. */
   async start(): Promise<void> {
     await this.udp.start();
-    await Promise.all(this.peers.map((p) => this.resolvePeer(p)));
+    // A packet worker: the main thread resolves endpoints into the shared words.
+    const worker = this.workerIndex >= 0;
+    if (!worker) await Promise.all(this.peers.map((p) => this.resolvePeer(p)));
     this.started = true;
     this.setKeepaliveInterval(this.keepaliveMs);
     // Host-name endpoints: re-resolve peers that went quiet (address may have moved).
     this.resolveTimer = setInterval(() => {
       const now = Date.now();
       for (const p of this.peers) {
-        if (p.configuredEndpoint && isIP(p.configuredEndpoint.host) === 0 && !p.online(now)) {
+        if (!worker && p.configuredEndpoint && isIP(p.configuredEndpoint.host) === 0 && !p.online(now)) {
           void this.resolvePeer(p);
         }
         if (p.rxPrev !== null && now > p.prevUntilMs) p.rxPrev = null;
@@ -273,7 +341,18 @@ export class Engine {
     const now = Date.now();
     if (rx.keepalive) {
       c.keepalive_rx++;
-      if (peer.probeAt > 0) {
+      const st = peer.stats;
+      if (st !== null) {
+        const at = st[PEER_STATS_PROBE_AT]!;
+        if (at > 0) {
+          const sample = performance.timeOrigin + performance.now() - at;
+          st[PEER_STATS_PROBE_AT] = 0;
+          const smooth = st[PEER_STATS_RTT_SMOOTH]!;
+          st[PEER_STATS_RTT_LAST] = sample;
+          st[PEER_STATS_RTT_SMOOTH] = smooth < 0 ? sample : smooth + (sample - smooth) / 8;
+          st[PEER_STATS_RTT_AT] = now;
+        }
+      } else if (peer.probeAt > 0) {
         const sample = performance.now() - peer.probeAt;
         peer.probeAt = 0;
         peer.rttLastMs = sample;
@@ -295,11 +374,45 @@ export class Engine {
   }
 
   private touch(peer: Peer, addr: string, port: number, sock: UdpSock, now: number): void {
+    const ep = peer.ep;
+    if (ep !== null) {
+      // The shared last-heard time sits on the cache line every sending
+      // thread reads: written at most once per millisecond.
+      if (peer.lastSeenMs !== now) ep.lastSeenMs = now;
+      peer.lastSeenMs = now;
+      this.touchShared(peer, ep, addr, port, sock);
+      return;
+    }
     peer.lastSeenMs = now;
     if ((peer.roam || peer.addr === null) && (peer.addr !== addr || peer.port !== port || peer.sock !== sock)) {
       if (peer.addr !== null) this.counters.endpoint_changes++;
       this.setEndpoint(peer, addr, port, sock.family, sock);
     }
+  }
+
+  /** touch() of a packet worker: the endpoint is learned into the shared words, for every worker to send to. */
+  private touchShared(peer: Peer, ep: SharedEndpoint, addr: string, port: number, sock: UdpSock): void {
+    if (ep.refresh()) this.adoptShared(peer, ep);
+    if ((peer.roam || peer.addr === null) && (peer.addr !== addr || peer.port !== port || peer.sock !== sock)) {
+      if (peer.addr !== null) this.counters.endpoint_changes++;
+      ep.set(addr, port, sock.family, sock.port);
+      this.setEndpoint(peer, addr, port, sock.family, sock);
+    }
+  }
+
+  /** Takes this worker's copy of a shared endpoint that moved (learned by another worker or set by the main thread). */
+  private adoptShared(peer: Peer, ep: SharedEndpoint): void {
+    if (ep.addr === null) {
+      this.unindex(peer);
+      peer.addr = null;
+      peer.sock = null;
+      return;
+    }
+    let sock: UdpSock | null = null;
+    if (ep.localPort !== 0) {
+      for (const s of this.udp.socks) if (s.family === ep.family && s.port === ep.localPort) sock = s;
+    }
+    this.setEndpoint(peer, ep.addr, ep.port, ep.family, sock);
   }
 
   /** Tries the current key, then (during its grace period) the previous one. */
@@ -410,6 +523,8 @@ export class Engine {
       c.drop_oversized++;
       return false;
     }
+    const ep = peer.ep;
+    if (ep !== null && ep.refresh()) this.adoptShared(peer, ep);
     const sock = peer.sock;
     if (peer.addr === null || sock === null) {
       c.drop_no_endpoint++;
@@ -427,13 +542,37 @@ export class Engine {
   sendKeepalives(): void {
     const t = performance.now();
     for (const p of this.peers) {
+      const ep = p.ep;
+      if (ep !== null && ep.refresh()) this.adoptShared(p, ep);
       if (p.addr !== null && this.sendTo(p, this.plain, 0, true)) {
         this.counters.keepalive_tx++;
         // The echo is timed from the newest keepalive: a lost echo costs no
         // sample, and an echo slower than the keepalive interval reads short.
         p.probeAt = t;
+        if (p.stats !== null) p.stats[PEER_STATS_PROBE_AT] = performance.timeOrigin + t;
       }
     }
+  }
+
+  /**
+   * Packet workers: copies this worker's counters into `f` at `off` and each
+   * peer's packet counts into its shared stats (the main thread sums them).
+   */
+  publish(f: Float64Array, off: number): void {
+    this.counters.writeTo(f, off);
+    const w = this.workerIndex;
+    if (w < 0) return;
+    for (const p of this.peers) {
+      const st = p.stats;
+      if (st === null) continue;
+      st[PEER_STATS_PER_WORKER + 2 * w] = p.rxPackets;
+      st[PEER_STATS_PER_WORKER + 2 * w + 1] = p.txPackets;
+    }
+  }
+
+  /** Hands what the UDP side queued to the kernel now (a worker stopping). */
+  flushUdp(): void {
+    this.udp.flush();
   }
 
   // ---- control ------------------------------------------------------------
@@ -450,6 +589,16 @@ export class Engine {
   /** Enforce a packet filter on packets delivered to the TUN (null: none). */
   setFilter(f: FilterState | null): void {
     this.filter = f;
+  }
+
+  /** A new policy for the filter set with setFilter (compiled here; flows are kept, see FilterState.setFilter). */
+  setFilterRules(rules: readonly FilterRule[]): void {
+    this.filter?.setFilter(PacketFilter.compile(rules));
+  }
+
+  /** The filter's verdict counters (null: no filter). */
+  filterCounters(): Record<string, number> | null {
+    return this.filter === null ? null : this.filter.counters.toJSON();
   }
 
   setInterceptor(i: TunInterceptor | null): void {
@@ -478,18 +627,18 @@ export class Engine {
         const np = new Peer(s, this.localId, this.obfuscate);
         this.peers.push(np);
         this.byId[np.id] = np;
-        void this.resolvePeer(np);
+        if (this.workerIndex < 0) void this.resolvePeer(np);
         continue;
       }
       const localId = s.localId ?? this.localId;
-      if (p.pskHex !== s.psk.toString('hex') || p.localId !== localId) p.rekey(s.psk, localId, now);
+      if (p.pskHex !== s.psk.toString('hex') || p.localId !== localId) p.rekey(s.psk, localId, now, s.shared);
       p.name = s.name;
       p.roam = s.roam ?? true;
       p.allowedSrc = new PrefixMatcher(s.allowedSrc);
       const ep = s.endpoint;
       const moved = JSON.stringify(ep) !== JSON.stringify(p.configuredEndpoint);
       p.configuredEndpoint = ep;
-      if (moved) {
+      if (moved && this.workerIndex < 0) {
         p.lastSeenMs = 0; // the configured endpoint changed: use it, not what was learned
         void this.resolvePeer(p);
       }
@@ -536,6 +685,19 @@ export class Engine {
     return this.udp.status();
   }
 
+  /** Single-threaded: everything is read live. */
+  refresh(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  workerStatus(): WorkerStatus[] {
+    return [{ index: 0, udp_io: this.udp.status(), tun_offload: this.tunOffload(), counters: this.counters.toJSON() }];
+  }
+
+  tunOffload(): TunOffloadStatus | null {
+    return this.tunStatus === null ? null : this.tunStatus();
+  }
+
   async stop(): Promise<void> {
     this.started = false;
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
@@ -543,4 +705,63 @@ export class Engine {
     if (this.resolveTimer) clearInterval(this.resolveTimer);
     await this.udp.close();
   }
+}
+
+/** What status, metrics and the daemons read of a peer (Engine's Peer, or a worker engine's view of one). */
+export interface PeerView {
+  readonly id: number;
+  readonly name: string;
+  readonly allowedSrc: PrefixMatcher;
+  readonly lastSeenMs: number;
+  readonly rxPackets: number;
+  readonly txPackets: number;
+  readonly rttLastMs: number;
+  readonly rttSmoothMs: number;
+  readonly rttAtMs: number;
+  online(now: number): boolean;
+  endpointText(): string | null;
+}
+
+/** One packet thread of an engine, for status: its UDP path and offloads, its TUN queue, its counters. */
+export interface WorkerStatus {
+  index: number;
+  udp_io: UdpIoStatus;
+  tun_offload: TunOffloadStatus | null;
+  counters: Record<string, number>;
+}
+
+/**
+ * The data plane as the daemons drive it: the single-threaded Engine, or a
+ * worker engine (node-workers/pool.ts) running N Engines on worker threads.
+ */
+export interface NodeEngine {
+  readonly counters: Counters;
+  readonly localId: number;
+  readonly obfuscate: boolean;
+  readonly peers: readonly PeerView[];
+  readonly startedAt: number;
+  readonly rules: readonly FwdRule[];
+  /** Packet threads (1: the single-threaded engine). */
+  readonly workers: number;
+  setRules(rules: readonly FwdRule[]): void;
+  setFilter(f: FilterState | null): void;
+  /** A new policy for the filter (every thread compiles it; tracked flows are kept). */
+  setFilterRules(rules: readonly FilterRule[]): void;
+  /** The filter's verdict counters, summed over the packet threads (null: no filter). */
+  filterCounters(): Record<string, number> | null;
+  setInterceptor(i: TunInterceptor | null): void;
+  inject(pkt: Buffer, len: number): void;
+  setPeers(specs: PeerSpec[]): void;
+  hasPeer(id: number): boolean;
+  peer(id: number): PeerView | undefined;
+  listenPorts(): number[];
+  setKeepaliveInterval(ms: number): void;
+  boundAddresses(): { family: 4 | 6; port: number }[];
+  ioStatus(): UdpIoStatus;
+  /** Brings ioStatus/workerStatus/tunOffload up to date (a worker engine asks its workers). */
+  refresh(): Promise<void>;
+  workerStatus(): WorkerStatus[];
+  /** The TUN's offloads summed over its queues (null: no TUN or not known here). */
+  tunOffload(): TunOffloadStatus | null;
+  stop(): Promise<void>;
 }

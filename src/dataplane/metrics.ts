@@ -6,10 +6,10 @@
 import http from 'node:http';
 import { Registry, Gauge, Counter } from 'prom-client';
 import { COUNTER_HELP, COUNTER_NAMES } from './counters.js';
-import type { Engine } from './engine.js';
+import type { NodeEngine } from './engine.js';
 
 export interface MetricsContext {
-  engine: Engine;
+  engine: NodeEngine;
 }
 
 /**
@@ -101,7 +101,22 @@ export function buildStandaloneRegistry(ctx: MetricsContext): Registry {
       rules.set(ctx.engine.rules.length);
     },
   });
+  registerWorkersGauge(reg, () => ctx.engine.workers);
   return reg;
+}
+
+/** `larktun_packet_workers`: how many threads run the packet engine (the counters are their sum). */
+export function registerWorkersGauge(reg: Registry, read: () => number | null): void {
+  const g = new Gauge({
+    name: 'larktun_packet_workers',
+    help: 'threads running the packet engine (1: the main thread); the packet counters are summed over them',
+    registers: [reg],
+    collect() {
+      g.reset();
+      const n = read();
+      if (n !== null) g.set(n);
+    },
+  });
 }
 
 /** The server could not listen (port in use, no such address, …): the message says which and why. */

@@ -14,18 +14,19 @@
 // back stepwise (see native/tun.c) and `offloadStatus()` says what is in use.
 import { createRequire } from 'node:module';
 import { closeSync, existsSync, writeSync } from 'node:fs';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
 import { GroBatch, splitGso, SplitResult, VNET_HDR_LEN, MAX_GSO_PACKET } from './offload.js';
 import type { Counters } from './counters.js';
+import { spawnWorker } from '../runtime/worker.js';
 
 interface NativeTun {
   open(
     name: string,
-    opts?: { multiQueue?: boolean; offload?: boolean; offloadMask?: number },
+    opts?: { multiQueue?: boolean; attach?: boolean; offload?: boolean; offloadMask?: number },
   ): { fd: number; name: string; vnetHdr?: boolean; offloads?: number; note?: string };
 }
 
@@ -94,6 +95,15 @@ export function offloadMask(env: NodeJS.ProcessEnv = process.env): number {
 
 export type PacketHandler = (buf: Buffer, len: number) => void;
 
+/** One queue of a (multi-queue) TUN device, as handed to a packet worker (structured-cloneable). */
+export interface TunQueueDesc {
+  name: string;
+  fd: number;
+  vnetHdr: boolean;
+  offloads: number;
+  note: string;
+}
+
 export class TunDevice {
   readonly name: string;
   readonly fd: number;
@@ -116,11 +126,30 @@ export class TunDevice {
   private readonly scratch: Buffer;
   private readonly gro: GroBatch | null;
   private flushScheduled = false;
+  private closed = false;
   private counters: Counters | null = null;
+  /** A queue handed to a packet worker: close() stops reading but leaves the fd and the device to their owner. */
+  private readonly borrowed: boolean;
+  /**
+   * Packet workers: a writer per queue of the device (this one's included);
+   * each packet is written on the queue its flow hashes to (flowQueue), so
+   * the kernel's flow steering reads the flow's packets from that queue.
+   */
+  private steer: { fd: number; gro: GroBatch | null }[] | null = null;
+  /**
+   * Packet workers: which queue each flow was last read from (FLOW_SLOTS
+   * words shared by the workers of one device; see flowSlot). A packet is
+   * written on the queue its flow is read from, so the kernel's flow
+   * steering, which follows the queue that last wrote a flow, never moves a
+   * flow to another queue (and worker) while its packets are in flight.
+   */
+  private flowTable: Int32Array | null = null;
+  private queueIndex = 0;
   private gsoReads = 0;
   private gsoSegments = 0;
 
-  private constructor(name: string, fd: number, vnetHdr: boolean, offloads: number, note: string) {
+  private constructor(name: string, fd: number, vnetHdr: boolean, offloads: number, note: string, borrowed = false) {
+    this.borrowed = borrowed;
     this.name = name;
     this.fd = fd;
     this.vnetHdr = vnetHdr;
@@ -154,7 +183,70 @@ export class TunDevice {
    */
   static open(name: string, opts: { offloadMask?: number } = {}): TunDevice {
     const mask = opts.offloadMask ?? offloadMask();
-    const t = loadNative().open(name, { offload: mask !== 0, offloadMask: mask });
+    return TunDevice.fromOpen(loadNative().open(name, { offload: mask !== 0, offloadMask: mask }), mask);
+  }
+
+  /**
+   * Opens the device with `queues` queues (IFF_MULTI_QUEUE when more than one):
+   * the first is opened like open() (offload fallbacks included), the others
+   * are attached with exactly its vnet header and offloads. Returns the device
+   * object of the first queue (name, status, close() deletes the device) and a
+   * descriptor of every queue, the first included, for packet workers
+   * (TunDevice.fromQueue). The extra fds are the caller's to close
+   * (closeQueues) after the workers stopped.
+   */
+  static openQueues(name: string, queues: number, opts: { offloadMask?: number } = {}): { dev: TunDevice; queues: TunQueueDesc[] } {
+    if (queues < 1) throw new RangeError('queues must be at least 1');
+    const mask = opts.offloadMask ?? offloadMask();
+    const native = loadNative();
+    const first = native.open(name, { multiQueue: queues > 1, offload: mask !== 0, offloadMask: mask });
+    const dev = TunDevice.fromOpen(first, mask);
+    const out: TunQueueDesc[] = [{ name: dev.name, fd: dev.fd, vnetHdr: dev.vnetHdr, offloads: dev.offloads, note: dev.note }];
+    try {
+      for (let i = 1; i < queues; i++) {
+        const q = native.open(dev.name, { multiQueue: true, attach: true, offload: dev.vnetHdr, offloadMask: dev.offloads });
+        out.push({ name: dev.name, fd: q.fd, vnetHdr: dev.vnetHdr, offloads: dev.offloads, note: dev.note });
+      }
+    } catch (err) {
+      TunDevice.closeQueues(out.slice(1));
+      dev.close();
+      throw err;
+    }
+    return { dev, queues: out };
+  }
+
+  /** Closes the fds of queues 2..n (the first belongs to the device object). */
+  static closeQueues(queues: TunQueueDesc[]): void {
+    for (const q of queues) {
+      try {
+        closeSync(q.fd);
+      } catch {
+        /* already closed */
+      }
+    }
+  }
+
+  /**
+   * A queue opened by openQueues, in a packet worker: reads it; close() leaves
+   * fd and device alone. `all` (every queue of the device, in order): each
+   * packet is written on the queue of its flow (flowQueue) rather than this one.
+   */
+  static fromQueue(q: TunQueueDesc, all: TunQueueDesc[] = [], flows: SharedArrayBuffer | null = null): TunDevice {
+    const t = new TunDevice(q.name, q.fd, q.vnetHdr, q.offloads, q.note, true);
+    if (all.length > 1) {
+      if (flows === null || flows.byteLength !== FLOW_SLOTS * 4) throw new TypeError('a steered queue needs the flow table (newFlowTable())');
+      t.flowTable = new Int32Array(flows);
+      t.queueIndex = all.findIndex((x) => x.fd === q.fd);
+      t.steer = all.map((x) =>
+        x.fd === q.fd
+          ? { fd: q.fd, gro: t.gro }
+          : { fd: x.fd, gro: t.vnetHdr ? new GroBatch((b, o, l) => rawWriteFd(x.fd, b, o, l), (t.offloads & TUN_F_TSO4) !== 0, (t.offloads & TUN_F_USO4) !== 0) : null },
+      );
+    }
+    return t;
+  }
+
+  private static fromOpen(t: { fd: number; name: string; vnetHdr?: boolean; offloads?: number; note?: string }, mask: number): TunDevice {
     let note = t.note ?? '';
     if (mask === 0) note = 'off: LARKTUN_TUN_OFFLOAD=0';
     else if ((mask & TUN_F_TSO4) === 0 && note === '') note = 'no TSO: LARKTUN_TUN_OFFLOAD=csum';
@@ -180,10 +272,10 @@ export class TunDevice {
       note: this.note,
       gso_reads: this.gsoReads,
       gso_segments: this.gsoSegments,
-      gro_writes: this.gro?.superPackets ?? 0,
-      gro_segments: this.gro?.coalesced ?? 0,
-      uso_writes: this.gro?.udpSuperPackets ?? 0,
-      uso_segments: this.gro?.udpCoalesced ?? 0,
+      gro_writes: this.gros().reduce((n, g) => n + g.superPackets, 0),
+      gro_segments: this.gros().reduce((n, g) => n + g.coalesced, 0),
+      uso_writes: this.gros().reduce((n, g) => n + g.udpSuperPackets, 0),
+      uso_segments: this.gros().reduce((n, g) => n + g.udpCoalesced, 0),
     };
   }
 
@@ -204,11 +296,7 @@ export class TunDevice {
     this.counters = counters ?? null;
     if (this.running) return;
     this.running = true;
-    const workerFile = new URL(
-      import.meta.url.endsWith('.ts') ? './tun-worker.ts' : './tun-worker.js',
-      import.meta.url,
-    );
-    this.worker = new Worker(workerFile, {
+    this.worker = spawnWorker(import.meta.url, 'tun-worker', {
       workerData: {
         fd: this.fd,
         ctrl: this.ctrl.buffer,
@@ -246,6 +334,7 @@ export class TunDevice {
         try {
           if (this.vnetHdr) packets += this.deliverVnet(slot, onPacket);
           else {
+            if (this.flowTable !== null) this.noteRead(this.slotViews[slot]!, this.lens[slot]!);
             onPacket(this.slotViews[slot]!, this.lens[slot]!);
             packets++;
           }
@@ -271,6 +360,7 @@ export class TunDevice {
       return 1;
     }
     const gso = hdr[1]! !== 0;
+    if (this.flowTable !== null) this.noteRead(this.pktViews[slot]!, len - VNET_HDR_LEN);
     this.sink = onPacket;
     this.emitted = 0;
     const r = splitGso(hdr, 0, len, this.pktViews[slot]!, this.scratch, this.emit);
@@ -294,16 +384,18 @@ export class TunDevice {
   };
 
   private rawWrite(buf: Buffer, off: number, len: number): boolean {
-    try {
-      return writeSync(this.fd, buf, off, len) === len;
-    } catch {
-      return false;
-    }
+    return rawWriteFd(this.fd, buf, off, len);
+  }
+
+  /** Every coalescing batch of this device object (one, or one per queue when steering). */
+  private gros(): GroBatch[] {
+    if (this.steer !== null) return this.steer.flatMap((w) => (w.gro ? [w.gro] : []));
+    return this.gro ? [this.gro] : [];
   }
 
   private readonly flushNow = (): void => {
     this.flushScheduled = false;
-    this.gro?.flush();
+    this.flush();
   };
 
   /**
@@ -312,8 +404,39 @@ export class TunDevice {
    * turn to be coalesced with the ones after it (the bytes are copied).
    */
   write(buf: Buffer, off: number, len: number): boolean {
-    const gro = this.gro;
-    if (gro === null) return this.rawWrite(buf, off, len);
+    const st = this.steer;
+    if (st !== null) {
+      const w = st[this.queueFor(buf, off, len, st.length)]!;
+      return this.writeVia(w.gro, w.fd, buf, off, len);
+    }
+    return this.writeVia(this.gro, this.fd, buf, off, len);
+  }
+
+  /** Records that this packet's flow is read from this queue (a store only when that changed). */
+  private noteRead(p: Buffer, len: number): void {
+    const h = flowHash(p, 0, len);
+    if (h === NOT_IP) return;
+    const t = this.flowTable!;
+    const i = h & (FLOW_SLOTS - 1);
+    const e = flowEntry(h, this.queueIndex);
+    if (t[i] !== e) t[i] = e;
+  }
+
+  /** The queue to write a packet on: where its flow is read from, else the queue its hash picks. */
+  private queueFor(p: Buffer, off: number, len: number, queues: number): number {
+    const h = flowHash(p, off, len);
+    if (h === NOT_IP) return 0;
+    const e = this.flowTable![h & (FLOW_SLOTS - 1)]!;
+    if (e !== 0 && e >>> 8 === h >>> FLOW_SLOT_BITS) {
+      const q = (e & 0xff) - 1;
+      if (q < queues) return q;
+    }
+    return (h >>> 0) % queues;
+  }
+
+  private writeVia(gro: GroBatch | null, fd: number, buf: Buffer, off: number, len: number): boolean {
+    if (this.closed) return false;
+    if (gro === null) return rawWriteFd(fd, buf, off, len);
     const ok = gro.add(off === 0 ? buf : buf.subarray(off, off + len), len);
     if (gro.pending && !this.flushScheduled) {
       this.flushScheduled = true;
@@ -324,14 +447,25 @@ export class TunDevice {
 
   /** Writes whatever is held for coalescing now. */
   flush(): void {
-    this.gro?.flush();
+    if (this.closed) return;
+    const st = this.steer;
+    if (st === null) this.gro?.flush();
+    else for (let i = 0; i < st.length; i++) st[i]!.gro?.flush();
   }
 
+  /**
+   * Flushes, stops the reader, deletes the device and closes the fd. Once:
+   * a second call does nothing (the fd number may belong to something else by then).
+   */
   close(): void {
+    if (this.closed) return;
     this.flush();
+    this.closed = true;
     this.running = false;
     Atomics.store(this.ctrl, 2, 1);
     Atomics.notify(this.ctrl, 1);
+    // A worker's queue: its reader wakes when the owner deletes the device.
+    if (this.borrowed) return;
     // The reader may be blocked in read(), which closing our fd does not wake;
     // deleting the interface detaches the queue and wakes it with an error.
     spawnSync('ip', ['link', 'delete', this.name], { stdio: 'ignore' });
@@ -341,4 +475,72 @@ export class TunDevice {
       /* already closed */
     }
   }
+}
+
+function rawWriteFd(fd: number, buf: Buffer, off: number, len: number): boolean {
+  try {
+    return writeSync(fd, buf, off, len) === len;
+  } catch {
+    return false;
+  }
+}
+
+/** Slots of a device's flow table (see TunDevice.flowTable): 2^FLOW_SLOT_BITS words. */
+const FLOW_SLOT_BITS = 12;
+export const FLOW_SLOTS = 1 << FLOW_SLOT_BITS;
+
+/** The shared flow table of a device whose queues packet workers read (one per device). */
+export function newFlowTable(): SharedArrayBuffer {
+  return new SharedArrayBuffer(FLOW_SLOTS * 4);
+}
+
+/** A slot's word: the hash bits above the slot index (a tag telling flows of one slot apart), then queue + 1. */
+function flowEntry(h: number, queue: number): number {
+  return ((h >>> FLOW_SLOT_BITS) << 8) | (queue + 1);
+}
+
+const NOT_IP = -1;
+
+/**
+ * The queue (0..queues-1) of an IP packet's flow by its hash alone (flowHash);
+ * packets that are not IP go to queue 0.
+ */
+export function flowQueue(p: Buffer, off: number, len: number, queues: number): number {
+  if (queues <= 1) return 0;
+  const h = flowHash(p, off, len);
+  return h === NOT_IP ? 0 : (h >>> 0) % queues;
+}
+
+/**
+ * A hash of an IP packet's addresses, protocol and (TCP/UDP/SCTP,
+ * unfragmented) ports that is the same in both directions, as a non-negative
+ * 31-bit integer; NOT_IP (-1) for anything else. Integer arithmetic only: no
+ * allocation.
+ */
+export function flowHash(p: Buffer, off: number, len: number): number {
+  if (len < 20) return NOT_IP;
+  const v = p[off]! >> 4;
+  let h: number;
+  let proto: number;
+  let l4: number;
+  if (v === 4) {
+    h = ((p[off + 12]! ^ p[off + 16]!) << 24) | ((p[off + 13]! ^ p[off + 17]!) << 16) | ((p[off + 14]! ^ p[off + 18]!) << 8) | (p[off + 15]! ^ p[off + 19]!);
+    proto = p[off + 9]!;
+    // Ports only in an unfragmented packet (a later fragment has none).
+    l4 = (p[off + 6]! & 0x3f) === 0 && p[off + 7] === 0 ? (p[off]! & 15) * 4 : -1;
+  } else if (v === 6 && len >= 40) {
+    h = 0;
+    for (let i = 8; i < 24; i += 4) {
+      h ^= ((p[off + i]! ^ p[off + i + 16]!) << 24) | ((p[off + i + 1]! ^ p[off + i + 17]!) << 16) | ((p[off + i + 2]! ^ p[off + i + 18]!) << 8) | (p[off + i + 3]! ^ p[off + i + 19]!);
+    }
+    proto = p[off + 6]!;
+    l4 = 40;
+  } else return NOT_IP;
+  h ^= proto;
+  if ((proto === 6 || proto === 17 || proto === 132) && l4 > 0 && len >= l4 + 4) {
+    h ^= (((p[off + l4]! ^ p[off + l4 + 2]!) << 8) | (p[off + l4 + 1]! ^ p[off + l4 + 3]!)) << 8;
+  }
+  h = Math.imul(h ^ (h >>> 16), 0x45d9f3b);
+  h = Math.imul(h ^ (h >>> 16), 0x45d9f3b);
+  return (h ^ (h >>> 16)) & 0x7fffffff;
 }

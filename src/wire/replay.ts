@@ -14,12 +14,19 @@
 // the high halves differ by at most one, where hi * 2^32 + lo differences stay
 // below 2^33 and are exact as JS numbers. No BigInt, no allocation.
 
-/** How many sequence numbers at or below the highest one are tracked. */
-export const REPLAY_WINDOW = 1024;
+/**
+ * How many sequence numbers at or below the highest one are tracked. 8192
+ * (WireGuard's size): a peer whose packet engine runs on several threads seals
+ * from one shared counter, and a thread delayed between sealing and sending
+ * (a batch of up to 256 datagrams, a preemption on a busy host) lands its
+ * datagrams thousands of numbers behind the others'; 1024 turned that into
+ * loss (measured: ~1 600 drops per 4 s of 4-stream iperf3 at 1 Gbit/s).
+ */
+export const REPLAY_WINDOW = 8192;
 
 const WORD_BITS = 32;
 /** Ring size in words: a power of two above REPLAY_WINDOW / WORD_BITS. */
-const RING_WORDS = 64;
+const RING_WORDS = 512;
 const RING_MASK = RING_WORDS - 1;
 const TWO_32 = 4294967296;
 /** Words per 2^32 sequence numbers (one step of the high half). */

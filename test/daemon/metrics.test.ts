@@ -141,7 +141,7 @@ test('standalone: the registry keeps its metric names; counters follow the engin
   const names = new Set((await scrape(m.port)).map((s) => s.name));
   assert.deepEqual(
     [...names].sort(),
-    [...COUNTER_NAMES.map((n) => `larktun_${n}_total`), 'larktun_peer_online', 'larktun_forwarding_rules'].sort(),
+    [...COUNTER_NAMES.map((n) => `larktun_${n}_total`), 'larktun_peer_online', 'larktun_forwarding_rules', 'larktun_packet_workers'].sort(),
     'peer_last_seen_age_seconds is absent until the peer is heard',
   );
   const junk = await udpSocket();
@@ -152,6 +152,7 @@ test('standalone: the registry keeps its metric names; counters follow the engin
   });
   assert.equal(value(s, 'larktun_peer_online', { id: '2', name: 'a' }), 0);
   assert.equal(value(s, 'larktun_forwarding_rules'), 0);
+  assert.equal(value(s, 'larktun_packet_workers'), 1);
 });
 
 // ---- managed ------------------------------------------------------------------------
@@ -194,7 +195,7 @@ test('managed: a logged-out node exports its state, zero engine counters, and no
   assert.equal(value(s, 'larktun_node_peers'), 0);
   assert.equal(value(s, 'larktun_node_relay_online'), 0);
   assert.equal(value(s, 'larktun_node_exit_node_in_use'), 0);
-  for (const absent of ['larktun_forwarding_rules', 'larktun_node_map_version', 'larktun_node_relay_last_seen_age_seconds', 'larktun_node_relay_rtt_seconds']) {
+  for (const absent of ['larktun_forwarding_rules', 'larktun_node_map_version', 'larktun_node_relay_last_seen_age_seconds', 'larktun_node_relay_rtt_seconds', 'larktun_packet_workers']) {
     assert.equal(s.filter((x) => x.name === absent).length, 0, `${absent} is absent`);
   }
 });
@@ -250,6 +251,7 @@ test('managed: a running node (saved state and map) exports engine, map and rela
   assert.equal(value(s, 'larktun_udp_rx_packets_total'), 1);
   assert.equal(value(s, 'larktun_udp_rx_packets_total'), engine.counters.udp_rx_packets);
   assert.equal(value(s, 'larktun_node_relay_online'), 1);
+  assert.equal(value(s, 'larktun_packet_workers'), 1);
   const age = value(s, 'larktun_node_relay_last_seen_age_seconds');
   assert.ok(age !== undefined && age >= 0 && age < 5, `age ${age}`);
   // The answer timed the node's keepalive: status().relay.rtt_ms, in seconds.

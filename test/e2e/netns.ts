@@ -57,8 +57,15 @@ export class Lab {
   readonly procs: ChildProcess[] = [];
   readonly dir = mkdtempSync(path.join(tmpdir(), 'larktun-e2e-'));
   private readonly tag = (process.pid % 10000).toString(36);
-  /** LARKTUN_LAB_PREFIX: namespace name prefix (default "lk"), so parallel runs on one machine can tell theirs apart. */
-  private readonly prefix = process.env.LARKTUN_LAB_PREFIX ?? 'lk';
+  /**
+   * Namespace name prefix: `prefix` when given (a test file's own), else
+   * LARKTUN_LAB_PREFIX, else "lk", so parallel runs on one machine can tell theirs apart.
+   */
+  private readonly prefix: string;
+
+  constructor(prefix?: string) {
+    this.prefix = prefix ?? process.env.LARKTUN_LAB_PREFIX ?? 'lk';
+  }
 
   name(base: string): string {
     return `${this.prefix}${this.tag}${base}`;

@@ -39,18 +39,19 @@ for (const top of [1n << 32n, (1n << 32n) + 5n, (1n << 32n) + 1000n, 1n << 53n, 
 
 test('crossing 2^32 one by one keeps every number exactly once', () => {
   const w = new ReplayWindow();
-  const start = (1n << 32n) - 2000n;
-  for (let s = start; s < start + 4000n; s++) assert.equal(w.acceptHiLo(hi(s), lo(s)), true, `seq ${s}`);
-  const top = start + 3999n;
+  const start = (1n << 32n) - 2n * BigInt(REPLAY_WINDOW);
+  for (let s = start; s < start + 4n * BigInt(REPLAY_WINDOW); s++) assert.equal(w.acceptHiLo(hi(s), lo(s)), true, `seq ${s}`);
+  const top = start + 4n * BigInt(REPLAY_WINDOW) - 1n;
   for (let s = top; s > top - BigInt(REPLAY_WINDOW); s--) assert.equal(w.acceptHiLo(hi(s), lo(s)), false, `replayed ${s}`);
   assert.equal(w.highest, top);
 });
 
 test('a jump across 2^32 clears exactly the words it passes', () => {
-  for (const jump of [1n, 31n, 32n, 33n, 1023n, 1024n, 1025n, 2047n, 2048n, 2049n]) {
+  const win = BigInt(REPLAY_WINDOW);
+  for (const jump of [1n, 31n, 32n, 33n, win - 1n, win, win + 1n, 2n * win - 1n, 2n * win, 2n * win + 1n]) {
     const w = new ReplayWindow();
     const base = (1n << 32n) - 600n;
-    for (let s = base - 1100n; s <= base; s++) w.accept(s);
+    for (let s = base - win - 76n; s <= base; s++) w.accept(s);
     const top = base + jump;
     assert.equal(w.accept(top), true);
     for (let s = top - BigInt(REPLAY_WINDOW) + 1n; s < top; s++) {
