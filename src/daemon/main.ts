@@ -3,7 +3,7 @@
 //                        [--state-dir DIR] [--no-tun] [--workers N]
 //   managed     larktund [--state-dir DIR] [--tun NAME] [--port N] [--no-tun] [--metrics HOST:PORT] [--workers N]
 //               (then `larktun up --login-server URL --authkey KEY`)
-//   relay       larktund --relay --server URL --relay-token TOKEN [--listen PORT[,PORT]] [--state-dir DIR]
+//   relay       larktund --relay --server URL --relay-token TOKEN [--listen PORT[,PORT]] [--state-dir DIR] [--workers N]
 //                        [--metrics HOST:PORT]
 // --metrics serves Prometheus metrics at http://HOST:PORT/metrics in every mode
 // (registries: src/dataplane/metrics.ts for standalone, src/daemon/metrics.ts
@@ -168,7 +168,7 @@ async function runRelayMode(flags: DaemonFlags): Promise<void> {
   const stateDir = flags.stateDir ?? defaultStateDir();
   let relay;
   try {
-    relay = await runRelay({ server: server.replace(/\/+$/, ''), token, listenPorts: ports, stateDir, log });
+    relay = await runRelay({ server: server.replace(/\/+$/, ''), token, listenPorts: ports, stateDir, workers: workerChoice(flags, null).workers, log });
   } catch (err) {
     if (err instanceof BindError) throw new Exit(err.message, 1);
     throw err;
@@ -315,7 +315,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--no-tun', 'run without a TUN device (pure relay hub; no local delivery)')
     .option('--tun <name>', 'managed mode: TUN device name (default $LARKTUN_TUN or lark0)')
     .option('--port <n>', 'managed mode: UDP port of the link to the relay (default 41641)')
-    .option('--workers <n>', 'standalone and managed mode: packet worker threads (default $LARKTUN_WORKERS, the config key workers, else one per core; 1: the main thread)')
+    .option('--workers <n>', 'packet threads, every mode (default $LARKTUN_WORKERS, standalone: the config key workers, else one per core; 1: the main thread only)')
     .option('--relay', 'relay mode: serve the tenants the control server assigns to this relay')
     .option('--server <url>', 'relay mode: control server URL (default $LARKTUN_SERVER)')
     .option('--relay-token <token>', 'relay mode: the relay token (default $LARKTUN_RELAY_TOKEN)')
