@@ -392,6 +392,12 @@ async function ioPaths(): Promise<void> {
 const WORKER_FLOWS = 16;
 const WORKER_SECONDS = Number(process.env.BENCH_RELAY_WORKER_SECONDS ?? 2);
 const WORKER_PREGEN = Number(process.env.BENCH_RELAY_WORKER_PREGEN ?? 90_000);
+/**
+ * Offered rate (datagrams/s): paced, because an unpaced generator of
+ * pre-sealed datagrams offers millions per second and the loopback's receive
+ * work it causes takes the CPU the relay needs (the relay then forwards less).
+ */
+const WORKER_RATE = Number(process.env.BENCH_RELAY_WORKER_RATE ?? 400_000);
 
 async function workerScaling(): Promise<void> {
   const rows: { workers: number; pps: number }[] = [];
@@ -408,7 +414,7 @@ async function workerScaling(): Promise<void> {
         (_, i) => ({ from: i + 1, to: RELAY_ID, psk: pskOf(i + 1), src: v4(i + 1), dst: v4(sink), proto: 'udp', sport: 41000 + i, dport: 5000, bytes: BYTES }) as const,
       );
       const load0 = os.loadavg()[0]!;
-      const r = await measure(host, `relay_workers ${workers}`, { flows, batch: true, pregen: WORKER_PREGEN }, { seconds: WORKER_SECONDS });
+      const r = await measure(host, `relay_workers ${workers}`, { flows, batch: true, pregen: WORKER_PREGEN, rate: WORKER_RATE }, { seconds: WORKER_SECONDS });
       const st = await host.req<{ workers: { running: number; threads: { udp_rx_packets: number }[] } }>('io');
       rows.push({ workers, pps: r.pps });
       process.stdout.write(

@@ -22,6 +22,8 @@ export interface BlastSpec {
   batch?: boolean;
   /** With batch: seal this many datagrams per flow before sending, then only send them (see blastBatched). */
   pregen?: number;
+  /** With batch: at most this many datagrams per second (0: as fast as possible). */
+  rate?: number;
   flows: ({ from: number; to: number; psk: string } & InnerSpec)[];
 }
 
@@ -39,7 +41,7 @@ async function fromSpec(spec: BlastSpec): Promise<void> {
       host,
       port,
     }));
-    process.stdout.write(`${JSON.stringify(await blastBatched(fl, spec.seconds, spec.shared_socket ?? false, spec.pregen ?? 0))}\n`);
+    process.stdout.write(`${JSON.stringify(await blastBatched(fl, spec.seconds, spec.shared_socket ?? false, spec.pregen ?? 0, spec.rate ?? 0))}\n`);
     return;
   }
   const shared = spec.shared_socket ? await udpSocket() : null;

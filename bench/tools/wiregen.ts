@@ -112,9 +112,10 @@ export function blast(flows: readonly BlastFlow[], seconds: number): Promise<Bla
  * Sends the flows round-robin through the batched UDP layer for `seconds`.
  * pregen > 0: seal that many datagrams per flow before the clock starts and
  * then only copy and send them (a generator that costs the receiver's machine
- * little CPU); it stops early when they run out.
+ * little CPU); it stops early when they run out. rate > 0: at most that many
+ * datagrams per second (bursts of 1024, then a pause until the schedule).
  */
-export async function blastBatched(flows: readonly Omit<BlastFlow, 'sock'>[], seconds: number, shared: boolean, pregen = 0): Promise<BlastResult> {
+export async function blastBatched(flows: readonly Omit<BlastFlow, 'sock'>[], seconds: number, shared: boolean, pregen = 0, rate = 0): Promise<BlastResult> {
   const { createUdpIo } = await import('../../src/dataplane/io/index.js');
   const ios: ReturnType<typeof createUdpIo>[] = [];
   for (let i = 0; i < (shared ? 1 : flows.length); i++) {
@@ -161,7 +162,11 @@ export async function blastBatched(flows: readonly Omit<BlastFlow, 'sock'>[], se
         if (pregen > 0 && used >= pregen) break;
       }
       for (const io of ios) io.flush();
-      if (Date.now() < end && !(pregen > 0 && used >= pregen)) setImmediate(burst);
+      if (Date.now() < end && !(pregen > 0 && used >= pregen)) {
+        const ahead = rate > 0 ? (sent / rate) * 1000 - Number(process.hrtime.bigint() - t0) / 1e6 : 0;
+        if (ahead > 1) setTimeout(burst, ahead);
+        else setImmediate(burst);
+      }
       else resolve({ sent, seconds: Number(process.hrtime.bigint() - t0) / 1e9 });
     }
     burst();
