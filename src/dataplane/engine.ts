@@ -6,7 +6,6 @@
 // Hot path: no allocation per packet of our own. Scratch buffers are made once;
 // outgoing datagrams rotate through a ring so a buffer is never rewritten while
 // the kernel may still be sending it.
-import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import type { Prefix } from '../net/addr.js';
 import { ForwardingTable, PrefixMatcher, type FwdRule } from '../net/lpm.js';
@@ -15,6 +14,7 @@ import { Counters } from './counters.js';
 import { PacketFilter, type FilterState } from './filter.js';
 import type { FilterRule } from '../acl/index.js';
 import { BUF_SIZE, createUdpIo, type UdpIo, type UdpIoStatus, type UdpSock } from './io/index.js';
+import { resolveHost } from './io/addr.js';
 import { ScanLimiter, UNTRIED } from './scanlimit.js';
 import { SharedEndpoint } from './workers/endpoint.js';
 import type { TunOffloadStatus } from './tun.js';
@@ -270,20 +270,13 @@ export class Engine implements NodeEngine {
   private async resolvePeer(p: Peer): Promise<void> {
     const ep = p.configuredEndpoint;
     if (!ep) return;
-    let addr = ep.host;
+    let addr: string;
     let family: 4 | 6;
-    const kind = isIP(addr);
-    if (kind === 0) {
-      try {
-        const r = await lookup(ep.host);
-        addr = r.address;
-        family = r.family === 6 ? 6 : 4;
-      } catch (err) {
-        this.log(`peer ${p.id} (${p.name || 'unnamed'}): cannot resolve ${ep.host}: ${(err as Error).message}; will retry`);
-        return;
-      }
-    } else {
-      family = kind === 6 ? 6 : 4;
+    try {
+      ({ addr, family } = await resolveHost(ep.host));
+    } catch (err) {
+      this.log(`peer ${p.id} (${p.name || 'unnamed'}): cannot resolve ${ep.host}: ${(err as Error).message}; will retry`);
+      return;
     }
     // A learned endpoint (peer roamed and authenticated) wins over the configured one.
     if (p.lastSeenMs > 0 && p.online(Date.now())) return;

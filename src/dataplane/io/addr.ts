@@ -7,6 +7,20 @@
 // rinfo.address (inet_ntop: dotted quad; RFC 5952 IPv6 with the longest run of
 // two or more zero groups compressed), so both I/O paths name a peer alike.
 
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+
+/**
+ * A configured peer host (literal address or DNS name) as the address and
+ * family to send to; a name is looked up. Rejects when the lookup fails.
+ */
+export async function resolveHost(host: string): Promise<{ addr: string; family: 4 | 6 }> {
+  const kind = isIP(host);
+  if (kind !== 0) return { addr: host, family: kind === 6 ? 6 : 4 };
+  const r = await lookup(host);
+  return { addr: r.address, family: r.family === 6 ? 6 : 4 };
+}
+
 /** The table's layout: [len, port, family, a0, a1, a2, a3, spare] per slot (native/udp.c). */
 export const META_WORDS = 8;
 
