@@ -27,7 +27,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AddrNames, AddrWords, META_WORDS } from './addr.js';
-import { BindError, BUF_SIZE, type UdpIo, type UdpIoOptions, type UdpIoStatus, type UdpSock } from './types.js';
+import { addUdpIoCounts, BindError, BUF_SIZE, zeroUdpIoStatus, type UdpIo, type UdpIoCounts, type UdpIoOptions, type UdpIoStatus, type UdpSock } from './types.js';
 
 type Handle = object;
 
@@ -36,7 +36,7 @@ export interface NativeUdp {
   info(h: Handle): { port: number; gro: boolean; gso: boolean };
   start(h: Handle, rxArena: ArrayBuffer, rxMeta: ArrayBuffer, slots: number, slotSize: number, onBatch: (count: number) => void): void;
   send(h: Handle, txArena: ArrayBuffer, txMeta: ArrayBuffer, count: number, slotSize: number): number;
-  stats(h: Handle): Record<'rx_syscalls' | 'rx_datagrams' | 'gro_datagrams' | 'tx_syscalls' | 'tx_datagrams' | 'gso_sends' | 'gso_fallbacks', number>;
+  stats(h: Handle): UdpIoCounts;
   close(h: Handle): void;
   META_WORDS: number;
 }
@@ -242,32 +242,12 @@ export class BatchPorts implements UdpIo {
 
   status(): UdpIoStatus {
     const infos = this.socks.map((s) => this.n.info(s.h));
-    const st: UdpIoStatus = {
-      path: 'batch',
-      reason: null,
-      gro: infos.length > 0 && infos.every((i) => i.gro),
-      gso: infos.length > 0 && infos.every((i) => i.gso),
-      offload_reason: this.offloadReason,
-      rx_syscalls: 0,
-      rx_datagrams: 0,
-      gro_datagrams: 0,
-      tx_syscalls: 0,
-      tx_datagrams: 0,
-      gso_sends: 0,
-      gso_fallbacks: 0,
-      rx_batches: this.rxBatches,
-      rx_max_batch: this.rxMaxBatch,
-    };
-    for (const s of this.socks) {
-      const x = this.n.stats(s.h);
-      st.rx_syscalls += x.rx_syscalls;
-      st.rx_datagrams += x.rx_datagrams;
-      st.gro_datagrams += x.gro_datagrams;
-      st.tx_syscalls += x.tx_syscalls;
-      st.tx_datagrams += x.tx_datagrams;
-      st.gso_sends += x.gso_sends;
-      st.gso_fallbacks += x.gso_fallbacks;
-    }
+    const st = zeroUdpIoStatus('batch', null, this.offloadReason);
+    st.gro = infos.length > 0 && infos.every((i) => i.gro);
+    st.gso = infos.length > 0 && infos.every((i) => i.gso);
+    st.rx_batches = this.rxBatches;
+    st.rx_max_batch = this.rxMaxBatch;
+    for (const s of this.socks) addUdpIoCounts(st, this.n.stats(s.h));
     if (st.gso_fallbacks > 0 && !st.gso && st.offload_reason === null) st.offload_reason = 'UDP GSO failed on the route and was turned off';
     return st;
   }

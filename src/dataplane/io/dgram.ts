@@ -10,7 +10,7 @@
 // such a buffer untouched for SEND_RING further sends.
 import dgram from 'node:dgram';
 import { isIP } from 'node:net';
-import { BindError, BUF_SIZE, type UdpIo, type UdpIoOptions, type UdpIoStatus, type UdpSock } from './types.js';
+import { BindError, BUF_SIZE, zeroUdpIoStatus, type UdpIo, type UdpIoOptions, type UdpIoStatus, type UdpSock } from './types.js';
 
 export interface DgramSock extends UdpSock {
   readonly s: dgram.Socket;
@@ -122,22 +122,7 @@ export class DgramPorts implements UdpIo {
   }
 
   status(): UdpIoStatus {
-    return {
-      path: 'dgram',
-      reason: this.reason,
-      gro: false,
-      gso: false,
-      offload_reason: 'dgram path',
-      rx_syscalls: 0,
-      rx_datagrams: 0,
-      gro_datagrams: 0,
-      tx_syscalls: 0,
-      tx_datagrams: 0,
-      gso_sends: 0,
-      gso_fallbacks: 0,
-      rx_batches: 0,
-      rx_max_batch: 0,
-    };
+    return zeroUdpIoStatus('dgram', this.reason, 'dgram path');
   }
 
   async close(): Promise<void> {

@@ -75,6 +75,35 @@ export interface UdpIoStatus {
   rx_max_batch: number;
 }
 
+/** The syscall and datagram counts of a status, which add up over sockets and workers. */
+export const UDP_IO_COUNTS = ['rx_syscalls', 'rx_datagrams', 'gro_datagrams', 'tx_syscalls', 'tx_datagrams', 'gso_sends', 'gso_fallbacks'] as const;
+export type UdpIoCounts = Record<(typeof UDP_IO_COUNTS)[number], number>;
+
+/** A status with every count zero and no offload on. */
+export function zeroUdpIoStatus(path: UdpIoStatus['path'], reason: string | null, offloadReason: string | null): UdpIoStatus {
+  return {
+    path,
+    reason,
+    gro: false,
+    gso: false,
+    offload_reason: offloadReason,
+    rx_syscalls: 0,
+    rx_datagrams: 0,
+    gro_datagrams: 0,
+    tx_syscalls: 0,
+    tx_datagrams: 0,
+    gso_sends: 0,
+    gso_fallbacks: 0,
+    rx_batches: 0,
+    rx_max_batch: 0,
+  };
+}
+
+/** Adds `src`'s syscall and datagram counts to `dst`. */
+export function addUdpIoCounts(dst: UdpIoStatus, src: UdpIoCounts): void {
+  for (const k of UDP_IO_COUNTS) dst[k] += src[k];
+}
+
 export interface UdpIo {
   readonly path: 'batch' | 'dgram';
   readonly socks: readonly UdpSock[];

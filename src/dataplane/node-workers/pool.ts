@@ -15,7 +15,6 @@
 //
 // A worker that fails (throws, exits) is fatal: the daemon logs it and exits
 // non-zero, for its supervisor to restart (see README "Packet workers").
-import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import type { Worker } from 'node:worker_threads';
 import { ForwardingTable, PrefixMatcher, type FwdRule } from '../../net/lpm.js';
@@ -38,9 +37,10 @@ import {
 } from '../engine.js';
 import { FILTER_COUNTER_NAMES, FilterCounters, type FilterState } from '../filter.js';
 import type { FilterRule } from '../../acl/index.js';
-import type { UdpIoStatus } from '../io/types.js';
+import { addUdpIoCounts, zeroUdpIoStatus, type UdpIoStatus } from '../io/types.js';
 import { TunDevice, newFlowTable, type TunOffloadStatus, type TunQueueDesc } from '../tun.js';
 import { SharedEndpoint } from '../workers/endpoint.js';
+import { resolveHost } from '../io/addr.js';
 import { spawnWorker } from '../../runtime/worker.js';
 import { MAX_IN_FLIGHT, type FromWorker, type ToWorker, type WorkerFilter, type WorkerInit, type WorkerSnapshot } from './protocol.js';
 
@@ -301,20 +301,13 @@ export class WorkerEngine implements NodeEngine {
   private async resolvePeer(p: PoolPeer): Promise<void> {
     const ep = p.configuredEndpoint;
     if (!ep) return;
-    let addr = ep.host;
+    let addr: string;
     let family: 4 | 6;
-    const kind = isIP(addr);
-    if (kind === 0) {
-      try {
-        const r = await lookup(ep.host);
-        addr = r.address;
-        family = r.family === 6 ? 6 : 4;
-      } catch (err) {
-        this.log(`peer ${p.id} (${p.name || 'unnamed'}): cannot resolve ${ep.host}: ${(err as Error).message}; will retry`);
-        return;
-      }
-    } else {
-      family = kind === 6 ? 6 : 4;
+    try {
+      ({ addr, family } = await resolveHost(ep.host));
+    } catch (err) {
+      this.log(`peer ${p.id} (${p.name || 'unnamed'}): cannot resolve ${ep.host}: ${(err as Error).message}; will retry`);
+      return;
     }
     // A learned endpoint (the peer roamed and authenticated) wins over the configured one.
     if (p.lastSeenMs > 0 && p.online(Date.now())) return;
@@ -488,26 +481,20 @@ export class WorkerEngine implements NodeEngine {
       .map((s) => {
         const c = new Counters();
         c.addFrom(this.countersView, s.index * k);
-        return { index: s.index, udp_io: s.snap?.udp_io ?? emptyIo(), tun_offload: s.snap?.tun_offload ?? null, counters: c.toJSON() };
+        return { index: s.index, udp_io: s.snap?.udp_io ?? zeroUdpIoStatus('batch', null, null), tun_offload: s.snap?.tun_offload ?? null, counters: c.toJSON() };
       });
   }
 
   /** The UDP path of worker 0 with every worker's syscall and datagram counts summed. */
   ioStatus(): UdpIoStatus {
     const snaps = this.slots.map((s) => s.snap?.udp_io).filter((x): x is UdpIoStatus => x !== undefined);
-    if (snaps.length === 0) return emptyIo();
+    if (snaps.length === 0) return zeroUdpIoStatus('batch', null, null);
     const out: UdpIoStatus = { ...snaps[0]! };
     for (const s of snaps.slice(1)) {
       out.gro &&= s.gro;
       out.gso &&= s.gso;
       out.offload_reason ??= s.offload_reason;
-      out.rx_syscalls += s.rx_syscalls;
-      out.rx_datagrams += s.rx_datagrams;
-      out.gro_datagrams += s.gro_datagrams;
-      out.tx_syscalls += s.tx_syscalls;
-      out.tx_datagrams += s.tx_datagrams;
-      out.gso_sends += s.gso_sends;
-      out.gso_fallbacks += s.gso_fallbacks;
+      addUdpIoCounts(out, s);
       out.rx_batches += s.rx_batches;
       out.rx_max_batch = Math.max(out.rx_max_batch, s.rx_max_batch);
     }
@@ -589,21 +576,3 @@ function postable(s: PeerSpec, shared: PeerShared): PeerSpec {
   return { ...s, psk: Buffer.from(new Uint8Array(s.psk).buffer), shared };
 }
 
-function emptyIo(): UdpIoStatus {
-  return {
-    path: 'batch',
-    reason: null,
-    gro: false,
-    gso: false,
-    offload_reason: null,
-    rx_syscalls: 0,
-    rx_datagrams: 0,
-    gro_datagrams: 0,
-    tx_syscalls: 0,
-    tx_datagrams: 0,
-    gso_sends: 0,
-    gso_fallbacks: 0,
-    rx_batches: 0,
-    rx_max_batch: 0,
-  };
-}
