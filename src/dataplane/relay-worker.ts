@@ -42,4 +42,4 @@ port.on('message', (m: ToRelayWorker) => {
 });
 
 await engine.start();
-say({ type: 'ready', ports: engine.listenPorts(), io: engine.ioStatus() });
+say({ type: 'ready' });

@@ -1002,7 +1002,6 @@ export class RelayEngine {
     const old = this.st;
     const now = Date.now();
     const selfId = v.relay.relay_link_id;
-    const sharing = this.totals !== null || this.incoming !== null;
     const next: RelayState = {
       view: v,
       selfId,
@@ -1019,7 +1018,7 @@ export class RelayEngine {
       // An unchanged tenant section (the usual case: one tenant changed) keeps
       // its namespace and links as they are: no table, filter or link rebuild.
       const sig = JSON.stringify(t);
-      if (prevNs !== undefined && prevNs.sig === sig && old.selfId === selfId && (!sharing || this.sameNsShare(prevNs, t))) {
+      if (prevNs !== undefined && prevNs.sig === sig && old.selfId === selfId && this.sameNsShare(prevNs, t)) {
         next.namespaces.set(t.tenant_id, prevNs);
         for (const link of prevNs.links) admit(next, link);
         kept += prevNs.links.length;

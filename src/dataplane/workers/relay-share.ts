@@ -61,7 +61,7 @@ export interface RelayWorkerData {
 
 export type ToRelayWorker = { type: 'view'; seq: number; view: unknown; share: ViewShare } | { type: 'stop' };
 export type FromRelayWorker =
-  | { type: 'ready'; ports: number[]; io: unknown }
+  | { type: 'ready' }
   | { type: 'log'; msg: string }
   | { type: 'view-applied'; seq: number }
   | { type: 'view-error'; seq: number; error: string }
