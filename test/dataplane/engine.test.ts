@@ -3,25 +3,14 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
-import { parsePrefix, parseIPv4 } from '../../src/net/addr.js';
+import { parsePrefix } from '../../src/net/addr.js';
+import { ipv4 } from './packets.js';
 import { Engine } from '../../src/dataplane/engine.js';
 import { WireRx, WireTx, RxCode } from '../../src/wire/index.js';
 
 const P = (s: string) => parsePrefix(s);
 const psk = (b: number): Buffer => Buffer.alloc(32, b);
 const HUB = 1;
-
-function ipv4(src: string, dst: string, body = 'hello'): Buffer {
-  const b = Buffer.alloc(20 + body.length);
-  b[0] = 0x45;
-  b.writeUInt16BE(b.length, 2);
-  b[8] = 64;
-  b[9] = 17;
-  b.writeUInt32BE(Number(parseIPv4(src)), 12);
-  b.writeUInt32BE(Number(parseIPv4(dst)), 16);
-  b.write(body, 20);
-  return b;
-}
 
 class Spoke {
   readonly sock = dgram.createSocket('udp4');

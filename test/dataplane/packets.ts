@@ -37,6 +37,19 @@ function ip4(src: string, dst: string, proto: number, l4: Buffer): Buffer {
   return Buffer.concat([h, l4]);
 }
 
+/** An IPv4 header (protocol 17, no checksum) followed by `body` as its payload: enough for routing and source checks. */
+export function ipv4(src: string, dst: string, body = 'hello'): Buffer {
+  const b = Buffer.alloc(20 + body.length);
+  b[0] = 0x45;
+  b.writeUInt16BE(b.length, 2);
+  b[8] = 64;
+  b[9] = 17;
+  b.writeUInt32BE(v4(src), 12);
+  b.writeUInt32BE(v4(dst), 16);
+  b.write(body, 20);
+  return b;
+}
+
 export function udp(src: string, dst: string, sport: number, dport: number, body = 'hello'): Buffer {
   const b = Buffer.alloc(8 + body.length);
   b.writeUInt16BE(sport, 0);
