@@ -22,7 +22,7 @@ const engine = new RelayEngine({
   ...(wd.onlineMs !== undefined ? { onlineMs: wd.onlineMs } : {}),
   ...(wd.scanLimits !== undefined ? { scanLimits: wd.scanLimits as ScanLimitOptions } : {}),
   log: (msg) => say({ type: 'log', msg }),
-  role: { index: wd.index, count: wd.count, counters: wd.counters, clockBase: wd.clockBase },
+  role: { index: wd.index, count: wd.count, counters: wd.counters, io: wd.io, clockBase: wd.clockBase },
 });
 
 port.on('message', (m: ToRelayWorker) => {

@@ -39,6 +39,7 @@ import { SharedEndpoint } from './workers/endpoint.js';
 import {
   LINK_COUNTER_NAMES,
   LINK_COUNTERS,
+  RELAY_IO_SLOT,
   sharedF64,
   type FromRelayWorker,
   type LinkShare,
@@ -50,7 +51,7 @@ import {
 } from './workers/relay-share.js';
 import { spawnWorker } from '../runtime/worker.js';
 import type { Worker } from 'node:worker_threads';
-import { BUF_SIZE, createUdpIo, type UdpIo, type UdpIoStatus, type UdpSock } from './io/index.js';
+import { BUF_SIZE, UDP_IO_COUNTS, createUdpIo, type UdpIo, type UdpIoStatus, type UdpSock } from './io/index.js';
 import { DEFAULT_SCAN_LIMITS, ScanLimiter, UNTRIED, type ScanLimitOptions } from './scanlimit.js';
 
 export { BindError } from './io/index.js';
@@ -571,7 +572,7 @@ export interface RelayEngineOptions {
    */
   workers?: number;
   /** @internal Set by relay-worker.ts: this engine is packet worker `index` of `count`. */
-  role?: { index: number; count: number; counters: Float64Array; clockBase: number };
+  role?: { index: number; count: number; counters: Float64Array; io: Float64Array; clockBase: number };
 }
 
 export interface SetViewResult {
@@ -655,7 +656,9 @@ export class RelayEngine {
   private readonly scan: ScanLimiter;
   private readonly opts: RelayEngineOptions;
   /** Worker role (null on the main thread). */
-  private readonly role: { index: number; count: number; counters: Float64Array; clockBase: number } | null;
+  private readonly role: { index: number; count: number; counters: Float64Array; io: Float64Array; clockBase: number } | null;
+  /** Main thread with workers: their UDP I/O counts (RELAY_IO_SLOT per worker, published on the timer). */
+  private ioTotals: Float64Array | null = null;
   // Main thread with workers: the worker threads, their published totals, the share of the view in force.
   private readonly wantWorkers: number;
   private workerReason: string | null = null;
@@ -708,7 +711,10 @@ export class RelayEngine {
       reusePort: this.role !== null || this.wantWorkers > 1,
     });
     if (this.wantWorkers > 1) {
-      if (this.udp.path === 'batch') this.totals = sharedF64(this.wantWorkers * COUNTER_NAMES.length);
+      if (this.udp.path === 'batch') {
+        this.totals = sharedF64(this.wantWorkers * COUNTER_NAMES.length);
+        this.ioTotals = sharedF64(this.wantWorkers * RELAY_IO_SLOT);
+      }
       else this.workerReason = 'node:dgram cannot share a port between threads (SO_REUSEPORT needs the batched UDP path)';
     }
   }
@@ -717,7 +723,10 @@ export class RelayEngine {
     if (this.workerReason !== null) this.log(`relay runs on one thread: ${this.workerReason}`);
     await this.udp.start();
     if (this.role !== null) {
-      this.publishTimer = setInterval(() => this.publish(), PUBLISH_MS);
+      this.publishTimer = setInterval(() => {
+        this.publish();
+        this.publishIo();
+      }, PUBLISH_MS);
       return;
     }
     if (this.totals !== null) await this.startWorkers();
@@ -744,6 +753,7 @@ export class RelayEngine {
       count,
       ports,
       counters: this.totals!,
+      io: this.ioTotals!,
       clockBase: this.clockBase,
       ...(this.opts.bindHost4 !== undefined ? { bindHost4: this.opts.bindHost4 } : {}),
       ...(this.opts.bindHost6 !== undefined ? { bindHost6: this.opts.bindHost6 } : {}),
@@ -827,9 +837,33 @@ export class RelayEngine {
     return this.udp.boundAddresses();
   }
 
-  /** The UDP I/O path and its offloads (for status). */
+  /**
+   * The UDP I/O path and its offloads (for status), with every packet
+   * thread's syscall and datagram counts (the workers' as last published, at
+   * most PUBLISH_MS old).
+   */
   ioStatus(): UdpIoStatus {
-    return this.udp.status();
+    const st = this.udp.status();
+    const t = this.ioTotals;
+    if (t === null) return st;
+    const n = UDP_IO_COUNTS.length;
+    for (let o = RELAY_IO_SLOT; o < t.length; o += RELAY_IO_SLOT) {
+      for (let i = 0; i < n; i++) st[UDP_IO_COUNTS[i]!] += t[o + i]!;
+      st.rx_batches += t[o + n]!;
+      st.rx_max_batch = Math.max(st.rx_max_batch, t[o + n + 1]!);
+    }
+    return st;
+  }
+
+  /** Worker thread: copies this thread's UDP I/O counts where ioStatus() sums them. */
+  private publishIo(): void {
+    const role = this.role!;
+    const st = this.udp.status();
+    const o = role.index * RELAY_IO_SLOT;
+    const n = UDP_IO_COUNTS.length;
+    for (let i = 0; i < n; i++) role.io[o + i] = st[UDP_IO_COUNTS[i]!];
+    role.io[o + n] = st.rx_batches;
+    role.io[o + n + 1] = st.rx_max_batch;
   }
 
   /** The packet threads: configured, running, and why not all when so. */
@@ -1476,7 +1510,7 @@ export class RelayEngine {
       view_hash: v?.hash ?? null,
       uptime_s: Math.round((now - this.startedAt) / 1000),
       listen: this.udp.boundAddresses(),
-      io: this.udp.status(),
+      io: this.ioStatus(),
       workers: this.workersStatus(),
       counters: relayCounters(this.counters),
       tenants: [...st.namespaces.values()].map((ns) => ({

@@ -474,6 +474,10 @@ test('packet threads: datagrams from many source ports are spread over every thr
     assert.equal(a2.got.length - got0, socks.length, `every datagram forwarded whichever thread took it: ${JSON.stringify(engine.status().tenants[0])}`);
     const after = engine.workersStatus().threads.map((t) => t.udp_rx_packets);
     after.forEach((n, i) => assert.ok(n > before[i]!, `thread ${i} received some of them (before ${before[i]}, after ${n})`));
+    // The I/O counts include every thread's datagrams (the workers' published on their timer).
+    const io = engine.ioStatus();
+    const authenticated = after.reduce((a, b) => a + b, 0);
+    assert.ok(io.rx_datagrams >= authenticated, `rx_datagrams ${io.rx_datagrams} covers the ${authenticated} authenticated on all threads`);
     // A replay of one of them, from yet another port, is refused wherever it lands.
     const replay = a1.seal(udp('100.64.0.1', '100.64.0.2', 1000, 2000, 'once'));
     const drops0 = A().drop_replay;

@@ -6,6 +6,7 @@
 // it; ids (sid/eid/nid) let a worker keep its own objects (keys, caches) for
 // what did not change.
 import type { SharedFilterHandle } from '../filter.js';
+import { UDP_IO_COUNTS } from '../io/types.js';
 
 /** Per-link counters, in this order, LINK_COUNTERS numbers per worker. */
 export const LINK_COUNTER_NAMES = ['rx_packets', 'rx_bytes', 'tx_packets', 'tx_bytes', 'keepalive_rx', 'drops'] as const;
@@ -55,6 +56,8 @@ export interface RelayWorkerData {
   scanLimits?: unknown;
   /** workers × COUNTER_NAMES.length: the relay totals per worker. */
   counters: Float64Array;
+  /** workers × RELAY_IO_SLOT: each worker's UDP syscall and datagram counts (UDP_IO_COUNTS, then rx_batches, rx_max_batch). */
+  io: Float64Array;
   /** The main engine's clockBase (every thread's packet clock must agree: the flow tables are shared). */
   clockBase: number;
 }
@@ -66,6 +69,9 @@ export type FromRelayWorker =
   | { type: 'view-applied'; seq: number }
   | { type: 'view-error'; seq: number; error: string }
   | { type: 'stopped' };
+
+/** Numbers per worker in RelayWorkerData.io. */
+export const RELAY_IO_SLOT = UDP_IO_COUNTS.length + 2;
 
 export function sharedF64(n: number): Float64Array {
   return new Float64Array(new SharedArrayBuffer(Math.max(1, n) * 8));
