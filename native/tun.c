@@ -1,8 +1,10 @@
 /*
- * larktun_tun: the one thing JavaScript cannot do by itself - open a Linux TUN
- * device (TUNSETIFF ioctl) and set its offloads (TUNSETVNETHDRSZ, TUNSETOFFLOAD).
- * Packets are read and written from JS on the returned file descriptor; all
- * packet logic (virtio_net_hdr parsing, segmentation, coalescing, checksums)
+ * larktun_tun: what JavaScript cannot do by itself, or not cheaply - open a
+ * Linux TUN device (TUNSETIFF ioctl), set its offloads (TUNSETVNETHDRSZ,
+ * TUNSETOFFLOAD), and read packets in batches into a ring the reader thread
+ * publishes (readBatch: node's readSync costs about a microsecond of argument
+ * handling per packet). Packets are written from JS on the file descriptor;
+ * every byte is moved as it is, and all packet logic (virtio_net_hdr parsing, segmentation, coalescing, checksums)
  * lives in TypeScript (src/dataplane/offload.ts). Nothing else lives here.
  *
  *   open(name: string, opts?: { multiQueue?: boolean, offload?: boolean, offloadMask?: number })
@@ -25,6 +27,23 @@
  * `offloadMask` is set (what the first queue got; the offload features are the
  * device's, so a different mask would change them for every queue); any
  * refusal closes the new queue and throws.
+ *
+ *   readBatch(fd: number, data: Uint8Array, lens: Int32Array, ctrl: Int32Array,
+ *             slots: number, slotSize: number, max: number, timeoutMs: number) -> number
+ *
+ * The TUN reader thread's loop body (src/dataplane/tun-worker.ts) over the
+ * ring of src/dataplane/tun.ts: ctrl[0] counts packets written (only this
+ * call stores it), ctrl[1] packets consumed; slot i is
+ * data[i*slotSize, (i+1)*slotSize), its length lens[i]. Reads packets, one
+ * read() each, into the free slots after ctrl[0] - at most `max` and never
+ * into a slot not yet consumed - and publishes each with an atomic store of
+ * ctrl[0], so a consumer that is awake sees it at once. It waits (poll, at
+ * most timeoutMs) only for the first packet and returns as soon as the device
+ * has no more to give: the caller wakes a sleeping consumer once per batch.
+ * Returns the packets read: 0 when the wait timed out or the ring is full.
+ * The fd is switched to O_NONBLOCK on first use. An error of the first read
+ * throws (code EBADF, EBADFD, EIO, ...: the device is gone); an error after
+ * some packets ends the batch and is met again on the next call.
  */
 #define _GNU_SOURCE
 #include <node_api.h>
@@ -36,6 +55,8 @@
 #include <sys/ioctl.h>
 #include <net/if.h>
 #include <stdbool.h>
+#include <stdint.h>
+#include <poll.h>
 #include <linux/if_tun.h>
 
 /* Older UAPI headers lack the UDP segmentation offload flags (Linux 6.2). */
@@ -211,10 +232,101 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
   return result;
 }
 
+static napi_value throw_read(napi_env env, int err) {
+  char msg[128];
+  snprintf(msg, sizeof msg, "TUN read: %s", strerror(err));
+  const char *code = err == EBADF ? "EBADF" : err == EBADFD ? "EBADFD" : err == EIO ? "EIO" : err == EINVAL ? "EINVAL" : "ETUN";
+  napi_value code_v, msg_v, error, errno_v;
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_v);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &msg_v);
+  napi_create_error(env, code_v, msg_v, &error);
+  napi_create_int32(env, err, &errno_v);
+  napi_set_named_property(env, error, "errno", errno_v);
+  napi_throw(env, error);
+  return NULL;
+}
+
+static napi_value read_batch(napi_env env, napi_callback_info info) {
+  size_t argc = 8;
+  napi_value argv[8];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 8) {
+    napi_throw_type_error(env, NULL, "readBatch(fd, data, lens, ctrl, slots, slotSize, max, timeoutMs)");
+    return NULL;
+  }
+  int32_t fd, slots, slot_size, max, timeout_ms;
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int32(env, argv[4], &slots) != napi_ok ||
+      napi_get_value_int32(env, argv[5], &slot_size) != napi_ok || napi_get_value_int32(env, argv[6], &max) != napi_ok ||
+      napi_get_value_int32(env, argv[7], &timeout_ms) != napi_ok) {
+    napi_throw_type_error(env, NULL, "readBatch: fd, slots, slotSize, max and timeoutMs must be integers");
+    return NULL;
+  }
+  napi_typedarray_type dt, lt, ct;
+  size_t dlen, llen, clen;
+  void *dp, *lp, *cp;
+  if (napi_get_typedarray_info(env, argv[1], &dt, &dlen, &dp, NULL, NULL) != napi_ok || dt != napi_uint8_array ||
+      napi_get_typedarray_info(env, argv[2], &lt, &llen, &lp, NULL, NULL) != napi_ok || lt != napi_int32_array ||
+      napi_get_typedarray_info(env, argv[3], &ct, &clen, &cp, NULL, NULL) != napi_ok || ct != napi_int32_array) {
+    napi_throw_type_error(env, NULL, "readBatch: data must be a Uint8Array, lens and ctrl Int32Arrays");
+    return NULL;
+  }
+  /* Every slot the call may touch lies inside the arrays. */
+  if (slots <= 0 || slot_size <= 0 || (size_t)slots > llen || (size_t)slots * (size_t)slot_size > dlen || clen < 2) {
+    napi_throw_range_error(env, NULL, "readBatch: ring geometry outside the given arrays");
+    return NULL;
+  }
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) return throw_read(env, errno);
+  if ((fl & O_NONBLOCK) == 0 && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return throw_read(env, errno);
+  uint8_t *data = dp;
+  int32_t *lens = lp;
+  int32_t *ctrl = cp;
+  /* Wrapping int32 counters, as the JavaScript side keeps them. */
+  uint32_t written = (uint32_t)__atomic_load_n(&ctrl[0], __ATOMIC_SEQ_CST);
+  int32_t got = 0;
+  int waited = 0;
+  while (got < max) {
+    uint32_t consumed = (uint32_t)__atomic_load_n(&ctrl[1], __ATOMIC_SEQ_CST);
+    if (written - consumed >= (uint32_t)slots) break; /* full: the caller waits for the consumer */
+    size_t slot = (size_t)(written % (uint32_t)slots);
+    ssize_t n = read(fd, data + slot * (size_t)slot_size, (size_t)slot_size);
+    if (n < 0) {
+      int err = errno;
+      if (err == EINTR) continue;
+      if (err == EAGAIN || err == EWOULDBLOCK) {
+        if (got > 0 || waited) break;
+        struct pollfd p = {.fd = fd, .events = POLLIN, .revents = 0};
+        int r = poll(&p, 1, timeout_ms < 0 ? -1 : timeout_ms);
+        if (r < 0 && errno != EINTR) return throw_read(env, errno);
+        if (r <= 0) break;
+        /* POLLERR/POLLHUP: the read below says why. A wakeup with nothing to
+         * read returns 0 rather than spinning here. */
+        waited = 1;
+        continue;
+      }
+      if (got > 0) break;
+      return throw_read(env, err);
+    }
+    if (n == 0) {
+      if (got > 0) break;
+      return throw_read(env, EIO);
+    }
+    lens[slot] = (int32_t)n;
+    written++;
+    __atomic_store_n(&ctrl[0], (int32_t)written, __ATOMIC_SEQ_CST);
+    got++;
+  }
+  napi_value out;
+  napi_create_int32(env, got, &out);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "open", NAPI_AUTO_LENGTH, open_tun, NULL, &fn);
   napi_set_named_property(env, exports, "open", fn);
+  napi_create_function(env, "readBatch", NAPI_AUTO_LENGTH, read_batch, NULL, &fn);
+  napi_set_named_property(env, exports, "readBatch", fn);
   return exports;
 }
 

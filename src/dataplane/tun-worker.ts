@@ -1,10 +1,19 @@
-// TUN reader thread: a blocking read loop on the TUN file descriptor, off the
-// libuv thread pool, handing packets to the main thread through a shared ring.
+// TUN reader thread: reads the TUN file descriptor in batches, off the libuv
+// thread pool, handing packets to the main thread through a shared ring.
 //
-// Ring protocol (see tun.ts): ctrl[0] = packets written (by this thread),
-// ctrl[1] = packets consumed (by the main thread), ctrl[2] = stop flag.
-// Slot i of the ring is bytes [i*SLOT, (i+1)*SLOT) of `data`, its length in lens[i].
-import { readSync } from 'node:fs';
+// Ring protocol (see tun.ts): ctrl[0] = packets written (stored by this
+// thread, inside the native readBatch, as each packet lands), ctrl[1] =
+// packets consumed (by the main thread), ctrl[2] = stop flag, ctrl[3] =
+// batches published (wakeups; packets per batch for `status`). Slot i of the
+// ring is bytes [i*SLOT, (i+1)*SLOT) of `data`, its length in lens[i]. The
+// counters wrap as unsigned 32-bit numbers; slots is a power of two.
+//
+// One readBatch call waits for the first packet, then reads until the device
+// has no more to give (or `batch` packets, or the ring is full), and this
+// thread wakes the consumer once per call: one notify per batch rather than
+// one per packet, and no per-packet cost of node's readSync.
+import { createRequire } from 'node:module';
+import path from 'node:path';
 import { workerData } from 'node:worker_threads';
 
 interface TunWorkerData {
@@ -14,36 +23,53 @@ interface TunWorkerData {
   data: SharedArrayBuffer;
   slots: number;
   slotSize: number;
+  /** Most packets one readBatch call reads before the consumer is woken. */
+  batch: number;
+  /** The native addon (larktun_tun.node). */
+  addon: string;
 }
 
+interface ReadBatch {
+  readBatch(
+    fd: number,
+    data: Uint8Array,
+    lens: Int32Array,
+    ctrl: Int32Array,
+    slots: number,
+    slotSize: number,
+    max: number,
+    timeoutMs: number,
+  ): number;
+}
+
+/** How long one wait for the device lasts before the stop flag is looked at again. */
+const WAIT_MS = 200;
+
 const wd = workerData as TunWorkerData;
+const native = createRequire(import.meta.url)(path.resolve(wd.addon)) as ReadBatch;
 const ctrl = new Int32Array(wd.ctrl);
 const lens = new Int32Array(wd.lens);
-const data = Buffer.from(wd.data);
-const { slots, slotSize, fd } = wd;
+const data = new Uint8Array(wd.data);
+const { slots, slotSize, fd, batch } = wd;
 
-let written = Atomics.load(ctrl, 0);
 for (;;) {
   if (Atomics.load(ctrl, 2) !== 0) break;
-  const consumed = Atomics.load(ctrl, 1);
-  if (written - consumed >= slots) {
-    // Ring full: wait for the main thread to consume (bounded wait re-checks stop).
-    Atomics.wait(ctrl, 1, consumed, 100);
-    continue;
-  }
-  const slot = written % slots;
   let n: number;
   try {
-    n = readSync(fd, data, slot * slotSize, slotSize, null);
+    n = native.readBatch(fd, data, lens, ctrl, slots, slotSize, batch, WAIT_MS);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EAGAIN' || code === 'EINTR') continue;
-    if (code === 'EBADF' || code === 'EBADFD') break; // device closed on shutdown
+    if (code === 'EBADF' || code === 'EBADFD' || code === 'EIO') break; // device deleted or closed on shutdown
     throw err;
   }
-  if (n <= 0) continue;
-  lens[slot] = n;
-  written = (written + 1) | 0;
-  Atomics.store(ctrl, 0, written);
-  Atomics.notify(ctrl, 0);
+  if (n > 0) {
+    Atomics.add(ctrl, 3, 1);
+    Atomics.notify(ctrl, 0);
+    continue;
+  }
+  // Nothing read: the wait timed out, or the ring is full. For a full ring,
+  // wait for the main thread to consume (bounded, to re-check the stop flag).
+  const written = Atomics.load(ctrl, 0);
+  const consumed = Atomics.load(ctrl, 1);
+  if ((written - consumed) >>> 0 >= slots) Atomics.wait(ctrl, 1, consumed, 100);
 }

@@ -57,12 +57,17 @@ export interface TunOffloadStatus {
   /** Of those, the UDP GSO packets written and the datagrams merged into them. */
   uso_writes: number;
   uso_segments: number;
+  /** Reads from the device, and the batches the reader thread handed them over in (one wakeup each). */
+  reads: number;
+  read_batches: number;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
+const addonFile = path.join(root, 'native', 'build', 'Release', 'larktun_tun.node');
+
 function loadNative(): NativeTun {
-  const file = path.join(root, 'native', 'build', 'Release', 'larktun_tun.node');
+  const file = addonFile;
   if (!existsSync(file)) {
     throw new Error(`TUN addon not built (${file} is missing): run "npm run build" or "npm ci"`);
   }
@@ -75,6 +80,14 @@ const SLOTS = 1024;
 /** With a vnet header a read can be a 64 KiB segment: fewer, larger slots (pages are touched only when used). */
 const VNET_SLOT_SIZE = VNET_HDR_LEN + MAX_GSO_PACKET + 1; // 65546: a read that fills it is too large
 const VNET_SLOTS = 256;
+/**
+ * Most packets the reader thread reads before it wakes the main thread (it
+ * wakes it sooner when the device has no more): a batch of small packets costs
+ * one wakeup, and a lone packet (a ping) waits for nothing. Fewer with a vnet
+ * header, where one read can be a 64 KiB segment.
+ */
+const READ_BATCH = 64;
+const VNET_READ_BATCH = 32;
 /** Packets handled before UDP receive and timers get a turn (see drain). */
 const DRAIN_BUDGET = 512;
 
@@ -276,6 +289,8 @@ export class TunDevice {
       gro_segments: this.gros().reduce((n, g) => n + g.coalesced, 0),
       uso_writes: this.gros().reduce((n, g) => n + g.udpSuperPackets, 0),
       uso_segments: this.gros().reduce((n, g) => n + g.udpCoalesced, 0),
+      reads: Atomics.load(this.ctrl, 0) >>> 0,
+      read_batches: Atomics.load(this.ctrl, 3) >>> 0,
     };
   }
 
@@ -304,6 +319,8 @@ export class TunDevice {
         data: this.data.buffer,
         slots: this.slots,
         slotSize: this.slotSize,
+        batch: this.vnetHdr ? VNET_READ_BATCH : READ_BATCH,
+        addon: addonFile,
       },
     });
     this.worker.unref();
@@ -330,7 +347,7 @@ export class TunDevice {
       const slots = this.slots;
       let packets = 0;
       while (this.consumed !== written && packets < DRAIN_BUDGET) {
-        const slot = this.consumed % slots;
+        const slot = (this.consumed >>> 0) % slots; // the counters wrap as unsigned 32-bit
         try {
           if (this.vnetHdr) packets += this.deliverVnet(slot, onPacket);
           else {

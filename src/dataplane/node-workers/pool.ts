@@ -514,6 +514,8 @@ export class WorkerEngine implements NodeEngine {
       out.gro_segments += o.gro_segments;
       out.uso_writes += o.uso_writes;
       out.uso_segments += o.uso_segments;
+      out.reads += o.reads;
+      out.read_batches += o.read_batches;
     }
     return out;
   }
