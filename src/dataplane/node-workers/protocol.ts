@@ -36,6 +36,8 @@ export interface WorkerInit {
   filter: WorkerFilter | null;
   /** Filter verdict counters of every worker, FILTER_COUNTER_NAMES.length words each. */
   filterCounters: SharedArrayBuffer;
+  /** Wall-clock ms of packet clock 0, the same for every worker (EngineOptions.clockBase): their flow table is shared. */
+  clockBase: number;
 }
 
 export interface WorkerFilter {
