@@ -18,6 +18,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parsePrefix } from '../../src/net/addr.js';
 import { Engine, PACKET_CLOCK_BASE } from '../../src/dataplane/engine.js';
+import { WorkerEngine } from '../../src/dataplane/node-workers/pool.js';
+import type { WorkerSnapshot } from '../../src/dataplane/node-workers/protocol.js';
 import { FilterState, PacketFilter } from '../../src/dataplane/filter.js';
 import type { UdpSock } from '../../src/dataplane/io/index.js';
 import { WireTx } from '../../src/wire/index.js';
@@ -206,6 +208,33 @@ test('engines default to one packet clock base per thread (a flow table outlives
   } finally {
     await r1.close();
     await r2.close();
+  }
+});
+
+test('packet workers run on the pool\'s packet clock base (their flow table is shared)', async () => {
+  const base = Date.now() - 20 * DAY;
+  const pool = new WorkerEngine({
+    workers: 2,
+    localId: 1,
+    obfuscate: true,
+    peers: [],
+    rules: [],
+    keepaliveSecs: 0,
+    listenPorts: [0],
+    bindHost4: '127.0.0.1',
+    bindHost6: null,
+    tun: null,
+    udpBatch: true,
+    clockBase: base,
+    onFatal: (m) => assert.fail(m),
+  });
+  await pool.start();
+  try {
+    await pool.refresh();
+    const snaps = (pool as unknown as { slots: { snap: WorkerSnapshot | null }[] }).slots.map((s) => s.snap?.clockBase);
+    assert.deepEqual(snaps, [base, base]);
+  } finally {
+    await pool.stop();
   }
 });
 

@@ -62,6 +62,8 @@ export interface WorkerSnapshot {
   index: number;
   udp_io: UdpIoStatus;
   tun_offload: TunOffloadStatus | null;
+  /** The worker engine's packet clock base (must be WorkerInit.clockBase: tests check). */
+  clockBase: number;
 }
 
 export type FromWorker =

@@ -120,7 +120,7 @@ async function start(): Promise<void> {
         break;
       case 'snapshot':
         publish(); // status reads the counters right after: no publication lag
-        post({ t: 'snapshot', id: m.id, snap: { index: init.index, udp_io: engine.ioStatus(), tun_offload: tun?.offloadStatus() ?? null } });
+        post({ t: 'snapshot', id: m.id, snap: { index: init.index, udp_io: engine.ioStatus(), tun_offload: tun?.offloadStatus() ?? null, clockBase: engine.clockBase } });
         break;
       case 'stop':
         clearInterval(publishTimer);
