@@ -252,7 +252,7 @@ async function run(flags: DaemonFlags): Promise<void> {
     if (workers === 1) {
       const single = new Engine({ ...engineOpts, tun });
       await single.start();
-      if (tun) tun.start(single.onTunPacket, single.counters);
+      if (tun) tun.start(single.onTunPacket, single.counters, single.refreshClock);
       engine = single;
     } else {
       const pool = new WorkerEngine({ ...engineOpts, workers, tun: tun ? { dev: tun, queues } : null });

@@ -483,7 +483,7 @@ export class ManagedNode {
         engine.setFilter(this.filter);
         await engine.start();
         this.engine = engine;
-        this.tun?.start(engine.onTunPacket, engine.counters);
+        this.tun?.start(engine.onTunPacket, engine.counters, engine.refreshClock);
       } else {
         const pool = new WorkerEngine({ ...engineOpts, workers, tun: this.tun ? { dev: this.tun, queues: this.tunQueues } : null });
         pool.setFilter(this.filter);

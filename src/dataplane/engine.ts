@@ -23,6 +23,23 @@ export { BindError } from './io/index.js';
 
 export const ONLINE_WINDOW_MS = 90_000;
 
+/**
+ * Wall-clock ms of packet clock 0 (see Engine.clock) for every engine of this
+ * thread: one per process rather than per engine, because a daemon keeps its
+ * flow table (FilterState) when it stops an engine and starts another (down,
+ * up), and every time in that table must be on one clock. A worker engine's
+ * packet workers take the main thread's (WorkerInit.clockBase): they share
+ * one table.
+ *
+ * Packet times are ms since this base, small integers for 2^31 ms (24.8
+ * days) of process uptime; after that they are larger numbers, which are
+ * correct but boxed again (a heap number, 16 B, wherever one is handed to a
+ * call that is not inlined). Re-basing would mean moving every time in the
+ * shared flow table by the same amount under its lock, on every thread at
+ * once; not done.
+ */
+export const PACKET_CLOCK_BASE = Date.now();
+
 export interface PeerSpec {
   id: number;
   name: string;
@@ -105,6 +122,12 @@ export interface EngineOptions {
    * worker neither resolves nor re-resolves).
    */
   worker?: { index: number };
+  /**
+   * Wall-clock ms of packet clock 0 (default PACKET_CLOCK_BASE of this
+   * thread). Every engine using one flow table must have the same base: the
+   * packet workers of a worker engine get the main thread's.
+   */
+  clockBase?: number;
 }
 
 /** Engines with at most this many peers try them all without a scan budget (a scan is cheap). */
@@ -218,6 +241,18 @@ export class Engine implements NodeEngine {
   readonly startedAt = Date.now();
   /** Packet worker index (-1: the single-threaded engine). */
   readonly workerIndex: number;
+  /**
+   * The packet clock: ms since clockBase, read once per UDP receive batch and
+   * once per TUN drain batch (refreshClock) instead of per packet. In Node 20
+   * Date.now() is a heap number, boxed anew whenever it is handed to a call
+   * that is not inlined (16 B per packet); ms since a base of this process are
+   * small integers, which are not. Every per-packet time (flow table, scan
+   * budget, last heard) is on this clock; what leaves the engine (lastSeenMs,
+   * RTT times, the shared endpoint words) is wall-clock ms, clockBase + clock.
+   */
+  private readonly clock = new Float64Array(1);
+  /** Wall-clock ms of packet clock 0 (see PACKET_CLOCK_BASE). */
+  readonly clockBase: number;
 
   constructor(private readonly opts: EngineOptions) {
     this.localId = opts.localId;
@@ -231,11 +266,14 @@ export class Engine implements NodeEngine {
     if (t !== null && typeof t.offloadStatus === 'function') this.tunStatus = () => t.offloadStatus!();
     this.log = opts.log ?? (() => {});
     this.workerIndex = opts.worker?.index ?? -1;
+    this.clockBase = opts.clockBase ?? PACKET_CLOCK_BASE;
+    this.clock[0] = Date.now() - this.clockBase;
     this.udp = createUdpIo({
       ports: opts.listenPorts,
       bindHost4: opts.bindHost4,
       bindHost6: opts.bindHost6,
       onDatagram: (msg, len, addr, port, sock) => this.onDatagram(msg, len, addr, port, sock),
+      onBatchStart: this.refreshClock,
       onSendError: (n) => {
         this.counters.drop_send_error += n;
       },
@@ -304,6 +342,21 @@ export class Engine implements NodeEngine {
     else this.byAddr.set(addr, [p]);
   }
 
+  /**
+   * Reads the wall clock into the packet clock: the UDP layer calls it before
+   * each receive batch, the TUN (TunDevice.start's onBatchStart) before each
+   * drain batch. A packet source that calls neither leaves the packet times of
+   * its packets at the last batch of another.
+   */
+  readonly refreshClock = (): void => {
+    this.clock[0] = Date.now() - this.clockBase;
+  };
+
+  /** The packet clock now (ms since clockBase, as of the last refreshClock). */
+  get packetClock(): number {
+    return this.clock[0]!;
+  }
+
   // ---- receive path -------------------------------------------------------
 
   private onDatagram(msg: Buffer, len: number, addr: string, port: number, sock: UdpSock): void {
@@ -331,7 +384,7 @@ export class Engine implements NodeEngine {
     c.udp_rx_packets++;
     c.udp_rx_bytes += len;
     peer.rxPackets++;
-    const now = Date.now();
+    const now = this.clock[0]!;
     if (rx.keepalive) {
       c.keepalive_rx++;
       const st = peer.stats;
@@ -343,14 +396,14 @@ export class Engine implements NodeEngine {
           const smooth = st[PEER_STATS_RTT_SMOOTH]!;
           st[PEER_STATS_RTT_LAST] = sample;
           st[PEER_STATS_RTT_SMOOTH] = smooth < 0 ? sample : smooth + (sample - smooth) / 8;
-          st[PEER_STATS_RTT_AT] = now;
+          st[PEER_STATS_RTT_AT] = this.clockBase + now;
         }
       } else if (peer.probeAt > 0) {
         const sample = performance.now() - peer.probeAt;
         peer.probeAt = 0;
         peer.rttLastMs = sample;
         peer.rttSmoothMs = peer.rttSmoothMs < 0 ? sample : peer.rttSmoothMs + (sample - peer.rttSmoothMs) / 8;
-        peer.rttAtMs = now;
+        peer.rttAtMs = this.clockBase + now;
       }
       this.touch(peer, addr, port, sock, now);
       return;
@@ -366,17 +419,21 @@ export class Engine implements NodeEngine {
     this.route(pkt, plen, peer);
   }
 
+  /** `now`: the packet clock; the peer's last-heard time is wall-clock ms. */
   private touch(peer: Peer, addr: string, port: number, sock: UdpSock, now: number): void {
     const ep = peer.ep;
+    const at = this.clockBase + now;
     if (ep !== null) {
       // The shared last-heard time sits on the cache line every sending
       // thread reads: written at most once per millisecond.
-      if (peer.lastSeenMs !== now) ep.lastSeenMs = now;
-      peer.lastSeenMs = now;
+      if (peer.lastSeenMs !== at) {
+        peer.lastSeenMs = at;
+        ep.lastSeenMs = at;
+      }
       this.touchShared(peer, ep, addr, port, sock);
       return;
     }
-    peer.lastSeenMs = now;
+    peer.lastSeenMs = at;
     if ((peer.roam || peer.addr === null) && (peer.addr !== addr || peer.port !== port || peer.sock !== sock)) {
       if (peer.addr !== null) this.counters.endpoint_changes++;
       this.setEndpoint(peer, addr, port, sock.family, sock);
@@ -438,7 +495,7 @@ export class Engine implements NodeEngine {
       }
     }
     const all = this.peers;
-    if (all.length > SCAN_FREE_PEERS && !this.scan.allow(addr, all.length, Date.now())) return UNTRIED;
+    if (all.length > SCAN_FREE_PEERS && !this.scan.allow(addr, all.length, this.clock[0]!)) return UNTRIED;
     for (let i = 0; i < all.length; i++) {
       if (this.peerMatches(all[i]!, msg, len)) return all[i];
     }
@@ -471,7 +528,7 @@ export class Engine implements NodeEngine {
         return;
       }
       const f = this.filter;
-      if (f !== null && !f.check(pkt, len, Date.now())) {
+      if (f !== null && !f.check(pkt, len, this.clock[0]!)) {
         c.drop_filter++;
         return;
       }
@@ -495,18 +552,23 @@ export class Engine implements NodeEngine {
 
   // ---- send path ----------------------------------------------------------
 
-  /** Entry for packets read from the TUN device. */
+  /**
+   * Entry for packets read from the TUN device; its times are the packet
+   * clock's, so the TUN calls refreshClock before each batch (TunDevice.start).
+   */
   readonly onTunPacket = (pkt: Buffer, len: number): void => {
     this.counters.tun_rx_packets++;
     const f = this.filter;
-    if (f !== null) f.noteOutbound(pkt, len, Date.now());
+    if (f !== null) f.noteOutbound(pkt, len, this.clock[0]!);
     this.route(pkt, len, null);
   };
 
   /** Sends a packet of our own into the overlay as if read from the TUN (e.g. a ping). */
   inject(pkt: Buffer, len: number): void {
+    // Not part of any batch (a control request): the clock may be old.
+    this.refreshClock();
     const f = this.filter;
-    if (f !== null) f.noteOutbound(pkt, len, Date.now());
+    if (f !== null) f.noteOutbound(pkt, len, this.clock[0]!);
     this.route(pkt, len, null);
   }
 

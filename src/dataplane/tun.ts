@@ -127,6 +127,18 @@ export class TunDevice {
   private readonly slotViews: Buffer[];
   /** The packet after the vnet header, per slot (vnet mode only). */
   private readonly pktViews: Buffer[];
+  /**
+   * Where each packet read whole is handed over: copied there from its slot
+   * (copyWithin: a memmove in the ring's own buffer, nothing allocated), so
+   * the handler sees one buffer packet after packet. The wire layer caches
+   * its sealing views per buffer (wire/views.ts): a payload in one of a
+   * thousand rotating slots would cost a fresh view (~96 B) per packet. One
+   * slot's size after the slots in `data`; the reader never writes there.
+   */
+  private readonly handover: Buffer;
+  private readonly handoverAt: number;
+  /** Byte offset in `data` of the packet splitGso is handling (see emit). */
+  private readAt = 0;
   private readonly slots: number;
   private readonly slotSize: number;
   private worker: Worker | null = null;
@@ -172,10 +184,12 @@ export class TunDevice {
     this.slotSize = vnetHdr ? VNET_SLOT_SIZE : SLOT_SIZE;
     const ctrl = new SharedArrayBuffer(4 * 4);
     const lens = new SharedArrayBuffer(4 * this.slots);
-    const data = new SharedArrayBuffer(this.slots * this.slotSize);
+    const data = new SharedArrayBuffer((this.slots + 1) * this.slotSize);
     this.ctrl = new Int32Array(ctrl);
     this.lens = new Int32Array(lens);
     this.data = Buffer.from(data);
+    this.handoverAt = this.slots * this.slotSize;
+    this.handover = this.data.subarray(this.handoverAt, this.handoverAt + this.slotSize);
     this.slotViews = [];
     this.pktViews = [];
     for (let i = 0; i < this.slots; i++) {
@@ -305,10 +319,13 @@ export class TunDevice {
   /**
    * Starts the reader thread and delivers each packet to `onPacket` on the main
    * thread (a large segment as its MSS-sized packets). Malformed vnet headers
-   * are counted in `counters.drop_tun_vnet`.
+   * are counted in `counters.drop_tun_vnet`. `onBatchStart` runs before each
+   * batch of packets (an engine reads its packet clock there, once per batch).
+   * The buffer handed to `onPacket` is valid only during the call.
    */
-  start(onPacket: PacketHandler, counters?: Counters): void {
+  start(onPacket: PacketHandler, counters?: Counters, onBatchStart?: () => void): void {
     this.counters = counters ?? null;
+    this.batchStart = onBatchStart ?? null;
     if (this.running) return;
     this.running = true;
     this.worker = spawnWorker(import.meta.url, 'tun-worker', {
@@ -346,13 +363,17 @@ export class TunDevice {
       // receive (ACKs, pings) and timers get a turn before the rest.
       const slots = this.slots;
       let packets = 0;
+      if (this.batchStart !== null) this.batchStart();
       while (this.consumed !== written && packets < DRAIN_BUDGET) {
         const slot = (this.consumed >>> 0) % slots; // the counters wrap as unsigned 32-bit
         try {
           if (this.vnetHdr) packets += this.deliverVnet(slot, onPacket);
           else {
-            if (this.flowTable !== null) this.noteRead(this.slotViews[slot]!, this.lens[slot]!);
-            onPacket(this.slotViews[slot]!, this.lens[slot]!);
+            const len = this.lens[slot]!;
+            if (this.flowTable !== null) this.noteRead(this.slotViews[slot]!, len);
+            const at = slot * this.slotSize;
+            this.data.copyWithin(this.handoverAt, at, at + len);
+            onPacket(this.handover, len);
             packets++;
           }
         } catch (err) {
@@ -380,6 +401,7 @@ export class TunDevice {
     if (this.flowTable !== null) this.noteRead(this.pktViews[slot]!, len - VNET_HDR_LEN);
     this.sink = onPacket;
     this.emitted = 0;
+    this.readAt = slot * this.slotSize + VNET_HDR_LEN;
     const r = splitGso(hdr, 0, len, this.pktViews[slot]!, this.scratch, this.emit);
     if (r === SplitResult.Malformed) {
       if (this.counters) this.counters.drop_tun_vnet++;
@@ -392,12 +414,20 @@ export class TunDevice {
     return this.emitted;
   }
 
-  // The split's callback, made once (no closure per read).
+  // The split's callback, made once (no closure per read). Segments come in
+  // `scratch` (one buffer already); a packet read whole, in its slot, is
+  // moved to the handover buffer first.
   private sink: PacketHandler = () => {};
+  private batchStart: (() => void) | null = null;
   private emitted = 0;
   private readonly emit = (p: Buffer, l: number): void => {
     this.emitted++;
-    this.sink(p, l);
+    if (p === this.scratch) this.sink(p, l);
+    else {
+      const at = this.readAt;
+      this.data.copyWithin(this.handoverAt, at, at + l);
+      this.sink(this.handover, l);
+    }
   };
 
   private rawWrite(buf: Buffer, off: number, len: number): boolean {

@@ -23,6 +23,7 @@ import { COUNTER_NAMES, Counters } from '../counters.js';
 import {
   BindError,
   ONLINE_WINDOW_MS,
+  PACKET_CLOCK_BASE,
   PEER_STATS_PER_WORKER,
   PEER_STATS_RTT_AT,
   PEER_STATS_RTT_LAST,
@@ -68,6 +69,8 @@ export interface WorkerEngineOptions {
   udpOffload?: boolean;
   /** A worker failed while running (default: log and exit the process with status 1). */
   onFatal?: (msg: string) => void;
+  /** Wall-clock ms of the workers' packet clock 0 (default: this thread's PACKET_CLOCK_BASE). */
+  clockBase?: number;
 }
 
 /** The main thread's view of one peer: its spec, and the shared words the workers update. */
@@ -153,6 +156,12 @@ export class WorkerEngine implements NodeEngine {
   readonly localId: number;
   readonly obfuscate: boolean;
   readonly startedAt = Date.now();
+  /**
+   * Wall-clock ms of packet clock 0 on every worker: they share one flow
+   * table, whose times must all be on one clock (a worker's own
+   * PACKET_CLOCK_BASE is its thread's start).
+   */
+  readonly clockBase: number;
   readonly peers: PoolPeer[] = [];
   private readonly byId = new Map<number, PoolPeer>();
   private ruleList: readonly FwdRule[];
@@ -183,6 +192,7 @@ export class WorkerEngine implements NodeEngine {
     if (!Number.isInteger(opts.workers) || opts.workers < 2) throw new RangeError('a worker engine has at least 2 workers (1: use Engine)');
     if (opts.tun !== null && opts.tun.queues.length !== opts.workers) throw new RangeError('the TUN needs one queue per worker');
     this.workers = opts.workers;
+    this.clockBase = opts.clockBase ?? PACKET_CLOCK_BASE;
     this.localId = opts.localId;
     this.obfuscate = opts.obfuscate;
     this.ruleList = ForwardingTable.build(opts.rules).rules;
@@ -251,6 +261,7 @@ export class WorkerEngine implements NodeEngine {
       publishMs: PUBLISH_MS,
       filter: this.filter,
       filterCounters: this.filterBuf,
+      clockBase: this.clockBase,
     };
     const worker = spawnWorker(import.meta.url, 'worker', { workerData: init, name: `larktun-packets-${index}` });
     const slot: Slot = { index, worker, ready: false, stopping: false, snap: null, inFlight: 0 };

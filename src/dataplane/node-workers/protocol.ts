@@ -36,6 +36,8 @@ export interface WorkerInit {
   filter: WorkerFilter | null;
   /** Filter verdict counters of every worker, FILTER_COUNTER_NAMES.length words each. */
   filterCounters: SharedArrayBuffer;
+  /** Wall-clock ms of packet clock 0, the same for every worker (EngineOptions.clockBase): their flow table is shared. */
+  clockBase: number;
 }
 
 export interface WorkerFilter {
@@ -60,6 +62,8 @@ export interface WorkerSnapshot {
   index: number;
   udp_io: UdpIoStatus;
   tun_offload: TunOffloadStatus | null;
+  /** The worker engine's packet clock base (must be WorkerInit.clockBase: tests check). */
+  clockBase: number;
 }
 
 export type FromWorker =

@@ -73,6 +73,7 @@ async function start(): Promise<void> {
     udpBatch: init.udpBatch,
     udpOffload: init.udpOffload,
     worker: { index: init.index },
+    clockBase: init.clockBase,
   });
   try {
     await engine.start();
@@ -82,7 +83,7 @@ async function start(): Promise<void> {
     return;
   }
   attachFilter(init.filter);
-  tun?.start(engine.onTunPacket, engine.counters);
+  tun?.start(engine.onTunPacket, engine.counters, engine.refreshClock);
   const publishTimer = setInterval(publish, init.publishMs);
   port.on('message', (m: ToWorker) => {
     switch (m.t) {
@@ -119,7 +120,7 @@ async function start(): Promise<void> {
         break;
       case 'snapshot':
         publish(); // status reads the counters right after: no publication lag
-        post({ t: 'snapshot', id: m.id, snap: { index: init.index, udp_io: engine.ioStatus(), tun_offload: tun?.offloadStatus() ?? null } });
+        post({ t: 'snapshot', id: m.id, snap: { index: init.index, udp_io: engine.ioStatus(), tun_offload: tun?.offloadStatus() ?? null, clockBase: engine.clockBase } });
         break;
       case 'stop':
         clearInterval(publishTimer);
