@@ -8,8 +8,23 @@
 // kernel dropped at a full UDP receive buffer: loss) and the share of packets each
 // worker of the 2-worker hub and spoke carried. BENCH_SECONDS (default 5)
 // per iperf3 run. One JSON line per metric; the load average first and last.
+//
+// hub_ingress: a hub with INGRESS_PEERS peers receives pre-sealed datagrams
+// (1400-byte inner UDP packets) from all of them at once, each peer from its own
+// source port, at a paced offered rate, from a generator in a namespace of its
+// own (bench/tools/blast.ts: it seals before the window and then only sends, so
+// it takes little of the CPU the hub needs). The hub opens, filters, routes and
+// writes every packet into its TUN (the kernel then discards them: a blackhole
+// route). Packets/s delivered into the TUN and the hub's CPU, with 1 and then 2
+// workers. This is the hub's load with many spokes; iperf3 above is one peer's,
+// which one worker carries (a peer's datagrams arrive on one socket).
+// BENCH_INGRESS_ONLY=1 runs only this; BENCH_INGRESS_RATE (default 300000)
+// and BENCH_INGRESS_BYTES (default 1400) set the load.
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
-import { Lab, netnsSkipReason, nsExec, sleep, hexKey, type DaemonHandle } from '../test/e2e/netns.js';
+import path from 'node:path';
+import { Lab, ROOT, netnsSkipReason, nsExec, sleep, hexKey, type DaemonHandle } from '../test/e2e/netns.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 5));
@@ -81,6 +96,147 @@ const median = (xs: number[]): number => {
 };
 const r3 = (n: number): number => Number(n.toFixed(3));
 
+const INGRESS_PEERS = 16;
+const INGRESS_RATE = Number(process.env.BENCH_INGRESS_RATE ?? 300_000);
+const INGRESS_BYTES = Number(process.env.BENCH_INGRESS_BYTES ?? 1400);
+/** The generator's run: start-up, a ramp, then the measured window. */
+const INGRESS_SEND_S = 5;
+const INGRESS_WINDOW_S = 2.5;
+const HZ = 100; // USER_HZ
+
+function cpuTicks(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return Number(rest[11]) + Number(rest[12]);
+}
+
+interface IngressResult {
+  workers: number;
+  pps: number;
+  gbit_s: number;
+  cpu_pct: number;
+  rx_share: number[];
+  rx_pps: number;
+  rcvbuf_drops_per_s: number;
+  gen?: string;
+  drops: Record<string, number>;
+}
+
+async function hubIngress(lab: Lab, workers: number): Promise<IngressResult> {
+  const nsHub = lab.addNs(`ih${workers}`);
+  const nsGen = lab.addNs(`ig${workers}`);
+  lab.link(nsGen, `nwig${workers}`, `198.19.${20 + workers}.2/24`, nsHub, `nwih${workers}`, `198.19.${20 + workers}.1/24`);
+  // Inner packets go to 10.83.9.0/24: the engine writes them into its TUN and
+  // the hub's kernel discards them (forwarding on, a blackhole route): no ICMP.
+  nsExec(nsHub, 'sysctl -qw net.ipv4.ip_forward=1 && ip route add blackhole 10.83.9.0/24');
+  const psk = (i: number): string => hexKey(0x10 + i);
+  const hub = await lab.daemon(nsHub, `ihub${workers}`, {
+    role: 'hub',
+    virtual_subnet: '10.83.0.0/16',
+    local_id: 1,
+    local_tun_ip: '10.83.0.1/24',
+    local_tun_mtu: 1420,
+    local_routes: ['10.83.0.1/32', '10.83.9.0/24'],
+    listen_port: 18140,
+    peers: Array.from({ length: INGRESS_PEERS }, (_, i) => ({ id: i + 2, name: `g${i}`, allowed_src: `10.83.0.${i + 2}/32`, psk: psk(i) })),
+  }, ['--workers', String(workers)]);
+  const perFlow = Math.ceil((INGRESS_RATE * INGRESS_SEND_S) / INGRESS_PEERS);
+  const spec = {
+    target: `198.19.${20 + workers}.1:18140`,
+    seconds: INGRESS_SEND_S,
+    batch: true,
+    pregen: perFlow,
+    rate: INGRESS_RATE,
+    obfuscate: true,
+    flows: Array.from({ length: INGRESS_PEERS }, (_, i) => ({
+      from: i + 2,
+      to: 1,
+      psk: psk(i),
+      src: `10.83.0.${i + 2}`,
+      dst: '10.83.9.9',
+      proto: 'udp' as const,
+      sport: 42000 + i,
+      dport: 5000,
+      bytes: INGRESS_BYTES,
+    })),
+  };
+  const gen = spawn('ip', ['netns', 'exec', nsGen, process.execPath, '--import', 'tsx', path.join(ROOT, 'bench', 'tools', 'blast.ts'), '--spec', '-'], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+    cwd: ROOT,
+  });
+  gen.stdin!.end(JSON.stringify(spec));
+  let genOut = '';
+  gen.stdout!.on('data', (d: Buffer) => (genOut += d.toString()));
+  const done = new Promise<void>((r) => gen.once('exit', () => r()));
+  const rcvbuf = (): number => {
+    const m = /UdpRcvbufErrors\s+(\d+)/.exec(nsExec(nsHub, 'nstat -az UdpRcvbufErrors').out);
+    return m ? Number(m[1]) : 0;
+  };
+  try {
+    // The window starts once the datagrams flow (sealing them first takes a while).
+    const rx = async (): Promise<number> => (await hub.statusFast()).counters.udp_rx_packets ?? 0;
+    const start = await rx();
+    for (let t = 0; t < 600 && (await rx()) - start < 10_000; t++) await sleep(50);
+    await sleep(500);
+    const s0 = await hub.statusFast();
+    const b0 = rcvbuf();
+    const c0 = cpuTicks(hub.proc.pid!);
+    const t0 = performance.now();
+    await sleep(INGRESS_WINDOW_S * 1000);
+    const s1 = (await hub.statusFast()) as unknown as { counters: Record<string, number>; per_worker?: { counters: Record<string, number> }[] };
+    const secs = (performance.now() - t0) / 1000;
+    const c1 = cpuTicks(hub.proc.pid!);
+    const b1 = rcvbuf();
+    const received = (s1.counters.udp_rx_packets ?? 0) - (s0.counters.udp_rx_packets ?? 0);
+    const delivered = (s1.counters.tun_tx_packets ?? 0) - (s0.counters.tun_tx_packets ?? 0);
+    const pws = s1.per_worker ?? [];
+    const rxs = pws.map((w) => w.counters.udp_rx_packets ?? 0);
+    const tot = rxs.reduce((a, b) => a + b, 0) || 1;
+    return {
+      workers,
+      pps: Math.round(delivered / secs),
+      gbit_s: r3((delivered * INGRESS_BYTES * 8) / secs / 1e9),
+      cpu_pct: Math.round(((c1 - c0) / HZ / secs) * 100),
+      rx_share: rxs.map((x) => r3(x / tot)),
+      rx_pps: Math.round(received / secs),
+      rcvbuf_drops_per_s: Math.round((b1 - b0) / secs),
+      drops: Object.fromEntries(Object.entries(s1.counters).filter(([k, v]) => k.startsWith('drop_') && v > 0)),
+    };
+  } finally {
+    await done;
+    await hub.stop();
+  }
+}
+
+async function ingress(lab: Lab): Promise<void> {
+  const rows: IngressResult[] = [];
+  for (const w of [1, 2]) rows.push(await hubIngress(lab, w));
+  const [one, two] = rows as [IngressResult, IngressResult];
+  process.stdout.write(
+    `${JSON.stringify({
+      bench: 'node-workers',
+      metric: 'hub_ingress_pps',
+      peers: INGRESS_PEERS,
+      inner_bytes: INGRESS_BYTES,
+      offered_pps: INGRESS_RATE,
+      workers_1: one.pps,
+      workers_2: two.pps,
+      ratio: r3(two.pps / one.pps),
+      gbit_s_1: one.gbit_s,
+      gbit_s_2: two.gbit_s,
+      hub_cpu_pct_1: one.cpu_pct,
+      hub_cpu_pct_2: two.cpu_pct,
+      hub_rx_pps_1: one.rx_pps,
+      hub_rx_pps_2: two.rx_pps,
+      rcvbuf_drops_per_s_1: one.rcvbuf_drops_per_s,
+      rcvbuf_drops_per_s_2: two.rcvbuf_drops_per_s,
+      rx_share_2: two.rx_share,
+      drops_1: one.drops,
+      drops_2: two.drops,
+    })}\n`,
+  );
+}
+
 async function main(): Promise<void> {
   const skip = netnsSkipReason(['iperf3', 'ping', 'nstat']);
   if (skip) {
@@ -92,6 +248,11 @@ async function main(): Promise<void> {
   );
   const lab = new Lab('nw');
   try {
+    await ingress(lab);
+    if (process.env.BENCH_INGRESS_ONLY === '1') {
+      process.stdout.write(`${JSON.stringify({ bench: 'node-workers', loadavg_at_end: os.loadavg().map((l) => r3(l)) })}\n`);
+      return;
+    }
     const pairs = [await pair(lab, 1, 0), await pair(lab, 2, 1)];
     const res = new Map<string, number[]>();
     const add = (k: string, v: number): void => {
