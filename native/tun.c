@@ -28,6 +28,7 @@
  * device's, so a different mask would change them for every queue); any
  * refusal closes the new queue and throws.
  *
+ *   readerFd(fd: number) -> number: a non-blocking duplicate for the reader thread (see below)
  *   readBatch(fd: number, data: Uint8Array, lens: Int32Array, ctrl: Int32Array,
  *             slots: number, slotSize: number, max: number, timeoutMs: number) -> number
  *
@@ -41,7 +42,7 @@
  * most timeoutMs) only for the first packet and returns as soon as the device
  * has no more to give: the caller wakes a sleeping consumer once per batch.
  * Returns the packets read: 0 when the wait timed out or the ring is full.
- * The fd is switched to O_NONBLOCK on first use. An error of the first read
+ * The fd must be non-blocking (readerFd). An error of the first read
  * throws (code EBADF, EBADFD, EIO, ...: the device is gone); an error after
  * some packets ends the batch and is met again on the next call.
  */
@@ -246,6 +247,36 @@ static napi_value throw_read(napi_env env, int err) {
   return NULL;
 }
 
+/*
+ * readerFd(fd): a duplicate of fd (close-on-exec) with O_NONBLOCK, for the
+ * reader thread, which closes it when it stops. The reader never uses a
+ * number the device object may close: after close() that number can belong
+ * to the next device opened (a managed node's TUN after down/up), whose
+ * packets a reader still waiting on the old number would take.
+ */
+static napi_value reader_fd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd;
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok) {
+    napi_throw_type_error(env, NULL, "readerFd(fd) needs a file descriptor");
+    return NULL;
+  }
+  int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (d < 0) return throw_read(env, errno);
+  /* O_NONBLOCK is the open file's: writes through fd are unaffected (a TUN write does not wait). */
+  int fl = fcntl(d, F_GETFL);
+  if (fl < 0 || ((fl & O_NONBLOCK) == 0 && fcntl(d, F_SETFL, fl | O_NONBLOCK) < 0)) {
+    int err = errno;
+    close(d);
+    return throw_read(env, err);
+  }
+  napi_value out;
+  napi_create_int32(env, d, &out);
+  return out;
+}
+
 static napi_value read_batch(napi_env env, napi_callback_info info) {
   size_t argc = 8;
   napi_value argv[8];
@@ -275,9 +306,6 @@ static napi_value read_batch(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "readBatch: ring geometry outside the given arrays");
     return NULL;
   }
-  int fl = fcntl(fd, F_GETFL);
-  if (fl < 0) return throw_read(env, errno);
-  if ((fl & O_NONBLOCK) == 0 && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return throw_read(env, errno);
   uint8_t *data = dp;
   int32_t *lens = lp;
   int32_t *ctrl = cp;
@@ -325,6 +353,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "open", NAPI_AUTO_LENGTH, open_tun, NULL, &fn);
   napi_set_named_property(env, exports, "open", fn);
+  napi_create_function(env, "readerFd", NAPI_AUTO_LENGTH, reader_fd, NULL, &fn);
+  napi_set_named_property(env, exports, "readerFd", fn);
   napi_create_function(env, "readBatch", NAPI_AUTO_LENGTH, read_batch, NULL, &fn);
   napi_set_named_property(env, exports, "readBatch", fn);
   return exports;

@@ -12,11 +12,13 @@
 // has no more to give (or `batch` packets, or the ring is full), and this
 // thread wakes the consumer once per call: one notify per batch rather than
 // one per packet, and no per-packet cost of node's readSync.
+import { closeSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { workerData } from 'node:worker_threads';
 
 interface TunWorkerData {
+  /** This thread's own non-blocking duplicate of the queue's fd (native readerFd); closed when it stops. */
   fd: number;
   ctrl: SharedArrayBuffer;
   lens: SharedArrayBuffer;
@@ -52,24 +54,32 @@ const lens = new Int32Array(wd.lens);
 const data = new Uint8Array(wd.data);
 const { slots, slotSize, fd, batch } = wd;
 
-for (;;) {
-  if (Atomics.load(ctrl, 2) !== 0) break;
-  let n: number;
-  try {
-    n = native.readBatch(fd, data, lens, ctrl, slots, slotSize, batch, WAIT_MS);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EBADF' || code === 'EBADFD' || code === 'EIO') break; // device deleted or closed on shutdown
-    throw err;
+try {
+  readLoop();
+} finally {
+  closeSync(fd);
+}
+
+function readLoop(): void {
+  for (;;) {
+    if (Atomics.load(ctrl, 2) !== 0) break;
+    let n: number;
+    try {
+      n = native.readBatch(fd, data, lens, ctrl, slots, slotSize, batch, WAIT_MS);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EBADF' || code === 'EBADFD' || code === 'EIO') break; // device deleted or closed on shutdown
+      throw err;
+    }
+    if (n > 0) {
+      Atomics.add(ctrl, 3, 1);
+      Atomics.notify(ctrl, 0);
+      continue;
+    }
+    // Nothing read: the wait timed out, or the ring is full. For a full ring,
+    // wait for the main thread to consume (bounded, to re-check the stop flag).
+    const written = Atomics.load(ctrl, 0);
+    const consumed = Atomics.load(ctrl, 1);
+    if ((written - consumed) >>> 0 >= slots) Atomics.wait(ctrl, 1, consumed, 100);
   }
-  if (n > 0) {
-    Atomics.add(ctrl, 3, 1);
-    Atomics.notify(ctrl, 0);
-    continue;
-  }
-  // Nothing read: the wait timed out, or the ring is full. For a full ring,
-  // wait for the main thread to consume (bounded, to re-check the stop flag).
-  const written = Atomics.load(ctrl, 0);
-  const consumed = Atomics.load(ctrl, 1);
-  if ((written - consumed) >>> 0 >= slots) Atomics.wait(ctrl, 1, consumed, 100);
 }

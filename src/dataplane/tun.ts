@@ -28,6 +28,7 @@ interface NativeTun {
     name: string,
     opts?: { multiQueue?: boolean; attach?: boolean; offload?: boolean; offloadMask?: number },
   ): { fd: number; name: string; vnetHdr?: boolean; offloads?: number; note?: string };
+  readerFd(fd: number): number;
 }
 
 const TUN_F_CSUM = 0x01;
@@ -330,7 +331,8 @@ export class TunDevice {
     this.running = true;
     this.worker = spawnWorker(import.meta.url, 'tun-worker', {
       workerData: {
-        fd: this.fd,
+        // The reader's own duplicate: this.fd's number may be reused once close() closes it.
+        fd: loadNative().readerFd(this.fd),
         ctrl: this.ctrl.buffer,
         lens: this.lens.buffer,
         data: this.data.buffer,
