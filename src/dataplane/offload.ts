@@ -34,6 +34,7 @@
 // segmentation swaps the length for each datagram's and completes the sum.
 
 import { endianness } from 'node:os';
+import { ViewCache } from '../wire/views.js';
 
 export const VNET_HDR_LEN = 10;
 export const VNET_F_NEEDS_CSUM = 1;
@@ -60,11 +61,10 @@ const LITTLE = endianness() === 'LE';
 
 /** Byte-at-a-time reference path (odd start or big-endian host). */
 function sum16Slow(buf: Buffer, off: number, len: number, initial: number): number {
+  // 16-bit words only: a 32-bit read above 2^31 is a heap number (an allocation per call).
   let s = initial;
   const end = off + (len & ~1);
-  let i = off;
-  for (; i + 3 < end; i += 4) s += buf.readUInt32BE(i);
-  for (; i < end; i += 2) s += (buf[i]! << 8) | buf[i + 1]!;
+  for (let i = off; i < end; i += 2) s += (buf[i]! << 8) | buf[i + 1]!;
   if (len & 1) s += buf[off + len - 1]! << 8;
   return s;
 }
@@ -134,30 +134,38 @@ function udpChecksum(pkt: Buffer, v6: boolean, ihl: number, len: number): void {
 }
 
 /**
+ * ipHeader / udpHeader results: the IP header length, with HDR_V6 set for
+ * IPv6, or NO_HDR. A number rather than an object: they run per packet.
+ */
+const NO_HDR = -1;
+const HDR_V6 = 0x100;
+const HDR_IHL = 0xff;
+
+/**
  * Where the IP header ends, for a UDP datagram that may join (or be cut from) a
  * UDP GSO packet: IPv4 without fragmentation or IPv6 with UDP right after the
  * fixed header. `exact`: the IP and UDP lengths must match `len` and the
  * checksum must be present (a zero IPv4 checksum means none: never coalesced).
  */
-function udpHeader(pkt: Buffer, len: number, exact: boolean): { v6: boolean; ihl: number } | null {
-  if (len < 1) return null;
+function udpHeader(pkt: Buffer, len: number, exact: boolean): number {
+  if (len < 1) return NO_HDR;
   const v = pkt[0]! >> 4;
   let ihl: number;
   let v6: boolean;
   if (v === 4) {
     ihl = (pkt[0]! & 15) * 4;
-    if (ihl < 20 || len < ihl + 8 || pkt[9] !== 17) return null;
-    if ((pkt.readUInt16BE(6) & 0x3fff) !== 0) return null;
-    if (exact && pkt.readUInt16BE(2) !== len) return null;
+    if (ihl < 20 || len < ihl + 8 || pkt[9] !== 17) return NO_HDR;
+    if ((pkt.readUInt16BE(6) & 0x3fff) !== 0) return NO_HDR;
+    if (exact && pkt.readUInt16BE(2) !== len) return NO_HDR;
     v6 = false;
   } else if (v === 6) {
     ihl = 40;
-    if (len < 48 || pkt[6] !== 17) return null;
-    if (exact && pkt.readUInt16BE(4) + 40 !== len) return null;
+    if (len < 48 || pkt[6] !== 17) return NO_HDR;
+    if (exact && pkt.readUInt16BE(4) + 40 !== len) return NO_HDR;
     v6 = true;
-  } else return null;
-  if (exact && (pkt.readUInt16BE(ihl + 4) !== len - ihl || pkt.readUInt16BE(ihl + 6) === 0)) return null;
-  return { v6, ihl };
+  } else return NO_HDR;
+  if (exact && (pkt.readUInt16BE(ihl + 4) !== len - ihl || pkt.readUInt16BE(ihl + 6) === 0)) return NO_HDR;
+  return v6 ? ihl | HDR_V6 : ihl;
 }
 
 function ipv4HeaderChecksum(pkt: Buffer, ihl: number): void {
@@ -190,23 +198,23 @@ function tcpChecksum(pkt: Buffer, v6: boolean, ihl: number, len: number): void {
 }
 
 /** Where the IP header ends and the protocol, for a TCP-offload candidate; null when not one. */
-function ipHeader(pkt: Buffer, len: number, exactLen: boolean): { v6: boolean; ihl: number } | null {
-  if (len < 1) return null;
+function ipHeader(pkt: Buffer, len: number, exactLen: boolean): number {
+  if (len < 1) return NO_HDR;
   const v = pkt[0]! >> 4;
   if (v === 4) {
     const ihl = (pkt[0]! & 15) * 4;
-    if (ihl < 20 || len < ihl + 20 || pkt[9] !== 6) return null;
-    if (exactLen && pkt.readUInt16BE(2) !== len) return null;
+    if (ihl < 20 || len < ihl + 20 || pkt[9] !== 6) return NO_HDR;
+    if (exactLen && pkt.readUInt16BE(2) !== len) return NO_HDR;
     // Fragments (MF or an offset) are never segments we can split or merge.
-    if ((pkt.readUInt16BE(6) & 0x3fff) !== 0) return null;
-    return { v6: false, ihl };
+    if ((pkt.readUInt16BE(6) & 0x3fff) !== 0) return NO_HDR;
+    return ihl;
   }
   if (v === 6) {
-    if (len < 60 || pkt[6] !== 6) return null; // TCP right after the fixed header only
-    if (exactLen && pkt.readUInt16BE(4) + 40 !== len) return null;
-    return { v6: true, ihl: 40 };
+    if (len < 60 || pkt[6] !== 6) return NO_HDR; // TCP right after the fixed header only
+    if (exactLen && pkt.readUInt16BE(4) + 40 !== len) return NO_HDR;
+    return 40 | HDR_V6;
   }
-  return null;
+  return NO_HDR;
 }
 
 export const enum SplitResult {
@@ -221,6 +229,9 @@ export const enum SplitResult {
  * virtio_net_hdr, the IP packet follows (`len` counts both). Calls `emit` once
  * per resulting IP packet; `emit` must finish with the bytes before it returns
  * (segments are built one after another in `scratch`, at least 64 KiB).
+ * `arena`: a Buffer over the whole ArrayBuffer that `pkt` and `scratch` both
+ * lie in, when they do (the TUN ring): segments are then copied with
+ * copyWithin, which allocates nothing; Buffer#copy makes a view per call.
  */
 export function splitGso(
   buf: Buffer,
@@ -229,6 +240,7 @@ export function splitGso(
   pkt: Buffer,
   scratch: Buffer,
   emit: (p: Buffer, len: number) => void,
+  arena: Buffer | null = null,
 ): SplitResult {
   if (len < VNET_HDR_LEN) return SplitResult.Malformed;
   const flags = buf[off]!;
@@ -248,11 +260,13 @@ export function splitGso(
     emit(pkt, plen);
     return SplitResult.Ok;
   }
-  if (gsoType === GSO_UDP_L4) return splitUdp(pkt, plen, gsoSize, csumStart, csumOffset, scratch, emit);
+  const shared = arena !== null && pkt.buffer === arena.buffer && scratch.buffer === arena.buffer ? arena : null;
+  if (gsoType === GSO_UDP_L4) return splitUdp(pkt, plen, gsoSize, csumStart, csumOffset, scratch, emit, shared);
   if (gsoType !== GSO_TCPV4 && gsoType !== GSO_TCPV6) return SplitResult.Malformed;
   const ip = ipHeader(pkt, plen, false);
-  if (ip === null || ip.v6 !== (gsoType === GSO_TCPV6)) return SplitResult.Malformed;
-  const { v6, ihl } = ip;
+  if (ip === NO_HDR || (ip & HDR_V6) !== 0 !== (gsoType === GSO_TCPV6)) return SplitResult.Malformed;
+  const v6 = (ip & HDR_V6) !== 0;
+  const ihl = ip & HDR_IHL;
   if (gsoSize === 0 || csumStart !== ihl || csumOffset !== 16) return SplitResult.Malformed;
   const doff = (pkt[ihl + 12]! >> 4) * 4;
   const hdrEnd = ihl + doff;
@@ -265,19 +279,24 @@ export function splitGso(
     emit(pkt, plen);
     return SplitResult.Ok;
   }
-  const seq0 = pkt.readUInt32BE(ihl + 4);
+  // As int32 (bytes, not readUInt32BE): a sequence number above 2^31 would be a heap number.
+  const seq0 = (pkt[ihl + 4]! << 24) | (pkt[ihl + 5]! << 16) | (pkt[ihl + 6]! << 8) | pkt[ihl + 7]!;
   const id0 = v6 ? 0 : pkt.readUInt16BE(4);
   const flags0 = pkt[ihl + 13]!;
   const out = scratch;
-  pkt.copy(out, 0, 0, hdrEnd);
+  copyBytes(pkt, 0, hdrEnd, out, 0, shared);
   let i = 0;
   for (let p = hdrEnd; p < plen; p += gsoSize, i++) {
     const seg = Math.min(gsoSize, plen - p);
     const total = hdrEnd + seg;
     const last = p + seg >= plen;
-    pkt.copy(out, hdrEnd, p, p + seg);
+    copyBytes(pkt, p, p + seg, out, hdrEnd, shared);
     setIpLength(out, v6, ihl, total, id0 + i);
-    out.writeUInt32BE((seq0 + i * gsoSize) >>> 0, ihl + 4);
+    const seq = (seq0 + i * gsoSize) | 0;
+    out[ihl + 4] = seq >>> 24;
+    out[ihl + 5] = (seq >>> 16) & 0xff;
+    out[ihl + 6] = (seq >>> 8) & 0xff;
+    out[ihl + 7] = seq & 0xff;
     let f = flags0;
     if (!last) f &= ~(TCP_FIN | TCP_PSH);
     if (i > 0) f &= ~TCP_CWR;
@@ -297,10 +316,12 @@ function splitUdp(
   csumOffset: number,
   scratch: Buffer,
   emit: (p: Buffer, len: number) => void,
+  shared: Buffer | null,
 ): SplitResult {
   const ip = udpHeader(pkt, plen, false);
-  if (ip === null) return SplitResult.Malformed;
-  const { v6, ihl } = ip;
+  if (ip === NO_HDR) return SplitResult.Malformed;
+  const v6 = (ip & HDR_V6) !== 0;
+  const ihl = ip & HDR_IHL;
   if (gsoSize === 0 || csumStart !== ihl || csumOffset !== 6) return SplitResult.Malformed;
   const hdrEnd = ihl + 8;
   if (plen - hdrEnd <= gsoSize) {
@@ -312,12 +333,12 @@ function splitUdp(
   }
   const id0 = v6 ? 0 : pkt.readUInt16BE(4);
   const out = scratch;
-  pkt.copy(out, 0, 0, hdrEnd);
+  copyBytes(pkt, 0, hdrEnd, out, 0, shared);
   let i = 0;
   for (let p = hdrEnd; p < plen; p += gsoSize, i++) {
     const seg = Math.min(gsoSize, plen - p);
     const total = hdrEnd + seg;
-    pkt.copy(out, hdrEnd, p, p + seg);
+    copyBytes(pkt, p, p + seg, out, hdrEnd, shared);
     setIpLength(out, v6, ihl, total, id0 + i);
     out.writeUInt16BE(total - ihl, ihl + 4);
     udpChecksum(out, v6, ihl, total);
@@ -325,6 +346,22 @@ function splitUdp(
   }
   return SplitResult.Ok;
 }
+
+/**
+ * dst[at ..] = src[from, to). With `arena` (a Buffer over the one ArrayBuffer
+ * both lie in) a copyWithin, which allocates nothing; else Buffer#copy.
+ */
+function copyBytes(src: Buffer, from: number, to: number, dst: Buffer, at: number, arena: Buffer | null): void {
+  if (arena === null) {
+    src.copy(dst, at, from, to);
+    return;
+  }
+  const base = arena.byteOffset;
+  arena.copyWithin(dst.byteOffset - base + at, src.byteOffset - base + from, src.byteOffset - base + to);
+}
+
+/** Longest packet GroBatch copies through a cached view (larger ones: Buffer#copy). */
+const VIEW_MAX = 2048;
 
 /** Writes bytes to the TUN; returns false when the kernel refused them. */
 export type RawWrite = (buf: Buffer, off: number, len: number) => boolean;
@@ -358,6 +395,12 @@ export class GroBatch {
   udpCoalesced = 0;
   udpSuperPackets = 0;
   writeErrors = 0;
+  /**
+   * Views of the callers' packet buffers (the engine's receive buffer, over
+   * and over), so a packet is copied in with TypedArray#set, which allocates
+   * nothing once a view exists; Buffer#copy makes a view per call.
+   */
+  private readonly srcViews = new ViewCache(VIEW_MAX);
 
   /**
    * coalesce false: no TCP runs (no TSO on the device); uso false: no UDP runs
@@ -374,23 +417,30 @@ export class GroBatch {
   }
 
   /** Adds one IP packet; false when it had to be written at once and the write failed. */
+  /** dst[at ..] = src[from, to). */
+  private put(src: Buffer, from: number, to: number, dst: Buffer, at: number): void {
+    const n = to - from;
+    if (n <= VIEW_MAX) dst.set(this.srcViews.get(src, from, n), at);
+    else src.copy(dst, at, from, to);
+  }
+
   add(pkt: Buffer, len: number): boolean {
     if (this.runLen > 0 && (this.udp ? this.extendsUdp(pkt, len) : this.extends(pkt, len))) return true;
     this.flush();
     if (this.uso && this.startUdp(pkt, len)) return true;
-    const ip = this.coalesce ? ipHeader(pkt, len, true) : null;
-    if (ip !== null) {
-      const ihl = ip.ihl;
+    const ip = this.coalesce ? ipHeader(pkt, len, true) : NO_HDR;
+    if (ip !== NO_HDR) {
+      const ihl = ip & HDR_IHL;
       const doff = (pkt[ihl + 12]! >> 4) * 4;
       const hdrEnd = ihl + doff;
       const fl = pkt[ihl + 13]!;
       // Plain data segments start a run; SYN/FIN/RST/URG, PSH (it ends a run) and
       // CWR (once per window reduction; re-segmenting would repeat or drop it) do not.
       if (doff >= 20 && hdrEnd < len && (fl & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_PSH | TCP_CWR)) === 0 && (fl & TCP_ACK) !== 0) {
-        pkt.copy(this.run, VNET_HDR_LEN, 0, len);
+        this.put(pkt, 0, len, this.run, VNET_HDR_LEN);
         this.runLen = len;
         this.segs = 1;
-        this.v6 = ip.v6;
+        this.v6 = (ip & HDR_V6) !== 0;
         this.ihl = ihl;
         this.hdrEnd = hdrEnd;
         this.gsoSize = len - hdrEnd;
@@ -402,7 +452,7 @@ export class GroBatch {
     }
     const out = this.single;
     out.fill(0, 0, VNET_HDR_LEN);
-    pkt.copy(out, VNET_HDR_LEN, 0, len);
+    this.put(pkt, 0, len, out, VNET_HDR_LEN);
     if (this.write(out, 0, VNET_HDR_LEN + len)) return true;
     this.writeErrors++;
     return false;
@@ -411,17 +461,19 @@ export class GroBatch {
   /** Starts a UDP run with `pkt` when it is a datagram that may be coalesced. */
   private startUdp(pkt: Buffer, len: number): boolean {
     const ip = udpHeader(pkt, len, true);
-    if (ip === null) return false;
-    const hdrEnd = ip.ihl + 8;
+    if (ip === NO_HDR) return false;
+    const v6 = (ip & HDR_V6) !== 0;
+    const ihl = ip & HDR_IHL;
+    const hdrEnd = ihl + 8;
     if (len <= hdrEnd) return false; // an empty datagram cannot set a gso_size
-    pkt.copy(this.run, VNET_HDR_LEN, 0, len);
+    this.put(pkt, 0, len, this.run, VNET_HDR_LEN);
     this.runLen = len;
     this.segs = 1;
-    this.v6 = ip.v6;
-    this.ihl = ip.ihl;
+    this.v6 = v6;
+    this.ihl = ihl;
     this.hdrEnd = hdrEnd;
     this.gsoSize = len - hdrEnd;
-    this.nextId = ip.v6 || (pkt[6]! & 0x40) !== 0 ? -1 : (pkt.readUInt16BE(4) + 1) & 0xffff;
+    this.nextId = v6 || (pkt[6]! & 0x40) !== 0 ? -1 : (pkt.readUInt16BE(4) + 1) & 0xffff;
     this.closed = false;
     this.udp = true;
     return true;
@@ -455,7 +507,7 @@ export class GroBatch {
     }
     if (pkt.readInt32LE(ihl) !== r.readInt32LE(b + ihl)) return false; // ports
     if (pkt.readUInt16BE(ihl + 4) !== len - ihl || pkt.readUInt16BE(ihl + 6) === 0) return false;
-    pkt.copy(r, b + this.runLen, hdrEnd, len);
+    this.put(pkt, hdrEnd, len, r, b + this.runLen);
     this.runLen += seg;
     this.segs++;
     if (this.nextId >= 0) this.nextId = (this.nextId + 1) & 0xffff;
@@ -493,7 +545,7 @@ export class GroBatch {
     if ((fl & ~TCP_PSH) !== runFl) return false;
     if (pkt.compare(r, b + ihl + 14, b + ihl + 16, ihl + 14, ihl + 16) !== 0) return false; // window
     if (pkt.compare(r, b + ihl + 18, b + hdrEnd, ihl + 18, hdrEnd) !== 0) return false; // urg ptr + options
-    pkt.copy(r, b + this.runLen, hdrEnd, len);
+    this.put(pkt, hdrEnd, len, r, b + this.runLen);
     this.runLen += seg;
     this.segs++;
     this.nextSeq = (this.nextSeq + seg) >>> 0;

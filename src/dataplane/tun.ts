@@ -185,7 +185,10 @@ export class TunDevice {
     this.slotSize = vnetHdr ? VNET_SLOT_SIZE : SLOT_SIZE;
     const ctrl = new SharedArrayBuffer(4 * 4);
     const lens = new SharedArrayBuffer(4 * this.slots);
-    const data = new SharedArrayBuffer((this.slots + 1) * this.slotSize);
+    // The ring's slots, then the handover buffer, then (vnet) the scratch the
+    // split builds segments in: one ArrayBuffer, so every copy between them
+    // is a copyWithin, which allocates nothing (Buffer#copy makes a view).
+    const data = new SharedArrayBuffer((this.slots + (vnetHdr ? 2 : 1)) * this.slotSize);
     this.ctrl = new Int32Array(ctrl);
     this.lens = new Int32Array(lens);
     this.data = Buffer.from(data);
@@ -198,7 +201,7 @@ export class TunDevice {
       this.slotViews.push(this.data.subarray(at, at + this.slotSize));
       if (vnetHdr) this.pktViews.push(this.data.subarray(at + VNET_HDR_LEN, at + this.slotSize));
     }
-    this.scratch = vnetHdr ? Buffer.alloc(MAX_GSO_PACKET) : Buffer.alloc(0);
+    this.scratch = vnetHdr ? this.data.subarray(this.handoverAt + this.slotSize, this.handoverAt + this.slotSize + MAX_GSO_PACKET) : Buffer.alloc(0);
     this.gro = vnetHdr
       ? new GroBatch((b, o, l) => this.rawWrite(b, o, l), (offloads & TUN_F_TSO4) !== 0, (offloads & TUN_F_USO4) !== 0)
       : null;
@@ -404,7 +407,7 @@ export class TunDevice {
     this.sink = onPacket;
     this.emitted = 0;
     this.readAt = slot * this.slotSize + VNET_HDR_LEN;
-    const r = splitGso(hdr, 0, len, this.pktViews[slot]!, this.scratch, this.emit);
+    const r = splitGso(hdr, 0, len, this.pktViews[slot]!, this.scratch, this.emit, this.data);
     if (r === SplitResult.Malformed) {
       if (this.counters) this.counters.drop_tun_vnet++;
       return 1;
