@@ -474,27 +474,17 @@ export class TunDevice {
     if (t[i] !== e) t[i] = e;
   }
 
-  /**
-   * The queue to write a packet on: where its flow is read from; a flow not
-   * seen yet goes on this worker's own queue and is recorded there, so the
-   * replies the kernel sends (it reads a flow's packets from the queue that
-   * last wrote it) come back to the worker that received the flow: one
-   * peer's traffic both ways on one worker, as with a single thread.
-   */
+  /** The queue to write a packet on: where its flow is read from, else the queue its hash picks. */
   private queueFor(p: Buffer, off: number, len: number, queues: number): number {
     const h = flowHash(p, off, len);
     if (h === NOT_IP) return 0;
-    const t = this.flowTable!;
-    const i = h & (FLOW_SLOTS - 1);
-    const e = t[i]!;
+    const e = this.flowTable![h & (FLOW_SLOTS - 1)]!;
     if (e !== 0 && e >>> 8 === h >>> FLOW_SLOT_BITS) {
       const q = (e & 0xff) - 1;
       if (q < queues) return q;
     }
-    t[i] = flowEntry(h, this.queueIndex);
-    return this.queueIndex;
+    return (h >>> 0) % queues;
   }
-
 
   private writeVia(gro: GroBatch | null, fd: number, buf: Buffer, off: number, len: number): boolean {
     if (this.closed) return false;
