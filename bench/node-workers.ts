@@ -16,7 +16,7 @@
 // it takes little of the CPU the hub needs). The hub opens, filters, routes and
 // writes every packet into its TUN (the kernel then discards them: a blackhole
 // route). Packets/s delivered into the TUN and the hub's CPU, with 1 and then 2
-// workers. This is the hub's load with many spokes; iperf3 above is one peer's,
+// workers, alternating, BENCH_ROUNDS times each (medians). This is the hub's load with many spokes; iperf3 above is one peer's,
 // which one worker carries (a peer's datagrams arrive on one socket).
 // BENCH_INGRESS_ONLY=1 runs only this; BENCH_INGRESS_RATE (default 300000)
 // and BENCH_INGRESS_BYTES (default 1400) set the load.
@@ -209,9 +209,16 @@ async function hubIngress(lab: Lab, workers: number): Promise<IngressResult> {
 }
 
 async function ingress(lab: Lab): Promise<void> {
-  const rows: IngressResult[] = [];
-  for (const w of [1, 2]) rows.push(await hubIngress(lab, w));
-  const [one, two] = rows as [IngressResult, IngressResult];
+  // Alternating 1 and 2 workers, ROUNDS times each (medians): the machine's
+  // own noise moves single runs by ±20 %.
+  const runs: IngressResult[][] = [[], []];
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const w of round % 2 === 0 ? [1, 2] : [2, 1]) runs[w - 1]!.push(await hubIngress(lab, w));
+  }
+  const med = (rs: IngressResult[], k: 'pps' | 'cpu_pct' | 'rx_pps' | 'rcvbuf_drops_per_s'): number => median(rs.map((r) => r[k]));
+  const [one, two] = runs as [IngressResult[], IngressResult[]];
+  const pps1 = med(one, 'pps');
+  const pps2 = med(two, 'pps');
   process.stdout.write(
     `${JSON.stringify({
       bench: 'node-workers',
@@ -219,20 +226,20 @@ async function ingress(lab: Lab): Promise<void> {
       peers: INGRESS_PEERS,
       inner_bytes: INGRESS_BYTES,
       offered_pps: INGRESS_RATE,
-      workers_1: one.pps,
-      workers_2: two.pps,
-      ratio: r3(two.pps / one.pps),
-      gbit_s_1: one.gbit_s,
-      gbit_s_2: two.gbit_s,
-      hub_cpu_pct_1: one.cpu_pct,
-      hub_cpu_pct_2: two.cpu_pct,
-      hub_rx_pps_1: one.rx_pps,
-      hub_rx_pps_2: two.rx_pps,
-      rcvbuf_drops_per_s_1: one.rcvbuf_drops_per_s,
-      rcvbuf_drops_per_s_2: two.rcvbuf_drops_per_s,
-      rx_share_2: two.rx_share,
-      drops_1: one.drops,
-      drops_2: two.drops,
+      workers_1: pps1,
+      workers_2: pps2,
+      ratio: r3(pps2 / pps1),
+      gbit_s_1: r3((pps1 * INGRESS_BYTES * 8) / 1e9),
+      gbit_s_2: r3((pps2 * INGRESS_BYTES * 8) / 1e9),
+      hub_cpu_pct_1: med(one, 'cpu_pct'),
+      hub_cpu_pct_2: med(two, 'cpu_pct'),
+      rcvbuf_drops_per_s_1: med(one, 'rcvbuf_drops_per_s'),
+      rcvbuf_drops_per_s_2: med(two, 'rcvbuf_drops_per_s'),
+      rx_share_2: two[two.length - 1]!.rx_share,
+      all_1: one.map((r) => r.pps),
+      all_2: two.map((r) => r.pps),
+      drops_1: one[one.length - 1]!.drops,
+      drops_2: two[two.length - 1]!.drops,
     })}\n`,
   );
 }
