@@ -42,6 +42,8 @@
  * most timeoutMs) only for the first packet and returns as soon as the device
  * has no more to give: the caller wakes a sleeping consumer once per batch.
  * Returns the packets read: 0 when the wait timed out or the ring is full.
+ * A packet the kernel fails to hand over (EINVAL, EFAULT: it is dropped
+ * there) is counted in ctrl[4] when ctrl has that word, and reading goes on.
  * The fd must be non-blocking (readerFd). An error of the first read
  * throws (code EBADF, EBADFD, EIO, ...: the device is gone); an error after
  * some packets ends the batch and is met again on the next call.
@@ -312,6 +314,7 @@ static napi_value read_batch(napi_env env, napi_callback_info info) {
   /* Wrapping int32 counters, as the JavaScript side keeps them. */
   uint32_t written = (uint32_t)__atomic_load_n(&ctrl[0], __ATOMIC_SEQ_CST);
   int32_t got = 0;
+  int32_t dropped = 0;
   int waited = 0;
   while (got < max) {
     uint32_t consumed = (uint32_t)__atomic_load_n(&ctrl[1], __ATOMIC_SEQ_CST);
@@ -330,6 +333,15 @@ static napi_value read_batch(napi_env env, napi_callback_info info) {
         /* POLLERR/POLLHUP: the read below says why. A wakeup with nothing to
          * read returns 0 rather than spinning here. */
         waited = 1;
+        continue;
+      }
+      if (err == EINVAL || err == EFAULT) {
+        /* The kernel could not hand this packet over (a virtio-net header it
+         * cannot express, say) and has dropped it: count it and go on, the
+         * next read takes the next packet. */
+        if (clen >= 5) __atomic_add_fetch(&ctrl[4], 1, __ATOMIC_SEQ_CST);
+        dropped++;
+        if (dropped > max) break; /* a bound, should every read fail */
         continue;
       }
       if (got > 0) break;

@@ -139,7 +139,7 @@ function workerLines(s: StatusJson): string[] {
 function offloadLine(o: TunOffloadStatus): string {
   const on = o.vnet_hdr ? [...o.offloads, ...(o.gro ? ['gro'] : [])] : [];
   const what = !o.vnet_hdr ? 'off' : on.length ? on.join(',') : 'vnet_hdr only';
-  return `${what}${o.note ? ` (${o.note})` : ''} gso_reads=${o.gso_reads}/${o.gso_segments} gro_writes=${o.gro_writes}/${o.gro_segments}${o.uso ? ` uso_writes=${o.uso_writes}/${o.uso_segments}` : ''} reads=${o.reads}/${o.read_batches}`;
+  return `${what}${o.note ? ` (${o.note})` : ''} gso_reads=${o.gso_reads}/${o.gso_segments} gro_writes=${o.gro_writes}/${o.gro_segments}${o.uso ? ` uso_writes=${o.uso_writes}/${o.uso_segments}` : ''} reads=${o.reads}/${o.read_batches}${o.read_drops ? ` read_drops=${o.read_drops}` : ''}`;
 }
 
 export function policyText(rules: readonly FwdRule[]): string {

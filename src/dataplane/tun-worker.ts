@@ -4,7 +4,8 @@
 // Ring protocol (see tun.ts): ctrl[0] = packets written (stored by this
 // thread, inside the native readBatch, as each packet lands), ctrl[1] =
 // packets consumed (by the main thread), ctrl[2] = stop flag, ctrl[3] =
-// batches published (wakeups; packets per batch for `status`). Slot i of the
+// batches published (wakeups; packets per batch for `status`), ctrl[4] =
+// packets the kernel failed to hand over on a read and dropped. Slot i of the
 // ring is bytes [i*SLOT, (i+1)*SLOT) of `data`, its length in lens[i]. The
 // counters wrap as unsigned 32-bit numbers; slots is a power of two.
 //

@@ -61,6 +61,8 @@ export interface TunOffloadStatus {
   /** Reads from the device, and the batches the reader thread handed them over in (one wakeup each). */
   reads: number;
   read_batches: number;
+  /** Packets the kernel failed to hand over on a read (EINVAL/EFAULT) and dropped. */
+  read_drops: number;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -183,7 +185,7 @@ export class TunDevice {
     this.note = note;
     this.slots = vnetHdr ? VNET_SLOTS : SLOTS;
     this.slotSize = vnetHdr ? VNET_SLOT_SIZE : SLOT_SIZE;
-    const ctrl = new SharedArrayBuffer(4 * 4);
+    const ctrl = new SharedArrayBuffer(5 * 4);
     const lens = new SharedArrayBuffer(4 * this.slots);
     // The ring's slots, then the handover buffer, then (vnet) the scratch the
     // split builds segments in: one ArrayBuffer, so every copy between them
@@ -309,6 +311,7 @@ export class TunDevice {
       uso_segments: this.gros().reduce((n, g) => n + g.udpCoalesced, 0),
       reads: Atomics.load(this.ctrl, 0) >>> 0,
       read_batches: Atomics.load(this.ctrl, 3) >>> 0,
+      read_drops: Atomics.load(this.ctrl, 4) >>> 0,
     };
   }
 

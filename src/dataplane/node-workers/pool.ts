@@ -527,6 +527,7 @@ export class WorkerEngine implements NodeEngine {
       out.uso_segments += o.uso_segments;
       out.reads += o.reads;
       out.read_batches += o.read_batches;
+      out.read_drops += o.read_drops;
     }
     return out;
   }
