@@ -145,6 +145,8 @@ export class TunDevice {
   private readonly slots: number;
   private readonly slotSize: number;
   private worker: Worker | null = null;
+  /** Settles when the reader thread has ended (and closed its fd); settled when there is none. */
+  private readerExit: Promise<void> = Promise.resolve();
   private running = false;
   private consumed = 0;
   readonly vnetHdr: boolean;
@@ -349,6 +351,8 @@ export class TunDevice {
       },
     });
     this.worker.unref();
+    const w = this.worker;
+    this.readerExit = new Promise<void>((resolve) => w.once('exit', () => resolve()));
     this.worker.on('error', (err) => {
       if (!this.running) return; // closing: the reader's read() fails on the deleted device
       process.stderr.write(`larktund: TUN reader for ${this.name} failed: ${err.message}\n`);
@@ -509,6 +513,17 @@ export class TunDevice {
   }
 
   /**
+   * Settles once the reader thread has ended after close() (it looks at the
+   * stop flag at least every 200 ms, at once when the device is deleted) and
+   * has closed its duplicate of the fd. A thread that owns this device and is
+   * about to end awaits it: a reader ended with its parent thread never gets
+   * to close its fd.
+   */
+  readerStopped(): Promise<void> {
+    return this.readerExit;
+  }
+
+  /**
    * Flushes, stops the reader, deletes the device and closes the fd. Once:
    * a second call does nothing (the fd number may belong to something else by then).
    */
@@ -519,6 +534,9 @@ export class TunDevice {
     this.running = false;
     Atomics.store(this.ctrl, 2, 1);
     Atomics.notify(this.ctrl, 1);
+    // Kept alive until the reader has ended (at most its 200 ms wait): it
+    // closes its fd on the way out, which it cannot once this thread is gone.
+    this.worker?.ref();
     // A worker's queue: its reader wakes when the owner deletes the device.
     if (this.borrowed) return;
     // The reader may be blocked in read(), which closing our fd does not wake;

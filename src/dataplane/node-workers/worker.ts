@@ -124,9 +124,12 @@ async function start(): Promise<void> {
         break;
       case 'stop':
         clearInterval(publishTimer);
-        void engine.stop().then(() => {
+        void engine.stop().then(async () => {
           tun?.close(); // flushes; the fd and the device are the main thread's
           publish();
+          // The queue's reader is this thread's child: it must see the stop
+          // flag and close its fd before this thread ends (ended with it, it would not).
+          await tun?.readerStopped();
           post({ t: 'stopped' });
           port.close();
         });
