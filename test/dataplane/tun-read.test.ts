@@ -38,6 +38,8 @@ const native = (): ReadBatch => createRequire(import.meta.url)(path.join(ROOT, '
 /** Moves the TUN device into NS and gives it 10.77.0.1/24, so that datagrams to 10.77.0.2 go into it. */
 function plumb(dev: string): void {
   sh(`ip link set dev ${dev} netns ${NS}`);
+  // No IPv6 on it (best effort): the kernel's own solicitations would land in the reads.
+  nsExec(NS, `echo 1 > /proc/sys/net/ipv6/conf/${dev}/disable_ipv6`, { allowFail: true });
   nsExec(NS, `ip addr add 10.77.0.1/24 dev ${dev} && ip link set ${dev} up`);
 }
 
@@ -147,9 +149,15 @@ test('readBatch waits no longer than asked, and a deleted device ends it with an
   const ctrl = new Int32Array(new SharedArrayBuffer(16));
   // Drain whatever the kernel sent when the link came up.
   while (n.readBatch(t.fd, data, lens, ctrl, 4, 2048, 4, 50) > 0) Atomics.store(ctrl, 1, ctrl[0]!);
-  const at = performance.now();
-  const got = n.readBatch(t.fd, data, lens, ctrl, 4, 2048, 4, 150);
-  const waited = performance.now() - at;
+  // A packet of the kernel's own may still turn up: then that wait is measured again.
+  let got = 1;
+  let waited = 0;
+  for (let k = 0; k < 5 && got > 0; k++) {
+    const at = performance.now();
+    got = n.readBatch(t.fd, data, lens, ctrl, 4, 2048, 4, 150);
+    waited = performance.now() - at;
+    Atomics.store(ctrl, 1, ctrl[0]!);
+  }
   assert.equal(got, 0, 'nothing to read');
   assert.ok(waited >= 100 && waited < 1500, `waited ${waited.toFixed(0)} ms for a 150 ms timeout`);
   sh(`ip -n ${NS} link del ${t.name}`);
