@@ -19,22 +19,16 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { HZ, cpuTicks } from './tools/proc.js';
 import { Lab, ROOT, netnsSkipReason, nsExec, sleep, hexKey, type DaemonHandle } from '../test/e2e/netns.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 6);
 const SOAK = Number(process.env.BENCH_SOAK_SECONDS ?? 60);
 /** Each load runs this long: start-up, ramp-up and the SECONDS window fit inside. */
 const LOAD_SECONDS = SECONDS + 5;
-const HZ = 100; // USER_HZ
 const progress = (msg: string): void => {
   process.stderr.write(`bench/dataplane: ${msg}\n`);
 };
-
-function cpuTicks(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
-  return Number(rest[11]) + Number(rest[12]);
-}
 
 function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));

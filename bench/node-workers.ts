@@ -21,9 +21,9 @@
 // BENCH_INGRESS_ONLY=1 runs only this; BENCH_INGRESS_RATE (default 300000)
 // and BENCH_INGRESS_BYTES (default 1400) set the load.
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { HZ, cpuTicks } from './tools/proc.js';
 import { Lab, ROOT, netnsSkipReason, nsExec, sleep, hexKey, type DaemonHandle } from '../test/e2e/netns.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
@@ -102,13 +102,6 @@ const INGRESS_BYTES = Number(process.env.BENCH_INGRESS_BYTES ?? 1400);
 /** The generator's run: start-up, a ramp, then the measured window. */
 const INGRESS_SEND_S = 5;
 const INGRESS_WINDOW_S = 2.5;
-const HZ = 100; // USER_HZ
-
-function cpuTicks(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
-  return Number(rest[11]) + Number(rest[12]);
-}
 
 interface IngressResult {
   workers: number;

@@ -34,14 +34,14 @@
 // daemon's own, one per core); run it with 1 and 2 to compare.
 // Not part of CI; skip it with `npm run bench -- -vs-wireguard`.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { HZ, cpuTicks } from './tools/proc.js';
 import { Lab, netnsSkipReason, nsExec, sleep, hexKey, type DaemonHandle } from '../test/e2e/netns.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
 const MTU = 1420;
-const HZ = 100; // USER_HZ
 // larktun-plain: larktund with LARKTUN_TUN_OFFLOAD=0 (the TUN path without offloads).
 // larktun takes LARKTUN_TUN_OFFLOAD from the environment when set (e.g. tso: without UDP segmentation offload).
 // larktun-base: larktund of another checkout (BENCH_BASE: its root, with dist/ built),
@@ -61,11 +61,10 @@ const progress = (msg: string): void => {
   process.stderr.write(`bench/vs-wireguard: ${msg}\n`);
 };
 
-function cpuTicks(pid: number): number {
+/** cpuTicks, 0 for a process already gone. */
+function cpuTicksOr0(pid: number): number {
   try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
-    return Number(rest[11]) + Number(rest[12]);
+    return cpuTicks(pid);
   } catch {
     return 0;
   }
@@ -209,9 +208,9 @@ interface TcpResult {
 async function iperfTcp(topo: Topology, serverNs: string, dst: string, pids: number[]): Promise<TcpResult> {
   const srv = spawn('ip', ['netns', 'exec', serverNs, 'iperf3', '-s', '-1', '-p', '5209'], { stdio: 'ignore' });
   await sleep(400);
-  const t0 = pids.reduce((s, p) => s + cpuTicks(p), 0);
+  const t0 = pids.reduce((s, p) => s + cpuTicksOr0(p), 0);
   const r = nsExec(topo.nsA, `iperf3 -c ${dst} -p 5209 -t ${SECONDS} -J`, { allowFail: true, timeoutMs: (SECONDS + 30) * 1000 });
-  const t1 = pids.reduce((s, p) => s + cpuTicks(p), 0);
+  const t1 = pids.reduce((s, p) => s + cpuTicksOr0(p), 0);
   srv.kill();
   try {
     const j = JSON.parse(r.out) as { end: { sum_received: { bytes: number; bits_per_second: number }; sum_sent: { retransmits?: number } } };
@@ -232,9 +231,9 @@ async function iperfTcp(topo: Topology, serverNs: string, dst: string, pids: num
 async function iperfUdp64(topo: Topology): Promise<{ pps: number; cpuUs: number }> {
   const srv = spawn('ip', ['netns', 'exec', topo.nsHub, 'iperf3', '-s', '-1', '-p', '5210'], { stdio: 'ignore' });
   await sleep(400);
-  const t0 = topo.pidsDirect.reduce((s, p) => s + cpuTicks(p), 0);
+  const t0 = topo.pidsDirect.reduce((s, p) => s + cpuTicksOr0(p), 0);
   const r = nsExec(topo.nsA, `iperf3 -c 10.89.0.1 -p 5210 -u -l 64 -b 0 -t ${SECONDS} -J`, { allowFail: true, timeoutMs: (SECONDS + 30) * 1000 });
-  const t1 = topo.pidsDirect.reduce((s, p) => s + cpuTicks(p), 0);
+  const t1 = topo.pidsDirect.reduce((s, p) => s + cpuTicksOr0(p), 0);
   srv.kill();
   try {
     const j = JSON.parse(r.out) as { end: { sum: { packets: number; lost_packets: number; seconds: number }; sum_received?: { packets?: number; seconds: number } } };

@@ -70,19 +70,22 @@
 #define TUN_F_USO6 0x40
 #endif
 
-static napi_value throw_errno(napi_env env, const char *what, const char *name, int err) {
-  char msg[256];
-  snprintf(msg, sizeof msg, "%s %s: %s", what, name, strerror(err));
-  napi_value code_v, msg_v, error;
-  napi_create_string_utf8(env, err == EPERM ? "EPERM" : err == ENOENT ? "ENOENT" : err == EBUSY ? "EBUSY" : "ETUN",
-                          NAPI_AUTO_LENGTH, &code_v);
+/* Throws an Error with `code`, `msg` and the errno value as .errno; returns NULL. */
+static napi_value throw_coded(napi_env env, const char *code, const char *msg, int err) {
+  napi_value code_v, msg_v, error, errno_v;
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_v);
   napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &msg_v);
   napi_create_error(env, code_v, msg_v, &error);
-  napi_value errno_v;
   napi_create_int32(env, err, &errno_v);
   napi_set_named_property(env, error, "errno", errno_v);
   napi_throw(env, error);
   return NULL;
+}
+
+static napi_value throw_errno(napi_env env, const char *what, const char *name, int err) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s %s: %s", what, name, strerror(err));
+  return throw_coded(env, err == EPERM ? "EPERM" : err == ENOENT ? "ENOENT" : err == EBUSY ? "EBUSY" : "ETUN", msg, err);
 }
 
 static napi_value open_tun(napi_env env, napi_callback_info info) {
@@ -238,15 +241,7 @@ static napi_value open_tun(napi_env env, napi_callback_info info) {
 static napi_value throw_read(napi_env env, int err) {
   char msg[128];
   snprintf(msg, sizeof msg, "TUN read: %s", strerror(err));
-  const char *code = err == EBADF ? "EBADF" : err == EBADFD ? "EBADFD" : err == EIO ? "EIO" : err == EINVAL ? "EINVAL" : "ETUN";
-  napi_value code_v, msg_v, error, errno_v;
-  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_v);
-  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &msg_v);
-  napi_create_error(env, code_v, msg_v, &error);
-  napi_create_int32(env, err, &errno_v);
-  napi_set_named_property(env, error, "errno", errno_v);
-  napi_throw(env, error);
-  return NULL;
+  return throw_coded(env, err == EBADF ? "EBADF" : err == EBADFD ? "EBADFD" : err == EIO ? "EIO" : err == EINVAL ? "EINVAL" : "ETUN", msg, err);
 }
 
 /*
