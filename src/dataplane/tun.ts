@@ -1,5 +1,5 @@
-// TUN device: opened by the native addon (the ioctls are the only native code),
-// read by a worker thread doing blocking reads into a shared ring, written with
+// TUN device: opened by the native addon, read by a reader thread that reads
+// batches into a shared ring (native readBatch, see tun-worker.ts), written with
 // synchronous writes from the main thread (a TUN write never blocks for long).
 //
 // Offloads (default; LARKTUN_TUN_OFFLOAD=0 turns them off): the device is opened
@@ -70,12 +70,11 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 const addonFile = path.join(root, 'native', 'build', 'Release', 'larktun_tun.node');
 
 function loadNative(): NativeTun {
-  const file = addonFile;
-  if (!existsSync(file)) {
-    throw new Error(`TUN addon not built (${file} is missing): run "npm run build" or "npm ci"`);
+  if (!existsSync(addonFile)) {
+    throw new Error(`TUN addon not built (${addonFile} is missing): run "npm run build" or "npm ci"`);
   }
   const require = createRequire(import.meta.url);
-  return require(file) as NativeTun;
+  return require(addonFile) as NativeTun;
 }
 
 export const SLOT_SIZE = 2048;
@@ -383,9 +382,7 @@ export class TunDevice {
           else {
             const len = this.lens[slot]!;
             if (this.flowTable !== null) this.noteRead(this.slotViews[slot]!, len);
-            const at = slot * this.slotSize;
-            this.data.copyWithin(this.handoverAt, at, at + len);
-            onPacket(this.handover, len);
+            this.handOver(slot * this.slotSize, len, onPacket);
             packets++;
           }
         } catch (err) {
@@ -435,12 +432,14 @@ export class TunDevice {
   private readonly emit = (p: Buffer, l: number): void => {
     this.emitted++;
     if (p === this.scratch) this.sink(p, l);
-    else {
-      const at = this.readAt;
-      this.data.copyWithin(this.handoverAt, at, at + l);
-      this.sink(this.handover, l);
-    }
+    else this.handOver(this.readAt, l, this.sink);
   };
+
+  /** Moves the packet at `at` in the ring's memory to the handover buffer and hands it over. */
+  private handOver(at: number, len: number, onPacket: PacketHandler): void {
+    this.data.copyWithin(this.handoverAt, at, at + len);
+    onPacket(this.handover, len);
+  }
 
   private rawWrite(buf: Buffer, off: number, len: number): boolean {
     return rawWriteFd(this.fd, buf, off, len);
@@ -539,8 +538,8 @@ export class TunDevice {
     this.worker?.ref();
     // A worker's queue: its reader wakes when the owner deletes the device.
     if (this.borrowed) return;
-    // The reader may be blocked in read(), which closing our fd does not wake;
-    // deleting the interface detaches the queue and wakes it with an error.
+    // Deleting the interface detaches the queue: the reader's wait ends at once
+    // with an error (it reads its own duplicate fd, which closing ours leaves open).
     spawnSync('ip', ['link', 'delete', this.name], { stdio: 'ignore' });
     try {
       closeSync(this.fd);
