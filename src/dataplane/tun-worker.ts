@@ -17,6 +17,7 @@ import { closeSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { workerData } from 'node:worker_threads';
+import type { NativeTun } from './tun.js';
 
 interface TunWorkerData {
   /** This thread's own non-blocking duplicate of the queue's fd (native readerFd); closed when it stops. */
@@ -32,24 +33,11 @@ interface TunWorkerData {
   addon: string;
 }
 
-interface ReadBatch {
-  readBatch(
-    fd: number,
-    data: Uint8Array,
-    lens: Int32Array,
-    ctrl: Int32Array,
-    slots: number,
-    slotSize: number,
-    max: number,
-    timeoutMs: number,
-  ): number;
-}
-
 /** How long one wait for the device lasts before the stop flag is looked at again. */
 const WAIT_MS = 200;
 
 const wd = workerData as TunWorkerData;
-const native = createRequire(import.meta.url)(path.resolve(wd.addon)) as ReadBatch;
+const native = createRequire(import.meta.url)(path.resolve(wd.addon)) as NativeTun;
 const ctrl = new Int32Array(wd.ctrl);
 const lens = new Int32Array(wd.lens);
 const data = new Uint8Array(wd.data);

@@ -23,12 +23,15 @@ import { GroBatch, splitGso, SplitResult, VNET_HDR_LEN, MAX_GSO_PACKET } from '.
 import type { Counters } from './counters.js';
 import { spawnWorker } from '../runtime/worker.js';
 
-interface NativeTun {
+/** The TUN addon (native/tun.c). */
+export interface NativeTun {
   open(
     name: string,
     opts?: { multiQueue?: boolean; attach?: boolean; offload?: boolean; offloadMask?: number },
   ): { fd: number; name: string; vnetHdr?: boolean; offloads?: number; note?: string };
   readerFd(fd: number): number;
+  /** The reader thread's loop body: see native/tun.c and tun-worker.ts. */
+  readBatch(fd: number, data: Uint8Array, lens: Int32Array, ctrl: Int32Array, slots: number, slotSize: number, max: number, timeoutMs: number): number;
 }
 
 const TUN_F_CSUM = 0x01;

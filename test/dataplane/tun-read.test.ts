@@ -21,19 +21,14 @@ import { spawn, spawnSync } from 'node:child_process';
 import { closeSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
+import type { NativeTun } from '../../src/dataplane/tun.js';
 import { netnsSkipReason, nsExec, sh, ROOT } from '../e2e/netns.js';
 
 const skip = netnsSkipReason();
 
-interface ReadBatch {
-  open(name: string, opts?: { offload?: boolean }): { fd: number; name: string; vnetHdr: boolean };
-  readerFd(fd: number): number;
-  readBatch(fd: number, data: Uint8Array, lens: Int32Array, ctrl: Int32Array, slots: number, slotSize: number, max: number, timeoutMs: number): number;
-}
-
 const NS = `lkrb${process.pid % 100000}`;
 const DEV = `lkrb${process.pid % 100000}`;
-const native = (): ReadBatch => createRequire(import.meta.url)(path.join(ROOT, 'native', 'build', 'Release', 'larktun_tun.node')) as ReadBatch;
+const native = (): NativeTun => createRequire(import.meta.url)(path.join(ROOT, 'native', 'build', 'Release', 'larktun_tun.node')) as NativeTun;
 
 /** Moves the TUN device into NS and gives it 10.77.0.1/24, so that datagrams to 10.77.0.2 go into it. */
 function plumb(dev: string): void {
